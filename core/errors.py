@@ -1,0 +1,67 @@
+"""Errors that users see. Each carries a one-line message that says what is wrong and what to do.
+
+The CLI prints `StylezooError`s to stderr as one line and exits with `exit_code`; any other exception
+is a bug and shows a traceback only when STYLEZOO_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class StylezooError(Exception):
+    """Base class for every error stylezoo reports to a user."""
+
+    exit_code: int = 1
+
+
+class UsageError(StylezooError):
+    """The user asked for something that cannot work (bad name, key, value or composition)."""
+
+    exit_code = 2
+
+
+class UnknownComponentError(UsageError):
+    """A component name that no loaded plugin registered."""
+
+
+class ConfigError(UsageError):
+    """An unknown config key, a value of the wrong type or out of range."""
+
+
+class CompositionError(UsageError):
+    """Components that cannot be used together."""
+
+
+class DuplicateComponentError(StylezooError):
+    """Two plugins registered the same name."""
+
+
+class DataError(StylezooError):
+    """Missing, empty or unreadable images."""
+
+
+class CheckpointError(StylezooError):
+    """A checkpoint or weight file that cannot be trusted or does not match what it declares."""
+
+
+class WeightsError(StylezooError):
+    """Pretrained weights that are missing, corrupt or cannot be fetched here."""
+
+
+class TrainingDiverged(StylezooError):
+    """Too many steps with a NaN or Inf loss or gradient."""
+
+
+def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
+    """A ' Did you mean ...?' suffix for an error, or '' when nothing is close."""
+    opts = list(options)
+    close = difflib.get_close_matches(word, opts, n=n, cutoff=0.5)
+    if not close:
+        # also try matching on the short name (after the kind prefix)
+        short = {o.split("/", 1)[-1]: o for o in opts}
+        close = [short[c] for c in difflib.get_close_matches(word.split("/", 1)[-1], list(short), n=n, cutoff=0.5)]
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -1,0 +1,274 @@
+"""The component registry: loads plugins through pluggy (lazily, each in isolation) and builds components.
+
+Names are `kind/short` (`gen/dcgan`, `loss/gram`, `gp/r1`); where the kind is known, the short form works.
+Registering a name twice is an error that names both plugins; a plugin that fails to import or raises
+while registering is recorded in `failures` and the rest of the zoo still works.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.metadata as md
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from .config import build_config
+from .errors import DuplicateComponentError, UnknownComponentError, UsageError, did_you_mean
+from .hookspecs import PROJECT, Spec
+from .kinds import KINDS
+
+ENTRY_POINT_GROUP = "stylezoo"
+REGISTRY_TOML = Path(__file__).resolve().parent.parent / "registry.toml"
+LIST_HINT = "Run `stylezoo list` to see what exists."
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component: its name, how to build it, its config class and its card."""
+
+    name: str
+    factory: Callable[[Any], Any]
+    config: type
+    plugin: str
+    dist: str | None = None
+    version: str | None = None
+    card: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def short(self) -> str:
+        return self.name.split("/", 1)[1]
+
+    @property
+    def description(self) -> str:
+        return str(self.card.get("description", ""))
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    module: str
+    dist: str | None
+    version: str | None
+    builtin: bool
+    components: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def check_name(name: str) -> None:
+    kind, sep, short = name.partition("/")
+    if not sep or kind not in KINDS or not short or "/" in short:
+        raise UsageError(f"Invalid component name {name!r}: use kind/name with kind one of {', '.join(KINDS)}.")
+
+
+def load_registry_toml(path: Path = REGISTRY_TOML) -> dict[str, Any]:
+    """The catalog data: component cards under [components."kind/name"] and [recipes.NAME]."""
+    if not path.exists():
+        return {"components": {}, "recipes": {}}
+    with path.open("rb") as f:
+        data = tomllib.load(f)
+    data.setdefault("components", {})
+    data.setdefault("recipes", {})
+    return data
+
+
+class Registry:
+    """Components from every loaded plugin. Plugins load on first use, not at construction."""
+
+    def __init__(
+        self,
+        builtins: Iterable[str] | None = None,
+        *,
+        entry_points: bool = True,
+        plugins: Iterable[object] = (),
+        catalog: Mapping[str, Any] | None = None,
+    ) -> None:
+        from stylezoo.plugins import BUILTINS
+
+        self._builtin_modules = tuple(BUILTINS if builtins is None else builtins)
+        self._use_entry_points = entry_points
+        self._extra = list(plugins)
+        self._catalog = dict(catalog) if catalog is not None else None
+        self._entries: dict[str, Entry] | None = None
+        self.plugins: list[PluginInfo] = []
+        self.pm = pluggy.PluginManager(PROJECT)
+        self.pm.add_hookspecs(Spec)
+
+    # -- loading ---------------------------------------------------------------------------------------
+    @cached_property
+    def catalog(self) -> dict[str, Any]:
+        return dict(self._catalog) if self._catalog is not None else load_registry_toml()
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        if self._entries is None:
+            self._entries = {}
+            self._load_all()
+        return self._entries
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        _ = self.entries
+        return [p for p in self.plugins if p.error]
+
+    def _load_all(self) -> None:
+        for modname in self._builtin_modules:
+            self._load(modname.rsplit(".", 1)[-1], lambda m=modname: importlib.import_module(m), modname,
+                       "stylezoo", True)
+        for obj in self._extra:
+            name = getattr(obj, "__name__", type(obj).__name__)
+            self._load(name, lambda o=obj: o, name, None, False)
+        if self._use_entry_points:
+            allowed = os.environ.get("STYLEZOO_PLUGINS")
+            allow = None if allowed is None else {a.strip() for a in allowed.split(",") if a.strip()}
+            for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+                if allow is not None and ep.name not in allow:
+                    continue
+                dist = ep.dist.name if ep.dist else None
+                self._load(ep.name, ep.load, ep.value, dist, False)
+
+    def _load(self, name: str, loader: Callable[[], object], module: str, dist: str | None, builtin: bool) -> None:
+        """Import one plugin and run its hook in isolation; record success or failure."""
+        version = _dist_version(dist)
+        staged: dict[str, Entry] = {}
+
+        def register(cname: str, factory: Any, *, config: type, **card: Any) -> None:
+            check_name(cname)
+            for taken in (self._entries, staged):
+                if taken is not None and cname in taken:
+                    other = taken[cname]
+                    raise DuplicateComponentError(
+                        f"{cname!r} is registered twice: by plugin {other.plugin!r}"
+                        f"{f' ({other.dist})' if other.dist else ''} and by plugin {name!r}"
+                        f"{f' ({dist})' if dist else ''}. Uninstall one, or limit plugins with STYLEZOO_PLUGINS."
+                    )
+            merged = {**dict(self.catalog["components"].get(cname, {})), **card}
+            staged[cname] = Entry(cname, factory, config, name, dist, version, merged)
+
+        try:
+            obj = loader()
+            if self.pm.is_registered(obj):
+                raise UsageError(f"plugin {name!r} is already registered")
+            self.pm.register(obj, name=name)
+            try:
+                # call only this plugin's implementation so one plugin's failure is its own
+                impls = [i for i in self.pm.hook.register_components.get_hookimpls() if i.plugin is obj]
+                if not impls:
+                    raise UsageError(f"plugin {name!r} has no register_components hook")
+                for impl in impls:
+                    impl.function(register=register)
+            except BaseException:
+                self.pm.unregister(obj)
+                raise
+        except Exception as e:  # a broken plugin never takes the zoo down
+            self.plugins.append(PluginInfo(name, module, dist, version, builtin, error=f"{type(e).__name__}: {e}"))
+            return
+        assert self._entries is not None
+        self._entries.update(staged)
+        self.plugins.append(PluginInfo(name, module, dist, version, builtin, tuple(staged)))
+
+    # -- lookup ------------------------------------------------------------------------------------------
+    def resolve(self, name: str, kind: str | None = None) -> str:
+        """The full `kind/name` for `name`, accepting the short form when `kind` is given or unambiguous."""
+        entries = self.entries
+        if name in entries:
+            if kind and entries[name].kind != kind:
+                raise UnknownComponentError(
+                    f"{name!r} is a {KINDS[entries[name].kind]}, not a {KINDS[kind]}. "
+                    f"Run `stylezoo list --kind {kind}` to see the {KINDS[kind]}s."
+                )
+            return name
+        if "/" not in name:
+            if kind:
+                full = f"{kind}/{name}"
+                if full in entries:
+                    return full
+            else:
+                hits = [n for n in entries if n.split("/", 1)[1] == name]
+                if len(hits) == 1:
+                    return hits[0]
+                if len(hits) > 1:
+                    raise UnknownComponentError(
+                        f"{name!r} is ambiguous: {', '.join(sorted(hits))}. Use the full kind/name."
+                    )
+        pool = [n for n in entries if kind is None or n.startswith(kind + "/")]
+        what = KINDS[kind] if kind else "component"
+        hint = did_you_mean(name if "/" in name or not kind else f"{kind}/{name}", pool)
+        listing = f"Run `stylezoo list --kind {kind}`" if kind else "Run `stylezoo list`"
+        failed = [p.name for p in self.failures]
+        extra = f" (plugins that failed to load: {', '.join(failed)}; see `stylezoo plugins`)" if failed else ""
+        raise UnknownComponentError(f"Unknown {what} {name!r}.{hint} {listing} to see what exists{extra}.")
+
+    def get(self, name: str, kind: str | None = None) -> Entry:
+        return self.entries[self.resolve(name, kind)]
+
+    def names(self, pattern: str = "*", kind: str | None = None) -> list[str]:
+        """Registered names matching a shell-style wildcard (matched against both full and short names)."""
+        out = []
+        for n, e in sorted(self.entries.items()):
+            if kind and e.kind != kind:
+                continue
+            if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(e.short, pattern):
+                out.append(n)
+        return out
+
+    def recipes(self) -> dict[str, dict[str, Any]]:
+        return dict(self.catalog.get("recipes", {}))
+
+    def recipe(self, name: str) -> dict[str, Any]:
+        recipes = self.recipes()
+        if name not in recipes:
+            raise UnknownComponentError(
+                f"Unknown recipe {name!r}.{did_you_mean(name, recipes)} Run `stylezoo list --kind recipe` to see them."
+            )
+        return dict(recipes[name])
+
+    # -- building ----------------------------------------------------------------------------------------
+    def make_config(self, name: str, overrides: Mapping[str, Any] | None = None, kind: str | None = None) -> Any:
+        entry = self.get(name, kind)
+        return build_config(entry.config, overrides, owner=entry.name)
+
+    def build(self, name: str, overrides: Mapping[str, Any] | None = None, *, kind: str | None = None,
+              config: Any = None) -> Any:
+        """Build a component from its name and config overrides (or a ready config)."""
+        entry = self.get(name, kind)
+        cfg = config if config is not None else build_config(entry.config, overrides, owner=entry.name)
+        module = entry.factory(cfg)
+        module.stylezoo_name = entry.name  # so checkpoints and logs can name it
+        return module
+
+
+def _dist_version(dist: str | None) -> str | None:
+    if not dist:
+        return None
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry with built-ins and installed entry-point plugins."""
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default
+
+
+def reset_default_registry() -> None:
+    global _default
+    _default = None

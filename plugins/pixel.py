@@ -1,0 +1,86 @@
+"""Pixel-space loss terms: total variation (smoothness) and L1/L2 reconstruction to a paired target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from stylezoo.core.hookspecs import hookimpl
+from stylezoo.core.kinds import Extractor, StepContext
+
+
+@dataclass
+class TVConfig:
+    weight: float = 1e-4  # multiplies the mean absolute difference between neighbouring pixels
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+
+class TotalVariation(nn.Module):
+    """Anisotropic total variation of the generated image: mean |dx| + mean |dy|."""
+
+    step: ClassVar[str] = "gen"
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, cfg: TVConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.weight = cfg.weight
+
+    def feature_layers(self, extractor: Extractor | None) -> tuple[str, ...]:
+        return ()
+
+    def forward(self, ctx: StepContext) -> Tensor:
+        x = ctx.fake
+        return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+
+
+@dataclass
+class ReconConfig:
+    weight: float = 100.0  # pix2pix uses 100 x L1 beside the adversarial loss
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"weight must be >= 0, got {self.weight}")
+
+
+class Reconstruction(nn.Module):
+    """Per-pixel distance of the output to its paired target (L1 or squared L2), mean over pixels."""
+
+    step: ClassVar[str] = "gen"
+    needs: ClassVar[frozenset[str]] = frozenset({"target"})
+    p: ClassVar[int] = 1
+
+    def __init__(self, cfg: ReconConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.weight = cfg.weight
+
+    def feature_layers(self, extractor: Extractor | None) -> tuple[str, ...]:
+        return ()
+
+    def forward(self, ctx: StepContext) -> Tensor:
+        if ctx.target is None:
+            raise RuntimeError("this loss needs paired data (--pairs or --input/--target)")
+        diff = ctx.fake.float() - ctx.target.float()
+        return diff.abs().mean() if self.p == 1 else diff.pow(2).mean()
+
+
+class L1(Reconstruction):
+    p = 1
+
+
+class L2(Reconstruction):
+    p = 2
+
+
+@hookimpl
+def register_components(register) -> None:  # noqa: ANN001
+    register("loss/tv", TotalVariation, config=TVConfig)
+    register("loss/l1", L1, config=ReconConfig, paired=True)
+    register("loss/l2", L2, config=ReconConfig, paired=True)
