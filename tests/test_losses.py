@@ -1,0 +1,348 @@
+"""Adversarial objectives, entropy, perceptual losses and gradient penalties: known values and bf16 safety."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from stylezoo.core.errors import CompositionError, ConfigError, DataError
+from stylezoo.core.kinds import AdversarialLoss, LossTerm, Penalty, StepContext
+from stylezoo.core.registry import Registry
+from stylezoo.plugins.adversarial import BCE, LSGAN, WGAN, AdvConfig, BCEConfig, Entropy, EntropyConfig, Hinge
+from stylezoo.plugins.penalties import R1, WGANGP, Dragan, DraganConfig, NoPenalty, NoPenaltyConfig, PenaltyConfig
+from stylezoo.plugins.perceptual import (
+    Content, ContentConfig, GramConfig, GramStyle, MomentsConfig, MomentStyle, gram, moments,
+)
+
+LN2 = math.log(2.0)
+BIG = 50.0
+
+
+@dataclass
+class FakeExtractor:
+    layer_names: tuple[str, ...] = ("a", "b", "c")
+    style_layers: tuple[str, ...] = ("a", "b")
+    content_layers: tuple[str, ...] = ("c",)
+    weights: str = "random"
+
+
+def feats(n: int = 2, seed: int = 0, layers: tuple[str, ...] = ("a", "b", "c")) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.rand(n, 3 + i, 4, 4, generator=g) for i, name in enumerate(layers)}
+
+
+def ctx_with(fake_feats: dict, **kw) -> StepContext:
+    n = next(iter(fake_feats.values())).shape[0]
+    return StepContext(fake=torch.zeros(n, 3, 8, 8), feats={"fake": fake_feats, **kw.pop("feats", {})}, **kw)
+
+
+# ------------------------------------------------------------------------------------------ adversarial
+def test_bce_known_values() -> None:
+    bce = BCE(BCEConfig())
+    big, zeros = torch.full((4,), BIG), torch.zeros(4)
+    assert bce.d_loss(big, -big).item() == pytest.approx(0.0, abs=1e-6)
+    assert bce.d_loss(zeros, zeros).item() == pytest.approx(2 * LN2, rel=1e-6)
+    assert bce.d_loss(-big, big).item() == pytest.approx(2 * BIG, rel=1e-4)
+    assert bce.g_loss(big).item() == pytest.approx(0.0, abs=1e-6)
+    assert bce.g_loss(zeros).item() == pytest.approx(LN2, rel=1e-6)
+
+
+def test_bce_label_smoothing_moves_the_real_minimum() -> None:
+    bce = BCE(BCEConfig(label_smoothing=0.1))
+    big = torch.full((3,), BIG)
+    # the real target is 0.9, so a saturated real logit costs 0.1 * BIG
+    assert bce.d_loss(big, -big).item() == pytest.approx(0.1 * BIG, rel=1e-3)
+    # minimum of the real part at sigmoid(l) = 0.9
+    best = torch.tensor([math.log(0.9 / 0.1)])
+    h = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
+    assert bce.d_loss(best, torch.full((1,), -BIG)).item() == pytest.approx(h, rel=1e-4)
+
+
+def test_lsgan_hinge_wgan_known_values() -> None:
+    ones, zeros = torch.ones(5), torch.zeros(5)
+    ls = LSGAN(AdvConfig())
+    assert ls.d_loss(ones, zeros).item() == 0.0
+    assert ls.d_loss(zeros, ones).item() == pytest.approx(2.0)
+    assert ls.g_loss(ones).item() == 0.0 and ls.g_loss(zeros).item() == pytest.approx(1.0)
+    hinge = Hinge(AdvConfig())
+    assert hinge.d_loss(ones * 2, -ones * 2).item() == 0.0
+    assert hinge.d_loss(zeros, zeros).item() == pytest.approx(2.0)
+    assert hinge.g_loss(ones * 3).item() == pytest.approx(-3.0)
+    w = WGAN(AdvConfig())
+    # the critic wants real high and fake low: lower loss when real > fake
+    assert w.d_loss(ones * 2, ones * -1).item() == pytest.approx(-3.0)
+    assert w.d_loss(ones * -1, ones * 2).item() == pytest.approx(3.0)
+    assert w.g_loss(ones * 2).item() == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize("cls", [BCE, LSGAN, Hinge, WGAN])
+def test_adversarial_means_patch_maps_and_computes_in_float32(cls: type) -> None:
+    cfg = BCEConfig() if cls is BCE else AdvConfig()
+    loss = cls(cfg)
+    assert isinstance(loss, AdversarialLoss) and loss.adversarial and loss.weight == 1.0
+    real = torch.randn(2, 1, 5, 5)
+    fake = torch.randn(2, 1, 5, 5)
+    d, g = loss.d_loss(real, fake), loss.g_loss(fake)
+    assert d.dim() == 0 and g.dim() == 0
+    # the same numbers flattened: a patch map is averaged over every logit
+    assert d.item() == pytest.approx(loss.d_loss(real.flatten(), fake.flatten()).item(), rel=1e-6)
+    d16 = loss.d_loss(real.bfloat16(), fake.bfloat16())
+    assert d16.dtype == torch.float32
+    assert d16.item() == pytest.approx(loss.d_loss(real.bfloat16().float(), fake.bfloat16().float()).item(), rel=1e-6)
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        BCEConfig(label_smoothing=0.7)
+    with pytest.raises(ValueError):
+        AdvConfig(weight=-1.0)
+    assert EntropyConfig(weight=-0.1).weight == -0.1  # negative alpha is allowed (rewards uncertainty)
+
+
+# ------------------------------------------------------------------------------------------ entropy
+def test_entropy_known_values_and_formula() -> None:
+    ent = Entropy(EntropyConfig())
+    assert isinstance(ent, LossTerm) and ent.step == "disc" and ent.weight == pytest.approx(0.1)
+    fake = torch.zeros(1)
+    assert ent(StepContext(fake=fake, logits_real=torch.zeros(3), logits_fake=torch.zeros(2, 1, 2, 2))).item() == \
+        pytest.approx(LN2, rel=1e-6)
+    big = torch.tensor([BIG, -BIG, 100.0, -100.0])
+    assert ent(StepContext(fake=fake, logits_real=big, logits_fake=None)).item() == pytest.approx(0.0, abs=1e-12)
+    r, f = torch.randn(6) * 3, torch.randn(2, 1, 3, 3) * 3
+    allv = torch.cat([r, f.flatten()]).double()
+    p = torch.sigmoid(allv)
+    want = (-(p * p.log() + (1 - p) * (1 - p).log())).mean().item()
+    got = ent(StepContext(fake=fake, logits_real=r, logits_fake=f))
+    assert torch.isfinite(got) and got.item() == pytest.approx(want, rel=1e-5)
+    only_fake = ent(StepContext(fake=fake, logits_fake=f)).item()
+    pf = torch.sigmoid(f.double())
+    assert only_fake == pytest.approx((-(pf * pf.log() + (1 - pf) * (1 - pf).log())).mean().item(), rel=1e-5)
+    with pytest.raises(RuntimeError):
+        ent(StepContext(fake=fake))
+
+
+# ------------------------------------------------------------------------------------------ perceptual
+def test_gram_matches_hand_computed_value() -> None:
+    f = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 2, 1, 2)  # c=2, h=1, w=2
+    want = torch.tensor([[1 + 4, 3 + 8], [3 + 8, 9 + 16]]) / 4.0
+    assert torch.allclose(gram(f)[0], want)
+    g = gram(torch.randn(3, 4, 5, 6, dtype=torch.bfloat16))
+    assert g.shape == (3, 4, 4) and g.dtype == torch.float32
+
+
+def test_gram_loss_zero_for_own_style_and_positive_for_another() -> None:
+    ext, style = FakeExtractor(), feats(1, seed=1)
+    loss = GramStyle(GramConfig())
+    assert loss.feature_layers(ext) == ("a", "b")
+    loss.prepare(style)
+    assert loss.gram_0.shape == (1, 3, 3) and "gram_0" not in loss.state_dict()
+    same = loss(ctx_with({k: v.expand(2, -1, -1, -1) for k, v in style.items()}))
+    assert same.item() == pytest.approx(0.0, abs=1e-12)
+    other = loss(ctx_with(feats(2, seed=2)))
+    assert other.item() > 0
+    # equal layer weights 1/2: explicit (0.5, 0.5) gives the same number, (1, 0) only layer a
+    explicit = GramStyle(GramConfig(layer_weights=(0.5, 0.5)))
+    explicit.feature_layers(ext)
+    explicit.prepare(style)
+    assert explicit(ctx_with(feats(2, seed=2))).item() == pytest.approx(other.item(), rel=1e-6)
+    only_a = GramStyle(GramConfig(layer_weights=(1.0, 0.0)))
+    only_a.feature_layers(ext)
+    only_a.prepare(style)
+    fa = feats(2, seed=2)
+    want = torch.mean((gram(fa["a"]) - gram(style["a"])) ** 2).item()
+    assert only_a(ctx_with(fa)).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_gram_layer_weights_must_match_layers() -> None:
+    with pytest.raises(ConfigError, match="layer_weights"):
+        GramStyle(GramConfig(layer_weights=(1.0, 2.0, 3.0))).feature_layers(FakeExtractor())
+
+
+def test_gram_labels_select_per_label_targets() -> None:
+    ext = FakeExtractor()
+    s0, s1 = feats(2, seed=3), feats(1, seed=4)
+    style = {k: torch.cat([s0[k], s1[k]]) for k in s0}
+    loss = GramStyle(GramConfig())
+    loss.feature_layers(ext)
+    loss.prepare(style, labels=torch.tensor([0, 0, 1]))
+    assert loss.gram_0.shape == (2, 3, 3)
+    assert torch.allclose(loss.gram_0[0], gram(s0["a"]).mean(0)) and torch.allclose(loss.gram_0[1], gram(s1["a"])[0])
+    fake = {k: v.clone() for k, v in s1.items()}
+    right = loss(ctx_with(fake, cond={"label": torch.tensor([1])}))
+    wrong = loss(ctx_with(fake, cond={"label": torch.tensor([0])}))
+    assert right.item() == pytest.approx(0.0, abs=1e-12) and wrong.item() > 0
+    with pytest.raises(RuntimeError, match="label"):
+        loss(ctx_with(fake))
+    with pytest.raises(DataError):
+        loss.prepare(style, labels=torch.tensor([0, 2, 2]))
+
+
+def test_gram_is_float32_and_finite_under_bf16_autocast() -> None:
+    ext, style = FakeExtractor(), feats(1, seed=5)
+    loss = GramStyle(GramConfig())
+    loss.feature_layers(ext)
+    loss.prepare({k: v.bfloat16() for k, v in style.items()})
+    fake = {k: v.bfloat16().requires_grad_(True) for k, v in feats(2, seed=6).items()}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(ctx_with(fake))
+    assert out.dtype == torch.float32 and torch.isfinite(out) and out.item() > 0
+    out.backward()
+    assert fake["a"].grad is not None and torch.isfinite(fake["a"].grad.float()).all()
+
+
+def test_moments_zero_for_identical_stats_and_per_sample_style() -> None:
+    ext, style = FakeExtractor(), feats(1, seed=7)
+    loss = MomentStyle(MomentsConfig())
+    assert loss.weight == 10.0 and loss.feature_layers(ext) == ("a", "b")
+    loss.prepare(style)
+    # same channel statistics, different spatial arrangement: still 0
+    flipped = {k: v.flip(-1).expand(3, -1, -1, -1) for k, v in style.items()}
+    assert loss(ctx_with(flipped)).item() == pytest.approx(0.0, abs=1e-10)
+    other = feats(3, seed=8)
+    assert loss(ctx_with(other)).item() > 0
+    m, s = moments(other["a"])
+    want_a = torch.mean((m - moments(style["a"])[0]) ** 2) + torch.mean((s - moments(style["a"])[1]) ** 2)
+    solo = MomentStyle(MomentsConfig(layers=("a",)))
+    solo.feature_layers(ext)
+    solo.prepare(style)
+    assert solo(ctx_with(other)).item() == pytest.approx(want_a.item(), rel=1e-6)
+    # reference-guided: each sample against its own style features, not the cached target
+    own = loss(ctx_with(other, cond={"style_feats": {k: v.flip(-2) for k, v in other.items()}}))
+    assert own.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_moments_std_uses_eps() -> None:
+    m, s = moments(torch.ones(1, 2, 3, 3))
+    assert torch.allclose(m, torch.ones(1, 2)) and torch.allclose(s, torch.full((1, 2), 1e-5 ** 0.5))
+
+
+def test_content_loss_paired_and_batch_mean_modes() -> None:
+    ext = FakeExtractor()
+    loss = Content(ContentConfig())
+    assert loss.feature_layers(ext) == ("c",) and loss.needs == {"feats_fake", "feats_content"}
+    a = feats(2, seed=9)
+    b = {k: v.flip(0) for k, v in a.items()}  # same batch, samples swapped
+    paired = loss(ctx_with(a, feats={"content": b}, paired=True))
+    assert paired.item() == pytest.approx(torch.mean((a["c"] - b["c"]) ** 2).item(), rel=1e-6) and paired.item() > 0
+    unpaired = loss(ctx_with(a, feats={"content": b}, paired=False))
+    assert unpaired.item() == pytest.approx(0.0, abs=1e-12)  # batch means agree
+    c = feats(4, seed=10)  # a different batch size is fine in batch-mean mode
+    want = torch.mean((a["c"].mean(0) - c["c"].mean(0)) ** 2).item()
+    assert loss(ctx_with(a, feats={"content": c})).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_content_against_target() -> None:
+    loss = Content(ContentConfig(against="target", layers=("a", "b")))
+    assert loss.needs == {"feats_fake", "feats_target"} and Content.needs == {"feats_fake", "feats_content"}
+    assert loss.feature_layers(FakeExtractor()) == ("a", "b")
+    a, t = feats(2, seed=11), feats(2, seed=12)
+    want = sum(torch.mean((a[k] - t[k]) ** 2).item() for k in ("a", "b"))
+    assert loss(ctx_with(a, feats={"target": t})).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_unknown_layer_names_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="'zz'.*valid layers: a, b, c"):
+        Content(ContentConfig(layers=("a", "zz"))).feature_layers(FakeExtractor())
+    with pytest.raises(ConfigError, match="valid layers: a, b, c"):
+        MomentStyle(MomentsConfig(layers=("relu9_9",))).feature_layers(FakeExtractor())
+    with pytest.raises(CompositionError):
+        GramStyle(GramConfig()).feature_layers(None)
+
+
+# ------------------------------------------------------------------------------------------ penalties
+class TinyD(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        h = torch.tanh(self.conv(x)).mean((2, 3))
+        out = self.head(h).squeeze(1)
+        return out if label is None else out + label.float()
+
+
+class LinearD(nn.Module):
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) * self.w.flatten()).sum(1)
+
+
+PENALTIES = [
+    (WGANGP, PenaltyConfig()), (pytest.param(R1, PenaltyConfig(), id="r1")), (Dragan, DraganConfig()),
+]
+
+
+@pytest.mark.parametrize("cls,cfg", PENALTIES)
+def test_penalty_finite_positive_and_trains_d(cls: type, cfg: object) -> None:
+    torch.manual_seed(0)
+    d = TinyD()
+    gp = cls(cfg)
+    assert isinstance(gp, Penalty) and gp.weight == 10.0
+    real, fake = torch.rand(3, 3, 8, 8) * 2 - 1, torch.rand(3, 3, 8, 8) * 2 - 1
+    out = gp(d, real, fake, label=torch.tensor([0, 1, 0]))
+    assert out.dim() == 0 and torch.isfinite(out) and out.item() > 0
+    out.backward()
+    # create_graph: the penalty reaches D's weights (the head's bias never moves an input gradient)
+    for p in (d.conv.weight, d.conv.bias, d.head.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls,cfg", PENALTIES)
+def test_penalty_under_bf16_autocast(cls: type, cfg: object) -> None:
+    torch.manual_seed(1)
+    d = TinyD()
+    real, fake = (torch.rand(2, 3, 8, 8) * 2 - 1).bfloat16(), (torch.rand(2, 3, 8, 8) * 2 - 1).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cls(cfg)(d, real, fake)
+    assert out.dtype == torch.float32 and torch.isfinite(out) and out.item() > 0
+    out.backward()
+    assert d.conv.weight.grad is not None and torch.isfinite(d.conv.weight.grad).all()
+
+
+def test_r1_equals_analytic_value_for_linear_d() -> None:
+    w = torch.randn(3, 4, 4)
+    out = R1(PenaltyConfig(weight=4.0))(LinearD(w.clone()), torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4))
+    assert out.item() == pytest.approx(0.5 * 4.0 * w.pow(2).sum().item(), rel=1e-5)
+
+
+def test_wgan_gp_and_dragan_zero_for_unit_gradient_linear_d() -> None:
+    w = torch.randn(3, 4, 4)
+    w = w / w.norm()  # ||grad|| = 1 everywhere
+    real, fake = torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)
+    assert WGANGP(PenaltyConfig())(LinearD(w.clone()), real, fake).item() == pytest.approx(0.0, abs=1e-8)
+    assert Dragan(DraganConfig())(LinearD(w.clone()), real, fake).item() == pytest.approx(0.0, abs=1e-8)
+    out = WGANGP(PenaltyConfig(weight=2.0))(LinearD(3 * w.clone()), real, fake)  # ||grad|| = 3: 2 * (3-1)^2
+    assert out.item() == pytest.approx(8.0, rel=1e-5)
+
+
+def test_no_penalty_is_zero() -> None:
+    gp = NoPenalty(NoPenaltyConfig())
+    out = gp(TinyD(), torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8))
+    assert out.item() == 0.0 and gp.weight == 0.0
+
+
+# ------------------------------------------------------------------------------------------ registry
+def test_registered_with_cards() -> None:
+    reg = Registry(["stylezoo.plugins.adversarial", "stylezoo.plugins.perceptual", "stylezoo.plugins.penalties"],
+                   entry_points=False)
+    assert not reg.failures
+    for name in ("loss/bce", "loss/lsgan", "loss/hinge", "loss/wgan"):
+        assert reg.get(name).card["role"] == "adversarial" and reg.build(name).adversarial
+    assert reg.get("loss/entropy").card["compatible"] == ("loss/bce",)
+    assert "loss/wgan" in reg.get("gp/wgan-gp").card["compatible"]
+    assert "loss/wgan" not in reg.get("gp/none").card["compatible"]
+    assert reg.build("loss/gram", {"layers": "a,b", "layer_weights": "1,2"}).cfg.layer_weights == (1.0, 2.0)
+    assert reg.build("gp/r1", {"weight": 1}).weight == 1.0
+    for name in reg.names():
+        card_defaults = reg.get(name).card.get("defaults", {})
+        cfg = reg.make_config(name)
+        for key, value in card_defaults.items():
+            assert getattr(cfg, key) == value, (name, key)
