@@ -55,11 +55,17 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         choices = get_args(tp)
         if value in choices:
             return value
+        if isinstance(value, str) and _parse_scalar(value.strip()) in choices:  # "64" for Literal[32, 64]
+            return _parse_scalar(value.strip())
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}.")
     if origin in (tuple, list):
         if isinstance(value, str):
             text = value.strip()
-            value = _parse_scalar(text if text.startswith("[") else f"[{text}]")
+            parsed = _parse_scalar(text if text.startswith("[") else f"[{text}]")
+            if isinstance(parsed, str):  # bare words, as typed on a command line: relu1_1,relu2_1
+                inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+                parsed = [w.strip() for w in inner.split(",") if w.strip()]
+            value = parsed
         if not isinstance(value, (list, tuple)):
             value = [value]
         args = get_args(tp)
