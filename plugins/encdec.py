@@ -1,0 +1,104 @@
+"""Encoder-decoder image-to-image generator in the style of Johnson et al.'s fast style transfer network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stylezoo.core.hookspecs import hookimpl
+
+
+@dataclass
+class EncDecConfig:
+    channels: int = 32  # width of the first conv; doubles at each downsampling
+    n_res: int = 5  # residual blocks at the lowest resolution
+    in_channels: int = 3  # RGB in
+    out_channels: int = 3  # RGB out
+    n_down: int = 2  # stride-2 downsamplings (and as many upsamplings); input sides are multiples of 2**n_down
+
+    def __post_init__(self) -> None:
+        for name in ("channels", "in_channels", "out_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_res < 0:
+            raise ValueError(f"n_res must be >= 0, got {self.n_res}")
+        if not 0 <= self.n_down <= 5:
+            raise ValueError(f"n_down must be between 0 and 5, got {self.n_down}")
+
+
+def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
+    """Reflection pad + conv (no bias: an affine instance norm follows)."""
+    return [nn.ReflectionPad2d(k // 2), nn.Conv2d(c_in, c_out, k, stride, bias=False)]
+
+
+def _norm_relu(c: int) -> list[nn.Module]:
+    return [nn.InstanceNorm2d(c, affine=True), nn.ReLU(inplace=True)]
+
+
+class ResBlock(nn.Module):
+    """x + (conv3x3, IN, ReLU, conv3x3, IN)(x)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv(c, c, 3), *_norm_relu(c), *_conv(c, c, 3), nn.InstanceNorm2d(c, affine=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class Up(nn.Module):
+    """Nearest-neighbour upsampling then a 3x3 conv (no transposed conv, so no checkerboard artefacts).
+
+    The upsampling goes to the exact side of the matching encoder level, so odd intermediate sides
+    (inputs that are not multiples of `size_multiple`) still come back at the input's size.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv(c_in, c_out, 3), *_norm_relu(c_out))
+
+    def forward(self, x: Tensor, like: Tensor) -> Tensor:
+        return self.body(F.interpolate(x, size=like.shape[-2:], mode="nearest"))
+
+
+class EncDecGenerator(nn.Module):
+    """Image (N, in_channels, H, W) to image (N, out_channels, H, W) in [-1, 1].
+
+    7x7 conv, `n_down` stride-2 3x3 convs, `n_res` residual blocks, `n_down` upsampling stages, 7x7
+    conv and tanh; reflection padding everywhere and affine instance norm after every conv but the
+    last. Every op exports to ONNX (reflection pad, instance norm, nearest resize).
+    """
+
+    family: ClassVar[str] = "image"
+
+    def __init__(self, cfg: EncDecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.size_multiple = 2**cfg.n_down
+        widths = [cfg.channels * 2**i for i in range(cfg.n_down + 1)]
+        self.stem = nn.Sequential(*_conv(cfg.in_channels, widths[0], 7), *_norm_relu(widths[0]))
+        self.down = nn.ModuleList(
+            nn.Sequential(*_conv(a, b, 3, stride=2), *_norm_relu(b)) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self.res = nn.Sequential(*(ResBlock(widths[-1]) for _ in range(cfg.n_res)))
+        self.up = nn.ModuleList(Up(a, b) for a, b in zip(widths[:0:-1], widths[-2::-1]))
+        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(widths[0], cfg.out_channels, 7), nn.Tanh())
+
+    def forward(self, x: Tensor, **cond: Any) -> Tensor:
+        x = self.stem(x)
+        levels = []
+        for down in self.down:
+            levels.append(x)
+            x = down(x)
+        x = self.res(x)
+        for up, like in zip(self.up, reversed(levels)):
+            x = up(x, like)
+        return self.head(x)
+
+
+@hookimpl
+def register_components(register) -> None:  # noqa: ANN001
+    register("gen/encdec", EncDecGenerator, config=EncDecConfig, family="image")
