@@ -7,6 +7,7 @@ add the module to BUILTINS, and describe it in registry.toml.
 BUILTINS: tuple[str, ...] = (
     "stylezoo.plugins.dcgan",
     "stylezoo.plugins.encdec",
+    "stylezoo.plugins.unet",
     "stylezoo.plugins.patchgan",
     "stylezoo.plugins.vgg",
     "stylezoo.plugins.timm_features",
