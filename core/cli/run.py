@@ -1,0 +1,147 @@
+"""`stylezoo run`: train a composition picked by name (a thin layer over stylezoo.core.engine)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True, highlight=False)
+
+
+def run_cmd(
+    gen: Annotated[Optional[str], typer.Option("--gen", help="Generator, e.g. dcgan, encdec.")] = None,
+    disc: Annotated[Optional[str], typer.Option("--disc", help="Discriminator (or none).")] = None,
+    feat: Annotated[Optional[str], typer.Option("--feat", help="Feature extractor (or none).")] = None,
+    adv: Annotated[Optional[str], typer.Option("--adv", help="Adversarial loss: bce, lsgan, hinge, wgan, none.")] = None,
+    gp: Annotated[Optional[str], typer.Option("--gp", help="Gradient penalty: none, r1, wgan-gp, dragan.")] = None,
+    loss: Annotated[Optional[list[str]], typer.Option("--loss", help="NAME[:weight], repeatable; replaces the recipe's terms.")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Named recipe from registry.toml.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with the recipe schema.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="ROLE.FIELD=VALUE override, repeatable.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Real / style-domain images (folder, file, glob).")] = None,
+    style: Annotated[Optional[str], typer.Option("--style", help="Style image(s) for the style losses.")] = None,
+    content: Annotated[Optional[str], typer.Option("--content", help="Content images for image-to-image generators.")] = None,
+    size: Annotated[Optional[int], typer.Option("--size")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Total steps (also when resuming).")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32, bf16 or auto.")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse unreadable images instead of skipping them.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>-<recipe>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, run one step, report; write nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; log lines instead.")] = False,
+) -> None:
+    """Train a GAN-based style-transfer model from components picked by name."""
+    from ..engine import Trainer, default_out, resume_config, train
+    from ..registry import default_registry
+    from ..runconfig import resolve
+
+    logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING, format="%(levelname)s: %(message)s")
+    reg = default_registry()
+    if resume is not None:
+        rc, _ = resume_config(resume, steps)
+    else:
+        cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
+        train_opts = {k: v for k, v in dict(size=size, batch=batch, steps=steps, epochs=epochs, lr=lr, seed=seed,
+                                             device=device, precision=precision).items() if v is not None}
+        data_opts = {k: v for k, v in dict(data=data, style=style, content=content).items() if v is not None}
+        if strict:
+            data_opts["strict"] = True
+        if train_opts:
+            cli["train"] = train_opts
+        if data_opts:
+            cli["data"] = data_opts
+        rc = resolve(reg, recipe=recipe, config_file=config, cli=cli, sets=list(set_ or []), losses=list(loss or []))
+    if dry_run:
+        _dry_run(rc)
+        return
+    out_dir = resume if resume is not None else (out or default_out(rc))
+    with _progress(quiet) as progress:
+        last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
+                     progress=progress)
+    Console(highlight=False).print(f"[green]done[/]: {last}  samples: {Path(out_dir) / 'samples' / 'final.png'}")
+    del Trainer
+
+
+def _dry_run(rc: Any) -> None:
+    import tempfile
+
+    from rich.table import Table
+
+    from ..engine import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(rc, tmp)
+        gin = tr.batch(0)[2]
+        logs = tr.train_step(0)
+        fake = tr.c.gen(gin)
+    table = Table(title=f"dry run: recipe {rc.recipe}")
+    for col in ("role", "component", "parameters", "notes"):
+        table.add_column(col)
+    for role in ("gen", "disc", "feat", "adv", "gp"):
+        m = getattr(tr.c, role)
+        if m is None:
+            continue
+        n = sum(p.numel() for p in m.parameters())
+        note = ""
+        if role == "gen":
+            note = f"in {tuple(gin.shape)} -> out {tuple(fake.shape)}"
+        if role == "feat":
+            note = f"weights {getattr(m, 'weights', '?')}; layers {', '.join(sorted(set(sum(tr.layers.values(), ()))))}"
+        table.add_row(role, getattr(rc, role), f"{n:,}", note)
+    for name, t in tr.c.losses.items():
+        table.add_row("loss", name, "", f"weight {t.weight:g}")
+    c = Console(highlight=False)
+    c.print(table)
+    c.print("one step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+
+
+class _progress:
+    """A rich progress bar with ETA and live loss terms, or plain log lines with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __enter__(self) -> Any:
+        if self.quiet:
+            def log_line(step: int, total: int, logs: dict[str, float]) -> None:
+                if step == 1 or step % 10 == 0 or step == total:
+                    err.print(f"step {step}/{total} " + _fmt(logs))
+            return log_line
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                          console=err, transient=False)
+        self.p.__enter__()
+        self.task = None
+
+        def update(step: int, total: int, logs: dict[str, float]) -> None:
+            if self.task is None:
+                self.task = self.p.add_task("train", total=total, completed=step - 1, losses="")
+            self.p.update(self.task, completed=step, total=total, losses=_fmt(logs))
+        return update
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.quiet:
+            self.p.__exit__(*exc)
+
+
+def _fmt(logs: dict[str, float]) -> str:
+    parts = [f"D={logs['d/loss']:.3g}"] if "d/loss" in logs else []
+    parts.append(f"G={logs.get('g/loss', 0.0):.3g}")
+    parts += [f"{k.split('/')[-1]}={logs[k]:.3g}" for k in logs if k.startswith("g/") and k != "g/loss"][:5]
+    s = " ".join(parts)
+    return s + f" {logs.get('time/images_per_s', 0):.1f} img/s"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_cmd)

@@ -1,0 +1,536 @@
+"""The one training engine. Losses and penalties are plugins; the engine only decides what to compute.
+
+Per step: the discriminator update (adversarial d_loss + disc-side terms + gradient penalty), then the
+generator update (adversarial g_loss + content/style/tv/... terms). The extractor runs once per image
+batch per step, only up to the deepest layer any term needs; style targets are computed once per run.
+Everything random derives from (seed, step), so a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from .data import ImageSet, _seed
+from .errors import CheckpointError, DataError, TrainingDiverged
+from .kinds import StepContext
+from .registry import Registry, default_registry
+from .runconfig import ROLES, RunConfig, component_config
+
+NOISE, IMAGE = "noise", "image"
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclasses.dataclass
+class Components:
+    """The built modules of a run."""
+
+    gen: nn.Module
+    disc: nn.Module | None
+    feat: nn.Module | None
+    adv: nn.Module | None
+    gp: nn.Module | None
+    losses: dict[str, nn.Module]
+    configs: dict[str, dict[str, Any]]
+
+
+def build_components(reg: Registry, rc: RunConfig) -> Components:
+    """Build every component of a run from its resolved config."""
+    from .config import config_to_dict
+
+    built: dict[str, Any] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for role in ROLES:
+        name = getattr(rc, role)
+        if not name:
+            built[role] = None
+            continue
+        cfg = component_config(reg, rc, role)
+        configs[role] = config_to_dict(cfg)
+        built[role] = reg.build(name, config=cfg)
+    losses = {}
+    for name in rc.losses:
+        cfg = component_config(reg, rc, name)
+        configs[name] = config_to_dict(cfg)
+        losses[name] = reg.build(name, config=cfg)
+    if built["gp"] is not None and rc.gp == "gp/none":
+        built["gp"] = None
+    return Components(built["gen"], built["disc"], built["feat"], built["adv"], built["gp"], losses, configs)
+
+
+class Trainer:
+    """Trains one composition. `Trainer(rc).fit()`; the CLI's `stylezoo run` is a thin layer over it."""
+
+    def __init__(self, rc: RunConfig, out: str | Path, *, registry: Registry | None = None,
+                 resume_from: Path | None = None, progress: Callable[..., Any] | None = None,
+                 rank: int = 0, world: int = 1) -> None:
+        self.rc, self.out = rc, Path(out)
+        self.reg = registry or default_registry()
+        self.rank, self.world = rank, world
+        self.t = rc.train
+        self.device = pick_device(self.t.device)
+        self.progress = progress
+        prec = self.t.precision
+        self.amp = (prec == "bf16") or (prec == "auto" and bf16_supported(self.device))
+        torch.manual_seed(_seed(self.t.seed, 5))  # initial weights depend on the seed alone
+        c = build_components(self.reg, rc)
+        self.c = c
+        self.family = getattr(c.gen, "family", IMAGE)
+        self._prepare_data()
+        self._place_modules()
+        self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=self.t.lr, betas=tuple(self.t.betas))
+        self.opt_d = (torch.optim.Adam(c.disc.parameters(), lr=self.t.lr_d or self.t.lr, betas=tuple(self.t.betas))
+                      if c.disc is not None else None)
+        self.step = 0
+        self.bad_steps = 0
+        self.history: list[dict[str, float]] = []
+        self._plan_features()
+        self._prepare_style_targets()
+        if resume_from is not None:
+            self.load_state(resume_from)
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def _prepare_data(self) -> None:
+        d, size = self.rc.data.resolved(), self.t.size
+        self.content = ImageSet(d.content, size, what="content", strict=d.strict, stream=1) \
+            if (self.family == IMAGE or (d.content and not d.data)) else None
+        real_spec = d.data or (d.style if self.family == IMAGE else d.content)
+        self.real = None
+        if self.c.disc is not None or any("feats_content" in getattr(t, "needs", ()) for t in self.c.losses.values()):
+            if real_spec:
+                self.real = ImageSet(real_spec, size, what="real", strict=d.strict, stream=2)
+        if self.family == NOISE and self.real is None and self.content is not None:
+            self.real = self.content
+        self.style_images: Tensor | None = None
+        if any("style" in getattr(t, "needs", ()) for t in self.c.losses.values()):
+            spec = d.style or d.data
+            if not spec:
+                raise DataError("The style losses need style images: give --style FILE_OR_DIR.")
+            ss = self.t.style_size or min(2 * size, 512)
+            st = ImageSet(spec, ss, what="style", strict=d.strict, stream=3, short=ss)
+            self.style_images = st.fixed(len(st))
+        if self.family == IMAGE:
+            assert self.content is not None
+            self.fixed_input = self.content.fixed(self.t.num_samples)
+        else:
+            g = torch.Generator().manual_seed(_seed(self.t.seed, 99))
+            self.fixed_input = torch.randn(self.t.num_samples, self.c.gen.latent_dim, generator=g)
+        epochs = self.t.epochs
+        if epochs > 0:
+            n = len(self.content) if self.content is not None else len(self.real or [])
+            self.t = dataclasses.replace(self.t, steps=max(1, math.ceil(epochs * n / self.t.batch)))
+
+    def _place_modules(self) -> None:
+        mf = torch.channels_last if self.t.channels_last else torch.contiguous_format
+        for m in (self.c.gen, self.c.disc, self.c.feat, self.c.adv, self.c.gp, *self.c.losses.values()):
+            if m is not None:
+                m.to(self.device, memory_format=mf)
+        if self.c.feat is not None:
+            self.c.feat.eval()
+            for p in self.c.feat.parameters():
+                p.requires_grad_(False)
+        self.gen_fwd: Callable[..., Tensor] = self.c.gen
+        self.disc_fwd: Callable[..., Tensor] | None = self.c.disc
+        if self.t.compile:
+            t0 = time.perf_counter()
+            self.gen_fwd = torch.compile(self.c.gen)
+            if self.c.disc is not None:
+                self.disc_fwd = torch.compile(self.c.disc)
+            self.compile_time = time.perf_counter() - t0
+
+    def _plan_features(self) -> None:
+        """Which layers each image batch needs, gathered over all active terms."""
+        self.g_terms = {n: t for n, t in self.c.losses.items() if getattr(t, "step", "gen") == "gen"}
+        self.d_terms = {n: t for n, t in self.c.losses.items() if getattr(t, "step", "gen") == "disc"}
+        fake, content, target, style = set(), set(), set(), set()
+        for t in self.c.losses.values():
+            needs = getattr(t, "needs", frozenset())
+            layers = tuple(t.feature_layers(self.c.feat)) if self.c.feat is not None else ()
+            if "feats_fake" in needs:
+                fake.update(layers)
+            if "feats_content" in needs:
+                content.update(layers)
+            if "feats_target" in needs:
+                target.update(layers)
+            if "style" in needs:
+                style.update(layers)
+        order = getattr(self.c.feat, "layer_names", ())
+        key = (lambda n: order.index(n)) if order else (lambda n: n)
+        self.layers = {k: tuple(sorted(v, key=key)) for k, v in
+                       (("fake", fake), ("content", content), ("target", target), ("style", style))}
+
+    @torch.no_grad()
+    def _prepare_style_targets(self) -> None:
+        if self.style_images is None or self.c.feat is None:
+            return
+        feats: dict[str, list[Tensor]] = {}
+        for img in self.style_images.split(4):
+            out = self.c.feat(img.to(self.device), self.layers["style"])
+            for k, v in out.items():
+                feats.setdefault(k, []).append(v.float())
+        style_feats = {k: torch.cat(v) for k, v in feats.items()}
+        for t in self.c.losses.values():
+            if "style" in getattr(t, "needs", ()) and hasattr(t, "prepare"):
+                t.prepare(style_feats)
+
+    # -- one step ----------------------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _mf(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.t.channels_last and x.dim() == 4 else x
+
+    def batch(self, step: int) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """(content, real, generator input) for a step; pure function of (seed, step)."""
+        b, seed = self.t.batch, self.t.seed
+        content = self._mf(self.content.batch(step, b, seed, rank=self.rank, world=self.world)) \
+            if self.content is not None else None
+        real = self._mf(self.real.batch(step, b, seed, rank=self.rank, world=self.world)) \
+            if self.real is not None else None
+        if self.family == NOISE:
+            g = torch.Generator().manual_seed(_seed(seed, 7, step, self.rank))
+            z = torch.randn(b // self.world, self.c.gen.latent_dim, generator=g).to(self.device)
+            return content, real, z
+        assert content is not None
+        return content, real, content
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One discriminator update then one generator update; returns the logged figures."""
+        torch.manual_seed(_seed(self.t.seed, 11, step, self.rank))  # penalties' noise, dropout
+        self._step_bad: list[str] = []
+        content, real, gin = self.batch(step)
+        logs: dict[str, float] = {}
+        c = self.c
+        with self.autocast():
+            fake = self.gen_fwd(gin)
+        # ---- discriminator
+        if c.disc is not None and c.adv is not None and self.opt_d is not None:
+            assert real is not None
+            for _ in range(self.t.d_steps):
+                with self.autocast():
+                    lr_ = self.disc_fwd(real)
+                    lf = self.disc_fwd(fake.detach())
+                parts = {"d_adv": c.adv.d_loss(lr_.float(), lf.float())}
+                ctx = StepContext(fake=fake.detach(), real=real, content=content, logits_real=lr_.float(),
+                                  logits_fake=lf.float(), step=step)
+                for n, t in self.d_terms.items():
+                    parts[n] = t.weight * t(ctx)
+                if c.gp is not None:
+                    parts[self.rc.gp] = c.gp(c.disc, real, fake.detach())
+                loss_d = sum(parts.values())
+                self.opt_d.zero_grad(set_to_none=True)
+                ok = self._backward("discriminator", loss_d, parts, c.disc)
+                if ok:
+                    self.opt_d.step()
+                logs.update({f"d/{k}": float(v.detach()) for k, v in parts.items()})
+                logs["d/loss"] = float(loss_d.detach())
+                logs["d/real"] = float(lr_.detach().float().mean())
+                logs["d/fake"] = float(lf.detach().float().mean())
+        # ---- generator
+        feats: dict[str, dict[str, Tensor]] = {}
+        with self.autocast():
+            if c.feat is not None and self.layers["fake"]:
+                feats["fake"] = c.feat(fake, self.layers["fake"])
+            if c.feat is not None and self.layers["content"]:
+                ref = content if content is not None else real
+                with torch.no_grad():
+                    feats["content"] = c.feat(ref, self.layers["content"])
+            logits_fake = None
+            if c.disc is not None and c.adv is not None:
+                c.disc.requires_grad_(False)
+                logits_fake = self.disc_fwd(fake)
+                c.disc.requires_grad_(True)
+        ctx = StepContext(fake=fake, real=real, content=content if self.family == IMAGE else real,
+                          paired=self.family == IMAGE, feats=feats, step=step,
+                          logits_fake=logits_fake.float() if logits_fake is not None else None)
+        parts_g: dict[str, Tensor] = {}
+        if logits_fake is not None and c.adv is not None:
+            parts_g["g_adv"] = c.adv.weight * c.adv.g_loss(logits_fake.float())
+        for n, t in self.g_terms.items():
+            parts_g[n] = t.weight * t(ctx).float()
+        loss_g = sum(parts_g.values()) if parts_g else fake.float().mean() * 0
+        self.opt_g.zero_grad(set_to_none=True)
+        ok = self._backward("generator", loss_g, parts_g, c.gen)
+        if ok:
+            self.opt_g.step()
+        logs.update({f"g/{k}": float(v.detach()) for k, v in parts_g.items()})
+        logs["g/loss"] = float(loss_g.detach())
+        self._count_bad()
+        return logs
+
+    def _backward(self, who: str, loss: Tensor, parts: dict[str, Tensor], module: nn.Module) -> bool:
+        """Backward with a NaN/Inf guard: a bad loss or gradient skips the update and is recorded."""
+        bad = [n for n, v in parts.items() if not torch.isfinite(v.detach()).all()]
+        if not bad:
+            loss.backward()
+            grads = [p.grad for p in module.parameters() if p.grad is not None]
+            if grads and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads])).all():
+                bad = [f"{who} gradients"]
+        if not bad:
+            return True
+        self._step_bad.append(f"{who}: {', '.join(bad)}")
+        module.zero_grad(set_to_none=True)
+        return False
+
+    def _count_bad(self) -> None:
+        """Stop the run after `max_bad_steps` consecutive steps whose update was skipped."""
+        if not self._step_bad:
+            self.bad_steps = 0
+            return
+        self.bad_steps += 1
+        self.last_bad = "; ".join(self._step_bad)
+        if self.bad_steps >= self.t.max_bad_steps:
+            raise TrainingDiverged(
+                f"Stopped at step {self.step}: {self.bad_steps} consecutive steps with a NaN/Inf in "
+                f"{self.last_bad}. The last good checkpoint is kept in {self.out}. Lower the learning rate "
+                "or that loss's weight, or try --set train.precision=fp32."
+            )
+
+    # -- samples, checkpoints ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def samples(self) -> Tensor:
+        self.c.gen.eval()
+        with self.autocast():
+            out = self.c.gen(self._mf(self.fixed_input) if self.family == IMAGE else self.fixed_input.to(self.device))
+        self.c.gen.train()
+        return out.float().cpu()
+
+    def save_samples(self, name: str) -> Path:
+        from .images import save_grid
+
+        out = self.samples()
+        rows = [self.fixed_input, out] if self.family == IMAGE else [out]
+        return save_grid(rows, self.out / "samples" / f"{name}.png")
+
+    def meta(self) -> dict[str, Any]:
+        import stylezoo
+
+        dists = {e.dist for e in [self.reg.get(n) for n in self.names()] if e.dist}
+        versions = {"stylezoo": stylezoo.__version__, "torch": torch.__version__}
+        for d in sorted(dists):
+            from .registry import _dist_version
+
+            versions[d] = _dist_version(d) or "unknown"
+        return {"run": self.rc.to_dict(), "configs": self.c.configs, "step": self.step, "family": self.family,
+                "composition": {r: getattr(self.rc, r) for r in ROLES} | {"losses": list(self.rc.losses)},
+                "versions": versions}
+
+    def names(self) -> list[str]:
+        return [n for n in [getattr(self.rc, r) for r in ROLES] + list(self.rc.losses) if n]
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        t = ckpt.prefixed("gen", self.c.gen.state_dict())
+        if self.c.disc is not None:
+            t |= ckpt.prefixed("disc", self.c.disc.state_dict())
+        og, og_info = ckpt.optimizer_state(self.opt_g)
+        t |= ckpt.prefixed("opt_g", og)
+        self._opt_info = {"opt_g": og_info}
+        if self.opt_d is not None:
+            od, od_info = ckpt.optimizer_state(self.opt_d)
+            t |= ckpt.prefixed("opt_d", od)
+            self._opt_info["opt_d"] = od_info
+        return t
+
+    def save_checkpoint(self, keep: bool) -> Path:
+        tensors = self.state_tensors()
+        meta = self.meta() | {"optim": self._opt_info}
+        last = ckpt.save(self.out / "last.safetensors", tensors, meta)
+        if keep:
+            ckpt.save(self.out / "checkpoints" / f"step-{self.step:07d}.safetensors", tensors, meta)
+        return last
+
+    def load_state(self, path: Path) -> None:
+        tensors, meta = ckpt.load(path, device=self.device)
+        ckpt.load_module_state(self.c.gen, ckpt.section(tensors, "gen"), "generator")
+        if self.c.disc is not None:
+            ckpt.load_module_state(self.c.disc, ckpt.section(tensors, "disc"), "discriminator")
+        optim = meta.get("optim", {})
+        ckpt.load_optimizer_state(self.opt_g, ckpt.section(tensors, "opt_g"), optim.get("opt_g", {}))
+        if self.opt_d is not None:
+            ckpt.load_optimizer_state(self.opt_d, ckpt.section(tensors, "opt_d"), optim.get("opt_d", {}))
+        self.step = int(meta["step"])
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def fit(self) -> Path:
+        """Train until `train.steps`; returns the path of the last checkpoint."""
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_config(self.out / "config.toml", self.rc)
+        log_f = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
+        last = self.out / "last.safetensors"
+        try:
+            t_last = time.perf_counter()
+            while self.step < self.t.steps:
+                t0 = time.perf_counter()
+                logs = self.train_step(self.step)
+                self.step += 1
+                dt = time.perf_counter() - t0
+                logs |= {"step": self.step, "time/step_s": dt, "time/images_per_s": self.t.batch / max(dt, 1e-9)}
+                self.history.append(logs)
+                if self.progress is not None:
+                    self.progress(self.step, self.t.steps, logs)
+                if log_f and (self.step % self.t.log_every == 0 or self.step == self.t.steps or self.step == 1):
+                    log_f.write(json.dumps(logs) + "\n")
+                    log_f.flush()
+                if self.rank == 0:
+                    if self.t.sample_every and self.step % self.t.sample_every == 0:
+                        self.save_samples(f"step-{self.step:07d}")
+                    if self.t.ckpt_every and self.step % self.t.ckpt_every == 0:
+                        last = self.save_checkpoint(keep=True)
+                t_last = time.perf_counter()
+        except KeyboardInterrupt:
+            if self.rank == 0 and self.step > 0:
+                self.save_checkpoint(keep=False)
+            raise
+        finally:
+            if log_f:
+                log_f.close()
+        del t_last
+        if self.rank == 0:
+            last = self.save_checkpoint(keep=True)
+            self.save_samples("final")
+            plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+        return last
+
+
+def write_config(path: Path, rc: RunConfig) -> None:
+    import tomli_w
+
+    ckpt.atomic_write(path, lambda tmp: tmp.write_text(tomli_w.dumps(_toml_safe(rc.to_dict()))))
+
+
+def _toml_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _toml_safe(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        return [_toml_safe(x) for x in v]
+    return v
+
+
+def plot_losses(metrics: Path, out: Path) -> Path | None:
+    """Loss curves from metrics.jsonl as a PNG (one panel per step side)."""
+    if not metrics.exists():
+        return None
+    rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in rows for k in r if k.startswith(("g/", "d/")) and k not in ("d/real", "d/fake")})
+    sides = [s for s in ("g/", "d/") if any(k.startswith(s) for k in keys)]
+    fig, axes = plt.subplots(1, len(sides), figsize=(6 * len(sides), 3.6), squeeze=False)
+    for ax, side in zip(axes[0], sides):
+        for k in keys:
+            if k.startswith(side):
+                xs = [r["step"] for r in rows if k in r]
+                ys = [r[k] for r in rows if k in r]
+                ax.plot(xs, ys, label=k[2:], lw=1.4)
+        ax.set_title("generator" if side == "g/" else "discriminator")
+        ax.set_xlabel("step")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    ckpt.atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return out
+
+
+def newest_valid_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint in a run dir that reads back cleanly (a torn or corrupt file is skipped)."""
+    cands = [run_dir / "last.safetensors", *sorted((run_dir / "checkpoints").glob("step-*.safetensors"), reverse=True)]
+    best: tuple[int, Path] | None = None
+    for p in cands:
+        if not p.is_file():
+            continue
+        try:
+            step = int(ckpt.read_meta(p)["step"])
+            ckpt.load(p)
+        except (CheckpointError, KeyError, ValueError):
+            continue
+        if best is None or step > best[0]:
+            best = (step, p)
+    if best is None:
+        raise CheckpointError(f"No valid checkpoint in {run_dir}: nothing to resume. Start a new run instead.")
+    return best[1]
+
+
+def iter_metrics(run_dir: Path) -> Iterator[dict[str, Any]]:
+    p = Path(run_dir) / "metrics.jsonl"
+    if p.exists():
+        for line in p.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+
+def default_out(rc: RunConfig) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{rc.recipe}"
+
+
+def resume_config(run_dir: str | Path, steps: int | None = None) -> tuple[RunConfig, Path]:
+    """The RunConfig stored in a run's newest valid checkpoint (optionally with a new total of steps)."""
+    path = newest_valid_checkpoint(Path(run_dir))
+    rc = RunConfig.from_dict(ckpt.read_meta(path)["run"])
+    if steps is not None:
+        rc.train = dataclasses.replace(rc.train, steps=steps)
+    return rc, path
+
+
+def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
+          steps: int | None = None, registry: Registry | None = None,
+          progress: Callable[..., Any] | None = None) -> Path:
+    """Train a run (or resume one) and return its last checkpoint. Mirrors `stylezoo run`."""
+    resume_from = None
+    if resume is not None:
+        rc, resume_from = resume_config(resume, steps)
+        out = Path(resume)
+        _truncate_metrics(out / "metrics.jsonl", int(ckpt.read_meta(resume_from)["step"]))
+    if rc is None:
+        from .runconfig import resolve
+
+        rc = resolve(registry or default_registry())
+    trainer = Trainer(rc, out or default_out(rc), registry=registry, resume_from=resume_from, progress=progress)
+    return trainer.fit()
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines logged after the checkpoint a run resumes from (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
+    ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))

@@ -1,0 +1,140 @@
+"""Reading and writing images robustly: EXIF orientation, every PIL mode, bad files, decompression bombs.
+
+Everything returns float tensors in [-1, 1] (the project's image convention, core/kinds.py) or PIL images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+
+from .errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"}
+MAX_PIXELS = 64_000_000  # larger declared sizes are refused as possible decompression bombs
+
+
+class BadImage(DataError):
+    """One unreadable image (the message says which and why)."""
+
+
+def open_image(path: str | Path, *, keep_alpha: bool = False) -> Image.Image:
+    """Open an image file as RGB (or RGBA with keep_alpha), EXIF orientation applied.
+
+    Grey, palette, 16-bit, CMYK and alpha images are converted; alpha is composited on white unless kept.
+    Raises BadImage for missing, empty, truncated, corrupt or oversized files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadImage(f"{path}: no such image file.")
+    if path.stat().st_size == 0:
+        raise BadImage(f"{path}: the file is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise BadImage(f"{path}: declared size {w}x{h} is too large (over {MAX_PIXELS} pixels); refused "
+                                   "as a possible decompression bomb. Downscale it first.")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb(im, keep_alpha)
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadImage(f"{path}: refused as a possible decompression bomb (huge declared size).") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise BadImage(f"{path}: not a readable image ({type(e).__name__}: {e}).") from None
+
+
+def _to_rgb(im: Image.Image, keep_alpha: bool) -> Image.Image:
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        im = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        if keep_alpha:
+            return rgba
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def pil_to_tensor(im: Image.Image) -> Tensor:
+    """PIL RGB image to a (3, H, W) float tensor in [-1, 1]."""
+    arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def tensor_to_pil(x: Tensor) -> Image.Image:
+    """A (3, H, W) tensor in [-1, 1] to a PIL RGB image."""
+    arr = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, "RGB")
+
+
+def resize_short(im: Image.Image, short: int) -> Image.Image:
+    """Resize so the shorter side is `short`, keeping the aspect ratio (high-quality filter)."""
+    w, h = im.size
+    s = short / min(w, h)
+    size = (max(short, round(w * s)), max(short, round(h * s)))
+    return im.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0) if size != im.size else im
+
+
+def center_crop(im: Image.Image, size: int) -> Image.Image:
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def load_tensor(path: str | Path, size: int | None = None) -> Tensor:
+    """Load one image as (3, size, size) in [-1, 1] (shorter side resized, centre crop); any size if None."""
+    im = open_image(path)
+    if size is not None:
+        im = center_crop(resize_short(im, size), size)
+    return pil_to_tensor(im)
+
+
+def find_images(spec: str | Path, *, recursive: bool = True) -> list[Path]:
+    """Image files named by a file, a folder (recursively) or a glob; sorted for determinism."""
+    p = Path(spec)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        it: Iterable[Path] = p.rglob("*") if recursive else p.glob("*")
+        return sorted(f for f in it if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    import glob
+
+    hits = sorted(Path(f) for f in glob.glob(str(spec), recursive=True))
+    if hits:
+        return [f for f in hits if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    raise DataError(f"{spec}: no such file or folder. Give an image file, a folder of images or a glob.")
+
+
+def save_grid(rows: Sequence[Tensor], path: str | Path, *, pad: int = 2) -> Path:
+    """Save rows of images ([-1, 1], each (N, 3, H, W) with equal N) as one PNG grid, atomically."""
+    from torchvision.utils import make_grid
+
+    from .checkpoint import atomic_write
+
+    batch = torch.cat([r.detach().float().cpu() for r in rows], 0)
+    nrow = rows[0].shape[0]
+    grid = make_grid((batch.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=pad, pad_value=1.0)
+    arr = (grid * 255).round().byte().permute(1, 2, 0).numpy()
+    path = Path(path)
+    atomic_write(path, lambda tmp: Image.fromarray(arr, "RGB").save(tmp, format="PNG"))
+    return path

@@ -1,0 +1,274 @@
+"""What a run is: the composition (component names, loss weights, config overrides), training options and
+data, resolved from dataclass defaults < registry.toml recipe < --config FILE.toml < CLI flags < --set.
+
+The resolved RunConfig is written to the run's config.toml and into every checkpoint's metadata, so
+`--resume` and `stylize` need no flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import build_config, config_to_dict
+from .errors import CompositionError, ConfigError, did_you_mean
+from .registry import Registry
+
+ROLES = ("gen", "disc", "feat", "adv", "gp")
+ROLE_KIND = {"gen": "gen", "disc": "disc", "feat": "feat", "adv": "loss", "gp": "gp"}
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+
+
+@dataclass
+class TrainConfig:
+    size: int = 128  # side of the training images (and of noise generators' output)
+    batch: int = 4  # global batch size (split across processes when distributed)
+    steps: int = 200  # total optimisation steps (--resume continues up to this)
+    epochs: float = 0.0  # if > 0, overrides steps: epochs over the generator's input set
+    lr: float = 1e-3  # generator learning rate (the original design's Adam 1e-3)
+    lr_d: float = 0.0  # discriminator learning rate; 0 = same as lr
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas for both optimisers
+    d_steps: int = 1  # discriminator updates per generator update
+    seed: int = 0  # everything random derives from (seed, step)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # bf16 = bfloat16 autocast; auto = bf16 where supported
+    channels_last: bool = True  # memory format for convolutions
+    compile: bool = False  # torch.compile the generator and discriminator
+    device: str = "auto"  # auto = cuda when available, else cpu
+    sample_every: int = 50  # steps between sample grids (0 = only the final one)
+    ckpt_every: int = 100  # steps between kept checkpoints (last.safetensors is written at each of them)
+    log_every: int = 10  # steps between metrics.jsonl lines
+    max_bad_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient before the run stops
+    style_size: int = 0  # side for style images when computing style targets (0 = 2 * size, max 512)
+    num_samples: int = 8  # images in each sample grid
+
+    def __post_init__(self) -> None:
+        checks = [("size", self.size >= 8, "at least 8"), ("batch", self.batch >= 1, "at least 1"),
+                  ("steps", self.steps >= 1, "at least 1"), ("lr", self.lr > 0, "positive"),
+                  ("lr_d", self.lr_d >= 0, "0 (same as lr) or positive"), ("d_steps", self.d_steps >= 1, "at least 1"),
+                  ("epochs", self.epochs >= 0, "0 or positive"), ("max_bad_steps", self.max_bad_steps >= 1, "at least 1"),
+                  ("num_samples", self.num_samples >= 1, "at least 1")]
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)!r}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be in [0, 1), got {self.betas}")
+
+
+@dataclass
+class DataConfig:
+    content: str = ""  # generator inputs for image-to-image generators (file, folder or glob)
+    data: str = ""  # images the discriminator learns as real (noise family: what to generate); "" = style images
+    style: str = ""  # style image(s) whose Gram/moment statistics the style losses match
+    strict: bool = False  # refuse unreadable images instead of skipping them with a warning
+
+    def resolved(self) -> DataConfig:
+        return DataConfig(**{f.name: _expand(getattr(self, f.name)) if isinstance(getattr(self, f.name), str)
+                             else getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+def _expand(spec: str) -> str:
+    """`samples:style/starry_night.jpg` names the images bundled with stylezoo."""
+    if spec.startswith("samples:"):
+        return str(SAMPLES / spec.removeprefix("samples:"))
+    return spec
+
+
+@dataclass
+class RunConfig:
+    """A whole run: composition, per-component overrides, training options and data."""
+
+    recipe: str = "default"
+    gen: str = "gen/encdec"
+    disc: str = "disc/patch"  # "" = no discriminator (then no adversarial loss)
+    feat: str = "feat/vgg16"  # "" = no extractor (then no perceptual losses)
+    adv: str = "loss/lsgan"  # adversarial loss; "" = none
+    gp: str = "gp/none"
+    losses: dict[str, float] = field(default_factory=dict)  # loss term name -> weight
+    set: dict[str, dict[str, Any]] = field(default_factory=dict)  # role or loss name -> config overrides
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {r: getattr(self, r) for r in ("recipe", *ROLES)}
+        d["losses"] = dict(self.losses)
+        d["set"] = {k: dict(v) for k, v in self.set.items()}
+        d["train"] = config_to_dict(self.train)
+        d["data"] = config_to_dict(self.data)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known - {"description"}
+        if unknown:
+            k = sorted(unknown)[0]
+            raise ConfigError(f"Unknown run key {k!r}.{did_you_mean(k, known)} Valid keys: {', '.join(sorted(known))}.")
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["train"] = build_config(TrainConfig, d.get("train", {}), owner="train")
+        kw["data"] = build_config(DataConfig, d.get("data", {}), owner="data")
+        kw["losses"] = {str(k): float(v) for k, v in dict(d.get("losses", {})).items()}
+        kw["set"] = {str(k): dict(v) for k, v in dict(d.get("set", {})).items()}
+        return cls(**kw)
+
+
+def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """Merge a recipe/config-file/CLI layer into a run dict (tables merge key by key; losses replace)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in layer.items():
+        if k in ("train", "data"):
+            out[k] = {**out.get(k, {}), **v}
+        elif k == "set":
+            s = {r: dict(o) for r, o in out.get("set", {}).items()}
+            for role, ov in v.items():
+                s[role] = {**s.get(role, {}), **ov}
+            out["set"] = s
+        else:
+            if k in ROLES and v != out.get(k):
+                # a different component for a role: the lower layers' overrides were for the old one
+                out.get("set", {}).pop(k, None)
+            out[k] = v
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set gen.channels=128 --set train.lr=2e-4 --set loss/gram.layers=relu1_1,relu2_1` as a run layer."""
+    layer: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise ConfigError(f"--set {item!r}: use ROLE.FIELD=VALUE, e.g. --set gen.channels=64 or --set train.lr=2e-4.")
+        role, fname = key.rsplit(".", 1) if key.startswith("loss/") else key.split(".", 1)
+        role = role.strip()
+        if role in ("train", "data"):
+            layer.setdefault(role, {})[fname] = value
+        else:
+            layer.setdefault("set", {}).setdefault(role, {})[fname] = value
+    return layer
+
+
+def parse_losses(items: list[str]) -> dict[str, float | None]:
+    """`--loss gram:1e5 --loss content` as {name: weight or None for the term's default}."""
+    out: dict[str, float | None] = {}
+    for item in items:
+        name, colon, w = item.partition(":")
+        if colon:
+            try:
+                out[name] = float(w)
+            except ValueError:
+                raise ConfigError(f"--loss {item!r}: the weight after ':' must be a number.") from None
+        else:
+            out[name] = None
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {p}: no such file.")
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {p}: not valid TOML ({e}).") from None
+
+
+def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path | None = None,
+            cli: dict[str, Any] | None = None, sets: list[str] | None = None,
+            losses: list[str] | None = None) -> RunConfig:
+    """Resolve a run from its layers and validate names, keys, types and the composition before any work."""
+    rname = recipe or "default"
+    layers: dict[str, Any] = {"recipe": rname}
+    layers = merge(layers, {k: v for k, v in reg.recipe(rname).items() if k != "description"})
+    if config_file:
+        layers = merge(layers, load_config_file(config_file))
+    if cli:
+        layers = merge(layers, cli)
+    if losses:
+        parsed = parse_losses(losses)
+        layers["losses"] = {k: v for k, v in parsed.items()}
+    if sets:
+        layers = merge(layers, parse_set(sets))
+    # resolve names (short forms allowed) and default loss weights
+    for role in ROLES:
+        if layers.get(role) in (None, "none"):
+            layers[role] = ""
+        if layers.get(role):
+            layers[role] = reg.resolve(layers[role], ROLE_KIND[role])
+    weights: dict[str, float] = {}
+    for name, w in dict(layers.get("losses", {})).items():
+        full = reg.resolve(name, "loss")
+        if w is None:
+            w = float(reg.make_config(full, layers.get("set", {}).get(full, {})).weight)
+        weights[full] = float(w)
+    layers["losses"] = weights
+    # --set roles may name a loss by its short name
+    sets_ = {}
+    for role, ov in dict(layers.get("set", {})).items():
+        if role not in ROLES:
+            role = reg.resolve(role, "loss")
+        sets_[role] = {**sets_.get(role, {}), **ov}
+    layers["set"] = sets_
+    rc = RunConfig.from_dict(layers)
+    validate(reg, rc)
+    return rc
+
+
+def component_config(reg: Registry, rc: RunConfig, role_or_loss: str) -> Any:
+    """The resolved config of one component of the run (size and weights filled in from the run)."""
+    name = getattr(rc, role_or_loss) if role_or_loss in ROLES else role_or_loss
+    entry = reg.get(name)
+    ov = dict(rc.set.get(role_or_loss, {}))
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    if "size" in fields and "size" not in ov and role_or_loss in ("gen", "disc"):
+        ov["size"] = rc.train.size
+    if role_or_loss in rc.losses and "weight" in fields:
+        ov["weight"] = rc.losses[role_or_loss]
+    return build_config(entry.config, ov, owner=name)
+
+
+def validate(reg: Registry, rc: RunConfig) -> None:
+    """Refuse incompatible compositions and bad configs before any work is done."""
+    for role in rc.set:
+        if role not in ROLES and role not in rc.losses:
+            raise ConfigError(f"--set {role}.…: {role!r} is not part of this run (roles: {', '.join(ROLES)}, "
+                              f"losses: {', '.join(rc.losses) or 'none'}).")
+    for role in ROLES:
+        if getattr(rc, role):
+            component_config(reg, rc, role)
+        elif role in rc.set and rc.set[role]:
+            raise ConfigError(f"--set {role}.…: this run has no {role}.")
+    for name in rc.losses:
+        e = reg.get(name, "loss")
+        if e.card.get("role") == "adversarial" or getattr(e.factory, "adversarial", False):
+            raise CompositionError(f"{name} is an adversarial loss: pass it as --adv {e.short}, not --loss.")
+        component_config(reg, rc, name)
+    if rc.adv:
+        e = reg.get(rc.adv)
+        if not (e.card.get("role") == "adversarial" or getattr(e.factory, "adversarial", False)):
+            raise CompositionError(f"--adv {rc.adv} is not an adversarial loss. Run `stylezoo list --kind loss`.")
+        if not rc.disc:
+            raise CompositionError(f"--adv {rc.adv} needs a discriminator: add --disc patch (or --adv none).")
+    elif rc.disc:
+        raise CompositionError(f"--disc {rc.disc} needs an adversarial loss: add --adv lsgan (or --disc none).")
+    for name in [rc.gp, *rc.losses]:
+        if not name or name == "gp/none":
+            continue
+        compat = reg.get(name).card.get("compatible")
+        if compat and not rc.adv and name.startswith("gp/"):
+            raise CompositionError(f"{name} penalises the discriminator; this run has none (add --disc and --adv).")
+        if compat and rc.adv and rc.adv not in compat:
+            raise CompositionError(f"{name} is not valid with {rc.adv}; it works with {', '.join(compat)}.")
+    family = reg.get(rc.gen).card.get("family") or getattr(reg.get(rc.gen).factory, "family", None)
+    for name in rc.losses:
+        needs = getattr(reg.get(name).factory, "needs", frozenset())
+        if any(n.startswith("feats") for n in needs) and not rc.feat:
+            raise CompositionError(f"{name} needs a feature extractor: add --feat vgg16.")
+        if "style" in needs and not (rc.data.style or rc.data.data):
+            raise CompositionError(f"{name} needs style images: add --style FILE_OR_DIR.")
+    if family == "image" and not rc.data.content:
+        raise CompositionError(f"{rc.gen} restyles images: give them with --content DIR.")
+    if family == "noise" and rc.adv and not (rc.data.data or rc.data.content):
+        raise CompositionError(f"{rc.gen} learns from real images: give them with --data DIR.")

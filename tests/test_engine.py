@@ -1,0 +1,212 @@
+"""The training engine end to end on tiny images: both families, every adversarial loss and penalty,
+resume equivalence, checkpoints that load with no flags, composition errors, the CLI."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from stylezoo.core import checkpoint as ckpt
+from stylezoo.core.cli import app
+from stylezoo.core.engine import Trainer, newest_valid_checkpoint, train
+from stylezoo.core.errors import CompositionError, ConfigError, TrainingDiverged, UnknownComponentError
+from stylezoo.core.inference import load_generator
+from stylezoo.core.registry import Registry
+from stylezoo.core.runconfig import RunConfig, resolve
+
+TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
+NOISE = {"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none", "train": TINY}
+IMAGE = {"gen": "encdec", "disc": "patch", "feat": "", "gp": "none", "train": TINY,
+         "set": {"gen": {"channels": 8, "n_res": 1}, "disc": {"n_layers": 2, "channels": 8}}}
+
+
+@pytest.fixture(scope="module")
+def reg() -> Registry:
+    return Registry()
+
+
+def tiny(reg: Registry, base: dict, *, losses: list[str] | None = None, sets: list[str] | None = None,
+         **over: object) -> RunConfig:
+    cli = {**base, **over}
+    return resolve(reg, cli=cli, losses=losses if losses is not None else ["tv"], sets=sets)
+
+
+@pytest.mark.parametrize("adv", ["bce", "lsgan", "hinge", "wgan"])
+@pytest.mark.parametrize("gp", ["none", "r1", "wgan-gp", "dragan"])
+def test_every_adversarial_loss_and_penalty_trains(reg: Registry, tmp_path: Path, adv: str, gp: str) -> None:
+    try:
+        rc = tiny(reg, NOISE, adv=adv, gp=gp)
+    except CompositionError as e:  # a documented incompatibility is refused before any work
+        assert gp in str(e) and adv in str(e)
+        return
+    tr = Trainer(rc, tmp_path, registry=reg)
+    before = [p.detach().clone() for p in tr.c.disc.parameters()]
+    last = tr.fit()
+    assert last.is_file()
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["d/loss"])) and torch.isfinite(torch.tensor(r["g/loss"])) for r in rows)
+    if gp != "none":
+        assert f"d/gp/{gp}" in rows[0]
+    after = list(tr.c.disc.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after)), "the discriminator did not learn"
+
+
+def test_image_family_with_perceptual_losses_writes_everything(reg: Registry, tmp_path: Path) -> None:
+    rc = tiny(reg, IMAGE, feat="vgg16", losses=["content", "gram:1000", "tv"],
+              sets=["feat.weights=random", "train.sample_every=1", "train.ckpt_every=1"])
+    Trainer(rc, tmp_path, registry=reg).fit()
+    for f in ("config.toml", "metrics.jsonl", "last.safetensors", "loss.png", "samples/final.png",
+              "samples/step-0000001.png", "checkpoints/step-0000002.safetensors"):
+        assert (tmp_path / f).is_file(), f
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("g/loss/content", "g/loss/gram", "g/loss/tv", "g/g_adv", "d/d_adv", "d/real", "d/fake",
+                "time/step_s", "time/images_per_s"):
+        assert key in row
+    # config.toml reproduces the run
+    again = RunConfig.from_dict(tomllib.loads((tmp_path / "config.toml").read_text()))
+    assert again.to_dict() == rc.to_dict()
+
+
+def test_style_targets_computed_once_and_extractor_frozen(reg: Registry, tmp_path: Path) -> None:
+    rc = tiny(reg, IMAGE, feat="vgg16", losses=["content", "gram:1000"], sets=["feat.weights=random"])
+    tr = Trainer(rc, tmp_path, registry=reg)
+    calls: list[tuple[int, tuple[str, ...]]] = []
+    real_forward = tr.c.feat.forward
+
+    def counting(x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        calls.append((x.shape[0], tuple(layers)))
+        return real_forward(x, layers)
+
+    tr.c.feat.forward = counting  # type: ignore[method-assign]
+    tr.train_step(0)
+    # one pass for the fakes, one for the content images; none for the style image (cached at set-up)
+    assert len(calls) == 2
+    assert all(not p.requires_grad for p in tr.c.feat.parameters())
+    gram = tr.c.losses["loss/gram"]
+    assert any(b.numel() > 0 for b in gram.buffers()), "style targets are cached as buffers"
+
+
+def test_noise_family_with_gram_loss_the_design_card_command(tmp_path: Path) -> None:
+    """`stylezoo run --gen dcgan --loss gram` (with tiny settings) through the CLI."""
+    result = CliRunner().invoke(app, [
+        "run", "--gen", "dcgan", "--loss", "gram", "--disc", "dcgan", "--feat", "vgg16", "--set", "feat.weights=random",
+        "--size", "32", "--batch", "2", "--steps", "2", "--out", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    meta = ckpt.read_meta(tmp_path / "r" / "last.safetensors")
+    assert meta["composition"]["gen"] == "gen/dcgan" and meta["composition"]["losses"] == ["loss/gram"]
+
+
+def test_resume_reproduces_the_uninterrupted_run(reg: Registry, tmp_path: Path) -> None:
+    rc = tiny(reg, NOISE, adv="hinge", gp="r1", train={**TINY, "steps": 4})
+    full = Trainer(rc, tmp_path / "full", registry=reg)
+    full.fit()
+    half = resolve(reg, cli={**NOISE, "adv": "hinge", "gp": "r1", "train": {**TINY, "steps": 2}}, losses=["tv"])
+    train(half, out=tmp_path / "half", registry=reg)
+    train(resume=tmp_path / "half", steps=4, registry=reg)
+    a = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(l) for l in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        for k in ("d/loss", "g/loss"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-5), (ra["step"], k)
+    ta, _ = ckpt.load(tmp_path / "full" / "last.safetensors")
+    tb, _ = ckpt.load(tmp_path / "half" / "last.safetensors")
+    for k in ta:
+        if k.startswith("gen."):
+            torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_loads_with_no_flags(reg: Registry, tmp_path: Path) -> None:
+    rc = tiny(reg, IMAGE)
+    tr = Trainer(rc, tmp_path, registry=reg)
+    tr.fit()
+    loaded = load_generator(tmp_path, registry=reg)  # the run dir is enough
+    assert loaded.name == "gen/encdec" and loaded.family == "image"
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    tr.c.gen.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), tr.c.gen(x))
+    with safe_open(str(tmp_path / "last.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["stylezoo"])
+    assert meta["configs"]["gen"]["channels"] == 8 and meta["step"] == 2
+    assert {"stylezoo", "torch"} <= set(meta["versions"])
+
+
+def test_newest_valid_checkpoint_skips_a_torn_file(reg: Registry, tmp_path: Path) -> None:
+    rc = tiny(reg, NOISE, train={**TINY, "steps": 2, "ckpt_every": 1})
+    Trainer(rc, tmp_path, registry=reg).fit()
+    last = tmp_path / "last.safetensors"
+    last.write_bytes(last.read_bytes()[:100])  # torn
+    assert newest_valid_checkpoint(tmp_path).name == "step-0000002.safetensors"
+
+
+@pytest.mark.parametrize("over,losses,err,fragment", [
+    ({"adv": "bce", "disc": ""}, ["tv"], CompositionError, "needs a discriminator"),
+    ({"gen": "encdec", "data": {"content": ""}}, ["tv"], CompositionError, "--content"),
+    ({"feat": ""}, ["gram"], CompositionError, "feature extractor"),
+    ({"adv": "gram"}, ["tv"], CompositionError, "not an adversarial loss"),
+    ({}, ["bce"], CompositionError, "--adv"),
+    ({"gen": "dcgn"}, ["tv"], UnknownComponentError, "gen/dcgan"),
+])
+def test_bad_compositions_are_refused_before_work(reg: Registry, over: dict, losses: list[str], err: type,
+                                                   fragment: str) -> None:
+    base = {**NOISE, "adv": "bce", **over}
+    with pytest.raises(err, match=None) as e:
+        resolve(reg, cli=base, losses=losses)
+    assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("sets,fragment", [
+    (["gen.chanels=8"], "channels"),
+    (["gen.channels=wide"], "integer"),
+    (["train.lr=0"], "lr"),
+    (["train.batch=0"], "batch"),
+    (["loss/tv.weight=-1"], "weight"),
+])
+def test_bad_overrides_are_refused_before_work(reg: Registry, sets: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(reg, cli={**NOISE, "adv": "bce"}, losses=["tv"], sets=sets)
+    assert fragment in str(e.value)
+
+
+def test_nan_loss_stops_the_run_and_keeps_weights(reg: Registry, tmp_path: Path) -> None:
+    rc = tiny(reg, NOISE, adv="bce", train={**TINY, "steps": 10, "max_bad_steps": 3})
+    tr = Trainer(rc, tmp_path, registry=reg)
+    tr.train_step(0)
+    tv = tr.c.losses["loss/tv"]
+    tv.forward = lambda ctx: torch.tensor(float("nan"))  # type: ignore[method-assign]
+    snapshot = {k: v.clone() for k, v in tr.c.gen.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="loss/tv"):
+        tr.fit()
+    for k, v in tr.c.gen.state_dict().items():
+        if v.is_floating_point() and "running" not in k:
+            assert torch.equal(v, snapshot[k]), k
+
+
+def test_cli_dry_run_reports_composition(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["run", "--gen", "encdec", "--disc", "patch", "--feat", "none", "--loss", "tv",
+                                      "--size", "32", "--batch", "2", "--set", "gen.channels=8", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "gen/encdec" in result.output and "parameters" in result.output and "(2, 3, 32, 32)" in result.output
+
+
+def test_cli_unknown_set_key_exits_2_without_traceback() -> None:
+    result = CliRunner().invoke(app, ["run", "--set", "gen.chanels=8", "--dry-run"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output and "channels" in result.output
+
+
+def test_cli_resume_continues_to_the_new_total(tmp_path: Path) -> None:
+    args = ["run", "--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv",
+            "--size", "32", "--batch", "2", "--steps", "2", "--out", str(tmp_path), "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path), "--steps", "4", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert ckpt.read_meta(tmp_path / "last.safetensors")["step"] == 4
