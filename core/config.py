@@ -7,6 +7,8 @@ work: an unknown key names the fields that exist, a value of the wrong type says
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -122,6 +124,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _tname(tp: Any) -> str:
+    """A readable type: `tuple[float, float]`, `Literal['fp32', 'bf16']`, `int | None`, `int`."""
+    if get_origin(tp) is not None:  # generic aliases report only their origin's __name__
+        return str(tp).replace("typing.", "").replace("NoneType", "None")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -156,10 +161,34 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """The `# comment` after each `field: type = default` in the dataclass source (house style for docs)."""
+    out: dict[str, str] = {}
+    for klass in cls.__mro__:
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []  # a comment on the lines just above a field also documents it
+        for line in src.splitlines():
+            if re.match(r"\s+#", line):
+                above.append(line.strip().lstrip("#").strip())
+                continue
+            m = re.match(r"\s+(\w+)\s*:[^#=]*(?:=[^#]*)?(?:#\s*(.+))?$", line)
+            if m and (m.group(2) or above):
+                out.setdefault(m.group(1), (m.group(2) or " ".join(above)).strip())
+            above = []
+    return out
+
+
 def describe_fields(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, comment) for each field of a config dataclass, for `stylezoo info`."""
+    """(name, type, default, meaning) for each field of a config dataclass, for `stylezoo info`.
+
+    The meaning is the field's `metadata["help"]`, else the comment after it in the source.
+    """
     out = []
     types_ = field_types(cls)
+    comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -167,5 +196,5 @@ def describe_fields(cls: type) -> list[tuple[str, str, Any, str]]:
             default = f.default_factory()  # type: ignore[misc]
         else:
             default = None
-        out.append((f.name, _tname(types_[f.name]), default, str(f.metadata.get("help", ""))))
+        out.append((f.name, _tname(types_[f.name]), default, str(f.metadata.get("help") or comments.get(f.name, ""))))
     return out

@@ -202,10 +202,14 @@ class Registry:
                     raise UnknownComponentError(
                         f"{name!r} is ambiguous: {', '.join(sorted(hits))}. Use the full kind/name."
                     )
-        pool = [n for n in entries if kind is None or n.startswith(kind + "/")]
+        typed_kind = name.split("/", 1)[0] if "/" in name and name.split("/", 1)[0] in KINDS else None
+        near = kind or typed_kind  # suggest names of the kind asked for (or typed) first, then any
+        target = name if "/" in name or not kind else f"{kind}/{name}"
+        hint = did_you_mean(target, [n for n in entries if near and n.startswith(near + "/")])
+        if not hint and not kind:
+            hint = did_you_mean(target, entries)
         what = KINDS[kind] if kind else "component"
-        hint = did_you_mean(name if "/" in name or not kind else f"{kind}/{name}", pool)
-        listing = f"Run `stylezoo list --kind {kind}`" if kind else "Run `stylezoo list`"
+        listing = f"Run `stylezoo list --kind {near}`" if near else "Run `stylezoo list`"
         failed = [p.name for p in self.failures]
         extra = f" (plugins that failed to load: {', '.join(failed)}; see `stylezoo plugins`)" if failed else ""
         raise UnknownComponentError(f"Unknown {what} {name!r}.{hint} {listing} to see what exists{extra}.")

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..config import describe_fields
@@ -51,13 +52,13 @@ def list_cmd(
     for col in ("name", "kind", "description", "plugin"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["name"], r["kind"], r["description"], r["plugin"])
+        table.add_row(*(escape(str(r[c])) for c in ("name", "kind", "description", "plugin")))
     out.print(table)
     failed = reg.failures
     if failed:
-        Console(stderr=True).print(
-            f"[yellow]{len(failed)} plugin(s) failed to load: {', '.join(p.name for p in failed)}. "
-            "See `stylezoo plugins`.[/]"
+        names = ", ".join(p.name + (f" ({p.dist})" if p.dist and not p.builtin else "") for p in failed)
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]{len(failed)} plugin(s) failed to load: {escape(names)}. See `stylezoo plugins`.[/]"
         )
 
 
@@ -73,32 +74,49 @@ def info_cmd(
         if as_json:
             typer.echo(json.dumps(recipe, indent=2))
         else:
-            out.print(f"[bold]recipe {name.removeprefix('recipe/')}[/]")
+            out.print(f"[bold]recipe {escape(name.removeprefix('recipe/'))}[/]")
             for k, v in recipe.items():
-                out.print(f"  {k}: {v}")
+                out.print(escape(f"  {k}: {v}"))
         return
     e = reg.get(name)
     fields = describe_fields(e.config)
-    card = {k: v for k, v in e.card.items() if k != "description"}
+    card = {k: v for k, v in e.card.items() if k not in ("description", "compatible", "weights")}
+    compatible = [str(c) for c in e.card.get("compatible", ())]
+    # the other side of `compatible`: the components that name this one (e.g. penalties for an adversarial loss)
+    used_with = sorted(n for n, o in reg.entries.items() if e.name in tuple(o.card.get("compatible", ())))
+    weights = e.card.get("weights")
+    if weights is None:
+        weights = next((d for f, _, d, _ in fields if f == "weights"), None)
+    adversarial = e.card.get("role") == "adversarial" or getattr(e.factory, "adversarial", False)
+    role = "adv" if adversarial else e.name if e.kind == "loss" else e.kind
     if as_json:
         typer.echo(json.dumps({
             "name": e.name, "kind": e.kind, "description": e.description, "plugin": e.plugin,
             "dist": e.dist, "version": e.version,
             "config": [{"name": f, "type": t, "default": d, "help": h} for f, t, d, h in fields],
-            "card": card,
+            "compatible": compatible, "used_with": used_with, "weights": weights, "card": card,
         }, indent=2, default=str))
         return
-    out.print(f"[bold]{e.name}[/] - {KINDS[e.kind]}: {e.description}")
-    out.print(f"plugin: {e.plugin}" + (f" ({e.dist} {e.version or ''})" if e.dist else ""))
+    out.print(f"[bold]{escape(e.name)}[/] - {KINDS[e.kind]}: {escape(e.description)}")
+    out.print(escape(f"provided by: plugin {e.plugin!r}" + (f" from {e.dist} {e.version or ''}".rstrip() if e.dist else "")))
+    if compatible:
+        out.print(escape(f"compatible with: {', '.join(compatible)}"))
+    if used_with:
+        out.print(escape(f"works with: {', '.join(used_with)}"))
+    if weights is not None:
+        out.print(escape(f"weights: {weights}"))
     for key, val in card.items():
-        out.print(f"{key}: {val}")
+        out.print(escape(f"{key}: {val}"))
     table = Table(title=f"config ({e.config.__name__})")
     for col in ("field", "type", "default", "meaning"):
         table.add_column(col, overflow="fold")
     for f, t, d, h in fields:
-        table.add_row(f, t, repr(d), h)
-    out.print(table)
-    out.print(f"Override from the CLI with --set {e.kind}.FIELD=VALUE.")
+        table.add_row(escape(f), escape(t), escape(repr(d)), escape(h))
+    if fields:
+        out.print(table)
+        out.print(escape(f"Override from the CLI with --set {role}.FIELD=VALUE."))
+    else:
+        out.print("config: no fields")
 
 
 def plugins_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -118,8 +136,8 @@ def plugins_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         table.add_column(col, overflow="fold")
     for r in rows:
         dist = f"{r['dist'] or '-'} {r['version'] or ''}".strip()
-        status = "[red]failed: " + r["error"] + "[/]" if r["error"] else "[green]ok[/]"
-        table.add_row(r["name"], dist, ", ".join(r["components"]), status)
+        status = "[red]failed: " + escape(r["error"]) + "[/]" if r["error"] else "[green]ok[/]"
+        table.add_row(escape(r["name"]), escape(dist), escape(", ".join(r["components"])), status)
     out.print(table)
 
 
