@@ -139,6 +139,8 @@ def test_info_of_a_feat_names_its_weights():
     data = json.loads(invoke("info", "feat/vgg16", "--json").stdout)
     assert data["weights"], "feat/vgg16 must say which weights it holds (card `weights` or a `weights` field)"
     assert "weights:" in invoke("info", "feat/vgg16").stdout
+    assert "weight set: vgg16-hed (install offline with `stylezoo weights pull vgg16-hed`)" in invoke(
+        "info", "feat/vgg16").stdout
 
 
 def test_info_of_a_recipe():

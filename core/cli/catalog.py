@@ -87,6 +87,7 @@ def info_cmd(
     weights = e.card.get("weights")
     if weights is None:
         weights = next((d for f, _, d, _ in fields if f == "weights"), None)
+    weight_sets = sorted(n for n, t in reg.catalog.get("weights", {}).items() if t.get("component") == e.name)
     adversarial = e.card.get("role") == "adversarial" or getattr(e.factory, "adversarial", False)
     role = "adv" if adversarial else e.name if e.kind == "loss" else e.kind
     if as_json:
@@ -94,7 +95,8 @@ def info_cmd(
             "name": e.name, "kind": e.kind, "description": e.description, "plugin": e.plugin,
             "dist": e.dist, "version": e.version,
             "config": [{"name": f, "type": t, "default": d, "help": h} for f, t, d, h in fields],
-            "compatible": compatible, "used_with": used_with, "weights": weights, "card": card,
+            "compatible": compatible, "used_with": used_with, "weights": weights, "weight_sets": weight_sets,
+            "card": card,
         }, indent=2, default=str))
         return
     out.print(f"[bold]{escape(e.name)}[/] - {KINDS[e.kind]}: {escape(e.description)}")
@@ -105,6 +107,8 @@ def info_cmd(
         out.print(escape(f"works with: {', '.join(used_with)}"))
     if weights is not None:
         out.print(escape(f"weights: {weights}"))
+    for ws in weight_sets:
+        out.print(escape(f"weight set: {ws} (install offline with `stylezoo weights pull {ws}`)"))
     for key, val in card.items():
         out.print(escape(f"{key}: {val}"))
     table = Table(title=f"config ({e.config.__name__})")
