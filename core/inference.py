@@ -1,17 +1,30 @@
-"""Load a trained generator from a checkpoint or run directory with no flags: the composition and its
-configs come from the checkpoint's metadata."""
+"""Use a trained generator: load it from a checkpoint or run directory with no flags (the composition and its
+configs come from the checkpoint's metadata) and apply it to images, paths, tensors or whole folders.
+
+`Stylizer` is the Python face of `stylezoo stylize`; the CLI is a thin layer over `Stylizer.stylize_files`
+and `Stylizer.write_samples`, so both give identical pixels.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import io
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from .errors import CheckpointError, UnknownComponentError
+from .checkpoint import atomic_write
+from .errors import CheckpointError, DataError, UnknownComponentError, UsageError
+from .images import _to_rgb, find_images, open_image, pil_to_tensor, resize_short, tensor_to_pil
 from .registry import Registry, default_registry
 
 
@@ -69,3 +82,383 @@ def _dist_of(meta: dict[str, Any], name: str) -> str | None:
     versions = meta.get("versions", {})
     others = [d for d in versions if d not in ("stylezoo", "torch")]
     return others[0] if len(others) == 1 else None
+
+
+# ------------------------------------------------------------------------------------------------ Stylizer
+# Output modes (decided here, documented in `output_mode`): the output has the input's size (after --size)
+# and, as far as the output format allows, the input's mode.
+GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+GREY8 = frozenset({"L", "1", "F"})
+PRECISIONS = ("fp32", "bf16", "auto")
+AUTO_PRECISION = "fp32"  # what "auto" means; measured in benchmarks/inference.py
+_FALLBACK = {"I;16": "L", "LA": "L", "RGBA": "RGB", "P": "RGB", "CMYK": "RGB", "L": "RGB"}
+log = logging.getLogger("stylezoo")
+
+
+def output_mode(src_mode: str, has_alpha: bool) -> str:
+    """The mode of a stylized image given its source's mode.
+
+    Single-channel inputs give grey outputs: 16-bit ("I;16", "I") stay 16-bit "I;16" (full precision from
+    the float output), other grey modes ("L", "1", "F") give "L". The generator always sees RGB (grey is
+    replicated); its output is reduced to luma (ITU-R 601). Alpha is kept aside and put back ("LA" stays
+    "LA", "RGBA" stays "RGBA"). Palette inputs get a new adaptive palette ("P"; "RGBA" when the palette had
+    transparency), because restyling invents colours the old palette lacks. "CMYK" stays "CMYK"; any other
+    mode gives "RGB". When the output format cannot store the mode (JPEG and alpha, ...), a simpler one is
+    written and a note says so.
+    """
+    if src_mode in GREY16:
+        return "I;16"
+    if src_mode in GREY8:
+        return "L"
+    if src_mode in ("LA", "La"):
+        return "LA"
+    if src_mode == "P":
+        return "RGBA" if has_alpha else "P"
+    if src_mode == "CMYK":
+        return "CMYK"
+    return "RGBA" if has_alpha else "RGB"
+
+
+@dataclass
+class _Item:
+    rgb: Tensor  # (3, h, w) in [-1, 1]
+    alpha: Image.Image | None  # mode "L", same size
+    mode: str  # output mode
+
+
+def _item(im: Image.Image, src_mode: str, size: int | None) -> _Item:
+    """`im` is RGB or RGBA (from open_image(keep_alpha=True) or _to_rgb)."""
+    if size is not None:
+        im = resize_short(im, size)
+    alpha = im.getchannel("A") if im.mode == "RGBA" else None
+    return _Item(pil_to_tensor(im), alpha, output_mode(src_mode, alpha is not None))
+
+
+def read_item(path: str | Path, size: int | None = None) -> _Item:
+    """An image file as the generator's input (EXIF orientation applied) plus what restores its mode."""
+    im = open_image(path, keep_alpha=True)
+    with Image.open(path) as raw:
+        src_mode = raw.mode
+    return _item(im, src_mode, size)
+
+
+def _finish(y: Tensor, item: _Item) -> Image.Image:
+    """The generator's output (3, h, w) back in the source's mode, alpha re-attached."""
+    mode = item.mode
+    if mode == "I;16":
+        unit = ((y.detach().float().cpu().clamp(-1, 1) + 1) * 0.5).numpy().astype(np.float64)
+        luma = 0.299 * unit[0] + 0.587 * unit[1] + 0.114 * unit[2]
+        return Image.fromarray(np.round(luma * 65535.0).astype("<u2"))  # mode I;16
+    rgb = tensor_to_pil(y)
+    if mode == "L":
+        return rgb.convert("L")
+    if mode == "LA" and item.alpha is not None:
+        return Image.merge("LA", (rgb.convert("L"), item.alpha))
+    if mode == "RGBA" and item.alpha is not None:
+        rgb.putalpha(item.alpha)
+        return rgb
+    if mode == "P":
+        return rgb.quantize(256)
+    if mode == "CMYK":
+        return rgb.convert("CMYK")
+    return rgb
+
+
+def image_format(path: Path) -> str:
+    """The PIL format name for a file name's suffix (UsageError when PIL cannot write it)."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise UsageError(f"Cannot write images with the suffix {path.suffix or '(none)'!r} ({path.name}): "
+                         "use .png, .jpg, .webp, .tif or .bmp (or --ext).")
+    return fmt
+
+
+def encode(im: Image.Image, fmt: str) -> tuple[bytes, str | None]:
+    """`im` encoded as `fmt`; when the format cannot store its mode, a simpler mode and a note saying so."""
+    opts = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}.get(fmt, {})
+    cur, note = im, None
+    while True:
+        buf = io.BytesIO()
+        try:
+            cur.save(buf, format=fmt, **opts)
+            return buf.getvalue(), note
+        except (OSError, KeyError, ValueError):
+            nxt = _FALLBACK.get(cur.mode)
+            if nxt is None:
+                raise
+            if cur.mode in ("RGBA", "LA"):  # flatten on white, as open_image does
+                cur = Image.alpha_composite(Image.new("RGBA", cur.size, (255, 255, 255, 255)), cur.convert("RGBA"))
+            cur = cur.convert(nxt)
+            note = f"{fmt} cannot store mode {im.mode}; wrote {nxt}"
+
+
+@dataclass
+class StylizeReport:
+    """What `Stylizer.stylize_files` did: files written, inputs skipped (path, why), format notes."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """fp32 or bf16. `auto` is fp32: see benchmarks/inference.py for why bf16 is not the default."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        return AUTO_PRECISION
+    if precision == "bf16":
+        from .engine import bf16_supported
+
+        if not bf16_supported(device):
+            raise UsageError(f"bfloat16 is not supported on {device} here; use --precision fp32.")
+    return precision
+
+
+def _device(spec: str | torch.device) -> torch.device:
+    from .engine import pick_device
+
+    try:
+        dev = pick_device(spec) if isinstance(spec, str) else spec
+    except RuntimeError:
+        raise UsageError(f"Unknown device {spec!r}: use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {spec} asked for CUDA, which is not available here; use --device cpu.")
+    return dev
+
+
+def pad_to_multiple(x: Tensor, multiple: int, min_side: int = 1) -> tuple[Tensor, tuple[int, int]]:
+    """Pad (N, C, H, W) so both sides are multiples of `multiple` and at least `min_side`, centred.
+
+    Reflection padding where the image is larger than the pad, edge replication otherwise (tiny images).
+    Returns the padded tensor and the (top, left) offset of the original inside it.
+    """
+    h, w = x.shape[-2:]
+    th = max(math.ceil(h / multiple) * multiple, math.ceil(min_side / multiple) * multiple)
+    tw = max(math.ceil(w / multiple) * multiple, math.ceil(min_side / multiple) * multiple)
+    top, left = (th - h) // 2, (tw - w) // 2
+    pads = (left, tw - w - left, top, th - h - top)
+    if not any(pads):
+        return x, (0, 0)
+    mode = "reflect" if max(pads[:2]) < w and max(pads[2:]) < h else "replicate"
+    return F.pad(x, pads, mode=mode), (top, left)
+
+
+class Stylizer:
+    """A trained generator ready to apply: `Stylizer.load("runs/x")("photo.jpg").save("out.png")`.
+
+    Image generators take a PIL image, a path or a tensor ((3, H, W) or (N, 3, H, W) in [-1, 1]) of any size
+    (padded to the generator's multiple and cropped back) and return the same kind. Noise generators
+    `sample(n, seed)`. Paths get their EXIF orientation applied; PIL images are used as they are.
+    """
+
+    def __init__(self, loaded: LoadedGenerator, *, device: str | torch.device = "cpu", precision: str = "auto") -> None:
+        self.loaded = loaded
+        self.device = _device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.module = loaded.module.to(self.device).eval()
+        self.name, self.family = loaded.name, loaded.family
+        self.size_multiple = int(getattr(self.module, "size_multiple", 1))
+        self.latent_dim = getattr(self.module, "latent_dim", None)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str | torch.device = "auto", precision: str = "auto", *,
+             registry: Registry | None = None) -> Stylizer:
+        """Load a checkpoint file or a run directory's newest checkpoint; no other settings needed."""
+        return cls(load_generator(checkpoint, device="cpu", registry=registry), device=device, precision=precision)
+
+    def _run(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, torch.float32)
+        bf16 = self.precision == "bf16"
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+            y = self.module(x).float()
+        return y.clone()  # a normal tensor, usable outside inference mode
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Restyle (N, 3, H, W) or (3, H, W) images in [-1, 1] of any size; same shape out, on x's device."""
+        if self.family == "noise":
+            raise UsageError(f"{self.name} makes images from noise; use sample(n, seed) (or stylize --num N).")
+        squeeze = x.dim() == 3
+        xb = x[None] if squeeze else x
+        if xb.dim() != 4 or xb.shape[1] != 3:
+            raise UsageError(f"Expected an RGB tensor (3, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(x.shape)}.")
+        h, w = xb.shape[-2:]
+        xp, (top, left) = pad_to_multiple(xb.float(), self.size_multiple, max(2 * self.size_multiple, 16))
+        y = self._run(xp)[..., top:top + h, left:left + w].contiguous().to(x.device)
+        return y[0] if squeeze else y
+
+    def __call__(self, image: Image.Image | Tensor | str | Path, size: int | None = None) -> Any:
+        """Restyle one image; `size` resizes the shorter side first. PIL or path in: PIL out; tensor in: tensor out."""
+        if isinstance(image, Tensor):
+            if size is not None:
+                image = _resize_tensor(image, size)
+            return self.forward(image)
+        if isinstance(image, (str, Path)):
+            item = read_item(image, size)
+        elif isinstance(image, Image.Image):
+            item = _item(_to_rgb(image, keep_alpha=True), image.mode, size)
+        else:
+            raise UsageError(f"Cannot stylize a {type(image).__name__}: give a PIL image, a tensor or a path.")
+        return _finish(self.forward(item.rgb), item)
+
+    def sample_tensor(self, n: int, seed: int = 0, batch: int = 16) -> Tensor:
+        """`n` images (n, 3, size, size) in [-1, 1] from seeded noise; the same seed gives the same images."""
+        if self.family != "noise" or self.latent_dim is None:
+            raise UsageError(f"{self.name} restyles images; call it on an image instead of sample().")
+        if n < 1 or batch < 1:
+            raise UsageError(f"The number of samples and the batch must be >= 1 (got {n}, {batch}).")
+        z = torch.randn(n, int(self.latent_dim), generator=torch.Generator().manual_seed(seed))
+        return torch.cat([self._run(z[i:i + batch]).cpu() for i in range(0, n, batch)])
+
+    def sample(self, n: int, seed: int = 0, batch: int = 16) -> list[Image.Image]:
+        """`n` PIL images from seeded noise."""
+        return [tensor_to_pil(t) for t in self.sample_tensor(n, seed, batch)]
+
+    # -- many files ------------------------------------------------------------------------------------------
+    def stylize_files(self, inputs: Sequence[str | Path], out: str | Path, *, size: int | None = None,
+                      batch: int = 1, ext: str | None = None, strict: bool = False,
+                      progress: Callable[[Path, bool], None] | None = None,
+                      on_skip: Callable[[str, str], None] | None = None) -> StylizeReport:
+        """Restyle image files, folders (recursively) and globs into `out` (a folder, or a file for one input).
+
+        Same-size images run in batches of `batch`. Unreadable inputs are skipped and reported (`on_skip`,
+        default a logged warning), or refused before anything is written with `strict`. Raises DataError
+        when nothing could be written.
+        """
+        if batch < 1:
+            raise UsageError(f"--batch must be >= 1, got {batch}.")
+        pairs, report = plan_outputs(inputs, out, ext)
+        skip = on_skip or (lambda p, why: log.warning("skipped %s", why))
+        if strict:
+            for src, _ in pairs:  # refuse before writing anything
+                try:
+                    open_image(src)
+                except DataError as e:
+                    report.skipped.append((str(src), str(e)))
+            if report.skipped:
+                raise DataError(f"{report.skipped[0][1]} (refused because of --strict; {len(report.skipped)} bad "
+                                "input(s); remove them or drop --strict).")
+        for p, why in report.skipped:
+            skip(p, why)
+        pending: dict[tuple[int, int], list[tuple[_Item, Path, Path]]] = {}
+
+        def flush(key: tuple[int, int]) -> None:
+            group = pending.pop(key)
+            ys = self.forward(torch.stack([it.rgb for it, _, _ in group]))
+            for y, (it, src, dst) in zip(ys, group):
+                data, note = encode(_finish(y, it), image_format(dst))
+                atomic_write(dst, lambda p, d=data: p.write_bytes(d))
+                report.written.append(dst)
+                if note:
+                    report.notes.append(f"{dst}: {note}")
+                if progress:
+                    progress(src, True)
+
+        for src, dst in pairs:
+            try:
+                it = read_item(src, size)
+            except DataError as e:
+                report.skipped.append((str(src), str(e)))
+                skip(str(src), str(e))
+                if progress:
+                    progress(src, False)
+                continue
+            key = (int(it.rgb.shape[1]), int(it.rgb.shape[2]))
+            pending.setdefault(key, []).append((it, src, dst))
+            if len(pending[key]) >= batch:
+                flush(key)
+            elif sum(map(len, pending.values())) >= 4 * batch:  # bound memory: run the oldest group
+                flush(next(iter(pending)))
+        for key in list(pending):
+            flush(key)
+        if not report.written:
+            why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3])
+            raise DataError(f"Nothing was written: none of the inputs could be stylized ({why}).")
+        return report
+
+    def write_samples(self, out: str | Path, num: int, *, seed: int = 0, ext: str = "png", batch: int = 16,
+                      progress: Callable[[Path, bool], None] | None = None) -> list[Path]:
+        """Write `num` samples: into the folder `out` as sample-0000.png..., or to the file `out` (numbered if num > 1)."""
+        out = Path(out)
+        if out.suffix and not out.is_dir():
+            image_format(out)
+            paths = [out] if num == 1 else [out.with_name(f"{out.stem}-{i:04d}{out.suffix}") for i in range(num)]
+        else:
+            paths = [out / f"sample-{i:04d}.{ext.lstrip('.')}" for i in range(num)]
+            image_format(paths[0])
+        for img, dst in zip(self.sample(num, seed, batch), paths):
+            data, _ = encode(img, image_format(dst))
+            atomic_write(dst, lambda p, d=data: p.write_bytes(d))
+            if progress:
+                progress(dst, True)
+        return paths
+
+
+def _resize_tensor(x: Tensor, size: int) -> Tensor:
+    h, w = x.shape[-2:]
+    s = size / min(h, w)
+    xb = x[None] if x.dim() == 3 else x
+    y = F.interpolate(xb.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode="bicubic",
+                      antialias=True, align_corners=False).clamp(-1, 1)
+    return y[0] if x.dim() == 3 else y
+
+
+def _glob_base(spec: str) -> Path:
+    parts = Path(spec).parts
+    keep = []
+    for p in parts:
+        if any(c in p for c in "*?["):
+            break
+        keep.append(p)
+    return Path(*keep) if keep else Path(".")
+
+
+def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
+                 ext: str | None = None) -> tuple[list[tuple[Path, Path]], StylizeReport]:
+    """(input, output) pairs: outputs keep the input's name (and sub-folders) under `out`, or `out` itself
+    when it has an image suffix and there is one input. Inputs that name nothing go to report.skipped."""
+    out = Path(out)
+    report = StylizeReport()
+    found: list[tuple[Path, Path]] = []
+    seen: set[Path] = set()
+    for spec in inputs:
+        try:
+            files = find_images(spec)
+        except DataError as e:
+            report.skipped.append((str(spec), str(e)))
+            continue
+        if not files:
+            report.skipped.append((str(spec), f"{spec}: no image files (.jpg, .png, ...) found there."))
+            continue
+        p = Path(spec)
+        base = p if p.is_dir() else None if p.is_file() else _glob_base(str(spec))
+        for f in files:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
+            rel = f.relative_to(base) if base is not None and f.is_relative_to(base) else Path(f.name)
+            found.append((f, rel))
+    if not found:
+        why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3]) or "no inputs given"
+        raise DataError(f"Nothing to stylize: {why}.")
+    suffix = f".{ext.lstrip('.')}" if ext else None
+    if out.suffix and not out.is_dir() and Image.registered_extensions().get(out.suffix.lower()):
+        if len(found) > 1:
+            raise UsageError(f"-o {out} names one file but there are {len(found)} images: give a folder instead.")
+        image_format(out)
+        pairs = [(found[0][0], out)]
+    else:
+        pairs, used = [], set()
+        for src, rel in found:
+            dst = out / (rel.with_suffix(suffix) if suffix else rel)
+            k = 1
+            while dst in used:
+                dst = dst.with_name(f"{dst.stem.rsplit('~', 1)[0]}~{k}{dst.suffix}")
+                k += 1
+            used.add(dst)
+            image_format(dst)
+            pairs.append((src, dst))
+    for src, dst in pairs:
+        if dst.resolve() == src.resolve():
+            raise UsageError(f"{dst} would overwrite its own input; write to another folder (-o).")
+    return pairs, report

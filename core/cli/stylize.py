@@ -1,0 +1,96 @@
+"""`stylezoo stylize`: apply a trained generator to images, folders and globs (or sample a noise generator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stylize_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory (its newest checkpoint).")],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive) or globs.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (names and sub-folders kept), or a file for one input.")] = Path("stylized"),
+    size: Annotated[Optional[int], typer.Option("--size", help="Resize the shorter side to this first (default: keep the input size).")] = None,
+    batch: Annotated[int, typer.Option("--batch", help="Run up to this many same-size images at once.")] = 1,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or auto (see benchmarks/inference.py).")] = "auto",
+    ext: Annotated[Optional[str], typer.Option("--ext", help="Output format for a folder, e.g. png (default: the input's).")] = None,
+    num: Annotated[int, typer.Option("--num", "-n", help="Noise generators: how many samples to write.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Noise generators: the same seed gives the same images.")] = 0,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse (write nothing) if any input is unreadable.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Restyle images with a trained generator; its composition comes from the checkpoint, no flags needed.
+
+    Outputs keep each input's size (any size works: it is padded to the generator's multiple and cropped
+    back), EXIF orientation, alpha channel and mode (grey in, grey out; see stylezoo.core.inference.output_mode).
+    Unreadable inputs are skipped with a warning; the exit status is non-zero only if nothing was written.
+    """
+    from ..errors import UsageError
+    from ..inference import Stylizer
+
+    if size is not None and size < 1:
+        raise UsageError(f"--size must be >= 1, got {size}.")
+    st = Stylizer.load(checkpoint, device=device, precision=precision)
+    if st.family == "noise":
+        if inputs:
+            raise UsageError(f"{st.name} makes images from noise and takes no inputs; use --num N and --seed S.")
+        if num < 1:
+            raise UsageError(f"--num must be >= 1, got {num}.")
+        with _Bar(num, quiet or num < 2, "sample") as bar:
+            paths = st.write_samples(out, num, seed=seed, ext=ext or "png", batch=max(batch, 1), progress=bar.advance)
+        Console(highlight=False).print(f"[green]wrote {len(paths)} sample(s)[/] from {escape(st.name)} (seed {seed}) "
+                                       f"to {escape(str(paths[0].parent))}")
+        return
+    if not inputs:
+        raise UsageError(f"{st.name} restyles images: give image files, folders or globs after the checkpoint.")
+
+    def on_skip(path: str, why: str) -> None:
+        err.print(f"[yellow]warning:[/] skipped {escape(why)}")
+
+    from ..inference import plan_outputs
+
+    total = len(plan_outputs(inputs, out, ext)[0]) if not quiet else 0
+    with _Bar(total, quiet or total < 2, "stylize") as bar:
+        report = st.stylize_files(inputs, out, size=size, batch=batch, ext=ext, strict=strict, progress=bar.advance,
+                                  on_skip=on_skip)
+    for note in report.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    where = report.written[0] if len(report.written) == 1 else out
+    skipped = f", skipped {len(report.skipped)} unreadable input(s)" if report.skipped else ""
+    Console(highlight=False).print(f"[green]wrote {len(report.written)} image(s)[/] to {escape(str(where))}{skipped}")
+
+
+class _Bar:
+    """A rich progress bar on stderr (nothing when disabled)."""
+
+    def __init__(self, total: int, disabled: bool, what: str) -> None:
+        self.total, self.disabled, self.what = total, disabled, what
+
+    def __enter__(self) -> _Bar:
+        if not self.disabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.p = Progress(TextColumn(f"[bold]{self.what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                              TextColumn("{task.fields[name]}"), console=err, transient=True)
+            self.p.__enter__()
+            self.task = self.p.add_task(self.what, total=self.total, name="")
+        return self
+
+    def advance(self, path: Path, ok: bool) -> None:
+        if not self.disabled:
+            self.p.update(self.task, advance=1, name=escape(Path(path).name))
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.disabled:
+            self.p.__exit__(*exc)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stylize")(stylize_cmd)

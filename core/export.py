@@ -1,0 +1,330 @@
+"""Export a trained generator to ONNX or TorchScript, and prove the export computes the same pictures.
+
+`export(checkpoint, "onnx", "model.onnx")` writes the exported model under a temporary name, runs the
+PyTorch generator and the exported model (ONNX Runtime, or `torch.jit.load`) on the same inputs and only
+renames the file into place when the maximum absolute difference is below the tolerance. The inputs are the
+bundled sample photos (data/samples/content) at two different sizes and batch sizes for image generators,
+and seeded noise at two batch sizes for noise generators. The measured differences go to `FILE.parity.json`.
+
+ONNX: the dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`), opset 18, dynamic batch and (for
+image generators) dynamic height and width; the weights are embedded, so files above 2 GB are not supported.
+TorchScript: `torch.jit.trace` with a batch of 2 (sizes are traced symbolically, so batch, height and width
+stay dynamic; the parity check verifies it). TorchScript is deprecated upstream in PyTorch 2.9+ but still
+works; prefer ONNX. A TorchScript file is a pickle-based archive: load only files you made or trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import StylezooError, UsageError
+from .registry import Registry
+
+FORMATS = ("onnx", "torchscript")
+OPSET = 18
+DEFAULT_TOLERANCE = 1e-4
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples" / "content"
+INPUT, OUTPUT = "input", "output"
+
+
+class ParityError(StylezooError):
+    """An exported model that does not compute what the PyTorch generator computes."""
+
+
+@dataclass
+class ParityCase:
+    """One comparison: the input shape and the absolute differences of the outputs."""
+
+    input_shape: list[int]
+    max_abs_diff: float
+    mean_abs_diff: float
+    error: str | None = None  # the exported model failed on this input (e.g. a shape it was not exported for)
+
+
+@dataclass
+class ParityReport:
+    """What `check_parity` measured; `passed` when every case ran and stayed below the tolerance."""
+
+    format: str
+    file: str
+    tolerance: float
+    cases: list[ParityCase]
+    generator: str = ""
+    family: str = ""
+    checkpoint: str = ""
+    composition: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    exporter: str = ""
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for c in self.cases), default=math.inf)
+
+    @property
+    def mean_abs_diff(self) -> float:
+        return max((c.mean_abs_diff for c in self.cases), default=math.inf)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(c.error is None for c in self.cases) and self.max_abs_diff < self.tolerance
+
+    def summary(self) -> str:
+        errors = [c.error for c in self.cases if c.error]
+        if errors:
+            return f"the exported model failed to run: {errors[0]}"
+        return f"max abs diff {self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d |= {"max_abs_diff": self.max_abs_diff, "mean_abs_diff": self.mean_abs_diff, "passed": self.passed}
+        return d
+
+
+def format_of(out: str | Path, fmt: str | None) -> str:
+    """The export format: as given, else from the file suffix (.onnx, .pt/.ts/.torchscript)."""
+    if fmt is None:
+        fmt = SUFFIXES.get(Path(out).suffix.lower())
+        if fmt is None:
+            raise UsageError(f"Cannot tell the export format from {Path(out).name!r}: pass --format onnx|torchscript.")
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise UsageError(f"Unknown export format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    return fmt
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def parity_sizes(multiple: int) -> list[tuple[int, int]]:
+    """Two different (H, W), both multiples of `multiple`: about 64x64 and 96x128."""
+    def up(v: int) -> int:
+        return max(multiple, math.ceil(v / multiple) * multiple)
+
+    first, second = (up(64), up(64)), (up(96), up(128))
+    if second == first:
+        second = (first[0], 2 * first[1])
+    return [first, second]
+
+
+def sample_photos(n: int, hw: tuple[int, int]) -> Tensor:
+    """`n` of the bundled sample photos as (n, 3, H, W) in [-1, 1]: scaled to cover, centre-cropped."""
+    from PIL import Image
+
+    from .images import open_image, pil_to_tensor
+
+    files = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    if not files:
+        raise StylezooError(f"The bundled sample photos are missing from {SAMPLES}; reinstall stylezoo.")
+    h, w = hw
+    out = []
+    for i in range(n):
+        im = open_image(files[i % len(files)])
+        s = max(h / im.height, w / im.width)
+        im = im.resize((max(w, round(im.width * s)), max(h, round(im.height * s))), Image.Resampling.BICUBIC)
+        left, top = (im.width - w) // 2, (im.height - h) // 2
+        out.append(pil_to_tensor(im.crop((left, top, left + w, top + h))))
+    return torch.stack(out)
+
+
+def parity_inputs(module: nn.Module) -> list[Tensor]:
+    """Real inputs of two shapes: photos (batch 2, then 1) or seeded noise (batch 1, then 3)."""
+    if getattr(module, "family", "image") == "noise":
+        g = torch.Generator().manual_seed(0)
+        dim = int(getattr(module, "latent_dim"))
+        return [torch.randn(1, dim, generator=g), torch.randn(3, dim, generator=g)]
+    a, b = parity_sizes(int(getattr(module, "size_multiple", 1)))
+    return [sample_photos(2, a), sample_photos(1, b)]
+
+
+# ----------------------------------------------------------------------------------------------- writers
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence tracer/deprecation chatter (the parity check is what tells whether the export is right)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def _example(module: nn.Module) -> Tensor:
+    """A batch of 2 (batch sizes 0 and 1 get specialised by the exporters)."""
+    if getattr(module, "family", "image") == "noise":
+        return torch.randn(2, int(getattr(module, "latent_dim")))
+    m = int(getattr(module, "size_multiple", 1))
+    side = max(m, math.ceil(64 / m) * m)
+    return torch.rand(2, 3, side, side) * 2 - 1
+
+
+def write_onnx(module: nn.Module, path: Path, opset: int = OPSET) -> None:
+    """Export with the dynamo-based ONNX exporter; dynamic batch (and H, W for image generators)."""
+    from torch.export import Dim
+
+    x = _example(module)
+    dims: dict[int, Any] = {0: Dim("batch")}
+    if x.dim() == 4:
+        dims |= {2: Dim.AUTO, 3: Dim.AUTO}
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(module, (x,), None, dynamo=True, opset_version=opset, input_names=[INPUT],
+                                    output_names=[OUTPUT], dynamic_shapes=(dims,), verbose=False,
+                                    external_data=False)
+        if program is None:  # pragma: no cover - only with dynamo=False
+            raise StylezooError("torch.onnx.export returned no program; this PyTorch build cannot export to ONNX.")
+        program.save(str(path), external_data=False)
+
+
+def write_torchscript(module: nn.Module, path: Path) -> None:
+    """Trace the generator (batch, height and width stay symbolic) and save the TorchScript archive."""
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(module, (_example(module),), check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+# ----------------------------------------------------------------------------------------------- runners
+def _runner(path: Path, fmt: str) -> Any:
+    """A function (N, ...) float32 tensor -> numpy array, running the exported file."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x.numpy()})[0]
+    with _quiet():
+        model = torch.jit.load(str(path), map_location="cpu")  # our own file, just written
+    model.eval()
+
+    def run(x: Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return model(x).numpy()
+
+    return run
+
+
+def check_parity(reference: nn.Module, exported: str | Path, fmt: str | None = None, *,
+                 tolerance: float = DEFAULT_TOLERANCE, inputs: Sequence[Tensor] | None = None) -> ParityReport:
+    """Run `reference` (eval mode, fp32, CPU) and the exported file on the same inputs; never raises on a mismatch.
+
+    `inputs` defaults to `parity_inputs(reference)` (real photos at two sizes, or noise at two batch sizes).
+    """
+    exported = Path(exported)
+    fmt = format_of(exported, fmt)
+    reference = reference.eval().float().cpu()
+    xs = list(inputs) if inputs is not None else parity_inputs(reference)
+    try:
+        run = _runner(exported, fmt)
+    except Exception as e:  # an unreadable export is a failed check, not a crash
+        case = ParityCase([], math.inf, math.inf, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return ParityReport(fmt, str(exported), tolerance, [case])
+    cases = []
+    for x in xs:
+        with torch.inference_mode():
+            want = reference(x).numpy()
+        try:
+            got = run(x)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else ""
+            cases.append(ParityCase(list(x.shape), math.inf, math.inf, f"input {tuple(x.shape)}: {type(e).__name__}: {msg}"))
+            continue
+        if got.shape != want.shape:
+            cases.append(ParityCase(list(x.shape), math.inf, math.inf,
+                                    f"input {tuple(x.shape)} gave shape {got.shape}, expected {want.shape}"))
+            continue
+        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+        bad = not np.all(np.isfinite(diff))
+        cases.append(ParityCase(list(x.shape), math.inf if bad else float(diff.max()),
+                                math.inf if bad else float(diff.mean())))
+    return ParityReport(fmt, str(exported), tolerance, cases)
+
+
+def _versions() -> dict[str, str]:
+    import stylezoo
+
+    v = {"stylezoo": stylezoo.__version__, "torch": torch.__version__}
+    for mod in ("onnx", "onnxruntime", "onnxscript"):
+        with contextlib.suppress(ImportError):
+            v[mod] = __import__(mod).__version__
+    return v
+
+
+def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, tolerance: float = DEFAULT_TOLERANCE,
+           registry: Registry | None = None, opset: int = OPSET) -> ParityReport:
+    """Export a checkpoint's generator and check parity; the file appears at `out` only if the check passes.
+
+    Raises ParityError (the previous file at `out`, if any, is left untouched) when the difference is not
+    below `tolerance`. Writes `out` plus `out.parity.json` with the measured differences.
+    """
+    from .checkpoint import atomic_write
+    from .inference import load_generator
+
+    out = Path(out)
+    fmt = format_of(out, fmt)
+    if not tolerance > 0:
+        raise UsageError(f"--tolerance must be > 0, got {tolerance}.")
+    if fmt == "onnx" and opset < 17:
+        raise UsageError(f"opset {opset} is too old: use 17 or newer.")
+    loaded = load_generator(checkpoint, device="cpu", registry=registry)
+    module = loaded.module.eval().float()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        try:
+            if fmt == "onnx":
+                write_onnx(module, tmp, opset)
+            else:
+                write_torchscript(module, tmp)
+        except StylezooError:
+            raise
+        except Exception as e:
+            raise StylezooError(
+                f"Exporting {loaded.name} to {fmt} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+                + (" Try --format torchscript." if fmt == "onnx" else " Try --format onnx.")
+            ) from e
+        report = check_parity(module, tmp, fmt, tolerance=tolerance)
+        report.file = str(out)
+        report.generator, report.family, report.checkpoint = loaded.name, loaded.family, str(loaded.path)
+        report.composition = {"composition": loaded.meta.get("composition", {}),
+                              "configs": {"gen": loaded.meta.get("configs", {}).get("gen", {})},
+                              "step": loaded.meta.get("step")}
+        report.versions = _versions()
+        report.exporter = (f"torch.onnx.export(dynamo=True, opset_version={opset}) + onnxruntime" if fmt == "onnx"
+                           else "torch.jit.trace + torch.jit.load")
+        if not report.passed:
+            raise ParityError(
+                f"The {fmt} export of {loaded.name} does not match the PyTorch model: {report.summary()}; "
+                f"nothing was written to {out}. Report this with the checkpoint, or raise --tolerance if the "
+                "difference is acceptable."
+            )
+        os.replace(tmp, out)
+        payload = json.dumps(report.to_dict(), indent=2, default=str)
+        atomic_write(parity_path(out), lambda p: p.write_text(payload))
+        return report
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def parity_path(out: str | Path) -> Path:
+    """Where the parity record of an exported file lives: `FILE.parity.json`."""
+    out = Path(out)
+    return out.with_name(out.name + ".parity.json")
+
+
+__all__ = ["FORMATS", "OPSET", "DEFAULT_TOLERANCE", "ParityError", "ParityCase", "ParityReport", "export",
+           "check_parity", "parity_inputs", "parity_sizes", "sample_photos", "write_onnx", "write_torchscript",
+           "format_of", "parity_path"]

@@ -1,0 +1,228 @@
+"""`stylezoo stylize` and the Stylizer API on tiny checkpoints trained here: mixed inputs keep their sizes and
+modes, bad files are skipped and named, the CLI and the Python API give identical pixels, noise samples are
+seeded, pickles are refused."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import stylezoo
+from stylezoo.core.cli import app
+from stylezoo.core.engine import Trainer
+from stylezoo.core.errors import CheckpointError, DataError, UsageError
+from stylezoo.core.inference import Stylizer, output_mode, pad_to_multiple, plan_outputs
+from stylezoo.core.registry import Registry
+from stylezoo.core.runconfig import resolve
+
+TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "num_samples": 2}
+
+
+@pytest.fixture(scope="module")
+def reg() -> Registry:
+    return Registry()
+
+
+@pytest.fixture(scope="module")
+def image_run(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("encdec-run")
+    rc = resolve(reg, cli={"gen": "encdec", "disc": "patch", "feat": "", "gp": "none", "train": TINY,
+                           "set": {"gen": {"channels": 8, "n_res": 1}, "disc": {"n_layers": 2}}}, losses=["tv"])
+    Trainer(rc, out, registry=reg).fit()
+    return out
+
+
+@pytest.fixture(scope="module")
+def noise_ckpt(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dcgan-run")
+    rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none", "train": TINY,
+                           "set": {"gen": {"channels": 8, "latent_dim": 16}, "disc": {"channels": 8}}}, losses=["tv"])
+    return Trainer(rc, out, registry=reg).fit()
+
+
+def _rgb(w: int, h: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1)
+    return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+# name -> (expected output size (w, h), expected output mode)
+EXPECTED = {
+    "rgb.png": ((40, 30), "RGB"),
+    "grey.png": ((33, 20), "L"),
+    "alpha.png": ((24, 26), "RGBA"),
+    "palette.png": ((30, 18), "P"),
+    "deep16.png": ((20, 28), "I;16"),
+    "rotated.jpg": ((24, 40), "RGB"),  # stored 40x24 with EXIF Orientation 6: displayed 24x40
+    "odd/odd.jpg": ((37, 51), "RGB"),
+}
+BAD = ("corrupt.png", "zero.jpg")
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("mixed")
+    (d / "odd").mkdir()
+    Image.fromarray(_rgb(40, 30, 0)).save(d / "rgb.png")
+    Image.fromarray(_rgb(33, 20, 1)[..., 0]).save(d / "grey.png")
+    rgba = np.dstack([_rgb(24, 26, 2), np.linspace(0, 255, 24 * 26).reshape(26, 24).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(d / "alpha.png")
+    Image.fromarray(_rgb(30, 18, 3)).quantize(16).save(d / "palette.png")
+    Image.fromarray((np.arange(28 * 20).reshape(28, 20) * 100).astype(np.uint16)).save(d / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    Image.fromarray(_rgb(40, 24, 4)).save(d / "rotated.jpg", exif=exif)
+    Image.fromarray(_rgb(37, 51, 5)).save(d / "odd" / "odd.jpg", quality=95)
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "notes.txt").write_text("not an image; ignored")
+    return d
+
+
+def test_folder_of_mixed_inputs_keeps_sizes_and_modes(image_run: Path, mixed: Path, tmp_path: Path) -> None:
+    skipped: list[str] = []
+    st = Stylizer.load(image_run, device="cpu")
+    report = st.stylize_files([mixed], tmp_path, on_skip=lambda p, why: skipped.append(p))
+    assert sorted(Path(p).name for p in skipped) == sorted(BAD)
+    assert sorted(Path(p).name for p, _ in report.skipped) == sorted(BAD)
+    assert len(report.written) == len(EXPECTED)
+    for name, (size, mode) in EXPECTED.items():
+        out = tmp_path / name  # sub-folders mirrored, names and formats kept
+        assert out.is_file(), name
+        with Image.open(out) as im:
+            assert (im.size, im.mode) == (size, mode), name
+            assert im.format == Image.open(mixed / name).format
+    with Image.open(mixed / "alpha.png") as src, Image.open(tmp_path / "alpha.png") as got:
+        assert np.array_equal(np.asarray(src.getchannel("A")), np.asarray(got.getchannel("A")))
+        assert not np.array_equal(np.asarray(src.convert("RGB")), np.asarray(got.convert("RGB")))
+    with Image.open(tmp_path / "deep16.png") as im:
+        assert np.asarray(im).dtype == np.uint16 and np.asarray(im).max() > 255  # a real 16-bit output
+
+
+def test_cli_and_python_api_give_identical_pixels(image_run: Path, mixed: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["stylize", str(image_run), str(mixed), "-o", str(tmp_path), "--ext", "png",
+                                      "--device", "cpu", "--batch", "3"])
+    assert result.exit_code == 0, result.output
+    for bad in BAD:
+        assert bad in result.output
+    assert f"wrote {len(EXPECTED)} image(s)" in result.output and "skipped 2" in result.output
+    st = stylezoo.Stylizer.load(image_run / "last.safetensors", device="cpu")
+    for name in EXPECTED:
+        with Image.open(tmp_path / Path(name).with_suffix(".png")) as cli_out:
+            api_out = st(mixed / name)
+            assert api_out.mode == cli_out.mode, name
+            assert np.array_equal(np.asarray(api_out), np.asarray(cli_out)), name
+
+
+def test_pil_and_tensor_inputs(image_run: Path) -> None:
+    st = Stylizer.load(image_run, device="cpu")
+    photo = Image.fromarray(_rgb(37, 51, 7))
+    out = st(photo)
+    assert isinstance(out, Image.Image) and out.size == (37, 51) and out.mode == "RGB"
+    x = torch.from_numpy(_rgb(37, 51, 7)).permute(2, 0, 1).float() / 127.5 - 1
+    y = st(x)
+    assert y.shape == x.shape and y.dtype == torch.float32 and y.min() >= -1 and y.max() <= 1
+    # the tensor path and the PIL path are the same computation
+    assert np.abs(np.asarray(out).astype(int) - ((y.permute(1, 2, 0) + 1) * 127.5).round().numpy()).max() <= 1
+    batch = torch.stack([x, x.flip(-1)])
+    assert st(batch).shape == batch.shape
+    assert st(x, size=16).shape == (3, 22, 16)
+    assert st(torch.zeros(1, 3, 1, 2)).shape == (1, 3, 1, 2)  # tiny images are padded by replication
+    assert st(Image.new("LA", (9, 5), (80, 200))).mode == "LA"
+
+
+def test_batched_equals_one_by_one(image_run: Path, tmp_path: Path) -> None:
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(_rgb(36, 28, 10 + i)).save(d / f"{i}.png")
+    st = Stylizer.load(image_run, device="cpu")
+    one = st.stylize_files([d], tmp_path / "one", batch=1).written
+    three = st.stylize_files([d], tmp_path / "three", batch=3).written
+    for a, b in zip(sorted(one), sorted(three)):
+        diff = np.abs(np.asarray(Image.open(a)).astype(int) - np.asarray(Image.open(b)).astype(int))
+        assert diff.max() <= 1  # per-sample norms: batching changes only float rounding
+
+
+def test_size_option_and_output_file_format(image_run: Path, mixed: Path, tmp_path: Path) -> None:
+    st = Stylizer.load(image_run, device="cpu")
+    out = st.stylize_files([mixed / "alpha.png"], tmp_path / "a.png", size=48).written
+    with Image.open(out[0]) as im:
+        assert im.size == (48, 52) and im.mode == "RGBA"  # alpha resized with the image
+    r = CliRunner().invoke(app, ["stylize", str(image_run), str(mixed / "alpha.png"), "-o", str(tmp_path / "a.jpg"),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "JPEG cannot store mode RGBA" in r.output
+    with Image.open(tmp_path / "a.jpg") as im:
+        assert im.format == "JPEG" and im.mode == "RGB" and im.size == (24, 26)
+
+
+def test_bad_inputs_strict_and_nothing_written(image_run: Path, mixed: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["stylize", str(image_run), str(mixed / "corrupt.png"), str(mixed / "zero.jpg"),
+                                 "-o", str(tmp_path / "none"), "--device", "cpu"])
+    assert r.exit_code != 0 and "Nothing was written" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "none").exists()
+    r = CliRunner().invoke(app, ["stylize", str(image_run), str(mixed), "-o", str(tmp_path / "strict"), "--strict",
+                                 "--device", "cpu"])
+    assert r.exit_code != 0 and "--strict" in r.output
+    assert not (tmp_path / "strict").exists()  # refused before writing anything
+    with pytest.raises(UsageError, match="names one file"):
+        Stylizer.load(image_run, device="cpu").stylize_files([mixed], tmp_path / "x.png")
+
+
+def test_noise_generator_num_and_seed(noise_ckpt: Path, tmp_path: Path) -> None:
+    def run(seed: int, out: Path) -> list[np.ndarray]:
+        r = CliRunner().invoke(app, ["stylize", str(noise_ckpt), "--num", "3", "--seed", str(seed), "-o", str(out),
+                                     "--device", "cpu"])
+        assert r.exit_code == 0, r.output
+        files = sorted(out.iterdir())
+        assert len(files) == 3
+        return [np.asarray(Image.open(f)) for f in files]
+
+    a, b, c = run(7, tmp_path / "a"), run(7, tmp_path / "b"), run(8, tmp_path / "c")
+    assert a[0].shape == (32, 32, 3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+    assert not np.array_equal(a[0], a[1])
+    st = Stylizer.load(noise_ckpt, device="cpu")
+    assert np.array_equal(np.asarray(st.sample(3, seed=7, batch=2)[2]), a[2])  # batching does not change samples
+    with pytest.raises(UsageError, match="noise"):
+        st(torch.zeros(3, 8, 8))
+
+
+def test_pickle_checkpoints_are_refused(tmp_path: Path) -> None:
+    for suffix in (".pt", ".pth"):
+        p = tmp_path / f"model{suffix}"
+        p.write_bytes(b"not really a pickle")
+        with pytest.raises(CheckpointError, match="pickled"):
+            Stylizer.load(p)
+        r = CliRunner().invoke(app, ["stylize", str(p), "x.png"])
+        assert r.exit_code != 0 and "pickled" in r.output
+
+
+def test_modes_padding_and_top_level_api() -> None:
+    assert stylezoo.Stylizer is Stylizer
+    assert [output_mode(m, False) for m in ("L", "I;16", "I", "1", "RGB", "P", "CMYK", "YCbCr")] == \
+        ["L", "I;16", "I;16", "L", "RGB", "P", "CMYK", "RGB"]
+    assert output_mode("P", True) == "RGBA" and output_mode("LA", True) == "LA"
+    x = torch.arange(2 * 3 * 37 * 51, dtype=torch.float32).reshape(2, 3, 37, 51)
+    xp, (top, left) = pad_to_multiple(x, 16)
+    assert xp.shape[-2:] == (48, 64) and torch.equal(xp[..., top:top + 37, left:left + 51], x)
+    with pytest.raises(DataError, match="Nothing to stylize"):
+        plan_outputs(["/nonexistent/folder"], "out")
+
+
+def test_encode_falls_back_when_format_cannot_store_mode() -> None:
+    from stylezoo.core.inference import encode
+
+    data, note = encode(Image.new("I;16", (4, 4), 1000), "JPEG")
+    assert note and Image.open(io.BytesIO(data)).mode == "L"
+    data, note = encode(Image.new("RGB", (4, 4)), "PNG")
+    assert note is None and Image.open(io.BytesIO(data)).size == (4, 4)
