@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from ..errors import StylezooError
 
-COMMANDS: tuple[str, ...] = ("catalog", "run", "stylize", "export")
+COMMANDS: tuple[str, ...] = ("catalog", "run", "stylize", "export", "eval", "report")
 
 
 def report_error(err: BaseException) -> None:

@@ -1,0 +1,71 @@
+"""`stylezoo eval CHECKPOINT_OR_RUN_DIR`: score a trained generator (a thin layer over core/evaluate.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+err = Console(stderr=True, highlight=False)
+
+
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or a run directory (its newest).")],
+    content: Annotated[Optional[str], typer.Option("--content", help="Images to restyle (default: the run's).")] = None,
+    style: Annotated[Optional[str], typer.Option("--style", help="Style image(s): FILE or DIR (default: the run's).")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="Paired references, matched to --content by file name.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Real images for noise generators (default: the run's).")] = None,
+    size: Annotated[int, typer.Option("--size", help="Side of the evaluated images (shorter side resized, centre crop).")] = 256,
+    num: Annotated[int, typer.Option("--num", help="Samples to draw from a noise generator.")] = 64,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not append the results to the run's eval.jsonl.")] = False,
+) -> None:
+    """Score a generator: style (Gram) and content distances, SSIM, FID/KID on EfficientNet-Lite0 features,
+    and paired distances with --reference. Results are appended to the run's eval.jsonl."""
+    from ..checkpoint import atomic_write
+    from ..engine import pick_device
+    from ..evaluate import evaluate_checkpoint, run_dir_of
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    dev = str(pick_device(device))
+    res = evaluate_checkpoint(checkpoint, content=content, style=style, reference=reference, data=data,
+                              size=size, num=num, device=dev)
+    record = res.record()
+    run = run_dir_of(res.checkpoint)
+    if run is not None and not no_log:
+        log = run / "eval.jsonl"
+        line = json.dumps(record) + "\n"
+        old = log.read_text() if log.exists() else ""
+        atomic_write(log, lambda tmp: tmp.write_text(old + line))
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        print_table(record)
+    for note in res.notes:
+        err.print(f"[yellow]note:[/] {escape(note)}")
+    if run is not None and not no_log:
+        err.print(f"appended to {run / 'eval.jsonl'}")
+
+
+def print_table(record: dict[str, Any]) -> None:
+    from ..metrics import METRICS
+
+    table = Table(title=f"eval: {escape(record['checkpoint'])} (step {record['step']}, {record['n']} images)")
+    for col in ("metric", "value", "better", "what it measures"):
+        table.add_column(col, overflow="fold")
+    for name, value in record["metrics"].items():
+        m = METRICS.get(name)
+        arrow = {"min": "lower", "max": "higher", None: ""}[m.direction if m else None]
+        table.add_row(name, f"{value:.4g}", arrow, escape(m.description if m else ""))
+    Console(highlight=False).print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)

@@ -1,0 +1,340 @@
+"""Evaluate a generator: style, content, distribution and paired metrics (core/metrics.py) on image sets.
+
+`evaluate_checkpoint` serves `stylezoo eval`; `RunEval` serves the engine (every `train.eval_every` steps on
+content images held aside from training, keeping `best.safetensors` by `train.eval_metric`). The metric
+extractors are fixed, whatever the run trained with: feat/vgg16 (style/content/perceptual) and
+feat/efficientnet-lite0 (FID/KID), both with their offline pretrained weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from . import metrics as M
+from .data import ImageSet
+from .errors import CheckpointError, DataError, UsageError
+from .images import find_images, load_tensor
+from .registry import Registry, default_registry
+
+if TYPE_CHECKING:
+    from .engine import Trainer
+
+log = logging.getLogger("stylezoo")
+STYLE_FEAT, DIST_FEAT = "feat/vgg16", "feat/efficientnet-lite0"
+BEST = "best.safetensors"
+
+
+# -- running a generator --------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(gen: nn.Module, x: Tensor, *, batch: int = 8, device: torch.device | str = "cpu") -> Tensor:
+    """Run a generator in eval mode over `x` (images, or latents for noise generators) in chunks; returns
+    float32 images on the CPU. Image sides are reflect-padded to the generator's `size_multiple` and cropped
+    back. The generator's train/eval mode is restored afterwards."""
+    was_training = gen.training
+    gen.eval()
+    mult = int(getattr(gen, "size_multiple", 1) or 1)
+    out = []
+    try:
+        for chunk in x.split(batch):
+            chunk = chunk.to(device)
+            if chunk.dim() == 4 and mult > 1:
+                h, w = chunk.shape[-2:]
+                ph, pw = (-h) % mult, (-w) % mult
+                padded = torch.nn.functional.pad(chunk, (0, pw, 0, ph), mode="reflect") if ph or pw else chunk
+                out.append(gen(padded)[..., :h, :w].float().cpu())
+            else:
+                out.append(gen(chunk).float().cpu())
+    finally:
+        gen.train(was_training)
+    return torch.cat(out)
+
+
+# -- image sets ------------------------------------------------------------------------------------------------
+def load_folder(spec: str | Path, size: int) -> tuple[Tensor, list[Path]]:
+    """Every image named by `spec`, its shorter side resized to `size` and centre-cropped: (N, 3, size, size)."""
+    files = find_images(spec)
+    if not files:
+        raise DataError(f"No images found in {spec}. Point it at a folder of .jpg/.png files.")
+    return torch.stack([load_tensor(f, size) for f in files]), files
+
+
+def style_images(spec: str | Path | Sequence[Path], size: int) -> Tensor:
+    """Style images as the engine takes them for its Gram targets: shorter side `size`, centre crop."""
+    st = ImageSet(spec, size, what="style", short=size)
+    return st.fixed(len(st))
+
+
+def domain_images(spec: str | Path | Sequence[Path], size: int, n: int, *, seed: int = 0) -> Tensor:
+    """The real side of FID/KID at `size`: every image of a set of at least `n` (centre crops), or else `n`
+    random crops drawn from the few there are (a single painting gives `n` of its patches)."""
+    files = list(spec) if isinstance(spec, (list, tuple)) else find_images(spec)
+    if len(files) >= n:
+        st = ImageSet(files, size, what="style domain", short=size)
+        return st.fixed(len(st))
+    return ImageSet(files, size, what="style domain", stream=4).batch(0, max(n, 2), seed)
+
+
+def match_by_stem(files: Sequence[Path], ref_dir: str | Path) -> tuple[list[tuple[int, Path]], list[str]]:
+    """Pair each file with the reference of the same stem: ([(index in files, reference)], stems with none)."""
+    refs: dict[str, Path] = {}
+    for r in find_images(ref_dir):
+        if r.stem in refs:
+            raise DataError(f"references {refs[r.stem]} and {r} share the stem {r.stem!r}: keep one of them.")
+        refs[r.stem] = r
+    pairs = [(i, refs[f.stem]) for i, f in enumerate(files) if f.stem in refs]
+    missing = [f.stem for f in files if f.stem not in refs]
+    return pairs, missing
+
+
+def split_holdout(spec: str | Path, n: int) -> tuple[list[Path], list[Path]]:
+    """(files to train on, files held aside): `n` evenly spaced files, always leaving one to train on."""
+    files = find_images(spec)
+    k = min(n, len(files) - 1)
+    if k <= 0:
+        return files, []
+    held = sorted({min(len(files) - 1, int((i + 0.5) * len(files) / k)) for i in range(k)})
+    return [f for i, f in enumerate(files) if i not in held], [files[i] for i in held]
+
+
+# -- the evaluator ---------------------------------------------------------------------------------------------
+class Evaluator:
+    """Scores generated images. Style targets and the real side's features are computed once, here."""
+
+    def __init__(self, *, style: Tensor | None = None, domain: Tensor | None = None,
+                 device: torch.device | str = "cpu", registry: Registry | None = None, batch: int = 8) -> None:
+        self.device, self.batch = torch.device(device), batch
+        self.reg = registry or default_registry()
+        self._vgg: nn.Module | None = None
+        self._effl0: nn.Module | None = None
+        self.style_targets: dict[str, Tensor] | None = None
+        if style is not None:
+            self.style_targets = M.gram_targets(self.vgg_feats(style, tuple(self.vgg.style_layers)))
+        self.domain_feats = self.pooled(domain) if domain is not None else None
+
+    @property
+    def vgg(self) -> nn.Module:
+        if self._vgg is None:
+            self._vgg = self.reg.build(STYLE_FEAT).to(self.device).eval()
+        return self._vgg
+
+    @property
+    def effl0(self) -> nn.Module:
+        if self._effl0 is None:
+            self._effl0 = self.reg.build(DIST_FEAT).to(self.device).eval()
+        return self._effl0
+
+    @torch.no_grad()
+    def vgg_feats(self, x: Tensor, layers: tuple[str, ...]) -> dict[str, Tensor]:
+        parts = [self.vgg(c.to(self.device), layers) for c in x.split(self.batch)]
+        return {k: torch.cat([p[k].float() for p in parts]) for k in layers}
+
+    @torch.no_grad()
+    def pooled(self, x: Tensor) -> Tensor:
+        return torch.cat([self.effl0.pooled(c.to(self.device)).double().cpu() for c in x.split(self.batch)])
+
+    def perceptual_layers(self) -> tuple[str, ...]:
+        names = tuple(self.vgg.layer_names)
+        return M.PERCEPTUAL_LAYERS if all(n in names for n in M.PERCEPTUAL_LAYERS) else tuple(self.vgg.style_layers)
+
+    def score(self, outputs: Tensor, *, content: Tensor | None = None, reference: Tensor | None = None,
+              ref_index: Sequence[int] | None = None) -> dict[str, float]:
+        """Every metric that applies: style (with style images), content (with `content`, the inputs that
+        produced `outputs` in order), FID/KID (with a real side and 2+ outputs), paired (with `reference`,
+        aligned with `outputs[ref_index]`, or with `outputs` when `ref_index` is None)."""
+        out: dict[str, float] = {}
+        style_l = tuple(self.vgg.style_layers) if self.style_targets is not None else ()
+        content_l = tuple(self.vgg.content_layers) if content is not None else ()
+        layers = tuple(dict.fromkeys(style_l + content_l))
+        feats = self.vgg_feats(outputs, layers) if layers else {}
+        if self.style_targets is not None:
+            out["style_gram"] = float(M.gram_distance({k: feats[k] for k in style_l}, self.style_targets).mean())
+        if content is not None:
+            if content.shape != outputs.shape:
+                raise UsageError(f"outputs {tuple(outputs.shape)} and inputs {tuple(content.shape)} differ in shape.")
+            cf = self.vgg_feats(content, content_l)
+            out["content_feat"] = float(M.feature_distance({k: feats[k] for k in content_l}, cf).mean())
+            out["content_ssim"] = float(M.ssim(outputs, content).mean())
+        if self.domain_feats is not None and self.domain_feats.shape[0] >= 2 and outputs.shape[0] >= 2:
+            out |= M.fid_kid(self.domain_feats, self.pooled(outputs))
+        if reference is not None:
+            sel = outputs if ref_index is None else outputs[list(ref_index)]
+            if reference.shape != sel.shape:
+                raise UsageError(f"references {tuple(reference.shape)} and outputs {tuple(sel.shape)} differ in shape.")
+            pl = self.perceptual_layers()
+            out["ref_ssim"] = float(M.ssim(sel, reference).mean())
+            out["ref_l1"] = float(M.l1(sel, reference).mean())
+            out["ref_perceptual"] = float(M.perceptual_distance(self.vgg_feats(sel, pl), self.vgg_feats(reference, pl)).mean())
+        return out
+
+
+# -- stylezoo eval --------------------------------------------------------------------------------------------
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    checkpoint: Path
+    step: int
+    n: int  # images generated and scored
+    missing_reference: list[str] = field(default_factory=list)  # content stems with no reference
+    notes: list[str] = field(default_factory=list)
+    inputs: dict[str, Any] = field(default_factory=dict)  # what was evaluated on (for eval.jsonl)
+
+    def record(self) -> dict[str, Any]:
+        import time
+
+        return {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoint": str(self.checkpoint), "step": self.step,
+                "n": self.n, **self.inputs, "missing_reference": self.missing_reference, "metrics": self.metrics}
+
+
+def run_dir_of(path: Path) -> Path | None:
+    """A run directory itself, or the run a checkpoint lies in (its folder, or two up for checkpoints/step-N)."""
+    for d in [path] if path.is_dir() else list(path.parents)[:2]:
+        if (d / "config.toml").is_file():
+            return d
+    return None
+
+
+def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: str | None = None,
+                        reference: str | None = None, data: str | None = None, size: int = 256, num: int = 64,
+                        device: str = "cpu", registry: Registry | None = None, seed: int = 0) -> EvalResult:
+    """Evaluate the generator of a checkpoint (or a run's newest one). Sets not given come from the run's
+    config (then they are the training images, not held out: a note says so)."""
+    from .inference import load_generator
+    from .runconfig import DataConfig
+
+    if size < 16:
+        raise UsageError(f"--size must be at least 16, got {size}.")
+    reg = registry or default_registry()
+    g = load_generator(spec, device=device, registry=reg)
+    run_data = DataConfig(**{k: v for k, v in g.meta.get("run", {}).get("data", {}).items()
+                             if k in DataConfig.__dataclass_fields__})
+    d = run_data.resolved()
+    notes: list[str] = []
+    if g.family == "image" and content is None and d.content:
+        content = d.content
+        notes.append(f"content from the run's config ({content}): training images, not held out")
+    if style is None and (d.style or d.data):
+        style = d.style or d.data
+        notes.append(f"style from the run's config ({style})")
+    if g.family == "noise" and data is None:
+        data = d.data or d.content or None
+    inputs = {"size": size, "content": content, "style": style, "reference": reference, "data": data}
+    missing: list[str] = []
+    if g.family == "image":
+        if not content:
+            raise UsageError("Give the images to restyle with --content DIR.")
+        x, files = load_folder(content, size)
+        outputs = generate(g.module, x, device=device)
+        real_spec = style
+        n = x.shape[0]
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        x, files = None, []
+        outputs = generate(g.module, torch.randn(num, g.module.latent_dim, generator=gen), device=device)
+        real_spec = data
+        n = num
+    ref = ref_index = None
+    if reference:
+        if g.family != "image":
+            raise UsageError("--reference needs an image-to-image generator (matched to --content by file name).")
+        pairs, missing = match_by_stem(files, reference)
+        if missing:
+            notes.append(f"{len(missing)} content image(s) with no reference of the same name: "
+                         + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+        if not pairs:
+            raise DataError(f"No content image has a reference of the same file name in {reference}.")
+        ref_index = [i for i, _ in pairs]
+        ref = torch.stack([load_tensor(p, size) for _, p in pairs])
+    st = style_images(style, min(2 * size, 512)) if style and g.family == "image" else None
+    domain = domain_images(real_spec, outputs.shape[-1], n) if real_spec else None
+    ev = Evaluator(style=st, domain=domain, device=device, registry=reg)
+    m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)
+    return EvalResult(m, g.path, int(g.meta.get("step", 0)), n, missing, notes, inputs)
+
+
+# -- during training ------------------------------------------------------------------------------------------
+class RunEval:
+    """The engine's evaluation: held-aside inputs, metrics as `eval/NAME`, the best checkpoint by one metric.
+
+    Image generators are scored on the content images held aside (`Trainer.eval_files`) against the style
+    images; noise generators on fixed latents against (up to 64 of) the real images.
+    """
+
+    def __init__(self, tr: Trainer) -> None:
+        d, size = tr.rc.data.resolved(), tr.t.size
+        self.metric = tr.t.eval_metric
+        self.path = tr.out / BEST
+        self.best = best_value(self.path, self.metric)
+        self.image = tr.family == "image"
+        files: list[Path] = list(getattr(tr, "eval_files", []))
+        self.reference: Tensor | None = None
+        pairs = getattr(tr, "pairs", None)
+        if pairs is not None:
+            log.warning("eval: paired runs are evaluated on their first %d training pairs (none held aside)",
+                        tr.t.eval_holdout)
+            self.inputs, self.reference = (t.float().cpu() for t in pairs.fixed(tr.t.eval_holdout))
+            st = style_images(d.style, tr.t.style_size or min(2 * size, 512)) if d.style else None
+            domain = domain_images(pairs.target_files(), size, max(2, self.inputs.shape[0]))
+        elif self.image:
+            if files:
+                self.inputs = torch.stack([load_tensor(f, size) for f in files])
+            else:
+                log.warning("eval: too few content images to hold any aside; evaluating on training images")
+                self.inputs = tr.fixed_input[: tr.t.eval_holdout].float().cpu()
+            style_spec = d.style or d.data
+            real_spec = d.data or d.style
+            st = style_images(style_spec, tr.t.style_size or min(2 * size, 512)) if style_spec else None
+            domain = domain_images(real_spec, size, max(2, self.inputs.shape[0])) if real_spec else None
+        else:
+            real = tr.real
+            domain = real.fixed(min(len(real), 64)) if real is not None else None
+            n = domain.shape[0] if domain is not None else tr.t.num_samples
+            g = torch.Generator().manual_seed(tr.t.seed + 1234)
+            self.inputs = torch.randn(max(n, 2), tr.c.gen.latent_dim, generator=g)
+            st = None
+        self.evaluator = Evaluator(style=st, domain=domain, device=tr.device, registry=tr.reg)
+        self.warned = False
+
+    def __call__(self, tr: Trainer) -> dict[str, float]:
+        """Score the generator now; save `best.safetensors` when `eval_metric` improved. Returns eval/ logs."""
+        from .images import save_grid
+
+        outputs = generate(tr.c.gen, self.inputs, device=tr.device)
+        m = self.evaluator.score(outputs, content=self.inputs if self.image else None, reference=self.reference)
+        save_grid([self.inputs, outputs] if self.image else [outputs], tr.out / "samples" / "eval.png")
+        value = m.get(self.metric)
+        if value is None:
+            if not self.warned:
+                log.warning("eval: %s cannot be computed in this run (computed: %s); no %s is kept",
+                            self.metric, ", ".join(m) or "nothing", BEST)
+                self.warned = True
+        elif M.better(self.metric, value, self.best):
+            self.best = value
+            meta = tr.meta() | {"eval": m, "eval_metric": self.metric}
+            tensors = tr.state_tensors()
+            ckpt.save(self.path, tensors, meta | {"optim": tr._opt_info})
+        return {f"eval/{k}": v for k, v in m.items()}
+
+
+def best_value(path: Path, metric: str) -> float | None:
+    """The `metric` value stored in a best checkpoint's metadata (None without one, or for another metric)."""
+    if not path.is_file():
+        return None
+    try:
+        meta = ckpt.read_meta(path)
+    except CheckpointError:  # a torn file is replaced by the next improvement
+        return None
+    v = meta.get("eval", {}).get(metric) if meta.get("eval_metric") == metric else None
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+__all__ = ["Evaluator", "EvalResult", "RunEval", "evaluate_checkpoint", "generate", "match_by_stem",
+           "split_holdout", "domain_images", "style_images", "load_folder", "run_dir_of", "best_value"]

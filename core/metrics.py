@@ -1,0 +1,196 @@
+"""Quality metrics for generated images: style, content, distribution distance and paired distances.
+
+What is written here by hand is only what no library has: Gram and feature distances on the project's own
+extractors (core/kinds.py Extractor). SSIM, FID and KID are torchmetrics'. Every function takes images in
+[-1, 1] (the project's convention) or features, and returns one value per image where that makes sense.
+
+FID and KID are computed on EfficientNet-Lite0's pooled 1280-d features, not Inception's, so they are
+named `fid_effl0`/`kid_effl0` and are not comparable with published Inception FIDs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UsageError, did_you_mean
+from .kinds import to_unit
+
+Direction = Literal["min", "max"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a metric measures and which way is better (`None`: not a quality measure, e.g. a spread)."""
+
+    direction: Direction | None
+    description: str
+
+
+# One table for every metric's meaning and direction; `best.safetensors` and the report read it.
+METRICS: dict[str, Metric] = {
+    "style_gram": Metric("min", "Gram-matrix distance to the style image(s), VGG16 style layers (relative, 0 = same)"),
+    "content_feat": Metric("min", "feature distance to the input on the VGG16 content layer (relative, 0 = same)"),
+    "content_ssim": Metric("max", "SSIM of the output's luminance to the input's (1 = same structure)"),
+    "fid_effl0": Metric("min", "Frechet distance to the style domain / real data, EfficientNet-Lite0 pooled features"),
+    "kid_effl0": Metric("min", "kernel (MMD^2) distance, same features; unbiased, may dip below 0 on small sets"),
+    "kid_effl0_std": Metric(None, "standard deviation of kid_effl0 over random subsets"),
+    "ref_ssim": Metric("max", "SSIM of the output's luminance to the paired reference's"),
+    "ref_l1": Metric("min", "mean absolute pixel difference to the paired reference (RGB in [0, 1])"),
+    "ref_perceptual": Metric("min", "perceptual distance to the paired reference (VGG16, unit-normalised channels)"),
+}
+# The taps LPIPS reads on VGG16; extractors without them fall back to their style layers.
+PERCEPTUAL_LAYERS: tuple[str, ...] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+EPS = 1e-8
+
+
+def check_metric(name: str) -> Metric:
+    """The table entry of a metric that can rank checkpoints, or UsageError naming the valid ones."""
+    ok = [k for k, m in METRICS.items() if m.direction is not None]
+    if name not in ok:
+        raise UsageError(f"Unknown eval metric {name!r}.{did_you_mean(name, ok)} Choose one of: {', '.join(ok)}.")
+    return METRICS[name]
+
+
+def better(name: str, new: float, old: float | None) -> bool:
+    """True if `new` improves on `old` for metric `name` (any finite value beats None)."""
+    if not math.isfinite(new):
+        return False
+    if old is None or not math.isfinite(old):
+        return True
+    return new < old if check_metric(name).direction == "min" else new > old
+
+
+# -- hand-written distances on the project's extractors -------------------------------------------------------
+def gram_targets(style_feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The mean Gram matrix (1, C, C) of the style images at each layer, as the Gram loss uses it."""
+    from stylezoo.plugins.perceptual import gram
+
+    return {k: gram(v).mean(0, keepdim=True) for k, v in style_feats.items()}
+
+
+def gram_distance(feats: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+    """Per image (N,): ||G(x) - G_style||_F / ||G_style||_F at each layer, averaged over the layers."""
+    from stylezoo.plugins.perceptual import gram
+
+    per_layer = []
+    for name, t in targets.items():
+        g = gram(feats[name])
+        t = t.float().to(g.device)
+        per_layer.append((g - t).flatten(1).norm(dim=1) / (t.flatten(1).norm(dim=1) + EPS))
+    return torch.stack(per_layer).mean(0)
+
+
+def feature_distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
+    """Per image (N,): ||f(a) - f(b)||_2 / ||f(b)||_2 at each layer of `b`, averaged over the layers."""
+    per_layer = []
+    for name, fb in b.items():
+        fa, fb = a[name].float().flatten(1), fb.float().flatten(1)
+        per_layer.append((fa - fb).norm(dim=1) / (fb.norm(dim=1) + EPS))
+    return torch.stack(per_layer).mean(0)
+
+
+def perceptual_distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
+    """Per image (N,): LPIPS' distance without its learned weights (channels unit-normalised, squared
+    difference summed over channels, averaged over positions), averaged over the layers of `b`."""
+    per_layer = []
+    for name, fb in b.items():
+        fa, fb = a[name].float(), fb.float()
+        na = fa / (fa.norm(dim=1, keepdim=True) + EPS)
+        nb = fb / (fb.norm(dim=1, keepdim=True) + EPS)
+        per_layer.append((na - nb).square().sum(1).mean((1, 2)))
+    return torch.stack(per_layer).mean(0)
+
+
+# -- pixel measures ------------------------------------------------------------------------------------------
+def luminance(x: Tensor) -> Tensor:
+    """(N, 3, H, W) in [-1, 1] to ITU-R BT.601 luma (N, 1, H, W) in [0, 1]."""
+    u = to_unit(x.float())
+    w = torch.tensor([0.299, 0.587, 0.114], device=u.device).reshape(1, 3, 1, 1)
+    return (u * w).sum(1, keepdim=True)
+
+
+def ssim(a: Tensor, b: Tensor) -> Tensor:
+    """Per image (N,): torchmetrics' SSIM (Gaussian 11x11, sigma 1.5) between the luminances of a and b."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    if a.shape != b.shape:
+        raise UsageError(f"SSIM needs images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
+    side = min(a.shape[-2:])
+    k = 11 if side >= 11 else (side if side % 2 else side - 1)  # tiny images: the largest odd kernel that fits
+    out = structural_similarity_index_measure(luminance(a), luminance(b), data_range=1.0, reduction="none",
+                                              kernel_size=k)
+    return out.reshape(-1)
+
+
+def l1(a: Tensor, b: Tensor) -> Tensor:
+    """Per image (N,): mean absolute difference of RGB in [0, 1]."""
+    return (to_unit(a.float()) - to_unit(b.float())).abs().flatten(1).mean(1)
+
+
+# -- distribution distances (torchmetrics FID/KID on precomputed features) ------------------------------------
+class _Features(nn.Module):
+    """The feature module handed to torchmetrics: features are computed once beforehand (they feed both FID
+    and KID), so this only projects them (FID) or passes them on (KID). torchmetrics passes a custom
+    module's input through unchanged whatever `normalize` says; `num_features` spares its dummy forward."""
+
+    def __init__(self, num_features: int, basis: Tensor | None = None) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.basis = basis
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.double()
+        return x if self.basis is None else x @ self.basis
+
+
+def kid_subset_size(n_real: int, n_fake: int) -> int:
+    """KID's subset size for small sets: half the smaller set (so subsets differ and the std means something),
+    the whole set below 4 images, at most torchmetrics' default of 1000."""
+    n = min(n_real, n_fake)
+    return min(1000, n if n < 4 else n // 2)
+
+
+def fid_kid(real: Tensor, fake: Tensor, *, subsets: int = 100, seed: int = 0) -> dict[str, float]:
+    """FID and KID (mean and std over subsets) between two feature sets (N, D), via torchmetrics.
+
+    FID only depends on the features through their means and covariances, and is unchanged by an orthonormal
+    change of basis. With fewer samples than dimensions (the usual case here) the features are first
+    expressed in an orthonormal basis of the space they span: the same FID, without a D x D eigenproblem.
+    KID is computed on the raw features with gamma = 1/D, as standard. Sets need at least 2 samples each.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    real, fake = real.detach().double().cpu(), fake.detach().double().cpu()
+    if real.shape[0] < 2 or fake.shape[0] < 2:
+        raise UsageError(f"FID/KID need at least 2 images on each side, got {real.shape[0]} and {fake.shape[0]}.")
+    d = real.shape[1]
+    basis = None
+    if real.shape[0] + fake.shape[0] < d:
+        # (D, k) orthonormal columns whose span holds every feature vector (a dependent column only adds
+        # an unused orthonormal direction, which changes nothing)
+        basis = torch.linalg.qr(torch.cat([real, fake]).T).Q
+    fid = FrechetInceptionDistance(feature=_Features(d if basis is None else basis.shape[1], basis))
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    size = kid_subset_size(real.shape[0], fake.shape[0])
+    with warnings.catch_warnings():  # "KID keeps all features in memory": they are few here
+        warnings.filterwarnings("ignore", message=".*save all extracted features.*")
+        kid = KernelInceptionDistance(feature=_Features(d), subsets=subsets, subset_size=size, gamma=1.0 / d)
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    with torch.random.fork_rng(devices=[]):  # KID draws subsets from the global RNG: keep it reproducible
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return {"fid_effl0": float(fid.compute()), "kid_effl0": float(kid_mean), "kid_effl0_std": float(kid_std)}
+
+
+__all__ = ["METRICS", "Metric", "PERCEPTUAL_LAYERS", "check_metric", "better", "gram_targets", "gram_distance",
+           "feature_distance", "perceptual_distance", "luminance", "ssim", "l1", "kid_subset_size", "fid_kid"]

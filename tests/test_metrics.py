@@ -1,0 +1,231 @@
+"""Metrics on cases with a known answer (identical sets, the style image against itself, growing noise),
+reference matching by file stem, and `stylezoo eval` on a tiny trained run.
+
+Everything runs on 32 px images and a dozen samples; FID/KID are checked for order, not absolute values.
+The extractors are the real offline weights (`make weights`), as the metrics use them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torchmetrics.image.fid import FrechetInceptionDistance
+from typer.testing import CliRunner
+
+from stylezoo.core import metrics as M
+from stylezoo.core.cli import app
+from stylezoo.core.engine import Trainer
+from stylezoo.core.errors import ConfigError, DataError, UsageError
+from stylezoo.core.evaluate import domain_images, match_by_stem, split_holdout
+from stylezoo.core.images import find_images
+from stylezoo.core.registry import Registry
+from stylezoo.core.runconfig import SAMPLES, resolve
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def reg() -> Registry:
+    return Registry()
+
+
+@pytest.fixture(scope="module")
+def vgg(reg: Registry) -> torch.nn.Module:
+    return reg.build("feat/vgg16")
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    """12 deterministic 32 px crops of the bundled photos and paintings."""
+    return domain_images(find_images(SAMPLES), SIZE, 12)
+
+
+def noisy(x: torch.Tensor, sigma: float, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (x + sigma * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+
+
+def strictly_increasing(xs: list[float]) -> bool:
+    return all(a < b for a, b in zip(xs, xs[1:]))
+
+
+# -- the table --------------------------------------------------------------------------------------------------
+def test_every_metric_has_one_direction_and_the_best_follows_it() -> None:
+    assert M.METRICS["style_gram"].direction == "min" and M.METRICS["fid_effl0"].direction == "min"
+    assert M.METRICS["content_ssim"].direction == "max" and M.METRICS["ref_ssim"].direction == "max"
+    assert M.better("fid_effl0", 10.0, 12.0) and not M.better("fid_effl0", 12.0, 10.0)
+    assert M.better("content_ssim", 0.8, 0.7) and not M.better("content_ssim", 0.6, 0.7)
+    assert M.better("style_gram", 5.0, None) and not M.better("style_gram", float("nan"), None)
+    with pytest.raises(UsageError, match="fid_effl0"):
+        M.check_metric("fid")
+    with pytest.raises(UsageError):  # a spread is not a quality to rank checkpoints by
+        M.check_metric("kid_effl0_std")
+
+
+def test_train_config_eval_fields_are_range_checked(reg: Registry) -> None:
+    for bad, match in ((["train.eval_every=-1"], "eval_every"), (["train.eval_holdout=0"], "eval_holdout"),
+                       (["train.eval_metric=fid"], "Did you mean 'fid_effl0'")):
+        with pytest.raises(ConfigError, match=match):
+            resolve(reg, cli={"gen": "encdec", "data": {"content": "x"}}, sets=bad)
+
+
+# -- pixel measures -------------------------------------------------------------------------------------------------
+def test_ssim_is_one_for_identical_images_and_falls_with_noise(photos: torch.Tensor) -> None:
+    assert torch.allclose(M.ssim(photos, photos), torch.ones(len(photos)), atol=1e-5)
+    means = [float(M.ssim(noisy(photos, s), photos).mean()) for s in (0.05, 0.2, 0.6)]
+    assert strictly_increasing(means[::-1]), means
+    tiny = photos[:2, :, :9, :9]  # smaller than SSIM's 11 px window: a smaller odd window is used
+    assert torch.allclose(M.ssim(tiny, tiny), torch.ones(2), atol=1e-5)
+
+
+def test_l1_has_known_values() -> None:
+    black, white = -torch.ones(2, 3, 8, 8), torch.ones(2, 3, 8, 8)
+    assert torch.equal(M.l1(black, white), torch.ones(2))
+    assert torch.equal(M.l1(white, white), torch.zeros(2))
+    assert torch.allclose(M.l1(black, torch.zeros(2, 3, 8, 8)), torch.full((2,), 0.5))
+
+
+# -- feature distances on VGG16 -------------------------------------------------------------------------------
+def test_gram_distance_is_zero_for_the_style_image_itself_and_grows_with_noise(vgg: torch.nn.Module) -> None:
+    style = domain_images([SAMPLES / "style" / "starry_night.jpg"], SIZE * 2, 1)
+    layers = tuple(vgg.style_layers)
+    with torch.no_grad():
+        targets = M.gram_targets(vgg(style, layers))
+        d = [float(M.gram_distance(vgg(noisy(style, s), layers), targets)) for s in (0.0, 0.1, 0.3, 0.8)]
+    assert abs(d[0]) < 1e-6, d
+    assert strictly_increasing(d), d
+
+
+def test_content_and_perceptual_distances_are_zero_for_identity_and_grow_with_noise(
+        vgg: torch.nn.Module, photos: torch.Tensor) -> None:
+    x, c, p = photos[:4], tuple(vgg.content_layers), M.PERCEPTUAL_LAYERS
+    layers = tuple(dict.fromkeys(c + p))
+    with torch.no_grad():
+        ref = vgg(x, layers)
+        cd, pd = [], []
+        for s in (0.0, 0.1, 0.3, 0.8):
+            f = vgg(noisy(x, s), layers)
+            cd.append(float(M.feature_distance(f, {k: ref[k] for k in c}).mean()))
+            pd.append(float(M.perceptual_distance(f, {k: ref[k] for k in p}).mean()))
+    assert cd[0] == 0.0 and pd[0] < 1e-10, (cd, pd)
+    assert strictly_increasing(cd) and strictly_increasing(pd), (cd, pd)
+
+
+# -- FID / KID ----------------------------------------------------------------------------------------------------
+def test_fid_in_the_spanned_basis_equals_torchmetrics_on_the_full_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(10, 200, generator=g) * 3, torch.rand(12, 200, generator=g) * 3 + 0.2
+    full = FrechetInceptionDistance(feature=M._Features(200))
+    full.update(a.double(), real=True)
+    full.update(b.double(), real=False)
+    assert M.fid_kid(a, b)["fid_effl0"] == pytest.approx(float(full.compute()), rel=1e-6)
+
+
+def test_fid_and_kid_are_zero_for_identical_sets_and_grow_with_noise(reg: Registry, photos: torch.Tensor) -> None:
+    effl0 = reg.build("feat/efficientnet-lite0")
+    with torch.no_grad():
+        real = effl0.pooled(photos)
+        shuffled = photos.flatten(2)[:, :, torch.randperm(SIZE * SIZE, generator=torch.Generator().manual_seed(0))]
+        runs = [M.fid_kid(real, effl0.pooled(noisy(photos, s))) for s in (0.0, 0.1, 0.3, 1.0)]
+        pixels = M.fid_kid(real, effl0.pooled(shuffled.reshape(photos.shape)))
+    fid = [r["fid_effl0"] for r in runs]
+    kid = [r["kid_effl0"] for r in runs]
+    assert abs(fid[0]) < 1e-3, fid  # the same set: zero up to numerics
+    assert strictly_increasing(fid), fid
+    # KID is torchmetrics' unbiased MMD^2: zero in expectation for independent samples of one distribution;
+    # a set against itself comes out slightly below zero (the diagonal kernel terms), then it grows with noise
+    assert kid[0] <= 1e-9 and abs(kid[0]) < kid[-1], kid
+    assert strictly_increasing(kid), kid
+    assert all(r["kid_effl0_std"] > 0 for r in runs)
+    assert pixels["fid_effl0"] > fid[1]  # shuffled pixels are further than mild noise
+
+
+def test_kid_subset_size_adapts_to_small_sets() -> None:
+    assert M.kid_subset_size(3, 10) == 3
+    assert M.kid_subset_size(16, 40) == 8
+    assert M.kid_subset_size(5000, 4000) == 1000
+    g = torch.Generator().manual_seed(0)
+    out = M.fid_kid(torch.rand(3, 64, generator=g), torch.rand(3, 64, generator=g) + 1)
+    assert out["kid_effl0"] > 0 and out["fid_effl0"] > 0
+    with pytest.raises(UsageError, match="at least 2"):
+        M.fid_kid(torch.rand(1, 64), torch.rand(5, 64))
+
+
+# -- sets ---------------------------------------------------------------------------------------------------------
+def _png(path: Path, value: int = 128) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 40), (value, value // 2, 255 - value)).save(path)
+    return path
+
+
+def test_references_are_matched_by_stem_and_missing_ones_reported(tmp_path: Path) -> None:
+    content = [_png(tmp_path / "c" / n) for n in ("a.png", "b.png", "c.jpg")]
+    for n in ("a.jpg", "c.png", "z.png"):
+        _png(tmp_path / "r" / n)
+    pairs, missing = match_by_stem(content, tmp_path / "r")
+    assert [(i, p.name) for i, p in pairs] == [(0, "a.jpg"), (2, "c.png")]
+    assert missing == ["b"]
+    _png(tmp_path / "r" / "a.png")
+    with pytest.raises(DataError, match="share the stem 'a'"):
+        match_by_stem(content, tmp_path / "r")
+
+
+def test_holdout_keeps_at_least_one_image_to_train_on(tmp_path: Path) -> None:
+    for i in range(6):
+        _png(tmp_path / f"{i}.png", 40 * i)
+    train, held = split_holdout(tmp_path, 2)
+    assert len(held) == 2 and len(train) == 4 and not set(train) & set(held)
+    train, held = split_holdout(tmp_path, 10)
+    assert len(train) == 1 and len(held) == 5
+    assert split_holdout(tmp_path / "0.png", 4) == ([tmp_path / "0.png"], [])
+
+
+# -- stylezoo eval --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    rc = resolve(reg, cli={"gen": "encdec", "disc": "", "adv": "", "feat": "", "gp": "none",
+                           "train": {"size": SIZE, "batch": 2, "steps": 1, "sample_every": 0, "ckpt_every": 1,
+                                     "num_samples": 2},
+                           "data": {"content": str(SAMPLES / "content"), "style": str(SAMPLES / "style" / "the_scream.jpg")},
+                           "set": {"gen": {"channels": 8, "n_res": 1}}}, losses=["tv"])
+    Trainer(rc, out, registry=reg).fit()
+    return out
+
+
+def test_eval_cli_prints_json_and_appends_to_the_runs_eval_log(tiny_run: Path, tmp_path: Path) -> None:
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for name in ("astronaut", "chelsea"):  # grey "sketches" of two of the five content images
+        Image.open(SAMPLES / "content" / f"{name}.jpg").convert("L").save(refs / f"{name}.png")
+    r = CliRunner().invoke(app, ["eval", str(tiny_run), "--content", str(SAMPLES / "content"), "--style",
+                                 str(SAMPLES / "style" / "the_scream.jpg"), "--reference", str(refs),
+                                 "--size", str(SIZE), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.stdout)
+    for key in ("style_gram", "content_feat", "content_ssim", "fid_effl0", "kid_effl0", "kid_effl0_std",
+                "ref_ssim", "ref_l1", "ref_perceptual"):
+        assert isinstance(rec["metrics"][key], float), key
+    assert rec["n"] == 5 and sorted(rec["missing_reference"]) == ["camera_gray", "coffee", "rocket"]
+    assert 0 < rec["metrics"]["content_ssim"] <= 1
+    lines = (tiny_run / "eval.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["metrics"] == rec["metrics"]
+    # a checkpoint inside the run (checkpoints/step-N) logs to the same run; the table names the metrics
+    step = next((tiny_run / "checkpoints").glob("step-*.safetensors"))
+    r = CliRunner().invoke(app, ["eval", str(step), "--size", str(SIZE), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "style_gram" in r.stdout and "lower" in r.stdout
+    assert len((tiny_run / "eval.jsonl").read_text().splitlines()) == len(lines) + 1
+
+
+def test_eval_cli_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(app, ["eval", str(tiny_run), "--reference", str(tmp_path / "empty"), "--size", "32",
+                                 "--device", "cpu"])
+    assert r.exit_code != 0 and "same file name" in r.output
+    r = CliRunner().invoke(app, ["eval", str(tiny_run), "--size", "8", "--device", "cpu"])
+    assert r.exit_code == 2 and "--size" in r.output
