@@ -49,6 +49,19 @@ def load_images(files: Sequence[Path], short: int, *, strict: bool = False, what
     return good, kept, bad
 
 
+def epoch_indices(n: int, step: int, batch: int, seed: int, stream: int) -> list[int]:
+    """Indices of `n` items for a step: consecutive positions in per-epoch permutations of (seed, stream)."""
+    out = []
+    perms: dict[int, Tensor] = {}
+    for pos in range(step * batch, step * batch + batch):
+        epoch, j = divmod(pos, n)
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(_seed(seed, stream, epoch))
+            perms[epoch] = torch.randperm(n, generator=g)
+        out.append(int(perms[epoch][j]))
+    return out
+
+
 class ImageSet:
     """A set of images for one stream of a run (content, real/style domain, ...)."""
 
@@ -70,16 +83,7 @@ class ImageSet:
 
     def indices(self, step: int, batch: int, seed: int) -> list[int]:
         """Indices for a step: consecutive positions in per-epoch permutations (no image twice per epoch)."""
-        n = len(self.images)
-        out = []
-        perms: dict[int, Tensor] = {}
-        for pos in range(step * batch, step * batch + batch):
-            epoch, j = divmod(pos, n)
-            if epoch not in perms:
-                g = torch.Generator().manual_seed(_seed(seed, self.stream, epoch))
-                perms[epoch] = torch.randperm(n, generator=g)
-            out.append(int(perms[epoch][j]))
-        return out
+        return epoch_indices(len(self.images), step, batch, seed, self.stream)
 
     def batch(self, step: int, batch: int, seed: int, *, rank: int = 0, world: int = 1) -> Tensor:
         """(batch // world, 3, size, size) in [-1, 1]: this rank's slice of the global batch for `step`."""
@@ -96,6 +100,144 @@ class ImageSet:
         n = min(n, len(self.images))
         ims = [_center(self.images[i], self.size) for i in range(n)]
         return torch.stack(ims).float().div_(127.5).sub_(1.0)
+
+
+# -- paired data (pix2pix-style): an input image and its target, matched by file stem --------------------------
+PAIR_NAMES = (("photo", "sketch"), ("input", "target"), ("source", "target"), ("A", "B"), ("a", "b"))
+
+
+def pair_folders(root: str | Path) -> tuple[Path, Path]:
+    """(input folder, target folder) of a pairs folder: `photo/` + `sketch/` (or another known naming), else
+    its only two sub-folders in sorted order (the first is the input; a warning says which)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"--pairs {root}: no such folder. Give a folder with photo/ and sketch/ sub-folders.")
+    for a, b in PAIR_NAMES:
+        if (root / a).is_dir() and (root / b).is_dir():
+            return root / a, root / b
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(subs) != 2:
+        names = ", ".join(p.name for p in subs) or "none"
+        raise DataError(f"--pairs {root}: expected photo/ and sketch/ (or exactly two sub-folders), found {names}. "
+                        "Name the folders with --input DIR --target DIR instead.")
+    log.warning("pairs in %s: input = %s/, target = %s/ (sorted order; use --input/--target to choose)",
+                root, subs[0].name, subs[1].name)
+    return subs[0], subs[1]
+
+
+def _by_stem(folder: Path, side: str) -> dict[str, Path]:
+    """{relative path without suffix: file} for the images under `folder`; two files per stem is an error."""
+    out: dict[str, Path] = {}
+    for f in find_images(folder):
+        key = f.relative_to(folder).with_suffix("").as_posix() if folder.is_dir() else f.stem
+        if key in out:
+            raise DataError(f"{side} images {out[key]} and {f} share the stem {key!r}: "
+                            "keep one so pairs are unambiguous.")
+        out[key] = f
+    return out
+
+
+def match_pairs(inputs: str | Path, targets: str | Path, *, strict: bool = False) -> list[tuple[str, Path, Path]]:
+    """(stem, input file, target file) for every stem present on both sides, sorted by stem.
+
+    Files with no partner are reported in one warning (a few names and the count), or refused with `strict`.
+    """
+    a, b = _by_stem(Path(inputs), "input"), _by_stem(Path(targets), "target")
+    if not a:
+        raise DataError(f"No input images found in {inputs}. Point it at a folder of .jpg/.png files.")
+    if not b:
+        raise DataError(f"No target images found in {targets}. Point it at a folder of .jpg/.png files.")
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    problems = []
+    for side, names in (("input", only_a), ("target", only_b)):
+        if names:
+            shown = ", ".join(names[:5]) + (f", and {len(names) - 5} more" if len(names) > 5 else "")
+            other = "target" if side == "input" else "input"
+            problems.append(f"{len(names)} {side} file(s) with no {other} of the same name: {shown}")
+    if problems and strict:
+        raise DataError("; ".join(problems) + " (refused because of --strict; pair them up or drop --strict).")
+    if problems:
+        log.warning("unmatched pairs skipped: %s", "; ".join(problems))
+    both = sorted(set(a) & set(b))
+    if not both:
+        raise DataError(f"No input image in {inputs} has a target of the same file name in {targets}: "
+                        "pairs are matched by file name without the extension.")
+    return [(k, a[k], b[k]) for k in both]
+
+
+class PairSet:
+    """Paired images (input, target) kept in memory; the same crop and flip are applied to both of a pair.
+
+    Batches are a pure function of (seed, stream, step) like ImageSet's, so a resumed run repeats them.
+    A target whose size differs from its input is resized to the input's size.
+    """
+
+    def __init__(self, inputs: str | Path, targets: str | Path, size: int, *, strict: bool = False,
+                 stream: int = 1, short: int | None = None) -> None:
+        pairs = match_pairs(inputs, targets, strict=strict)
+        if short is None:
+            short = size * 2 if len(pairs) < 8 else round(size * 1.125)
+        self.size, self.stream = size, stream
+        ins, kept_in, bad_in = load_images([p[1] for p in pairs], short, strict=strict, what="input", warn=False)
+        tgs, kept_tg, bad_tg = load_images([p[2] for p in pairs], short, strict=strict, what="target", warn=False)
+        by_in = {f: t for f, t in zip(kept_in, ins)}
+        by_tg = {f: t for f, t in zip(kept_tg, tgs)}
+        self.stems: list[str] = []
+        self.inputs: list[Tensor] = []
+        self.targets: list[Tensor] = []
+        self.files: list[tuple[Path, Path]] = []
+        for stem, fi, ft in pairs:
+            if fi not in by_in or ft not in by_tg:
+                continue
+            x, y = by_in[fi], by_tg[ft]
+            if y.shape != x.shape:
+                y = torch.nn.functional.interpolate(y[None].float(), size=tuple(x.shape[-2:]), mode="bicubic",
+                                                    align_corners=False, antialias=True)[0].round().clamp(0, 255).byte()
+            self.stems.append(stem)
+            self.inputs.append(x)
+            self.targets.append(y)
+            self.files.append((fi, ft))
+        bad = bad_in + bad_tg
+        if bad:
+            shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+            log.warning("skipped %d pair(s) with an unreadable image: %s", len(bad), shown)
+        if not self.inputs:
+            raise DataError(f"None of the {len(pairs)} pairs could be read ({inputs}, {targets}); "
+                            "see the warnings above.")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def indices(self, step: int, batch: int, seed: int) -> list[int]:
+        """Pair indices for a step: consecutive positions in per-epoch permutations."""
+        return epoch_indices(len(self.inputs), step, batch, seed, self.stream)
+
+    def batch(self, step: int, batch: int, seed: int, *, rank: int = 0, world: int = 1) -> tuple[Tensor, Tensor]:
+        """(inputs, targets), each (batch // world, 3, size, size) in [-1, 1], identically cropped and flipped."""
+        idx = self.indices(step, batch, seed)
+        per = batch // world
+        xs, ys = [], []
+        for k in range(rank * per, rank * per + per):
+            g = torch.Generator().manual_seed(_seed(seed, self.stream, step, k))
+            x, y = random_crop_flip([self.inputs[idx[k]], self.targets[idx[k]]], self.size, g)
+            xs.append(x)
+            ys.append(y)
+        return _unit(torch.stack(xs)), _unit(torch.stack(ys))
+
+    def fixed(self, n: int) -> tuple[Tensor, Tensor]:
+        """The first n pairs, centre-cropped: (inputs, targets) for sample grids."""
+        n = min(n, len(self.inputs))
+        xs = [_center(self.inputs[i], self.size) for i in range(n)]
+        ys = [_center(self.targets[i], self.size) for i in range(n)]
+        return _unit(torch.stack(xs)), _unit(torch.stack(ys))
+
+    def target_files(self) -> list[Path]:
+        return [ft for _, ft in self.files]
+
+
+def _unit(x: Tensor) -> Tensor:
+    """uint8 images to float [-1, 1]."""
+    return x.float().div_(127.5).sub_(1.0)
 
 
 def _center(img: Tensor, size: int) -> Tensor:
@@ -117,4 +259,5 @@ def random_crop_flip(imgs: Sequence[Tensor], size: int, g: torch.Generator) -> l
     return out
 
 
-__all__ = ["ImageSet", "load_images", "random_crop_flip", "center_crop", "find_images"]
+__all__ = ["ImageSet", "PairSet", "match_pairs", "pair_folders", "load_images", "random_crop_flip",
+           "center_crop", "find_images"]

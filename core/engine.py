@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from .data import ImageSet, _seed
-from .errors import CheckpointError, DataError, TrainingDiverged
+from .data import ImageSet, PairSet, _seed, pair_folders
+from .errors import CheckpointError, CompositionError, DataError, TrainingDiverged
 from .kinds import StepContext
 from .registry import Registry, default_registry
 from .runconfig import ROLES, RunConfig, component_config
@@ -107,6 +107,8 @@ class Trainer:
         c = build_components(self.reg, rc)
         self.c = c
         self.family = getattr(c.gen, "family", IMAGE)
+        # a conditional discriminator judges (input, image) pairs: D(image, condition=input)
+        self.cond_disc = c.disc is not None and int(c.configs.get("disc", {}).get("cond_channels", 0) or 0) > 0
         self._prepare_data()
         self._place_modules()
         self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=self.t.lr, betas=tuple(self.t.betas))
@@ -117,31 +119,44 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._plan_features()
         self._prepare_style_targets()
-        self.evaluator = self._make_evaluator()
         if resume_from is not None:
             self.load_state(resume_from)
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def _prepare_data(self) -> None:
         d, size = self.rc.data.resolved(), self.t.size
-        self.content = ImageSet(self._train_content(d.content), size, what="content", strict=d.strict, stream=1) \
-            if (self.family == IMAGE or (d.content and not d.data)) else None
-        real_spec = d.data or (d.style if self.family == IMAGE else d.content)
-        self.real = None
-        if self.c.disc is not None or any("feats_content" in getattr(t, "needs", ()) for t in self.c.losses.values()):
-            if real_spec:
-                self.real = ImageSet(real_spec, size, what="real", strict=d.strict, stream=2)
-        if self.family == NOISE and self.real is None and self.content is not None:
-            self.real = self.content
+        needs: set[str] = set().union(*(getattr(t, "needs", frozenset()) for t in self.c.losses.values()))
+        self.pairs: PairSet | None = None
+        self.fixed_target: Tensor | None = None
+        if d.paired:
+            self._prepare_pairs(d, size)
+        else:
+            wants = sorted(n for n, t in self.c.losses.items()
+                           if {"target", "feats_target"} & set(getattr(t, "needs", ())))
+            if wants or self.cond_disc:
+                what = ", ".join(wants) or f"{self.rc.disc} with cond_channels > 0"
+                raise CompositionError(f"{what} needs paired data: give --pairs DIR (or --input DIR --target DIR).")
+            self.content = ImageSet(d.content, size, what="content", strict=d.strict, stream=1) \
+                if (self.family == IMAGE or (d.content and not d.data)) else None
+            real_spec = d.data or (d.style if self.family == IMAGE else d.content)
+            self.real = None
+            if self.c.disc is not None or "feats_content" in needs:
+                if real_spec:
+                    self.real = ImageSet(real_spec, size, what="real", strict=d.strict, stream=2)
+            if self.family == NOISE and self.real is None and self.content is not None:
+                self.real = self.content
         self.style_images: Tensor | None = None
-        if any("style" in getattr(t, "needs", ()) for t in self.c.losses.values()):
-            spec = d.style or d.data
+        if "style" in needs:
+            # paired runs with no --style take the style (Gram) targets from the target images
+            spec = d.style or (self.pairs.target_files() if self.pairs is not None else d.data)
             if not spec:
                 raise DataError("The style losses need style images: give --style FILE_OR_DIR.")
             ss = self.t.style_size or min(2 * size, 512)
             st = ImageSet(spec, ss, what="style", strict=d.strict, stream=3, short=ss)
             self.style_images = st.fixed(len(st))
-        if self.family == IMAGE:
+        if self.pairs is not None:
+            self.fixed_input, self.fixed_target = self.pairs.fixed(self.t.num_samples)
+        elif self.family == IMAGE:
             assert self.content is not None
             self.fixed_input = self.content.fixed(self.t.num_samples)
         else:
@@ -149,8 +164,24 @@ class Trainer:
             self.fixed_input = torch.randn(self.t.num_samples, self.c.gen.latent_dim, generator=g)
         epochs = self.t.epochs
         if epochs > 0:
-            n = len(self.content) if self.content is not None else len(self.real or [])
+            n = len(self.pairs) if self.pairs is not None else \
+                len(self.content) if self.content is not None else len(self.real or [])
             self.t = dataclasses.replace(self.t, steps=max(1, math.ceil(epochs * n / self.t.batch)))
+
+    def _prepare_pairs(self, d: Any, size: int) -> None:
+        """Paired data: the generator input is the input image, the discriminator's real images the targets."""
+        if self.family != IMAGE:
+            raise CompositionError(f"{self.rc.gen} generates from noise; paired data needs an image generator.")
+        if d.pairs and (d.input or d.target):
+            raise DataError("Give paired data either as --pairs DIR or as --input DIR --target DIR, not both.")
+        if not d.pairs and not (d.input and d.target):
+            raise DataError("Paired data needs both --input DIR and --target DIR (files matched by name).")
+        ignored = [f"--{k} {getattr(d, k)}" for k in ("content", "data") if getattr(d, k)]
+        if ignored:
+            log.warning("paired data: ignoring %s (the pairs' inputs and targets take their place)", ", ".join(ignored))
+        inputs, targets = pair_folders(d.pairs) if d.pairs else (d.input, d.target)
+        self.pairs = PairSet(inputs, targets, size, strict=d.strict, stream=1)
+        self.content, self.real = None, None
 
     def _place_modules(self) -> None:
         mf = torch.channels_last if self.t.channels_last else torch.contiguous_format
@@ -216,8 +247,15 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.t.channels_last and x.dim() == 4 else x
 
     def batch(self, step: int) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """(content, real, generator input) for a step; pure function of (seed, step)."""
+        """(content, real, generator input) for a step; pure function of (seed, step).
+
+        With paired data: (inputs, targets, inputs); the targets are the discriminator's real images.
+        """
         b, seed = self.t.batch, self.t.seed
+        if self.pairs is not None:
+            x, y = self.pairs.batch(step, b, seed, rank=self.rank, world=self.world)
+            x = self._mf(x)
+            return x, self._mf(y), x
         content = self._mf(self.content.batch(step, b, seed, rank=self.rank, world=self.world)) \
             if self.content is not None else None
         real = self._mf(self.real.batch(step, b, seed, rank=self.rank, world=self.world)) \
@@ -234,6 +272,8 @@ class Trainer:
         torch.manual_seed(_seed(self.t.seed, 11, step, self.rank))  # penalties' noise, dropout
         self._step_bad: list[str] = []
         content, real, gin = self.batch(step)
+        target = real if self.pairs is not None else None
+        dcond = {"condition": content} if self.cond_disc else {}  # D judges (input, image) pairs
         logs: dict[str, float] = {}
         c = self.c
         with self.autocast():
@@ -243,15 +283,16 @@ class Trainer:
             assert real is not None
             for _ in range(self.t.d_steps):
                 with self.autocast():
-                    lr_ = self.disc_fwd(real)
-                    lf = self.disc_fwd(fake.detach())
+                    lr_ = self.disc_fwd(real, **dcond)
+                    lf = self.disc_fwd(fake.detach(), **dcond)
                 parts = {"d_adv": c.adv.d_loss(lr_.float(), lf.float())}
-                ctx = StepContext(fake=fake.detach(), real=real, content=content, logits_real=lr_.float(),
+                ctx = StepContext(fake=fake.detach(), real=real, content=content, target=target,
+                                  paired=self.pairs is not None, logits_real=lr_.float(),
                                   logits_fake=lf.float(), step=step)
                 for n, t in self.d_terms.items():
                     parts[n] = t.weight * t(ctx)
                 if c.gp is not None:
-                    parts[self.rc.gp] = c.gp(c.disc, real, fake.detach())
+                    parts[self.rc.gp] = c.gp(c.disc, real, fake.detach(), **dcond)
                 loss_d = sum(parts.values())
                 self.opt_d.zero_grad(set_to_none=True)
                 ok = self._backward("discriminator", loss_d, parts, c.disc)
@@ -270,12 +311,16 @@ class Trainer:
                 ref = content if content is not None else real
                 with torch.no_grad():
                     feats["content"] = c.feat(ref, self.layers["content"])
+            if c.feat is not None and self.layers["target"]:
+                assert target is not None
+                with torch.no_grad():
+                    feats["target"] = c.feat(target, self.layers["target"])
             logits_fake = None
             if c.disc is not None and c.adv is not None:
                 c.disc.requires_grad_(False)
-                logits_fake = self.disc_fwd(fake)
+                logits_fake = self.disc_fwd(fake, **dcond)
                 c.disc.requires_grad_(True)
-        ctx = StepContext(fake=fake, real=real, content=content if self.family == IMAGE else real,
+        ctx = StepContext(fake=fake, real=real, content=content if self.family == IMAGE else real, target=target,
                           paired=self.family == IMAGE, feats=feats, step=step,
                           logits_fake=logits_fake.float() if logits_fake is not None else None)
         parts_g: dict[str, Tensor] = {}
@@ -335,6 +380,8 @@ class Trainer:
 
         out = self.samples()
         rows = [self.fixed_input, out] if self.family == IMAGE else [out]
+        if self.fixed_target is not None:
+            rows.append(self.fixed_target)  # input | output | true target
         return save_grid(rows, self.out / "samples" / f"{name}.png")
 
     def meta(self) -> dict[str, Any]:
@@ -401,12 +448,10 @@ class Trainer:
                 self.step += 1
                 dt = time.perf_counter() - t0
                 logs |= {"step": self.step, "time/step_s": dt, "time/images_per_s": self.t.batch / max(dt, 1e-9)}
-                evaluated = self._evaluate(logs)
                 self.history.append(logs)
                 if self.progress is not None:
                     self.progress(self.step, self.t.steps, logs)
-                if log_f and (evaluated or self.step % self.t.log_every == 0 or self.step == self.t.steps
-                              or self.step == 1):
+                if log_f and (self.step % self.t.log_every == 0 or self.step == self.t.steps or self.step == 1):
                     log_f.write(json.dumps(logs) + "\n")
                     log_f.flush()
                 if self.rank == 0:
@@ -427,42 +472,7 @@ class Trainer:
             last = self.save_checkpoint(keep=True)
             self.save_samples("final")
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
-            self._write_report()
         return last
-
-    # -- evaluation and report hooks (the logic lives in core/evaluate.py and core/report.py) ------------------
-    def _train_content(self, spec: str) -> Any:
-        """The content files to train on: with `eval_every`, `eval_holdout` of them are held aside."""
-        self.eval_files: list[Path] = []
-        if not self.t.eval_every or self.family != IMAGE:
-            return spec
-        from .evaluate import split_holdout
-
-        train, self.eval_files = split_holdout(spec, self.t.eval_holdout)
-        return train
-
-    def _make_evaluator(self) -> Any:
-        if not self.t.eval_every or self.rank != 0:
-            return None
-        from .evaluate import RunEval
-
-        return RunEval(self)
-
-    def _evaluate(self, logs: dict[str, Any]) -> bool:
-        """Every `eval_every` steps and at the last: add eval/ metrics to `logs`, keep best.safetensors."""
-        if self.evaluator is None or (self.step % self.t.eval_every and self.step != self.t.steps):
-            return False
-        logs |= self.evaluator(self)
-        return True
-
-    def _write_report(self) -> None:
-        from .report import write_report
-
-        try:
-            write_report(self.out)
-        except Exception as e:  # the run is saved already; a plotting problem must not fail it
-            log.warning("could not write %s (%s: %s); rebuild it with `stylezoo report %s`",
-                        self.out / "report.html", type(e).__name__, e, self.out)
 
 
 def write_config(path: Path, rc: RunConfig) -> None:

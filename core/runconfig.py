@@ -43,29 +43,18 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient before the run stops
     style_size: int = 0  # side for style images when computing style targets (0 = 2 * size, max 512)
     num_samples: int = 8  # images in each sample grid
-    eval_every: int = 0  # steps between evaluations (core/evaluate.py), logged as eval/... (0 = off)
-    eval_metric: str = "style_gram"  # the metric best.safetensors is kept by (see core/metrics.py METRICS)
-    eval_holdout: int = 4  # content images held aside for evaluation, not trained on (image generators)
 
     def __post_init__(self) -> None:
         checks = [("size", self.size >= 8, "at least 8"), ("batch", self.batch >= 1, "at least 1"),
                   ("steps", self.steps >= 1, "at least 1"), ("lr", self.lr > 0, "positive"),
                   ("lr_d", self.lr_d >= 0, "0 (same as lr) or positive"), ("d_steps", self.d_steps >= 1, "at least 1"),
                   ("epochs", self.epochs >= 0, "0 or positive"), ("max_bad_steps", self.max_bad_steps >= 1, "at least 1"),
-                  ("num_samples", self.num_samples >= 1, "at least 1"),
-                  ("eval_every", self.eval_every >= 0, "0 (off) or positive"),
-                  ("eval_holdout", self.eval_holdout >= 1, "at least 1")]
+                  ("num_samples", self.num_samples >= 1, "at least 1")]
         for name, ok, want in checks:
             if not ok:
                 raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)!r}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be in [0, 1), got {self.betas}")
-        from .metrics import METRICS
-
-        ranked = [k for k, m in METRICS.items() if m.direction is not None]
-        if self.eval_metric not in ranked:
-            raise ValueError(f"train.eval_metric must be one of {', '.join(ranked)}, got {self.eval_metric!r}."
-                             f"{did_you_mean(self.eval_metric, ranked)}")
 
 
 @dataclass
@@ -73,7 +62,15 @@ class DataConfig:
     content: str = ""  # generator inputs for image-to-image generators (file, folder or glob)
     data: str = ""  # images the discriminator learns as real (noise family: what to generate); "" = style images
     style: str = ""  # style image(s) whose Gram/moment statistics the style losses match
+    pairs: str = ""  # paired data: a folder with photo/ + sketch/ (or two sub-folders), matched by file stem
+    input: str = ""  # paired data given as two folders: the generator inputs ...
+    target: str = ""  # ... and their targets (same file names); use these or `pairs`, not both
     strict: bool = False  # refuse unreadable images instead of skipping them with a warning
+
+    @property
+    def paired(self) -> bool:
+        """True when the run trains on (input, target) pairs."""
+        return bool(self.pairs or self.input or self.target)
 
     def resolved(self) -> DataConfig:
         return DataConfig(**{f.name: _expand(getattr(self, f.name)) if isinstance(getattr(self, f.name), str)
@@ -273,13 +270,38 @@ def validate(reg: Registry, rc: RunConfig) -> None:
         if compat and rc.adv and rc.adv not in compat:
             raise CompositionError(f"{name} is not valid with {rc.adv}; it works with {', '.join(compat)}.")
     family = reg.get(rc.gen).card.get("family") or getattr(reg.get(rc.gen).factory, "family", None)
+    paired = validate_pairs(reg, rc, family)
     for name in rc.losses:
         needs = getattr(reg.get(name).factory, "needs", frozenset())
         if any(n.startswith("feats") for n in needs) and not rc.feat:
             raise CompositionError(f"{name} needs a feature extractor: add --feat vgg16.")
-        if "style" in needs and not (rc.data.style or rc.data.data):
+        if "style" in needs and not (rc.data.style or rc.data.data or paired):
             raise CompositionError(f"{name} needs style images: add --style FILE_OR_DIR.")
-    if family == "image" and not rc.data.content:
+    if family == "image" and not (rc.data.content or paired):
         raise CompositionError(f"{rc.gen} restyles images: give them with --content DIR.")
     if family == "noise" and rc.adv and not (rc.data.data or rc.data.content):
         raise CompositionError(f"{rc.gen} learns from real images: give them with --data DIR.")
+
+
+def validate_pairs(reg: Registry, rc: RunConfig, family: str | None) -> bool:
+    """Check the paired-data options against the composition.
+
+    True when the run is paired or its composition asks for pairs (a loss that reads the target, a
+    conditional discriminator). Then the pairs themselves are checked when the run starts, so recipes
+    such as `portrait-sketch` resolve without data and `--pairs DIR` is given at run time.
+    """
+    d = rc.data
+    if d.pairs and (d.input or d.target):
+        raise ConfigError("Give paired data either as --pairs DIR or as --input DIR --target DIR, not both.")
+    if bool(d.input) != bool(d.target):
+        missing = "--target" if d.input else "--input"
+        raise ConfigError(f"Paired data needs both --input and --target: add {missing} DIR (files matched by name).")
+    cond = int(getattr(component_config(reg, rc, "disc"), "cond_channels", 0) or 0) if rc.disc else 0
+    wants = cond > 0 or any("target" in getattr(reg.get(n).factory, "needs", frozenset()) for n in rc.losses)
+    if (d.paired or wants) and family == "noise":
+        raise CompositionError(f"{rc.gen} generates from noise; paired data and paired losses need an image "
+                               "generator (e.g. --gen unet).")
+    if cond and cond != 3:
+        raise CompositionError(f"{rc.disc}: cond_channels={cond}, but its condition is the RGB input image: "
+                               "set disc.cond_channels=3 (or 0 for an unconditional discriminator).")
+    return d.paired or wants

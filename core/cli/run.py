@@ -25,6 +25,9 @@ def run_cmd(
     data: Annotated[Optional[str], typer.Option("--data", help="Real / style-domain images (folder, file, glob).")] = None,
     style: Annotated[Optional[str], typer.Option("--style", help="Style image(s) for the style losses.")] = None,
     content: Annotated[Optional[str], typer.Option("--content", help="Content images for image-to-image generators.")] = None,
+    pairs: Annotated[Optional[str], typer.Option("--pairs", help="Paired data: a folder with photo/ and sketch/ (or two sub-folders), matched by file name.")] = None,
+    input_: Annotated[Optional[str], typer.Option("--input", help="Paired data: folder of generator inputs (with --target).")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Paired data: folder of targets, same file names as --input.")] = None,
     size: Annotated[Optional[int], typer.Option("--size")] = None,
     batch: Annotated[Optional[int], typer.Option("--batch")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Total steps (also when resuming).")] = None,
@@ -52,7 +55,8 @@ def run_cmd(
         cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
         train_opts = {k: v for k, v in dict(size=size, batch=batch, steps=steps, epochs=epochs, lr=lr, seed=seed,
                                              device=device, precision=precision).items() if v is not None}
-        data_opts = {k: v for k, v in dict(data=data, style=style, content=content).items() if v is not None}
+        data_opts = {k: v for k, v in dict(data=data, style=style, content=content, pairs=pairs, input=input_,
+                                           target=target).items() if v is not None}
         if strict:
             data_opts["strict"] = True
         if train_opts:
@@ -64,11 +68,29 @@ def run_cmd(
         _dry_run(rc)
         return
     out_dir = resume if resume is not None else (out or default_out(rc))
-    with _progress(quiet) as progress:
-        last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
-                     progress=progress)
+    _sigterm_as_interrupt()
+    try:
+        with _progress(quiet) as progress:
+            last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
+                         progress=progress)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: a checkpoint was saved in {out_dir}; continue with "
+                  f"`stylezoo run --resume {out_dir}`.")
+        raise typer.Exit(130) from None
     Console(highlight=False).print(f"[green]done[/]: {last}  samples: {Path(out_dir) / 'samples' / 'final.png'}")
     del Trainer
+
+
+def _sigterm_as_interrupt() -> None:
+    """Treat SIGTERM (a scheduler or `timeout` stopping the job) like Ctrl-C: save, then exit."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, handler)
 
 
 def _dry_run(rc: Any) -> None:
