@@ -119,6 +119,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self._plan_features()
         self._prepare_style_targets()
+        self.evaluator = self._make_evaluator()
         if resume_from is not None:
             self.load_state(resume_from)
 
@@ -136,7 +137,7 @@ class Trainer:
             if wants or self.cond_disc:
                 what = ", ".join(wants) or f"{self.rc.disc} with cond_channels > 0"
                 raise CompositionError(f"{what} needs paired data: give --pairs DIR (or --input DIR --target DIR).")
-            self.content = ImageSet(d.content, size, what="content", strict=d.strict, stream=1) \
+            self.content = ImageSet(self._train_content(d.content), size, what="content", strict=d.strict, stream=1) \
                 if (self.family == IMAGE or (d.content and not d.data)) else None
             real_spec = d.data or (d.style if self.family == IMAGE else d.content)
             self.real = None
@@ -448,10 +449,12 @@ class Trainer:
                 self.step += 1
                 dt = time.perf_counter() - t0
                 logs |= {"step": self.step, "time/step_s": dt, "time/images_per_s": self.t.batch / max(dt, 1e-9)}
+                evaluated = self._evaluate(logs)
                 self.history.append(logs)
                 if self.progress is not None:
                     self.progress(self.step, self.t.steps, logs)
-                if log_f and (self.step % self.t.log_every == 0 or self.step == self.t.steps or self.step == 1):
+                if log_f and (evaluated or self.step % self.t.log_every == 0 or self.step == self.t.steps
+                              or self.step == 1):
                     log_f.write(json.dumps(logs) + "\n")
                     log_f.flush()
                 if self.rank == 0:
@@ -472,7 +475,42 @@ class Trainer:
             last = self.save_checkpoint(keep=True)
             self.save_samples("final")
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+            self._write_report()
         return last
+
+    # -- evaluation and report hooks (the logic lives in core/evaluate.py and core/report.py) ------------------
+    def _train_content(self, spec: str) -> Any:
+        """The content files to train on: with `eval_every`, `eval_holdout` of them are held aside."""
+        self.eval_files: list[Path] = []
+        if not self.t.eval_every or self.family != IMAGE:
+            return spec
+        from .evaluate import split_holdout
+
+        train, self.eval_files = split_holdout(spec, self.t.eval_holdout)
+        return train
+
+    def _make_evaluator(self) -> Any:
+        if not self.t.eval_every or self.rank != 0:
+            return None
+        from .evaluate import RunEval
+
+        return RunEval(self)
+
+    def _evaluate(self, logs: dict[str, Any]) -> bool:
+        """Every `eval_every` steps and at the last: add eval/ metrics to `logs`, keep best.safetensors."""
+        if self.evaluator is None or (self.step % self.t.eval_every and self.step != self.t.steps):
+            return False
+        logs |= self.evaluator(self)
+        return True
+
+    def _write_report(self) -> None:
+        from .report import write_report
+
+        try:
+            write_report(self.out)
+        except Exception as e:  # the run is saved already; a plotting problem must not fail it
+            log.warning("could not write %s (%s: %s); rebuild it with `stylezoo report %s`",
+                        self.out / "report.html", type(e).__name__, e, self.out)
 
 
 def write_config(path: Path, rc: RunConfig) -> None:

@@ -43,18 +43,29 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient before the run stops
     style_size: int = 0  # side for style images when computing style targets (0 = 2 * size, max 512)
     num_samples: int = 8  # images in each sample grid
+    eval_every: int = 0  # steps between evaluations (core/evaluate.py), logged as eval/... (0 = off)
+    eval_metric: str = "style_gram"  # the metric best.safetensors is kept by (see core/metrics.py METRICS)
+    eval_holdout: int = 4  # content images held aside for evaluation, not trained on (image generators)
 
     def __post_init__(self) -> None:
         checks = [("size", self.size >= 8, "at least 8"), ("batch", self.batch >= 1, "at least 1"),
                   ("steps", self.steps >= 1, "at least 1"), ("lr", self.lr > 0, "positive"),
                   ("lr_d", self.lr_d >= 0, "0 (same as lr) or positive"), ("d_steps", self.d_steps >= 1, "at least 1"),
                   ("epochs", self.epochs >= 0, "0 or positive"), ("max_bad_steps", self.max_bad_steps >= 1, "at least 1"),
-                  ("num_samples", self.num_samples >= 1, "at least 1")]
+                  ("num_samples", self.num_samples >= 1, "at least 1"),
+                  ("eval_every", self.eval_every >= 0, "0 (off) or positive"),
+                  ("eval_holdout", self.eval_holdout >= 1, "at least 1")]
         for name, ok, want in checks:
             if not ok:
                 raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)!r}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be in [0, 1), got {self.betas}")
+        from .metrics import METRICS
+
+        ranked = [k for k, m in METRICS.items() if m.direction is not None]
+        if self.eval_metric not in ranked:
+            raise ValueError(f"train.eval_metric must be one of {', '.join(ranked)}, got {self.eval_metric!r}."
+                             f"{did_you_mean(self.eval_metric, ranked)}")
 
 
 @dataclass
