@@ -1,0 +1,76 @@
+"""`stylezoo transfer CONTENT STYLE -o OUT`: classic optimisation-based style transfer (Gatys et al.)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import UsageError
+
+err = Console(stderr=True, highlight=False)
+
+
+def _feat_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("feat.")
+        if not sep or not key or "." in key:
+            raise UsageError(f"--set {item!r}: use --set feat.KEY=VALUE (a key of the extractor's config).")
+        out[key] = value.strip()
+    return out
+
+
+def transfer_cmd(
+    content: Annotated[Path, typer.Argument(help="The photo to repaint.")],
+    style: Annotated[Path, typer.Argument(help="The painting whose style to copy.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output image (.png, .jpg, ...).")],
+    feat: Annotated[str, typer.Option("--feat", help="Feature extractor (`stylezoo list --kind feat`).")] = "vgg16",
+    size: Annotated[int, typer.Option("--size", help="Longer side of the output in pixels.")] = 256,
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser iterations.")] = 100,
+    style_weight: Annotated[float, typer.Option("--style-weight", help="Strength of the style; 1e5 paints more boldly.")] = 1e4,
+    content_weight: Annotated[float, typer.Option("--content-weight")] = 1.0,
+    tv_weight: Annotated[float, typer.Option("--tv-weight", help="Smoothness prior.")] = 0.0,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="lbfgs (strong-Wolfe line search) or adam.")] = "lbfgs",
+    lr: Annotated[float, typer.Option("--lr", help="Adam's learning rate.")] = 0.02,
+    init: Annotated[str, typer.Option("--init", help="Start from the content image or from noise.")] = "content",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Extractor config, e.g. feat.weights=random.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Repaint CONTENT in the style of STYLE by optimising its pixels (the quality reference)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..checkpoint import atomic_write
+    from ..transfer import transfer
+
+    options = dict(feat=feat, feat_set=_feat_overrides(sets or []), size=size, steps=steps,
+                   style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
+                   optimizer=optimizer, lr=lr, init=init, seed=seed, device=device)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+           ".tiff": "TIFF"}.get(out.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"--out {out}: use an image suffix (.png, .jpg, .webp, .bmp, .tif).")
+    if quiet:
+        image = transfer(content, style, **options)
+    else:
+        with Progress(TextColumn("[bold]transfer"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
+                      console=err) as bar:
+            task = bar.add_task("transfer", total=steps, losses="")
+
+            def update(step: int, total: int, parts: dict[str, float]) -> None:
+                text = " ".join(f"{k}={v:.3g}" for k, v in parts.items() if k != "total")
+                bar.update(task, completed=step, total=total, losses=text)
+
+            image = transfer(content, style, progress=update, **options)
+    atomic_write(out, lambda tmp: image.save(tmp, format=fmt))
+    err.print(f"wrote {out} ({image.width}x{image.height})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("transfer")(transfer_cmd)
