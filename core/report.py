@@ -249,13 +249,14 @@ def pick_grids(files: Sequence[Path], k: int = MAX_GRIDS) -> list[Path]:
     return [files[i] for i in idx]
 
 
-def samples_section(run: Path, family: str) -> tuple[str, str]:
+def samples_section(run: Path, family: str, step: int) -> tuple[str, str]:
     """(grids over time, final samples beside their inputs) as HTML."""
     sd = run / "samples"
-    over = [figure(p.read_bytes(), f"step {step_of(p)}") for p in pick_grids(list(sd.glob("step-*.png")))]
+    grids = pick_grids(list(sd.glob("step-*.png")))
+    over = [figure(p.read_bytes(), f"step {step_of(p)}") for p in grids]
     final = sd / "final.png"
-    if final.is_file():
-        over.append(figure(final.read_bytes(), "final"))
+    if final.is_file() and not (grids and step_of(grids[-1]) == step):  # else it is the last grid again
+        over.append(figure(final.read_bytes(), f"final (step {step})"))
     grids = f'<div class="grids">{"".join(over)}</div>' if over else '<p class="empty">No sample grids.</p>'
     side = []
     if final.is_file():
@@ -284,7 +285,7 @@ def build_report(run: str | Path) -> str:
     step = (meta or {}).get("step", rows[-1].get("step", 0) if rows else 0)
     losses = loss_plot(run / "metrics.jsonl") if rows else None
     mplot = metric_plot(rows)
-    grids, finals = samples_section(run, family)
+    grids, finals = samples_section(run, family, int(step))
     title = f"stylezoo run {run.resolve().name}"
     sub = (f"recipe <b>{esc(cfg.get('recipe', '?'))}</b> · {esc(cfg.get('gen', '?'))} · step {esc(step)} of "
            f"{esc(cfg.get('train', {}).get('steps', '?'))}")

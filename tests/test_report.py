@@ -1,0 +1,172 @@
+"""Evaluation during training (held-aside images, eval/ lines in metrics.jsonl, best.safetensors) and the
+self-contained report.html, checked as text and in a real headless browser (Debian's chromium).
+
+The browser test skips when no chromium is installed (CI images without it): `apt-get install chromium`.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageStat
+from typer.testing import CliRunner
+
+from stylezoo.core import checkpoint as ckpt
+from stylezoo.core.cli import app
+from stylezoo.core.engine import Trainer
+from stylezoo.core.report import build_report, image_sources, pick_grids
+from stylezoo.core.registry import Registry
+from stylezoo.core.runconfig import SAMPLES, resolve
+
+TRAIN = {"size": 32, "batch": 2, "steps": 3, "sample_every": 1, "ckpt_every": 0, "log_every": 10, "num_samples": 2,
+         "eval_every": 2, "eval_holdout": 2}
+
+
+@pytest.fixture(scope="module")
+def reg() -> Registry:
+    return Registry()
+
+
+def image_run(reg: Registry, **train: object) -> object:
+    return resolve(reg, cli={"gen": "encdec", "disc": "patch", "adv": "lsgan", "feat": "", "gp": "none",
+                             "train": {**TRAIN, **train},
+                             "data": {"content": str(SAMPLES / "content"),
+                                      "style": str(SAMPLES / "style" / "starry_night.jpg")},
+                             "set": {"gen": {"channels": 8, "n_res": 1}, "disc": {"n_layers": 2, "channels": 8}}},
+                   losses=["tv"])
+
+
+@pytest.fixture(scope="module")
+def trained(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Trainer:
+    """A 3-step image run evaluated at steps 2 and 3 on 2 held-aside content images."""
+    tr = Trainer(image_run(reg), tmp_path_factory.mktemp("run"), registry=reg)
+    tr.fit()
+    return tr
+
+
+@pytest.fixture(scope="module")
+def run(trained: Trainer) -> Path:
+    return trained.out
+
+
+def test_held_aside_images_are_not_trained_on(trained: Trainer) -> None:
+    tr = trained
+    assert len(tr.eval_files) == 2
+    assert not set(tr.eval_files) & set(tr.content.files)
+    assert len(tr.content.files) + len(tr.eval_files) == 5  # the bundled content images
+
+
+def test_training_logs_eval_metrics_and_keeps_the_best_checkpoint(run: Path) -> None:
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r for r in rows if "eval/style_gram" in r}
+    assert sorted(evals) == [2, 3]  # every eval_every steps and at the last
+    for key in ("eval/style_gram", "eval/content_feat", "eval/content_ssim", "eval/fid_effl0", "eval/kid_effl0"):
+        assert all(isinstance(r[key], float) for r in evals.values()), key
+    meta = ckpt.read_meta(run / "best.safetensors")
+    assert meta["eval_metric"] == "style_gram"
+    best_step = min(evals, key=lambda s: evals[s]["eval/style_gram"])
+    assert meta["step"] == best_step
+    assert meta["eval"]["style_gram"] == pytest.approx(evals[best_step]["eval/style_gram"])
+    assert (run / "samples" / "eval.png").is_file()
+
+
+def test_best_keeps_the_highest_value_for_ssim_like_metrics(trained: Trainer, tmp_path: Path) -> None:
+    ev = copy.copy(trained.evaluator)  # the run's evaluator, ranking by SSIM into another file
+    ev.metric, ev.path, ev.best = "content_ssim", tmp_path / "best.safetensors", 2.0  # beyond any SSIM
+    logs = ev(trained)
+    assert "eval/content_ssim" in logs and not ev.path.exists()
+    ev.best = -1.0  # below any SSIM: this evaluation is kept
+    ev(trained)
+    meta = ckpt.read_meta(ev.path)
+    assert meta["eval_metric"] == "content_ssim" and meta["eval"]["content_ssim"] == ev.best > -1.0
+
+
+def test_noise_generators_are_scored_against_the_real_images(reg: Registry, tmp_path: Path) -> None:
+    rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none",
+                           "train": {**TRAIN, "steps": 1, "eval_every": 1, "eval_metric": "fid_effl0"},
+                           "data": {"data": str(SAMPLES / "style")}}, losses=["tv"])
+    Trainer(rc, tmp_path, registry=reg).fit()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(k for k in row if k.startswith("eval/")) == {"eval/fid_effl0", "eval/kid_effl0", "eval/kid_effl0_std"}
+    assert ckpt.read_meta(tmp_path / "best.safetensors")["eval"]["fid_effl0"] == row["eval/fid_effl0"]
+
+
+def test_report_is_one_self_contained_file(run: Path) -> None:
+    page = (run / "report.html").read_text()
+    assert page == build_report(run)  # `stylezoo report` rebuilds the same page
+    srcs = list(image_sources(page))
+    # losses, metric curves, 3 grids over time (the last is the final one), final beside inputs, held-aside eval
+    assert len(srcs) == 7, len(srcs)
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    without_images = re.sub(r'src="data:[^"]*"', "", page)
+    assert not re.search(r"(?:src|href)=|https?://|<link|@import|url\(", without_images)
+    for text in ("Evaluation", "Loss curves", "Metric curves", "Sample grids over time", "Composition and config",
+                 "gen/encdec", "loss/tv", "style_gram", "best by style_gram", "held-aside"):
+        assert text in page, text
+
+
+def test_report_cli_rebuilds_and_shows_eval_results(run: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(run, tmp_path / "run")
+    (copy / "eval.jsonl").write_text(json.dumps({"checkpoint": str(copy / "last.safetensors"), "step": 3, "n": 5,
+                                                 "content": "photos", "size": 32,
+                                                 "metrics": {"ref_ssim": 0.4321, "fid_effl0": 12.5}}) + "\n")
+    (copy / "report.html").unlink()
+    r = CliRunner().invoke(app, ["report", str(copy)])
+    assert r.exit_code == 0, r.output
+    page = (copy / "report.html").read_text()
+    assert "stylezoo eval, content photos, size 32" in page and "0.4321" in page
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 2 and "not a run directory" in r.output
+
+
+def test_grids_over_time_are_thinned_evenly() -> None:
+    files = [Path(f"step-{i:07d}.png") for i in range(1, 101)]
+    picked = pick_grids(files, 5)
+    assert [p.name for p in picked] == ["step-0000001.png", "step-0000026.png", "step-0000051.png",
+                                        "step-0000075.png", "step-0000100.png"]
+    assert pick_grids(files[:3], 5) == files[:3]
+
+
+def _browser() -> str | None:
+    return next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(_browser() is None, reason="no chromium installed (Debian: apt-get install chromium); "
+                                               "the report's headless-browser check needs one")
+def test_report_renders_in_a_headless_browser(run: Path, tmp_path: Path) -> None:
+    browser = _browser()
+    assert browser is not None
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=5000", "--window-size=1200,2000"]
+    url = (run / "report.html").resolve().as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    body = re.search(r"<body[^>]*>", dom)
+    assert body, dom[:500]
+    ok = re.search(r'data-images-ok="(\d+)"', body.group(0))
+    total = re.search(r'data-images-total="(\d+)"', body.group(0))
+    assert ok and total, body.group(0)  # the page's script ran after load
+    assert int(ok.group(1)) == int(total.group(1)) == 7  # every image (plots included) decoded
+    # the marker does catch a broken image: corrupt one and it counts one fewer
+    page = (run / "report.html").read_text()
+    broken = tmp_path / "broken.html"
+    broken.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', 'src="data:image/png;base64,AAAA"', page, count=1))
+    dom = subprocess.run([*flags, "--dump-dom", broken.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r'<body[^>]*data-images-ok="6"', dom), re.search(r"<body[^>]*>", dom)
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    im = Image.open(shot).convert("RGB")
+    assert im.size == (1200, 2000)
+    colours = len(np.unique(np.asarray(im.resize((300, 500))).reshape(-1, 3), axis=0))
+    assert colours > 200 and max(ImageStat.Stat(im).stddev) > 20, (colours, ImageStat.Stat(im).stddev)
