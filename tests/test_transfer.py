@@ -112,3 +112,16 @@ def test_cli_transfer_writes_the_image(vgg16: torch.nn.Module, tmp_path: Path) -
     assert res.exit_code == 2 and "nope" in res.output
     res = CliRunner().invoke(app, ["transfer", str(PORTRAIT), str(PAINTING), "-o", str(tmp_path / "x.txt")])
     assert res.exit_code == 2 and "suffix" in res.output
+
+
+def test_cli_defaults_are_the_api_defaults() -> None:
+    import inspect
+
+    from stylezoo.core.cli.transfer import transfer_cmd
+
+    params = inspect.signature(transfer_cmd).parameters
+    cfg = TransferConfig()
+    for name in ("size", "steps", "style_weight", "content_weight", "tv_weight", "optimizer", "lr", "init", "seed",
+                 "device"):
+        assert params[name].default == getattr(cfg, name), name
+    assert f"feat/{params['feat'].default}" == cfg.feat
