@@ -205,8 +205,10 @@ def run_dir_of(path: Path) -> Path | None:
 def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: str | None = None,
                         reference: str | None = None, data: str | None = None, size: int = 256, num: int = 64,
                         device: str = "cpu", registry: Registry | None = None, seed: int = 0) -> EvalResult:
-    """Evaluate the generator of a checkpoint (or a run's newest one). Sets not given come from the run's
-    config (then they are the training images, not held out: a note says so)."""
+    """Evaluate the generator of a checkpoint (or a run's newest one) on `content` (restyled, centre-cropped
+    to `size`), against `style` (Gram), `data` (the real side of FID/KID; default: the style images) and
+    `reference` (paired, by file stem). Sets not given come from the run's config: then they are training
+    images, not held out, and a note says so."""
     from .inference import load_generator
     from .runconfig import DataConfig
 
@@ -218,7 +220,15 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
                              if k in DataConfig.__dataclass_fields__})
     d = run_data.resolved()
     notes: list[str] = []
-    if g.family == "image" and content is None and d.content:
+    if g.family == "image" and content is None and getattr(d, "paired", False):
+        from .data import pair_folders
+
+        inputs, targets = pair_folders(d.pairs) if d.pairs else (Path(d.input), Path(d.target))
+        content, reference = str(inputs), reference or str(targets)
+        data = data or str(targets)  # the target domain is what outputs should look like
+        style = style or d.style or str(targets)  # as the engine takes its Gram targets
+        notes.append(f"content and references from the run's pairs ({inputs}, {targets}): training pairs")
+    elif g.family == "image" and content is None and d.content:
         content = d.content
         notes.append(f"content from the run's config ({content}): training images, not held out")
     if style is None and (d.style or d.data):
@@ -233,7 +243,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
             raise UsageError("Give the images to restyle with --content DIR.")
         x, files = load_folder(content, size)
         outputs = generate(g.module, x, device=device)
-        real_spec = style
+        real_spec = data or style
         n = x.shape[0]
     else:
         gen = torch.Generator().manual_seed(seed)

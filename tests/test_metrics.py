@@ -229,3 +229,24 @@ def test_eval_cli_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:
     assert r.exit_code != 0 and "same file name" in r.output
     r = CliRunner().invoke(app, ["eval", str(tiny_run), "--size", "8", "--device", "cpu"])
     assert r.exit_code == 2 and "--size" in r.output
+
+
+def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Path) -> None:
+    from stylezoo.core.evaluate import evaluate_checkpoint
+
+    for side in ("photo", "sketch"):
+        (tmp_path / "pairs" / side).mkdir(parents=True)
+    for f in sorted((SAMPLES / "content").iterdir())[:4]:
+        im = Image.open(f).convert("RGB").resize((40, 40))
+        im.save(tmp_path / "pairs" / "photo" / f"{f.stem}.png")
+        im.convert("L").save(tmp_path / "pairs" / "sketch" / f"{f.stem}.png")
+    rc = resolve(reg, cli={"gen": "unet", "disc": "", "adv": "", "feat": "", "gp": "none",
+                           "train": {"size": SIZE, "batch": 2, "steps": 1, "sample_every": 0, "num_samples": 2},
+                           "set": {"gen": {"channels": 8}},
+                           "data": {"pairs": str(tmp_path / "pairs"), "content": "", "style": ""}}, losses=["l1"])
+    Trainer(rc, tmp_path / "run", registry=reg).fit()
+    res = evaluate_checkpoint(tmp_path / "run", size=SIZE)
+    assert res.inputs["reference"] == res.inputs["data"] == str(tmp_path / "pairs" / "sketch")
+    assert res.missing_reference == [] and res.n == 4
+    assert {"ref_ssim", "ref_l1", "ref_perceptual", "fid_effl0", "style_gram"} <= set(res.metrics)
+    assert any("training pairs" in n for n in res.notes)

@@ -20,7 +20,7 @@ def eval_cmd(
     content: Annotated[Optional[str], typer.Option("--content", help="Images to restyle (default: the run's).")] = None,
     style: Annotated[Optional[str], typer.Option("--style", help="Style image(s): FILE or DIR (default: the run's).")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Paired references, matched to --content by file name.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Real images for noise generators (default: the run's).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="The real side of FID/KID (default: --style; noise generators and paired runs: the run's real/target images).")] = None,
     size: Annotated[int, typer.Option("--size", help="Side of the evaluated images (shorter side resized, centre crop).")] = 256,
     num: Annotated[int, typer.Option("--num", help="Samples to draw from a noise generator.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
