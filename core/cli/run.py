@@ -68,11 +68,38 @@ def run_cmd(
         _dry_run(rc)
         return
     out_dir = resume if resume is not None else (out or default_out(rc))
-    with _progress(quiet) as progress:
-        last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
-                     progress=progress)
+    previous = _sigterm_as_interrupt()
+    try:
+        with _progress(quiet) as progress:
+            last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
+                         progress=progress)
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]: a checkpoint was saved in {out_dir}; continue with "
+                  f"`stylezoo run --resume {out_dir}`.")
+        raise typer.Exit(130) from None
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
     Console(highlight=False).print(f"[green]done[/]: {last}  samples: {Path(out_dir) / 'samples' / 'final.png'}")
     del Trainer
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Treat SIGTERM (a scheduler or `timeout` stopping the job) like Ctrl-C: save, then exit.
+
+    Returns the previous handler (None when not on the main thread, where signals cannot be set)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _dry_run(rc: Any) -> None:
