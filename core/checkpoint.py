@@ -9,8 +9,10 @@ under the final name.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,10 +31,14 @@ PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".ckpt", ".bin"}
 
 
 def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)` then fsync and rename onto `path`; on any error the old file stays."""
+    """Call `write(tmp_path)` then fsync and rename onto `path`; on any error the old file stays.
+
+    The temporary file is `.NAME.PID-XXXXXXXX.tmp` beside `path`; after a successful write, such files
+    left by killed processes (their PID no longer runs) are removed. A full disk raises CheckpointError.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -41,11 +47,8 @@ def atomic_write(path: Path, write: Any) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        if e.errno == 28:  # ENOSPC
-            raise CheckpointError(
-                f"No space left on the device while writing {path}; the previous file is intact. "
-                "Free some disk space or write to another --out."
-            ) from None
+        if e.errno in NO_SPACE:
+            raise no_space_error(path) from None
         raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,6 +61,47 @@ def atomic_write(path: Path, write: Any) -> None:
             os.close(dfd)
     except OSError:
         pass
+    remove_stale_tmp(path.parent, path.suffix)
+
+
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}  # disk full, quota exceeded
+
+
+def no_space_error(path: Path) -> CheckpointError:
+    """The error for a full disk while writing `path` (atomic writes leave the previous file intact)."""
+    return CheckpointError(
+        f"No space left on the device while writing {path}; the previous file is intact. "
+        "Free some disk space or write to another --out."
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: Path, suffix: str = "") -> list[Path]:
+    """Remove temporary files of `atomic_write`s (for files ending in `suffix`) whose process was killed."""
+    pattern = re.compile(r"^\..+" + re.escape(suffix) + r"\.(\d+)-[a-z0-9_]{8}\.tmp$")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.match(name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            try:
+                (folder / name).unlink()
+                removed.append(folder / name)
+            except OSError:
+                pass
+    return removed
 
 
 def save(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
@@ -96,7 +140,67 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: its stylezoo metadata is not valid JSON; the file is corrupt.") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its stylezoo metadata is not a table; the file is corrupt.")
+    problem = meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"{path}: its stylezoo metadata is corrupt ({problem}); use another checkpoint.")
     return meta
+
+
+def _is_table_of_tables(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())
+
+
+def meta_problem(meta: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of a checkpoint's metadata (the keys stylezoo reads), or None."""
+    step = meta.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step is {step!r}, not a count"
+    comp = meta.get("composition", {})
+    if not isinstance(comp, dict) or not all(isinstance(v, str) for k, v in comp.items() if k != "losses") \
+            or not isinstance(comp.get("losses", []), list) or not all(isinstance(v, str) for v in comp.get("losses", [])):
+        return "composition is not a table of component names"
+    for key in ("configs", "optim"):
+        if not _is_table_of_tables(meta.get(key, {})):
+            return f"{key} is not a table of tables"
+    for name, info in meta.get("optim", {}).items():
+        if not isinstance(info.get("param_groups", []), list) or not all(isinstance(g, dict) for g in info.get("param_groups", [])) \
+                or not _is_table_of_tables(info.get("scalars", {})):
+            return f"optim.{name} is not an optimizer state"
+    run = meta.get("run", {})
+    if not isinstance(run, dict) or not all(isinstance(run.get(k, {}), dict) for k in ("train", "data", "losses", "set")) \
+            or not _is_table_of_tables(run.get("set", {})):
+        return "run is not a run configuration"
+    if not isinstance(meta.get("versions", {}), dict) or not isinstance(meta.get("plugins", {}), dict):
+        return "versions or plugins is not a table"
+    if not isinstance(meta.get("family", ""), str):
+        return "family is not a name"
+    return None
+
+
+def plugin_hint(meta: Mapping[str, Any], name: str) -> str | None:
+    """The distribution that provided component `name` when the checkpoint was written, if known."""
+    dist = meta.get("plugins", {}).get(name)
+    if isinstance(dist, str) and dist and dist != "stylezoo":
+        return dist
+    others = [d for d in meta.get("versions", {}) if d not in ("stylezoo", "torch")]
+    return others[0] if len(others) == 1 else None
+
+
+def require_components(meta: Mapping[str, Any], registry: Any, path: Path) -> None:
+    """Refuse a checkpoint naming components no installed plugin provides, saying which plugin to install."""
+    from .errors import UnknownComponentError
+
+    names = [v for k, v in meta.get("composition", {}).items() if k != "losses" and v]
+    for name in names + list(meta.get("composition", {}).get("losses", [])):
+        try:
+            registry.get(name)
+        except UnknownComponentError:
+            dist = plugin_hint(meta, name)
+            raise CheckpointError(
+                f"{path} needs the component {name!r}, which no installed plugin provides"
+                + (f"; install the plugin package {dist!r} (pip install {dist})" if dist else "")
+                + ". Run `stylezoo list` to see what is installed."
+            ) from None
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -129,6 +233,12 @@ def section(tensors: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
 
 def load_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
     """Load a state dict strictly; a mismatch is refused with what differs, never half-loaded."""
+    check_module_state(module, state, what)
+    module.load_state_dict(dict(state), strict=True)
+
+
+def check_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
+    """Raise CheckpointError unless `state` has exactly the module's tensors, with the same shapes."""
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -146,7 +256,6 @@ def load_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str)
             f"The {what} tensors do not match the composition the checkpoint declares: {'; '.join(parts)}. "
             "The file was edited or belongs to another model; nothing was loaded."
         )
-    module.load_state_dict(dict(state), strict=True)
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -164,13 +273,65 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor], info: Mapping[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for pid, st in info.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(st)
+    state = check_optimizer_state(opt, tensors, info)
     try:
-        opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+        opt.load_state_dict(state)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"The optimizer state in the checkpoint does not match the model: {e}") from None
+
+
+def _same_kind(saved: Any, own: Any) -> bool:
+    """Whether a saved optimizer hyper-parameter has the type of the current one (numbers, bools, tuples)."""
+    if own is None:
+        return True
+    if isinstance(own, bool):
+        return isinstance(saved, bool)
+    if isinstance(own, (int, float)):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    if isinstance(own, (list, tuple)):
+        return isinstance(saved, (list, tuple)) and len(saved) == len(own) and all(map(_same_kind, saved, own))
+    return isinstance(saved, type(own))
+
+
+def check_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tensor],
+                          info: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer state dict stored as (tensors, info), checked against `opt`'s parameters."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    groups = info.get("param_groups", [])
+    state: dict[int, dict[str, Any]] = {}
+    try:
+        for key, v in tensors.items():
+            pid, k = key.split(".", 1)
+            state.setdefault(int(pid), {})[k] = v
+        for pid, st in info.get("scalars", {}).items():
+            state.setdefault(int(pid), {}).update(st)
+        sizes = [len(g["params"]) for g in groups]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"The optimizer state in the checkpoint is malformed ({e}); nothing was loaded.") from None
+    problem = None
+    if sizes != [len(g["params"]) for g in opt.param_groups]:
+        problem = f"{sum(sizes)} parameters in groups {sizes}, the model has {len(params)}"
+    for saved, own in zip(groups, opt.param_groups) if not problem else ():
+        # keys a newer torch added may be missing (torch fills in their defaults); "lr" may not
+        bad = [k for k in own if k != "params" and (k in saved or k == "lr")
+               and not (k in saved and _same_kind(saved[k], own[k]))]
+        if bad:
+            problem = f"the setting {bad[0]!r} is {saved.get(bad[0])!r}"
+            break
+    keys = set().union(*state.values()) if state else set()
+    for pid, st in state.items():
+        if problem:
+            break
+        if set(st) != keys:  # every parameter with a state has the same entries (Adam: step, exp_avg, ...)
+            problem = f"parameter {pid} lacks {sorted(keys - set(st))[0]!r}"
+        elif not 0 <= pid < len(params):
+            problem = f"state for parameter {pid}, the model has {len(params)}"
+        else:
+            shape = tuple(params[pid].shape)
+            wrong = [k for k, v in st.items() if isinstance(v, Tensor) and v.dim() > 0 and tuple(v.shape) != shape]
+            if wrong:
+                problem = f"{wrong[0]} of parameter {pid} has shape {tuple(st[wrong[0]].shape)}, the parameter {shape}"
+    if problem:
+        raise CheckpointError(f"The optimizer state in the checkpoint does not match the model: {problem}. "
+                              "The file was edited or belongs to another model; nothing was loaded.")
+    return {"state": state, "param_groups": groups}

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from .data import ImageSet, PairSet, _seed, pair_folders
-from .errors import CheckpointError, CompositionError, DataError, TrainingDiverged
+from .errors import CheckpointError, CompositionError, ConfigError, DataError, TrainingDiverged
 from .kinds import StepContext
 from .registry import Registry, default_registry
 from .runconfig import ROLES, RunConfig, component_config
@@ -109,6 +109,7 @@ class Trainer:
         self.family = getattr(c.gen, "family", IMAGE)
         # a conditional discriminator judges (input, image) pairs: D(image, condition=input)
         self.cond_disc = c.disc is not None and int(c.configs.get("disc", {}).get("cond_channels", 0) or 0) > 0
+        self._check_gen_size()
         self._prepare_data()
         self._place_modules()
         self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=self.t.lr, betas=tuple(self.t.betas))
@@ -183,6 +184,24 @@ class Trainer:
         inputs, targets = pair_folders(d.pairs) if d.pairs else (d.input, d.target)
         self.pairs = PairSet(inputs, targets, size, strict=d.strict, stream=1)
         self.content, self.real = None, None
+
+    @torch.no_grad()
+    def _check_gen_size(self) -> None:
+        """Refuse, before any work, a training size the generator cannot take or make (one eval-mode forward)."""
+        gen, size = self.c.gen, self.t.size
+        x = torch.zeros(1, int(gen.latent_dim)) if self.family == NOISE else torch.zeros(1, 3, size, size)
+        gen.eval()
+        try:
+            shape = tuple(gen(x).shape)
+            why = "" if shape == (1, 3, size, size) else f"it makes {shape[-2:]} instead"
+        except (ValueError, RuntimeError) as e:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        finally:
+            gen.train()
+        if why:
+            m = getattr(gen, "size_multiple", None)
+            hint = f" (a multiple of {m})" if m and size % m else ""
+            raise CompositionError(f"{self.rc.gen} cannot train at --size {size}: {why}. Choose another --size{hint}.")
 
     def _place_modules(self) -> None:
         mf = torch.channels_last if self.t.channels_last else torch.contiguous_format
@@ -394,9 +413,10 @@ class Trainer:
             from .registry import _dist_version
 
             versions[d] = _dist_version(d) or "unknown"
+        plugins = {n: e.dist for n in self.names() if (e := self.reg.get(n)).dist}  # which package to install
         return {"run": self.rc.to_dict(), "configs": self.c.configs, "step": self.step, "family": self.family,
                 "composition": {r: getattr(self.rc, r) for r in ROLES} | {"losses": list(self.rc.losses)},
-                "versions": versions}
+                "versions": versions, "plugins": plugins}
 
     def names(self) -> list[str]:
         return [n for n in [getattr(self.rc, r) for r in ROLES] + list(self.rc.losses) if n]
@@ -424,13 +444,25 @@ class Trainer:
 
     def load_state(self, path: Path) -> None:
         tensors, meta = ckpt.load(path, device=self.device)
-        ckpt.load_module_state(self.c.gen, ckpt.section(tensors, "gen"), "generator")
-        if self.c.disc is not None:
-            ckpt.load_module_state(self.c.disc, ckpt.section(tensors, "disc"), "discriminator")
         optim = meta.get("optim", {})
-        ckpt.load_optimizer_state(self.opt_g, ckpt.section(tensors, "opt_g"), optim.get("opt_g", {}))
-        if self.opt_d is not None:
-            ckpt.load_optimizer_state(self.opt_d, ckpt.section(tensors, "opt_d"), optim.get("opt_d", {}))
+        # check every part before loading any, so a mismatch never leaves the run half-loaded
+        parts = [("gen", self.c.gen, "generator"), ("disc", self.c.disc, "discriminator")]
+        for key, module, what in parts:
+            if module is not None:
+                ckpt.check_module_state(module, ckpt.section(tensors, key), what)
+        opts = [(k, o) for k, o in (("opt_g", self.opt_g), ("opt_d", self.opt_d)) if o is not None]
+        for key, opt in opts:
+            ckpt.check_optimizer_state(opt, ckpt.section(tensors, key), optim.get(key, {}))
+        owners = {k for k, m, _ in parts if m is not None} | {k for k, _ in opts}
+        stray = sorted(k for k in tensors if k.split(".", 1)[0] not in owners)
+        if stray:
+            raise CheckpointError(f"{path} holds {len(stray)} tensors this run has no place for (e.g. {stray[0]}). "
+                                  "The file was edited or belongs to another composition; nothing was loaded.")
+        for key, module, what in parts:
+            if module is not None:
+                ckpt.load_module_state(module, ckpt.section(tensors, key), what)
+        for key, opt in opts:
+            ckpt.load_optimizer_state(opt, ckpt.section(tensors, key), optim.get(key, {}))
         self.step = int(meta["step"])
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -455,8 +487,13 @@ class Trainer:
                     self.progress(self.step, self.t.steps, logs)
                 if log_f and (evaluated or self.step % self.t.log_every == 0 or self.step == self.t.steps
                               or self.step == 1):
-                    log_f.write(json.dumps(logs) + "\n")
-                    log_f.flush()
+                    try:
+                        log_f.write(json.dumps(logs) + "\n")
+                        log_f.flush()
+                    except OSError as e:
+                        if e.errno in ckpt.NO_SPACE:
+                            raise ckpt.no_space_error(self.out / "metrics.jsonl") from None
+                        raise
                 if self.rank == 0:
                     if self.t.sample_every and self.step % self.t.sample_every == 0:
                         self.save_samples(f"step-{self.step:07d}")
@@ -469,7 +506,8 @@ class Trainer:
             raise
         finally:
             if log_f:
-                log_f.close()
+                with contextlib.suppress(OSError):  # a full disk was reported above
+                    log_f.close()
         del t_last
         if self.rank == 0:
             last = self.save_checkpoint(keep=True)
@@ -561,39 +599,63 @@ def plot_losses(metrics: Path, out: Path) -> Path | None:
 
 def newest_valid_checkpoint(run_dir: Path) -> Path:
     """The newest checkpoint in a run dir that reads back cleanly (a torn or corrupt file is skipped)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        ckpt.refuse_pickle(run_dir)
+        raise CheckpointError(f"{run_dir} is not a run directory: give the folder a run wrote "
+                              "(with last.safetensors and checkpoints/).")
     cands = [run_dir / "last.safetensors", *sorted((run_dir / "checkpoints").glob("step-*.safetensors"), reverse=True)]
-    best: tuple[int, Path] | None = None
-    for p in cands:
+    why: list[str] = []
+    steps: list[tuple[int, int, Path]] = []
+    for i, p in enumerate(cands):
         if not p.is_file():
             continue
         try:
-            step = int(ckpt.read_meta(p)["step"])
+            steps.append((-int(ckpt.read_meta(p)["step"]), i, p))
+        except (CheckpointError, KeyError, ValueError) as e:
+            why.append(str(e))
+    for _, _, p in sorted(steps):  # newest first: only tensors of the one picked (and torn newer ones) are read
+        try:
             ckpt.load(p)
-        except (CheckpointError, KeyError, ValueError):
-            continue
-        if best is None or step > best[0]:
-            best = (step, p)
-    if best is None:
-        raise CheckpointError(f"No valid checkpoint in {run_dir}: nothing to resume. Start a new run instead.")
-    return best[1]
+            return p
+        except CheckpointError as e:
+            why.append(str(e))
+    detail = f" ({why[0]})" if why else ""
+    raise CheckpointError(f"No valid checkpoint in {run_dir}: nothing to resume{detail}. Start a new run instead.")
 
 
 def iter_metrics(run_dir: Path) -> Iterator[dict[str, Any]]:
     p = Path(run_dir) / "metrics.jsonl"
     if p.exists():
         for line in p.read_text().splitlines():
-            if line.strip():
-                yield json.loads(line)
+            row = _json_line(line)
+            if row is not None:
+                yield row
+
+
+def _json_line(line: str) -> dict[str, Any] | None:
+    """One metrics.jsonl row, or None for a blank or torn line (a killed run or a full disk)."""
+    try:
+        row = json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def default_out(rc: RunConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{rc.recipe}"
 
 
-def resume_config(run_dir: str | Path, steps: int | None = None) -> tuple[RunConfig, Path]:
+def resume_config(run_dir: str | Path, steps: int | None = None,
+                  registry: Registry | None = None) -> tuple[RunConfig, Path]:
     """The RunConfig stored in a run's newest valid checkpoint (optionally with a new total of steps)."""
     path = newest_valid_checkpoint(Path(run_dir))
-    rc = RunConfig.from_dict(ckpt.read_meta(path)["run"])
+    meta = ckpt.read_meta(path)
+    ckpt.require_components(meta, registry or default_registry(), path)
+    try:
+        rc = RunConfig.from_dict(meta.get("run", {}))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its run configuration is not valid here ({e}).") from None
     if steps is not None:
         rc.train = dataclasses.replace(rc.train, steps=steps)
     return rc, path
@@ -605,7 +667,7 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
     """Train a run (or resume one) and return its last checkpoint. Mirrors `stylezoo run`."""
     resume_from = None
     if resume is not None:
-        rc, resume_from = resume_config(resume, steps)
+        rc, resume_from = resume_config(resume, steps, registry)
         out = Path(resume)
         _truncate_metrics(out / "metrics.jsonl", int(ckpt.read_meta(resume_from)["step"]))
     if rc is None:
@@ -620,5 +682,5 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics lines logged after the checkpoint a run resumes from (they will be logged again)."""
     if not path.exists():
         return
-    keep = [l for l in path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
+    keep = [l for l in path.read_text().splitlines() if (r := _json_line(l)) is not None and r.get("step", 0) <= step]
     ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))

@@ -50,15 +50,18 @@ def open_image(path: str | Path, *, keep_alpha: bool = False) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise BadImage(f"{path}: refused as a possible decompression bomb (huge declared size).") from None
+    except Image.UnidentifiedImageError:
+        raise BadImage(f"{path}: not an image (unknown or corrupt format).") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise BadImage(f"{path}: not a readable image ({type(e).__name__}: {e}).") from None
 
 
 def _to_rgb(im: Image.Image, keep_alpha: bool) -> Image.Image:
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
+    if mode == "I" or mode.startswith("I;16"):
         arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if arr.max() > 255 else 255.0
+        # 16-bit modes span 0..65535 however dark the picture; plain 32-bit "I" has no declared range
+        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
         im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     elif mode == "F":
         arr = np.asarray(im, dtype=np.float64)

@@ -79,9 +79,7 @@ def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
 
 
 def _dist_of(meta: dict[str, Any], name: str) -> str | None:
-    versions = meta.get("versions", {})
-    others = [d for d in versions if d not in ("stylezoo", "torch")]
-    return others[0] if len(others) == 1 else None
+    return ckpt.plugin_hint(meta, name)
 
 
 # ------------------------------------------------------------------------------------------------ Stylizer

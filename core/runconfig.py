@@ -120,6 +120,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        check_layer(d, "run")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known - {"description"}
         if unknown:
@@ -189,9 +190,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {p}: no such file.")
     try:
         with p.open("rb") as f:
-            return tomllib.load(f)
+            layer = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {p}: not valid TOML ({e}).") from None
+    check_layer(layer, f"--config {p}")
+    return layer
+
+
+def check_layer(layer: dict[str, Any], where: str) -> None:
+    """Refuse values of the wrong shape in a run layer (a config file, a checkpoint's run) in one line."""
+    for k in ("recipe", *ROLES):
+        if k in layer and not isinstance(layer[k], str):
+            raise ConfigError(f"{where}: {k} must be a name in quotes, got {layer[k]!r}.")
+    for k in ("train", "data", "losses", "set"):
+        if k in layer and not isinstance(layer[k], dict):
+            raise ConfigError(f"{where}: {k} must be a table ([{k}] with KEY = VALUE lines), got {layer[k]!r}.")
+    for name, w in layer.get("losses", {}).items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise ConfigError(f"{where}: the weight of loss {name!r} must be a number, got {w!r}.")
+    for role, ov in layer.get("set", {}).items():
+        if not isinstance(ov, dict):
+            raise ConfigError(f"{where}: set.{role} must be a table of FIELD = VALUE, got {ov!r}.")
 
 
 def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path | None = None,

@@ -20,11 +20,13 @@ from ..errors import StylezooError
 COMMANDS: tuple[str, ...] = ("catalog", "run", "stylize", "export", "eval", "report")
 
 
-def report_error(err: BaseException) -> None:
+def report_error(err: BaseException | str) -> None:
     """Print a user-facing error to stderr (one line, no traceback)."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {err}", markup=True)
+    # escaped: messages quote user text and TOML such as [losses], which rich would take for markup
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", markup=True)
 
 
 class _Group(TyperGroup):
@@ -36,6 +38,23 @@ class _Group(TyperGroup):
                 raise
             report_error(e)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # the disk or the file system said no (permissions, a file where a folder goes, ...)
+            if os.environ.get("STYLEZOO_DEBUG") == "1":
+                raise
+            report_error(os_error_message(e))
+            raise typer.Exit(1) from None
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error: what failed on which file, and what to do."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None) or "a file"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"No space left on the device while writing {where}. Free some disk space or write elsewhere (--out)."
+    what = e.strerror or str(e) or type(e).__name__
+    return (f"{what}: {where}. Check that the path exists, is the right kind (file or folder) and is writable "
+            "(STYLEZOO_DEBUG=1 shows where it happened).")
 
 
 app = typer.Typer(
