@@ -88,7 +88,14 @@ def _dist_of(meta: dict[str, Any], name: str) -> str | None:
 GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 GREY8 = frozenset({"L", "1", "F"})
 PRECISIONS = ("fp32", "bf16", "auto")
-AUTO_PRECISION = "fp32"  # what "auto" means; measured in benchmarks/inference.py
+# What "auto" means, from benchmarks/inference.py on this 2-core AVX512-BF16 CPU (gen/encdec defaults, batch 1,
+# 256 and 512 px): bf16 autocast was 1.1-1.7x faster than fp32 eager depending on threads and load, and moved
+# pixels by 0.0055 mean / 0.06 max abs ([-1, 1] units; 0.7 / 7 8-bit levels). ONNX Runtime in fp32 was as fast
+# or faster (1.3-2.9x) with a max difference of 1.2e-4 (1 level), so folders use it (backend auto) and auto
+# precision stays fp32: the same pixels as training-time PyTorch. torch.compile: 1.2-1.8x after 40-80 s compiling.
+AUTO_PRECISION = "fp32"
+BACKENDS = ("auto", "torch", "onnxruntime")
+AUTO_ORT_MIN_IMAGES = 16  # backend auto: ONNX Runtime from this many files on (its one-off export then pays off)
 _FALLBACK = {"I;16": "L", "LA": "L", "RGBA": "RGB", "P": "RGB", "CMYK": "RGB", "L": "RGB"}
 log = logging.getLogger("stylezoo")
 
@@ -200,7 +207,7 @@ class StylizeReport:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """fp32 or bf16. `auto` is fp32: see benchmarks/inference.py for why bf16 is not the default."""
+    """fp32 or bf16. "auto" is AUTO_PRECISION (fp32): see benchmarks/inference.py for why bf16 is not the default."""
     if precision not in PRECISIONS:
         raise UsageError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
     if precision == "auto":
@@ -248,9 +255,16 @@ class Stylizer:
     Image generators take a PIL image, a path or a tensor ((3, H, W) or (N, 3, H, W) in [-1, 1]) of any size
     (padded to the generator's multiple and cropped back) and return the same kind. Noise generators
     `sample(n, seed)`. Paths get their EXIF orientation applied; PIL images are used as they are.
+
+    precision: "fp32", "bf16" (autocast) or "auto" (= fp32: bf16 was not reliably faster here and moves
+    pixels by up to a few 8-bit levels). backend: "torch", "onnxruntime" (exported and parity-checked at
+    load) or "auto" (PyTorch, switching to ONNX Runtime for batches of AUTO_ORT_MIN_IMAGES files or more).
     """
 
-    def __init__(self, loaded: LoadedGenerator, *, device: str | torch.device = "cpu", precision: str = "auto") -> None:
+    def __init__(self, loaded: LoadedGenerator, *, device: str | torch.device = "cpu", precision: str = "auto",
+                 backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise UsageError(f"Unknown backend {backend!r}: use one of {', '.join(BACKENDS)}.")
         self.loaded = loaded
         self.device = _device(device)
         self.precision = resolve_precision(precision, self.device)
@@ -258,14 +272,60 @@ class Stylizer:
         self.name, self.family = loaded.name, loaded.family
         self.size_multiple = int(getattr(self.module, "size_multiple", 1))
         self.latent_dim = getattr(self.module, "latent_dim", None)
+        self.requested_backend, self.backend = backend, "torch"
+        self._session: Any = None
+        if backend == "onnxruntime":
+            self.use_onnxruntime(required=True)
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str | torch.device = "auto", precision: str = "auto", *,
-             registry: Registry | None = None) -> Stylizer:
+             backend: str = "auto", registry: Registry | None = None) -> Stylizer:
         """Load a checkpoint file or a run directory's newest checkpoint; no other settings needed."""
-        return cls(load_generator(checkpoint, device="cpu", registry=registry), device=device, precision=precision)
+        return cls(load_generator(checkpoint, device="cpu", registry=registry), device=device, precision=precision,
+                   backend=backend)
+
+    def use_onnxruntime(self, *, required: bool = True) -> bool:
+        """Run through ONNX Runtime from now on: export to ONNX (a temporary file) and check parity first.
+
+        Only for image generators in fp32 on the CPU. When not possible (or the parity check fails): raises
+        UsageError if `required`, else logs why and keeps PyTorch. Returns whether ONNX Runtime is in use.
+        """
+        why = None
+        if self.family != "image" or self.device.type != "cpu" or self.precision != "fp32":
+            why = "the onnxruntime backend is for image generators in fp32 on the CPU"
+        else:
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                why = "onnxruntime is not installed (pip install 'stylezoo[export]')"
+        if why is None:
+            import tempfile
+
+            from .export import check_parity, write_onnx
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "gen.onnx"
+                try:
+                    write_onnx(self.module, path)
+                    report = check_parity(self.module, path)
+                    if report.passed:
+                        self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                    else:
+                        why = f"its ONNX export does not match PyTorch ({report.summary()})"
+                except Exception as e:  # an export failure must not stop stylizing with PyTorch
+                    why = f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        if why is not None:
+            if required:
+                raise UsageError(f"Cannot use --backend onnxruntime for {self.name}: {why}. Use --backend torch.")
+            log.info("stylize runs on PyTorch: %s", why)
+            return False
+        self.backend = "onnxruntime"
+        return True
 
     def _run(self, x: Tensor) -> Tensor:
+        if self._session is not None:
+            name = self._session.get_inputs()[0].name
+            return torch.from_numpy(self._session.run(None, {name: x.detach().float().cpu().numpy()})[0])
         x = x.to(self.device, torch.float32)
         bf16 = self.precision == "bf16"
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
@@ -319,13 +379,17 @@ class Stylizer:
                       on_skip: Callable[[str, str], None] | None = None) -> StylizeReport:
         """Restyle image files, folders (recursively) and globs into `out` (a folder, or a file for one input).
 
-        Same-size images run in batches of `batch`. Unreadable inputs are skipped and reported (`on_skip`,
+        Same-size images run in batches of `batch`. With backend "auto" and at least AUTO_ORT_MIN_IMAGES files,
+        the generator runs through ONNX Runtime (2-3x faster on this CPU; see benchmarks/inference.py). Unreadable inputs are skipped and reported (`on_skip`,
         default a logged warning), or refused before anything is written with `strict`. Raises DataError
         when nothing could be written.
         """
         if batch < 1:
             raise UsageError(f"--batch must be >= 1, got {batch}.")
         pairs, report = plan_outputs(inputs, out, ext)
+        if (self.requested_backend == "auto" and self._session is None and len(pairs) >= AUTO_ORT_MIN_IMAGES
+                and self.device.type == "cpu" and self.precision == "fp32"):
+            self.use_onnxruntime(required=False)
         skip = on_skip or (lambda p, why: log.warning("skipped %s", why))
         if strict:
             for src, _ in pairs:  # refuse before writing anything
@@ -419,6 +483,9 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
     report = StylizeReport()
     found: list[tuple[Path, Path]] = []
     seen: set[Path] = set()
+    to_file = bool(out.suffix) and not out.is_dir() and out.suffix.lower() in Image.registered_extensions()
+    out_root = None if to_file else out.resolve()
+    inside_out = 0
     for spec in inputs:
         try:
             files = find_images(spec)
@@ -431,16 +498,21 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
         p = Path(spec)
         base = p if p.is_dir() else None if p.is_file() else _glob_base(str(spec))
         for f in files:
+            if out_root and f.resolve().is_relative_to(out_root):  # never re-stylize earlier outputs
+                inside_out += 1
+                continue
             if f.resolve() in seen:
                 continue
             seen.add(f.resolve())
             rel = f.relative_to(base) if base is not None and f.is_relative_to(base) else Path(f.name)
             found.append((f, rel))
+    if not found and inside_out:
+        raise UsageError(f"All {inside_out} input image(s) are inside the output folder {out}; write elsewhere (-o).")
     if not found:
         why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3]) or "no inputs given"
         raise DataError(f"Nothing to stylize: {why}.")
     suffix = f".{ext.lstrip('.')}" if ext else None
-    if out.suffix and not out.is_dir() and Image.registered_extensions().get(out.suffix.lower()):
+    if to_file:
         if len(found) > 1:
             raise UsageError(f"-o {out} names one file but there are {len(found)} images: give a folder instead.")
         image_format(out)

@@ -151,6 +151,19 @@ def test_batched_equals_one_by_one(image_run: Path, tmp_path: Path) -> None:
         assert diff.max() <= 1  # per-sample norms: batching changes only float rounding
 
 
+def test_onnxruntime_backend_matches_torch(image_run: Path, mixed: Path, tmp_path: Path) -> None:
+    torch_st = Stylizer.load(image_run, device="cpu", backend="auto")
+    a = torch_st.stylize_files([mixed], tmp_path / "torch", ext="png").written
+    assert torch_st.backend == "torch"  # auto: fewer than AUTO_ORT_MIN_IMAGES files stay on PyTorch
+    ort_st = Stylizer.load(image_run, device="cpu", backend="onnxruntime")
+    assert ort_st.backend == "onnxruntime"
+    b = ort_st.stylize_files([mixed], tmp_path / "ort", ext="png").written
+    assert [p.relative_to(tmp_path / "torch") for p in a] == [p.relative_to(tmp_path / "ort") for p in b]
+    for x, y in zip(a, b):
+        diff = np.abs(np.asarray(Image.open(x)).astype(int) - np.asarray(Image.open(y)).astype(int))
+        assert diff.max() <= 1 if Image.open(x).mode != "I;16" else diff.max() <= 256, x
+
+
 def test_size_option_and_output_file_format(image_run: Path, mixed: Path, tmp_path: Path) -> None:
     st = Stylizer.load(image_run, device="cpu")
     out = st.stylize_files([mixed / "alpha.png"], tmp_path / "a.png", size=48).written
@@ -177,6 +190,20 @@ def test_bad_inputs_strict_and_nothing_written(image_run: Path, mixed: Path, tmp
         Stylizer.load(image_run, device="cpu").stylize_files([mixed], tmp_path / "x.png")
 
 
+def test_outputs_inside_the_input_folder_are_not_inputs(image_run: Path, tmp_path: Path) -> None:
+    d = tmp_path / "photos"
+    d.mkdir()
+    Image.fromarray(_rgb(20, 20, 1)).save(d / "a.png")
+    st = Stylizer.load(image_run, device="cpu")
+    for _ in range(2):  # the second run does not pick up the first run's output
+        assert len(st.stylize_files([d], d / "out").written) == 1
+    assert sorted(p.relative_to(d).as_posix() for p in d.rglob("*.png")) == ["a.png", "out/a.png"]
+    with pytest.raises(UsageError, match="inside the output folder"):
+        st.stylize_files([d / "out"], d)
+    with pytest.raises(UsageError, match="overwrite its own input"):
+        st.stylize_files([d / "a.png"], d / "a.png")
+
+
 def test_noise_generator_num_and_seed(noise_ckpt: Path, tmp_path: Path) -> None:
     def run(seed: int, out: Path) -> list[np.ndarray]:
         r = CliRunner().invoke(app, ["stylize", str(noise_ckpt), "--num", "3", "--seed", str(seed), "-o", str(out),
@@ -195,6 +222,8 @@ def test_noise_generator_num_and_seed(noise_ckpt: Path, tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(st.sample(3, seed=7, batch=2)[2]), a[2])  # batching does not change samples
     with pytest.raises(UsageError, match="noise"):
         st(torch.zeros(3, 8, 8))
+    with pytest.raises(UsageError, match="onnxruntime"):
+        Stylizer.load(noise_ckpt, device="cpu", backend="onnxruntime")
 
 
 def test_pickle_checkpoints_are_refused(tmp_path: Path) -> None:

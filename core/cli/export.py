@@ -22,7 +22,7 @@ def export_cmd(
     The file appears only if the exported model's outputs match the PyTorch generator's within --tolerance
     on two input sizes; the measured differences are printed and stored in FILE.parity.json.
     """
-    from ..export import DEFAULT_TOLERANCE, export, format_of, parity_path
+    from ..export import export, format_of, parity_path
     from ..inference import checkpoint_path
 
     if out is None:
@@ -30,7 +30,7 @@ def export_cmd(
         src = checkpoint_path(checkpoint)
         out = src.with_suffix(".onnx" if kind == "onnx" else ".torchscript")
     fmt = format_of(out, fmt)
-    report = export(checkpoint, fmt, out, tolerance=tolerance if tolerance is not None else DEFAULT_TOLERANCE)
+    report = export(checkpoint, fmt, out, tolerance=tolerance)
     table = Table(title=f"{escape(report.generator)} -> {fmt}: parity with PyTorch")
     for col in ("input", "max abs diff", "mean abs diff"):
         table.add_column(col, justify="right")

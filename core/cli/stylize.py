@@ -20,6 +20,7 @@ def stylize_cmd(
     batch: Annotated[int, typer.Option("--batch", help="Run up to this many same-size images at once.")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or auto (see benchmarks/inference.py).")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="torch, onnxruntime or auto (onnxruntime for 16+ images).")] = "auto",
     ext: Annotated[Optional[str], typer.Option("--ext", help="Output format for a folder, e.g. png (default: the input's).")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Noise generators: how many samples to write.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Noise generators: the same seed gives the same images.")] = 0,
@@ -37,7 +38,7 @@ def stylize_cmd(
 
     if size is not None and size < 1:
         raise UsageError(f"--size must be >= 1, got {size}.")
-    st = Stylizer.load(checkpoint, device=device, precision=precision)
+    st = Stylizer.load(checkpoint, device=device, precision=precision, backend=backend)
     if st.family == "noise":
         if inputs:
             raise UsageError(f"{st.name} makes images from noise and takes no inputs; use --num N and --seed S.")
@@ -64,7 +65,8 @@ def stylize_cmd(
         err.print(f"[yellow]note:[/] {escape(note)}")
     where = report.written[0] if len(report.written) == 1 else out
     skipped = f", skipped {len(report.skipped)} unreadable input(s)" if report.skipped else ""
-    Console(highlight=False).print(f"[green]wrote {len(report.written)} image(s)[/] to {escape(str(where))}{skipped}")
+    Console(highlight=False).print(f"[green]wrote {len(report.written)} image(s)[/] to {escape(str(where))}{skipped}"
+                                   f" ({st.backend}, {st.precision}, {st.device})")
 
 
 class _Bar:
