@@ -41,7 +41,7 @@ bench: $(WEIGHTS_STAMP)
 	$(BIN)/python -m stylezoo.benchmarks.speed
 
 bench-quality: $(WEIGHTS_STAMP)
-	$(BIN)/python -m stylezoo.benchmarks.quality
+	$(BIN)/python -m stylezoo.benchmarks.quality_pairs
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
