@@ -31,7 +31,7 @@ def transfer_cmd(
     feat: Annotated[str, typer.Option("--feat", help="Feature extractor (`stylezoo list --kind feat`).")] = "vgg16",
     size: Annotated[int, typer.Option("--size", help="Longer side of the output in pixels.")] = 256,
     steps: Annotated[int, typer.Option("--steps", help="Optimiser iterations.")] = 100,
-    style_weight: Annotated[float, typer.Option("--style-weight", help="Strength of the style; 1e5 paints more boldly.")] = 1e4,
+    style_weight: Annotated[float, typer.Option("--style-weight", help="Strength of the style: 1e4 paints more boldly, 1e2 keeps more of the photo.")] = 1e3,
     content_weight: Annotated[float, typer.Option("--content-weight")] = 1.0,
     tv_weight: Annotated[float, typer.Option("--tv-weight", help="Smoothness prior.")] = 0.0,
     optimizer: Annotated[str, typer.Option("--optimizer", help="lbfgs (strong-Wolfe line search) or adam.")] = "lbfgs",
@@ -55,8 +55,13 @@ def transfer_cmd(
            ".tiff": "TIFF"}.get(out.suffix.lower())
     if fmt is None:
         raise UsageError(f"--out {out}: use an image suffix (.png, .jpg, .webp, .bmp, .tif).")
+    from ..registry import default_registry
+
+    # build the extractor before the progress bar starts, so a weights error prints on its own
+    extractor = default_registry().build(feat, options.pop("feat_set"), kind="feat")
+    options.pop("feat")
     if quiet:
-        image = transfer(content, style, **options)
+        image = transfer(content, style, extractor=extractor, **options)
     else:
         with Progress(TextColumn("[bold]transfer"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
@@ -67,7 +72,7 @@ def transfer_cmd(
                 text = " ".join(f"{k}={v:.3g}" for k, v in parts.items() if k != "total")
                 bar.update(task, completed=step, total=total, losses=text)
 
-            image = transfer(content, style, progress=update, **options)
+            image = transfer(content, style, extractor=extractor, progress=update, **options)
     atomic_write(out, lambda tmp: image.save(tmp, format=fmt))
     err.print(f"wrote {out} ({image.width}x{image.height})")
 
