@@ -7,7 +7,8 @@
 Batch 1, a real photo (data/samples/content/astronaut.jpg) centre-cropped to each size. Paths: eager fp32
 (no_grad), torch.inference_mode, channels_last, bfloat16 autocast (with and without channels_last),
 torch.compile (its compile time reported separately), ONNX Runtime (export time reported), and what
-`stylezoo stylize` does by default (Stylizer, precision auto). Calls are interleaved round-robin so the
+`stylezoo stylize` does by default (Stylizer: PyTorch fp32 for a few images, ONNX Runtime for 16+ files,
+whose one-off export and parity check is reported as "stylezoo onnxruntime load s"). Calls are interleaved round-robin so the
 ratios are measured under the same machine load; the table shows medians. Each path's output is compared
 with eager fp32: max and mean absolute difference in [-1, 1] units and in 8-bit levels of the saved image.
 """
@@ -111,6 +112,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         paths, setup = _paths(model, not args.no_compile, Path(tmp) / "model.onnx")
         paths[f"stylezoo default ({default.precision})"] = default.forward
+        t = time.perf_counter()
+        folder = Stylizer(default.loaded, device="cpu", backend="onnxruntime")  # what folders of 16+ files use
+        setup["stylezoo onnxruntime load s"] = time.perf_counter() - t
+        paths["stylezoo --backend onnxruntime"] = folder.forward
         result: dict[str, Any] = {"sizes": {}, "setup": setup}
         for size in args.sizes:
             x = _photo(size)

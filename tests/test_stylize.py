@@ -138,6 +138,21 @@ def test_pil_and_tensor_inputs(image_run: Path) -> None:
     assert st(Image.new("LA", (9, 5), (80, 200))).mode == "LA"
 
 
+def test_precision_option(image_run: Path) -> None:
+    from stylezoo.core.engine import bf16_supported
+
+    x = torch.from_numpy(_rgb(32, 40, 9)).permute(2, 0, 1).float() / 127.5 - 1
+    fp32 = Stylizer.load(image_run, device="cpu", precision="auto")
+    assert fp32.precision == "fp32"
+    with pytest.raises(UsageError, match="precision"):
+        Stylizer.load(image_run, device="cpu", precision="fp16")
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bfloat16 support")
+    y16 = Stylizer.load(image_run, device="cpu", precision="bf16")(x)
+    y32 = fp32(x)
+    assert y16.dtype == torch.float32 and 0 < (y16 - y32).abs().mean() < 0.02  # bf16 ran, and stays close
+
+
 def test_batched_equals_one_by_one(image_run: Path, tmp_path: Path) -> None:
     d = tmp_path / "in"
     d.mkdir()

@@ -42,6 +42,8 @@ def stylize_cmd(
     if st.family == "noise":
         if inputs:
             raise UsageError(f"{st.name} makes images from noise and takes no inputs; use --num N and --seed S.")
+        if size is not None:
+            err.print(f"[yellow]warning:[/] --size is ignored: {escape(st.name)} makes {escape(str(getattr(st.module, 'size', '?')))} px images.")
         if num < 1:
             raise UsageError(f"--num must be >= 1, got {num}.")
         with _Bar(num, quiet or num < 2, "sample") as bar:
