@@ -108,9 +108,15 @@ class TimmFeatures(nn.Module):
         self._ids = tuple(str(i) for i in info.out_indices)
         pcfg = getattr(self.net, "pretrained_cfg", {}) or {}
         mean, std = pcfg.get("mean", (0.485, 0.456, 0.406)), pcfg.get("std", (0.229, 0.224, 0.225))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1), persistent=False)
+        # plain floats, not buffers: non-persistent buffers become extra inputs in TorchScript-based ONNX exports
+        self._mean, self._std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         frozen(self)
+
+    def normalise(self, image: Tensor) -> Tensor:
+        """[-1, 1] RGB to the model's own input convention (its pretrained mean and std)."""
+        mean = image.new_tensor(self._mean).reshape(1, 3, 1, 1)
+        std = image.new_tensor(self._std).reshape(1, 3, 1, 1)
+        return ((image + 1) * 0.5 - mean) / std
 
     @property
     def stops_early(self) -> bool:
@@ -128,7 +134,7 @@ class TimmFeatures(nn.Module):
                              f"{', '.join(self.layer_names)}.")
         if not layers:
             return {}
-        x = ((image + 1) * 0.5 - self.mean) / self.std
+        x = self.normalise(image)
         if not torch.is_autocast_enabled(x.device.type):
             x = x.to(next(self.net.parameters()).dtype)
         wanted = {self._ids[self.layer_names.index(n)]: n for n in layers}

@@ -83,14 +83,14 @@ class VGGExtractor(nn.Module):
         self._index = {n: i for i, n in enumerate(self.layer_names)}
         if state is not None:
             self._load(state, name)
-        if convention == "caffe":  # x_unit * 255, reversed to BGR, minus the mean: scale and shift per channel
-            scale, shift = torch.full((3,), 255.0), torch.tensor(CAFFE_MEAN_BGR)
-            self.bgr = True
+        # x_unit * scale - shift per channel (after reversing to BGR for Caffe). Plain floats, not buffers:
+        # non-persistent buffers become extra graph inputs in TorchScript-based ONNX exports.
+        self.bgr = convention == "caffe"
+        if self.bgr:
+            self._scale, self._shift = (255.0,) * 3, CAFFE_MEAN_BGR
         else:
-            scale, shift = 1.0 / torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD)
-            self.bgr = False
-        self.register_buffer("scale", scale.reshape(1, 3, 1, 1), persistent=False)
-        self.register_buffer("shift", shift.reshape(1, 3, 1, 1), persistent=False)
+            self._scale = tuple(1.0 / s for s in IMAGENET_STD)
+            self._shift = tuple(m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
         frozen(self)
 
     def _resolve(self, spec: str, name: str) -> tuple[dict[str, Tensor] | None, str, str]:
@@ -139,7 +139,7 @@ class VGGExtractor(nn.Module):
         x = (image + 1) * 0.5  # [-1, 1] -> [0, 1]; no clamp, so optimised images keep their gradient
         if self.bgr:
             x = x.flip(1)
-        return x * self.scale - self.shift
+        return x * x.new_tensor(self._scale).reshape(1, 3, 1, 1) - x.new_tensor(self._shift).reshape(1, 3, 1, 1)
 
     def check_layers(self, layers: tuple[str, ...]) -> None:
         bad = [n for n in layers if n not in self._index]

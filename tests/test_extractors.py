@@ -215,7 +215,7 @@ def test_timm_stages_early_stop_and_local_file(reg: Registry, tmp_path: Path, im
     assert ext.layer_names == ("stage0", "stage1", "stage2", "stage3", "stage4")
     assert ext.style_layers == ("stage0", "stage1", "stage2", "stage3") and ext.content_layers == ("stage2",)
     x = images(1, 64)
-    full = ext.net(((x + 1) / 2 - ext.mean) / ext.std)
+    full = ext.net(((x + 1) / 2 - torch.tensor(ext._mean).reshape(1, 3, 1, 1)) / torch.tensor(ext._std).reshape(1, 3, 1, 1))
     ext.net.layer3 = Boom()
     out = ext(x, ("stage2", "stage0"))
     assert list(out) == ["stage2", "stage0"] and out["stage2"].shape == (1, 128, 8, 8)
