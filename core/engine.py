@@ -473,12 +473,17 @@ class Trainer:
             write_config(self.out / "config.toml", self.rc)
         log_f = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
         last = self.out / "last.safetensors"
+        signals = _StopAtStepEnd().install()
+        self._mid_step = False
         try:
             t_last = time.perf_counter()
             while self.step < self.t.steps:
+                signals.busy = True
                 t0 = time.perf_counter()
+                self._mid_step = True
                 logs = self.train_step(self.step)
                 self.step += 1
+                self._mid_step = False
                 dt = time.perf_counter() - t0
                 logs |= {"step": self.step, "time/step_s": dt, "time/images_per_s": self.t.batch / max(dt, 1e-9)}
                 evaluated = self._evaluate(logs)
@@ -500,11 +505,17 @@ class Trainer:
                     if self.t.ckpt_every and self.step % self.t.ckpt_every == 0:
                         last = self.save_checkpoint(keep=True)
                 t_last = time.perf_counter()
+                signals.busy = False
+                if signals.pending is not None:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
-            if self.rank == 0 and self.step > 0:
+            if self._mid_step:  # a second signal cut a step short: its half-applied update must not be saved
+                log.warning("interrupted in the middle of step %d: keeping the last checkpoint", self.step + 1)
+            elif self.rank == 0 and self.step > 0:
                 self.save_checkpoint(keep=False)
             raise
         finally:
+            signals.restore()
             if log_f:
                 with contextlib.suppress(OSError):  # a full disk was reported above
                     log_f.close()
@@ -549,6 +560,40 @@ class Trainer:
         except Exception as e:  # the run is saved already; a plotting problem must not fail it
             log.warning("could not write %s (%s: %s); rebuild it with `stylezoo report %s`",
                         self.out / "report.html", type(e).__name__, e, self.out)
+
+
+class _StopAtStepEnd:
+    """SIGINT/SIGTERM while `busy` only set `pending`: the step in flight finishes (and is logged and saved)
+    before the run stops, so the checkpoint saved on interrupt holds whole steps and a resumed run repeats
+    the uninterrupted one. A second signal stops at once. Only on the main thread; ignored signals stay so."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.pending: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.busy and self.pending is None:
+            self.pending = signum
+            return
+        raise KeyboardInterrupt
+
+    def install(self) -> _StopAtStepEnd:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(s) not in (signal.SIG_IGN, None):
+                    self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def restore(self) -> None:
+        import signal
+
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
 
 
 def write_config(path: Path, rc: RunConfig) -> None:
