@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -18,6 +19,7 @@ class EncDecConfig:
     in_channels: int = 3  # RGB in
     out_channels: int = 3  # RGB out
     n_down: int = 2  # stride-2 downsamplings (and as many upsamplings); input sides are multiples of 2**n_down
+    residual: bool = False  # add the input (pre-tanh) to the output: starts near identity, keeps content early
 
     def __post_init__(self) -> None:
         for name in ("channels", "in_channels", "out_channels"):
@@ -27,6 +29,8 @@ class EncDecConfig:
             raise ValueError(f"n_res must be >= 0, got {self.n_res}")
         if not 0 <= self.n_down <= 5:
             raise ValueError(f"n_down must be between 0 and 5, got {self.n_down}")
+        if self.residual and self.in_channels != self.out_channels:
+            raise ValueError("residual needs in_channels == out_channels")
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
@@ -86,8 +90,12 @@ class EncDecGenerator(nn.Module):
         self.res = nn.Sequential(*(ResBlock(widths[-1]) for _ in range(cfg.n_res)))
         self.up = nn.ModuleList(Up(a, b) for a, b in zip(widths[:0:-1], widths[-2::-1]))
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(widths[0], cfg.out_channels, 7), nn.Tanh())
+        if cfg.residual:  # start as the identity; training learns the change of style
+            nn.init.zeros_(self.head[1].weight)
+            nn.init.zeros_(self.head[1].bias)
 
     def forward(self, x: Tensor, **cond: Any) -> Tensor:
+        inp = x
         x = self.stem(x)
         levels = []
         for down in self.down:
@@ -96,6 +104,8 @@ class EncDecGenerator(nn.Module):
         x = self.res(x)
         for up, like in zip(self.up, reversed(levels)):
             x = up(x, like)
+        if self.cfg.residual:  # tanh(head + atanh(input)): the identity when the head outputs zero
+            return torch.tanh(self.head[:-1](x) + torch.atanh(inp.clamp(-0.995, 0.995)))
         return self.head(x)
 
 

@@ -229,3 +229,15 @@ def test_safetensors_round_trip(reg: Registry, tmp_path, name: str, overrides: d
     b.eval()
     x = rand_images(2, 32)
     assert torch.allclose(a(x, **kw), b(x, **kw))
+
+
+def test_encdec_residual_starts_as_identity_and_learns() -> None:
+    """residual=True: tanh(head + atanh(x)) with a zero head is the identity; gradients reach the head."""
+    g = stylezoo.build("gen/encdec", residual=True, channels=8, n_res=1)
+    x = torch.rand(2, 3, 32, 48) * 1.8 - 0.9
+    y = g(x)
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+    y.square().mean().backward()
+    assert g.head[1].weight.grad is not None and g.head[1].weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="residual"):
+        stylezoo.build("gen/encdec", residual=True, out_channels=1)
