@@ -228,13 +228,15 @@ def test_noise_generator_num_and_seed(noise_ckpt: Path, tmp_path: Path) -> None:
         assert len(files) == 3
         return [np.asarray(Image.open(f)) for f in files]
 
-    a, b, c = run(7, tmp_path / "a"), run(7, tmp_path / "b"), run(8, tmp_path / "c")
+    a, b = run(7, tmp_path / "a"), run(7, tmp_path / "b")
     assert a[0].shape == (32, 32, 3)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not np.array_equal(a[0], c[0])
-    assert not np.array_equal(a[0], a[1])
     st = Stylizer.load(noise_ckpt, device="cpu")
     assert np.array_equal(np.asarray(st.sample(3, seed=7, batch=2)[2]), a[2])  # batching does not change samples
+    # compared as floats: a 2-step DCGAN in eval mode can be nearly flat, below one 8-bit level
+    s7, s8 = st.sample_tensor(3, seed=7), st.sample_tensor(3, seed=8)
+    assert torch.equal(s7, st.sample_tensor(3, seed=7)) and not torch.equal(s7, s8)
+    assert not torch.equal(s7[0], s7[1])
     with pytest.raises(UsageError, match="noise"):
         st(torch.zeros(3, 8, 8))
     with pytest.raises(UsageError, match="onnxruntime"):
