@@ -85,6 +85,7 @@ class ParityReport:
 
     @property
     def mean_abs_diff(self) -> float:
+        """The largest of the cases' mean absolute differences."""
         return max((c.mean_abs_diff for c in self.cases), default=math.inf)
 
     @property
@@ -396,6 +397,7 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
                 f"nothing was written to {out}. Report this with the checkpoint, or raise --tolerance if the "
                 "difference is acceptable."
             )
+        os.chmod(tmp, 0o644)  # mkstemp made it private; an exported model is meant to be shared
         os.replace(tmp, out)
         payload = json.dumps(report.to_dict(), indent=2, default=str)
         atomic_write(parity_path(out), lambda p: p.write_text(payload))
