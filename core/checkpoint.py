@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import tempfile
@@ -190,8 +191,10 @@ def require_components(meta: Mapping[str, Any], registry: Any, path: Path) -> No
     """Refuse a checkpoint naming components no installed plugin provides, saying which plugin to install."""
     from .errors import UnknownComponentError
 
-    names = [v for k, v in meta.get("composition", {}).items() if k != "losses" and v]
-    for name in names + list(meta.get("composition", {}).get("losses", [])):
+    comp, run = meta.get("composition", {}), meta.get("run", {})
+    names = [v for k, v in [*comp.items(), *run.items()]
+             if k in ("gen", "disc", "feat", "adv", "gp") and v and isinstance(v, str)]  # RunConfig checks the rest
+    for name in dict.fromkeys([*names, *comp.get("losses", []), *run.get("losses", {})]):
         try:
             registry.get(name)
         except UnknownComponentError:
@@ -235,6 +238,46 @@ def load_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str)
     """Load a state dict strictly; a mismatch is refused with what differs, never half-loaded."""
     check_module_state(module, state, what)
     module.load_state_dict(dict(state), strict=True)
+
+
+def tensor_shapes(path: str | Path) -> dict[str, Tensor]:
+    """A checkpoint's tensors as meta tensors (their shapes, no data), read from the file's header."""
+    from safetensors import safe_open
+
+    path = _existing(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} could not be read ({e}); it is truncated or corrupt.") from None
+
+
+def check_buildable(factory: Any, config: Any, state: Mapping[str, Tensor], what: str) -> None:
+    """Refuse a config whose module would not match `state`, before allocating it: the module is first built
+    on the meta device, so an edited config cannot make us allocate more than the file holds."""
+    import warnings
+
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a factory loading pretrained weights into meta tensors
+            probe = factory(config)
+    except Exception:  # a factory that cannot run on the meta device is checked after the real build
+        return
+    if isinstance(probe, nn.Module):
+        check_module_state(probe, state, what)
+
+
+def build_checked(factory: Any, config: Any, state: Mapping[str, Tensor], what: str) -> nn.Module:
+    """`factory(config)` with `state` loaded strictly; any mismatch or unbuildable config is a CheckpointError."""
+    check_buildable(factory, config, state, what)
+    try:
+        module = factory(config)
+    except (TypeError, ValueError, OverflowError, RuntimeError, MemoryError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"The {what} config in the checkpoint cannot be built ({type(e).__name__}: {first}). "
+                              "The file was edited or written by another version; nothing was loaded.") from None
+    load_module_state(module, state, what)
+    return module
 
 
 def check_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str) -> None:
@@ -286,8 +329,12 @@ def _same_kind(saved: Any, own: Any) -> bool:
         return True
     if isinstance(own, bool):
         return isinstance(saved, bool)
-    if isinstance(own, (int, float)):
-        return isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    if isinstance(own, (int, float)):  # finite, and within float32 (torch turns them into float32 scalars)
+        if isinstance(saved, bool) or not isinstance(saved, (int, float)):
+            return False
+        if isinstance(saved, int):
+            return abs(saved) < 2**63
+        return math.isfinite(saved) and abs(saved) <= torch.finfo(torch.float32).max
     if isinstance(own, (list, tuple)):
         return isinstance(saved, (list, tuple)) and len(saved) == len(own) and all(map(_same_kind, saved, own))
     return isinstance(saved, type(own))
@@ -311,6 +358,8 @@ def check_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tens
     problem = None
     if sizes != [len(g["params"]) for g in opt.param_groups]:
         problem = f"{sum(sizes)} parameters in groups {sizes}, the model has {len(params)}"
+    elif [i for g in groups for i in g["params"]] != list(range(len(params))):  # torch numbers them in order
+        problem = "the parameter numbering is not 0, 1, 2, ..."
     for saved, own in zip(groups, opt.param_groups) if not problem else ():
         # keys a newer torch added may be missing (torch fills in their defaults); "lr" may not
         bad = [k for k in own if k != "params" and (k in saved or k == "lr")

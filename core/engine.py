@@ -696,9 +696,15 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     """The RunConfig stored in a run's newest valid checkpoint (optionally with a new total of steps)."""
     path = newest_valid_checkpoint(Path(run_dir))
     meta = ckpt.read_meta(path)
-    ckpt.require_components(meta, registry or default_registry(), path)
+    reg = registry or default_registry()
+    ckpt.require_components(meta, reg, path)
     try:
         rc = RunConfig.from_dict(meta.get("run", {}))
+        shapes = ckpt.tensor_shapes(path)  # an edited config must not make us build (allocate) another model
+        for role, what in (("gen", "generator"), ("disc", "discriminator")):
+            if getattr(rc, role):
+                ckpt.check_buildable(reg.get(getattr(rc, role)).factory, component_config(reg, rc, role),
+                                     ckpt.section(shapes, role), what)
     except ConfigError as e:
         raise CheckpointError(f"{path}: its run configuration is not valid here ({e}).") from None
     if steps is not None:

@@ -70,9 +70,13 @@ def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
             + ". Run `stylezoo list` to see what is installed."
         ) from None
     from .config import build_config
+    from .errors import ConfigError
 
-    module = entry.factory(build_config(entry.config, cfg, owner=name))
-    ckpt.load_module_state(module, ckpt.section(tensors, "gen"), "generator")
+    try:
+        config = build_config(entry.config, cfg, owner=name)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: the generator config it holds is not valid here ({e}).") from None
+    module = ckpt.build_checked(entry.factory, config, ckpt.section(tensors, "gen"), "generator")
     module.to(device).eval()
     family = getattr(module, "family", meta.get("family", "image"))
     return LoadedGenerator(module, name, family, meta, path)

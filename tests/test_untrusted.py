@@ -14,6 +14,7 @@ import json
 import pathlib
 import pickle
 import shutil
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -345,6 +346,27 @@ def test_tensors_that_do_not_match_the_composition_are_refused_not_half_loaded(
         assert load_generator(bad, registry=reg).name == "gen/dcgan"
 
 
+@pytest.mark.parametrize("where", ["configs", "run"])
+def test_an_edited_config_cannot_make_us_build_a_huge_model(where: str, run_dir: Path, reg: Registry,
+                                                            tmp_path: Path) -> None:
+    """channels = 2**20 would need terabytes: the config is checked against the file's tensors on the meta
+    device, before anything is allocated."""
+    tensors, meta = ckpt.load(run_dir / "last.safetensors")
+    if where == "configs":
+        meta["configs"]["gen"]["channels"] = meta["configs"]["gen"]["max_channels"] = 2**20
+    else:
+        meta["run"]["set"]["disc"] = {"channels": 2**20, "max_channels": 2**20}
+    (tmp_path / "run").mkdir()
+    ckpt.save(tmp_path / "run" / "last.safetensors", tensors, meta)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="do not match|cannot be built"):
+        if where == "configs":
+            load_generator(tmp_path / "run", registry=reg)
+        else:
+            train(resume=tmp_path / "run", registry=reg)
+    assert time.perf_counter() - t0 < 20
+
+
 # ------------------------------------------------------------------------------------------ not checkpoints at all
 BAD_META: dict[str, Any] = {
     "not JSON": "{step: 1,",
@@ -439,3 +461,17 @@ def test_cli_plugin_taking_a_registered_name_is_refused_naming_both(monkeypatch:
     listing = invoke("list")
     assert listing.exit_code == 0 and "gen/dcgan" in listing.output and "gen/acme-own" not in listing.output
     assert "1 plugin(s) failed to load: acme_copycat" in listing.output
+
+
+def test_cli_plugin_failing_at_import_is_reported_and_the_zoo_still_trains(tmp_path: Path, data_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylezoo.plugins import BUILTINS
+
+    (tmp_path / "szt_boom_at_import.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry_mod, "_default", Registry(builtins=(*BUILTINS, "szt_boom_at_import")))
+    info = {p["name"]: p for p in json.loads(invoke("plugins", "--json").stdout)}
+    assert info["szt_boom_at_import"]["error"] == "RuntimeError: boom at import"
+    r = invoke("run", "--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv",
+               "--size", "32", "--batch", "2", "--data", data_dir, "--set", "gen.channels=8", "--dry-run")
+    assert r.exit_code == 0 and "gen/dcgan" in r.output, r.output
