@@ -45,6 +45,7 @@ def atomic_write(path: Path, write: Any) -> None:
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the mode open() would
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -66,6 +67,12 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}  # disk full, quota exceeded
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def no_space_error(path: Path) -> CheckpointError:

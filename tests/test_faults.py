@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 import pathlib
 import struct
 import time
@@ -702,3 +703,13 @@ def test_leftover_tmp_files_of_killed_writers_are_removed_on_the_next_save(tmp_p
     ckpt.save(tmp_path / "last.safetensors", {"a": torch.ones(1)}, {"step": 1})
     assert not any(p.exists() for p in stale)
     assert alive.exists() and other.exists()
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Temporary files are private (mkstemp); the finished file gets the mode a plain open() would give."""
+    mask = os.umask(0o022)
+    try:
+        ckpt.save(tmp_path / "last.safetensors", {"a": torch.ones(1)}, {"step": 1})
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "last.safetensors").stat().st_mode & 0o777 == 0o644
