@@ -230,6 +230,10 @@ def _plugin() -> types.ModuleType:
     return mod
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_in_the_middle_of_a_step_finishes_the_step_then_saves(tmp_path: Path, signum: int) -> None:
     reg = Registry(plugins=[_plugin()])
@@ -241,12 +245,17 @@ def test_a_signal_in_the_middle_of_a_step_finishes_the_step_then_saves(tmp_path:
     rc = resolve(reg, cli=cli, losses=["tv", "signal-self"])
     SignalSelf.fired = True
     Trainer(rc, tmp_path / "ref", registry=reg).fit()  # the same run, never interrupted
-    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    SignalSelf.fired = False
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(rc, tmp_path / "run", registry=reg).fit()
-    assert SignalSelf.fired
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # restored
+    # what the CLI installs for SIGTERM (and Python for SIGINT): an immediate KeyboardInterrupt, which without
+    # the engine's own handling lands in the middle of the step (and a plain SIGTERM would end pytest)
+    previous = signal.signal(signum, _interrupt)
+    try:
+        SignalSelf.fired = False
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(rc, tmp_path / "run", registry=reg).fit()
+        assert SignalSelf.fired
+        assert signal.getsignal(signum) is _interrupt  # restored after the run
+    finally:
+        signal.signal(signum, previous)
     meta = ckpt.read_meta(tmp_path / "run" / "last.safetensors")
     assert meta["step"] == 3 == rows(tmp_path / "run")[-1]["step"]  # step index 2 was completed, then saved
     train(resume=tmp_path / "run", registry=reg)
