@@ -101,6 +101,39 @@ class ImageSet:
         ims = [_center(self.images[i], self.size) for i in range(n)]
         return torch.stack(ims).float().div_(127.5).sub_(1.0)
 
+    def take(self, idx: Sequence[int], step: int, seed: int, first: int = 0) -> Tensor:
+        """Random crops of the images at `idx` (e.g. chosen by label); crop k is seeded as batch position first + k."""
+        out = []
+        for k, i in enumerate(idx):
+            g = torch.Generator().manual_seed(_seed(seed, self.stream, step, first + k))
+            out.append(random_crop_flip([self.images[i]], self.size, g)[0])
+        return torch.stack(out).float().div_(127.5).sub_(1.0)
+
+
+def style_labels(spec: str | Path) -> tuple[tuple[str, ...], list[Path], list[int]]:
+    """(label names, files, label index of each file) of a style set, for label-conditioned generators.
+
+    A folder of sub-folders: one label per sub-folder (its images, recursively). A flat folder, a file or a
+    glob: one label per image, named by its file stem. Images loose beside sub-folders are refused.
+    """
+    root = Path(spec)
+    files = find_images(spec)
+    if not files:
+        raise DataError(f"No style images found in {spec}. Point --style at a folder of .jpg/.png files.")
+    subs = sorted({f.relative_to(root).parts[0] for f in files if len(f.relative_to(root).parts) > 1}) \
+        if root.is_dir() else []
+    if subs:
+        loose = [f.name for f in files if len(f.relative_to(root).parts) == 1]
+        if loose:
+            raise DataError(f"--style {spec}: images beside the style sub-folders ({', '.join(loose[:3])}); move "
+                            "them into a sub-folder (one per style label) or remove them.")
+        names = tuple(subs)
+        return names, files, [names.index(f.relative_to(root).parts[0]) for f in files]
+    stems = [f.stem for f in files]
+    names = tuple(stems if len(set(stems)) == len(stems) else [f.name for f in files])
+    return names, files, list(range(len(files)))
+
+
 
 # -- paired data (pix2pix-style): an input image and its target, matched by file stem --------------------------
 PAIR_NAMES = (("photo", "sketch"), ("input", "target"), ("source", "target"), ("A", "B"), ("a", "b"))
@@ -260,4 +293,4 @@ def random_crop_flip(imgs: Sequence[Tensor], size: int, g: torch.Generator) -> l
 
 
 __all__ = ["ImageSet", "PairSet", "match_pairs", "pair_folders", "load_images", "random_crop_flip",
-           "center_crop", "find_images"]
+           "center_crop", "find_images", "style_labels"]

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
+from .conditioning import Conditioning, with_labels
 from .data import ImageSet, PairSet, _seed, pair_folders
 from .errors import CheckpointError, CompositionError, ConfigError, DataError, TrainingDiverged
 from .kinds import StepContext
@@ -97,6 +98,7 @@ class Trainer:
                  rank: int = 0, world: int = 1) -> None:
         self.rc, self.out = rc, Path(out)
         self.reg = registry or default_registry()
+        self.rc = rc = with_labels(self.reg, rc)  # label-conditioned generators learn the style folders' labels
         self.rank, self.world = rank, world
         self.t = rc.train
         self.device = pick_device(self.t.device)
@@ -112,6 +114,7 @@ class Trainer:
         self._check_gen_size()
         self._prepare_data()
         self._place_modules()
+        self.cond = Conditioning(self)  # style batches or labels for conditional generators
         self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=self.t.lr, betas=tuple(self.t.betas))
         self.opt_d = (torch.optim.Adam(c.disc.parameters(), lr=self.t.lr_d or self.t.lr, betas=tuple(self.t.betas))
                       if c.disc is not None else None)
@@ -148,6 +151,7 @@ class Trainer:
             if self.family == NOISE and self.real is None and self.content is not None:
                 self.real = self.content
         self.style_images: Tensor | None = None
+        self.style_files: list[Path] = []
         if "style" in needs:
             # paired runs with no --style take the style (Gram) targets from the target images
             spec = d.style or (self.pairs.target_files() if self.pairs is not None else d.data)
@@ -156,6 +160,7 @@ class Trainer:
             ss = self.t.style_size or min(2 * size, 512)
             st = ImageSet(spec, ss, what="style", strict=d.strict, stream=3, short=ss)
             self.style_images = st.fixed(len(st))
+            self.style_files = list(st.files)
         if self.pairs is not None:
             self.fixed_input, self.fixed_target = self.pairs.fixed(self.t.num_samples)
         elif self.family == IMAGE:
@@ -252,9 +257,10 @@ class Trainer:
             for k, v in out.items():
                 feats.setdefault(k, []).append(v.float())
         style_feats = {k: torch.cat(v) for k, v in feats.items()}
+        labels = self.cond.style_label_tensor(self.style_files)  # per-label targets for labelled style sets
         for t in self.c.losses.values():
             if "style" in getattr(t, "needs", ()) and hasattr(t, "prepare"):
-                t.prepare(style_feats)
+                t.prepare(style_feats, labels=labels) if labels is not None else t.prepare(style_feats)
 
     # -- one step ----------------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -292,12 +298,14 @@ class Trainer:
         torch.manual_seed(_seed(self.t.seed, 11, step, self.rank))  # penalties' noise, dropout
         self._step_bad: list[str] = []
         content, real, gin = self.batch(step)
+        gcond, dlabel, real = self.cond.draw(self, step, real)  # style= / label= for conditional generators
         target = real if self.pairs is not None else None
         dcond = {"condition": content} if self.cond_disc else {}  # D judges (input, image) pairs
+        dcond |= dlabel
         logs: dict[str, float] = {}
         c = self.c
         with self.autocast():
-            fake = self.gen_fwd(gin)
+            fake = self.gen_fwd(gin, **gcond)
         # ---- discriminator
         if c.disc is not None and c.adv is not None and self.opt_d is not None:
             assert real is not None
@@ -341,7 +349,7 @@ class Trainer:
                 logits_fake = self.disc_fwd(fake, **dcond)
                 c.disc.requires_grad_(True)
         ctx = StepContext(fake=fake, real=real, content=content if self.family == IMAGE else real, target=target,
-                          paired=self.family == IMAGE, feats=feats, step=step,
+                          paired=self.family == IMAGE, feats=feats, step=step, cond=self.cond.step_cond(self, gcond),
                           logits_fake=logits_fake.float() if logits_fake is not None else None)
         parts_g: dict[str, Tensor] = {}
         if logits_fake is not None and c.adv is not None:
@@ -398,6 +406,8 @@ class Trainer:
     def save_samples(self, name: str) -> Path:
         from .images import save_grid
 
+        if self.cond.kind != "none":  # content | style | output, or content and a row per label
+            return save_grid(self.cond.sample_rows(self), self.out / "samples" / f"{name}.png")
         out = self.samples()
         rows = [self.fixed_input, out] if self.family == IMAGE else [out]
         if self.fixed_target is not None:

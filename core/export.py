@@ -10,8 +10,10 @@ and seeded noise at two batch sizes for noise generators. The measured differenc
 ONNX: the dynamo-based exporter (`torch.onnx.export(..., dynamo=True)`), opset 18, dynamic batch and (for
 image generators) dynamic height and width; models torch.export cannot capture fall back to the
 TorchScript-based exporter (`dynamo=False`, dynamic axes). The weights are embedded, so files above 2 GB are
-not supported. Only the content input is exported: a generator's extra conditions (a style image, ...) take
-their default (for example the trained default style).
+not supported. Conditional generators (their `export_conditions`) take their conditions as further inputs:
+gen/adain `style` (K, 3, h, w; any K and size), `style_weights` (K,) and `alpha` (1,); gen/cin
+`label_weights` (N, labels), one-hot rows picking a label. Their parity check feeds real style images and
+label mixes beside the photos.
 TorchScript: `torch.jit.trace` with a batch of 2 (sizes are traced symbolically, so batch, height and width
 stay dynamic; the parity check verifies it). TorchScript is deprecated upstream in PyTorch 2.9+ but still
 works; prefer ONNX. A TorchScript file is a pickle-based archive: load only files you made or trust.
@@ -45,6 +47,7 @@ DEFAULT_TOLERANCE = 1e-4
 FLOOR_FACTOR = 4.0  # the automatic tolerance allows 4x the model's own float32 rounding error
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples" / "content"
+STYLE_SAMPLES = SAMPLES.parent / "style"  # reference styles for conditional generators' parity inputs
 INPUT, OUTPUT = "input", "output"
 
 
@@ -130,15 +133,15 @@ def parity_sizes(multiple: int) -> list[tuple[int, int]]:
     return [first, second]
 
 
-def sample_photos(n: int, hw: tuple[int, int]) -> Tensor:
-    """`n` of the bundled sample photos as (n, 3, H, W) in [-1, 1]: scaled to cover, centre-cropped."""
+def sample_photos(n: int, hw: tuple[int, int], folder: Path = SAMPLES) -> Tensor:
+    """`n` of the bundled sample photos (or of `folder`) as (n, 3, H, W) in [-1, 1]: scaled to cover, centre-cropped."""
     from PIL import Image
 
     from .images import open_image, pil_to_tensor
 
-    files = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     if not files:
-        raise StylezooError(f"The bundled sample photos are missing from {SAMPLES}; reinstall stylezoo.")
+        raise StylezooError(f"The bundled sample images are missing from {folder}; reinstall stylezoo.")
     h, w = hw
     out = []
     for i in range(n):
@@ -150,14 +153,91 @@ def sample_photos(n: int, hw: tuple[int, int]) -> Tensor:
     return torch.stack(out)
 
 
-def parity_inputs(module: nn.Module) -> list[Tensor]:
-    """Real inputs of two shapes: photos (batch 2, then 1) or seeded noise (batch 1, then 3)."""
+def parity_inputs(module: nn.Module) -> list[Any]:
+    """Real inputs of two shapes: photos (batch 2, then 1) or seeded noise (batch 1, then 3).
+
+    Conditional generators get tuples (photos, *conditions): one then two reference styles of other sizes,
+    or one-hot label rows then a mix of labels (see `condition_inputs`).
+    """
     if getattr(module, "family", "image") == "noise":
         g = torch.Generator().manual_seed(0)
         dim = int(getattr(module, "latent_dim"))
         return [torch.randn(1, dim, generator=g), torch.randn(3, dim, generator=g)]
     a, b = parity_sizes(int(getattr(module, "size_multiple", 1)))
-    return [sample_photos(2, a), sample_photos(1, b)]
+    xs = [sample_photos(2, a), sample_photos(1, b)]
+    if not conditions(module):
+        return xs
+    return [(x, *condition_inputs(module, x, case)) for case, x in enumerate(xs)]
+
+
+# ----------------------------------------------------------------------------------------------- conditions
+def conditions(module: nn.Module) -> tuple[tuple[str, str], ...]:
+    """A conditional generator's extra inputs as (name, kind): kinds "images", "weights", "scalar", "labels"."""
+    return tuple(getattr(module, "export_conditions", ()))
+
+
+def condition_inputs(module: nn.Module, x: Tensor, case: int) -> list[Tensor]:
+    """Real values for the extra inputs with the content batch `x`: case 0 one reference style (or one-hot
+    labels), case 1 two styles of another size mixed 0.3/0.7 with alpha 0.6 (or a mix of labels)."""
+    refs = 1 + case % 2
+    out: list[Tensor] = []
+    for name, kind in conditions(module):
+        if kind == "images":
+            out.append(sample_photos(refs, (64, 80) if refs == 1 else (72, 56), STYLE_SAMPLES))
+        elif kind == "weights":
+            out.append(torch.tensor([1.0] if refs == 1 else [0.3, 0.7]))
+        elif kind == "scalar":
+            out.append(torch.tensor([1.0 if refs == 1 else 0.6]))
+        elif kind == "labels":
+            n, num = x.shape[0], int(getattr(module, "num_labels"))
+            w = torch.zeros(n, num)
+            if case % 2 == 0:  # one-hot rows: one label per image
+                w[torch.arange(n), torch.arange(n) % num] = 1.0
+            else:  # an equal mix of the first and the last label
+                w[:, 0] += 0.5
+                w[:, -1] += 0.5
+            out.append(w)
+        else:
+            raise StylezooError(f"{type(module).__name__}: unknown export condition kind {kind!r} for {name!r}.")
+    return out
+
+
+def _condition_dims(module: nn.Module, batch: Any) -> tuple[Any, ...]:
+    """torch.export dynamic shapes of the extra inputs (the number and size of styles, the batch of labels)."""
+    from torch.export import Dim
+
+    refs = Dim("refs")
+    table = {"images": {0: refs, 2: Dim.AUTO, 3: Dim.AUTO}, "weights": {0: refs}, "scalar": None, "labels": {0: batch}}
+    return tuple(table[kind] for _, kind in conditions(module))
+
+
+def _condition_axes(module: nn.Module) -> dict[str, dict[int, str]]:
+    """The same as named dynamic axes, for the TorchScript-based ONNX exporter."""
+    table = {"images": {0: "refs", 2: "style_height", 3: "style_width"}, "weights": {0: "refs"}, "scalar": {},
+             "labels": {0: "batch"}}
+    return {name: table[kind] for name, kind in conditions(module)}
+
+
+class _Conditioned(nn.Module):
+    """A conditional generator with positional inputs: forward(x, *conditions) -> module(x, name=value, ...)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.names = tuple(n for n, _ in conditions(module))
+        self.family = getattr(module, "family", "image")
+
+    def forward(self, x: Tensor, *conds: Tensor) -> Tensor:
+        return self.module(x, **dict(zip(self.names, conds)))
+
+
+def _positional(module: nn.Module) -> nn.Module:
+    """The module as exported and compared: wrapped when it takes conditions."""
+    return _Conditioned(module) if conditions(module) and not isinstance(module, _Conditioned) else module
+
+
+def _args(x: Any) -> tuple[Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
 # ----------------------------------------------------------------------------------------------- writers
@@ -192,8 +272,8 @@ class _AllTensors(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.module(x)
+    def forward(self, x: Tensor, *conds: Tensor) -> Tensor:
+        return self.module(x, *conds)
 
     def state_dict(self, *args: Any, destination: Any = None, prefix: str = "",  # type: ignore[override]
                    keep_vars: bool = False) -> Any:
@@ -216,21 +296,31 @@ def write_onnx(module: nn.Module, path: Path, opset: int = OPSET) -> str:
     dims: dict[int, Any] = {0: Dim("batch")}
     if x.dim() == 4:
         dims |= {2: Dim.AUTO, 3: Dim.AUTO}
+    args: tuple[Any, ...] = (x,)
+    shapes: tuple[Any, ...] = (dims,)
+    extra = conditions(module)
+    if extra:  # conditions follow the content image: (x, (c1, c2, ...)) is how torch.export sees *conds
+        args = (x, *condition_inputs(module, x, 1))
+        shapes = (dims, _condition_dims(module, dims[0]))
+        module = _positional(module)
+    names = [INPUT, *(n for n, _ in extra)]
     try:
         with _quiet(), torch.no_grad():
-            program = torch.onnx.export(module, (x,), None, dynamo=True, opset_version=opset, input_names=[INPUT],
-                                        output_names=[OUTPUT], dynamic_shapes=(dims,), verbose=False,
+            program = torch.onnx.export(module, args, None, dynamo=True, opset_version=opset, input_names=names,
+                                        output_names=[OUTPUT], dynamic_shapes=shapes, verbose=False,
                                         external_data=False)
             if program is None:  # pragma: no cover - only with dynamo=False
                 raise RuntimeError("torch.onnx.export returned no program")
             program.save(str(path), external_data=False)
         return f"torch.onnx.export(dynamo=True, opset_version={opset})"
     except Exception as first:  # noqa: BLE001 - retried below, re-raised if that fails too
-        names = {0: "batch", 2: "height", 3: "width"} if x.dim() == 4 else {0: "batch"}
+        axes = {0: "batch", 2: "height", 3: "width"} if x.dim() == 4 else {0: "batch"}
+        cond_axes = _condition_axes(getattr(module, "module", module)) if extra else {}
         try:
             with _quiet(), torch.no_grad():
-                torch.onnx.export(_AllTensors(module), (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT],
-                                  output_names=[OUTPUT], dynamic_axes={INPUT: names, OUTPUT: names})
+                torch.onnx.export(_AllTensors(module), args, str(path), dynamo=False, opset_version=opset,
+                                  input_names=names, output_names=[OUTPUT],
+                                  dynamic_axes={INPUT: axes, OUTPUT: axes, **cond_axes})
         except Exception:
             raise first from None
         why = str(first).splitlines()[0] if str(first) else type(first).__name__
@@ -239,29 +329,31 @@ def write_onnx(module: nn.Module, path: Path, opset: int = OPSET) -> str:
 
 def write_torchscript(module: nn.Module, path: Path) -> None:
     """Trace the generator (batch, height and width stay symbolic) and save the TorchScript archive."""
+    x = _example(module)
+    args = (x, *condition_inputs(module, x, 1)) if conditions(module) else (x,)
     with _quiet(), torch.no_grad():
-        traced = torch.jit.trace(module, (_example(module),), check_trace=False)
+        traced = torch.jit.trace(_positional(module), args, check_trace=False)
         torch.jit.save(traced, str(path))
 
 
 # ----------------------------------------------------------------------------------------------- runners
 def _runner(path: Path, fmt: str) -> Any:
-    """A function (N, ...) float32 tensor -> numpy array, running the exported file."""
+    """A function (N, ...) float32 tensor, or a tuple (input, *conditions) -> numpy array, running the exported file."""
     if fmt == "onnx":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x.numpy()})[0]
+        names = [i.name for i in sess.get_inputs()]
+        return lambda x: sess.run(None, {n: t.numpy() for n, t in zip(names, _args(x))})[0]
     with _quiet():
         model = torch.jit.load(str(path), map_location="cpu")  # our own file, just written
     model.eval()
 
-    def run(x: Tensor) -> np.ndarray:
+    def run(x: Any) -> np.ndarray:
         with torch.inference_mode():
-            return model(x).numpy()
+            return model(*_args(x)).numpy()
 
     return run
 
@@ -279,7 +371,7 @@ def fp32_floor(reference: nn.Module, xs: Sequence[Tensor]) -> float:
         worst = 0.0
         with torch.inference_mode():
             for x in xs:
-                d = (reference(x).double() - ref64(x.double())).abs().max()
+                d = (reference(*_args(x)).double() - ref64(*(t.double() for t in _args(x)))).abs().max()
                 worst = max(worst, float(d))
         return worst if math.isfinite(worst) else 0.0
     except Exception:  # noqa: BLE001 - a model without float64 kernels: no floor, the plain tolerance applies
@@ -303,6 +395,7 @@ def check_parity(reference: nn.Module, exported: str | Path, fmt: str | None = N
     fmt = format_of(exported, fmt)
     reference = reference.eval().float().cpu()
     xs = list(inputs) if inputs is not None else parity_inputs(reference)
+    reference = _positional(reference)  # conditional generators take (x, *conditions)
     try:
         run = _runner(exported, fmt)
     except Exception as e:  # an unreadable export is a failed check, not a crash
@@ -310,11 +403,12 @@ def check_parity(reference: nn.Module, exported: str | Path, fmt: str | None = N
         return ParityReport(fmt, str(exported), DEFAULT_TOLERANCE if tolerance is None else tolerance, [case],
                             requested_tolerance=tolerance)
     cases = []
-    for x in xs:
+    for inp in xs:
+        x = _args(inp)[0]  # the content image (or noise); the shape recorded
         with torch.inference_mode():
-            want = reference(x).numpy()
+            want = reference(*_args(inp)).numpy()
         try:
-            got = run(x)
+            got = run(inp)
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else ""
             cases.append(ParityCase(list(x.shape), math.inf, math.inf, f"input {tuple(x.shape)}: {type(e).__name__}: {msg}"))
@@ -412,6 +506,7 @@ def parity_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".parity.json")
 
 
-__all__ = ["FORMATS", "OPSET", "DEFAULT_TOLERANCE", "FLOOR_FACTOR", "fp32_floor", "auto_tolerance", "ParityError", "ParityCase", "ParityReport", "export",
+__all__ = ["conditions", "condition_inputs",
+           "FORMATS", "OPSET", "DEFAULT_TOLERANCE", "FLOOR_FACTOR", "fp32_floor", "auto_tolerance", "ParityError", "ParityCase", "ParityReport", "export",
            "check_parity", "parity_inputs", "parity_sizes", "sample_photos", "write_onnx", "write_torchscript",
            "format_of", "parity_path"]

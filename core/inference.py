@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,7 @@ class Stylizer:
         self.latent_dim = getattr(self.module, "latent_dim", None)
         self.requested_backend, self.backend = backend, "torch"
         self._session: Any = None
+        self._cond: dict[str, Any] = {}  # style statistics / label weights for conditional generators
         if backend == "onnxruntime":
             self.use_onnxruntime(required=True)
 
@@ -297,6 +298,8 @@ class Stylizer:
         why = None
         if self.family != "image" or self.device.type != "cpu" or self.precision != "fp32":
             why = "the onnxruntime backend is for image generators in fp32 on the CPU"
+        elif getattr(self.module, "export_conditions", ()):
+            why = "style- and label-conditioned generators run on PyTorch here (`stylezoo export` covers them)"
         else:
             try:
                 import onnxruntime as ort
@@ -333,8 +336,78 @@ class Stylizer:
         x = x.to(self.device, torch.float32)
         bf16 = self.precision == "bf16"
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
-            y = self.module(x).float()
+            y = self.module(x, **self._cond).float()
         return y.clone()  # a normal tensor, usable outside inference mode
+
+    # -- conditions: reference styles (gen/adain) and style labels (gen/cin) ------------------------------------
+    @property
+    def takes_style(self) -> bool:
+        """Whether the generator is reference-guided (takes style images: `set_style`)."""
+        return bool(getattr(self.module, "needs_style", False))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The style labels of a label-conditioned generator (`set_labels`); empty for others."""
+        return tuple(getattr(self.module, "labels", ())) if hasattr(self.module, "num_labels") else ()
+
+    def set_style(self, refs: Sequence[str | Path | Image.Image | Tensor] | str | Path | Image.Image | Tensor,
+                  weights: Sequence[float] | None = None, *, alpha: float = 1.0, size: int | None = 512) -> Stylizer:
+        """Reference style image(s) for a reference-guided generator; returns self.
+
+        `refs`: paths, PIL images or (3, H, W) tensors in [-1, 1]; several are interpolated with `weights`
+        (>= 0, normalised to sum 1; default equal). `alpha`: 0 keeps the content, 1 is the full style.
+        `size`: the style images' shorter side is reduced to this first (None: as they are).
+        """
+        if not self.takes_style:
+            raise UsageError(f"{self.name} does not take a style image; only reference-guided generators "
+                             "(gen/adain) do." + (f" It knows the labels {', '.join(self.labels)}: use a style label."
+                                                  if self.labels else ""))
+        items = list(refs) if isinstance(refs, (list, tuple)) else [refs]
+        if not items:
+            raise UsageError("Give at least one style image.")
+        if not 0.0 <= alpha <= 1.0:
+            raise UsageError(f"--alpha must be between 0 and 1, got {alpha}.")
+        ws = _mix_weights(weights, len(items), "style image")
+        styles = [_style_tensor(r, size).to(self.device) for r in items]
+        with torch.inference_mode():
+            stats = self.module.style_stats(styles, ws)
+        self._cond = {"style_stats": stats, "alpha": float(alpha)}
+        return self
+
+    def set_labels(self, spec: str | int | Mapping[str, float] | Sequence[str]) -> Stylizer:
+        """Style label(s) for a label-conditioned generator; returns self.
+
+        A name (or index), {name: weight} to mix styles, or CLI-style strings ["a:0.5", "b:0.5"] (a bare name
+        weighs 1). Weights are >= 0 and normalised to sum 1. An unknown name is a UsageError listing the labels.
+        """
+        labels = self.labels
+        if not labels:
+            raise UsageError(f"{self.name} has no style labels; only label-conditioned generators (gen/cin) do."
+                             + (" Give it a style image instead." if self.takes_style else ""))
+        pairs = _label_pairs(spec)
+        if not pairs:
+            raise UsageError("Give at least one style label.")
+        w = torch.zeros(len(labels))
+        for name, weight in pairs:
+            idx = labels.index(name) if name in labels else None
+            if idx is None:
+                raise UsageError(f"Unknown style label {name!r}: {self.name} knows {', '.join(labels)}.")
+            w[idx] += weight
+        self._cond = {"label_weights": torch.tensor(_mix_weights(w.tolist(), len(labels), "label"))}
+        return self
+
+    def condition_note(self) -> str | None:
+        """What a conditional generator uses when no style or label was set (None when one was, or none is needed)."""
+        if self._cond:
+            return None
+        if self.takes_style:
+            own = getattr(self.module, "has_default_style", lambda: False)()
+            return ("no --style given: using the mean style of the training style images" if own else
+                    "no --style given and the checkpoint has no default style: the output only reconstructs the input")
+        if self.labels:
+            return f"no --style-label given: mixing all {len(self.labels)} styles equally ({', '.join(self.labels)})"
+        return None
+
 
     def forward(self, x: Tensor) -> Tensor:
         """Restyle (N, 3, H, W) or (3, H, W) images in [-1, 1] of any size; same shape out, on x's device."""
@@ -458,6 +531,52 @@ class Stylizer:
             if progress:
                 progress(dst, True)
         return paths
+
+
+def _mix_weights(weights: Sequence[float] | None, n: int, what: str) -> list[float]:
+    """`n` mixing weights (default equal), checked: >= 0 with a positive sum; normalised to sum 1."""
+    ws = [1.0] * n if weights is None else [float(w) for w in weights]
+    if len(ws) != n:
+        raise UsageError(f"{len(ws)} weight(s) for {n} {what}(s): give one weight per {what}.")
+    if any(not math.isfinite(w) or w < 0 for w in ws) or not sum(ws) > 0:
+        raise UsageError(f"{what} weights must be >= 0 with a positive sum, got {ws}.")
+    return [w / sum(ws) for w in ws]
+
+
+def _label_pairs(spec: str | int | Mapping[str, float] | Sequence[str]) -> list[tuple[str, float]]:
+    """(name, weight) pairs from a label spec: a name, an index (as its string), {name: w}, or ["a:0.5", "b"]."""
+    if isinstance(spec, Mapping):
+        return [(str(k), float(v)) for k, v in spec.items()]
+    items = [spec] if isinstance(spec, (str, int)) else list(spec)
+    out = []
+    for it in items:
+        name, colon, w = str(it).rpartition(":")
+        if colon:
+            try:
+                out.append((name, float(w)))
+                continue
+            except ValueError:
+                pass
+        out.append((str(it), 1.0))
+    return out
+
+
+def _style_tensor(ref: str | Path | Image.Image | Tensor, size: int | None) -> Tensor:
+    """A style reference as (3, H, W) in [-1, 1], its shorter side reduced to `size` (never enlarged)."""
+    if isinstance(ref, Tensor):
+        x = ref[0] if ref.dim() == 4 and ref.shape[0] == 1 else ref
+        if x.dim() != 3 or x.shape[0] != 3:
+            raise UsageError(f"A style tensor must be (3, H, W) in [-1, 1], got {tuple(ref.shape)}.")
+        return _resize_tensor(x, size) if size is not None and min(x.shape[-2:]) > size else x.float()
+    if isinstance(ref, (str, Path)):
+        im = open_image(ref)
+    elif isinstance(ref, Image.Image):
+        im = _to_rgb(ref, keep_alpha=False)
+    else:
+        raise UsageError(f"Cannot use a {type(ref).__name__} as a style image: give a path, a PIL image or a tensor.")
+    if size is not None and min(im.size) > size:
+        im = resize_short(im, size)
+    return pil_to_tensor(im)
 
 
 def _resize_tensor(x: Tensor, size: int) -> Tensor:

@@ -309,6 +309,11 @@ def validate(reg: Registry, rc: RunConfig) -> None:
             raise CompositionError(f"{name} needs style images: add --style FILE_OR_DIR.")
     if family == "image" and not (rc.data.content or paired):
         raise CompositionError(f"{rc.gen} restyles images: give them with --content DIR.")
+    gen_entry = reg.get(rc.gen)
+    conditional = getattr(gen_entry.factory, "needs_style", False) or \
+        "num_labels" in {f.name for f in dataclasses.fields(gen_entry.config)}
+    if conditional and not rc.data.style:  # reference-guided (gen/adain) or label-conditioned (gen/cin)
+        raise CompositionError(f"{rc.gen} learns from style images: give them with --style DIR.")
     if family == "noise" and rc.adv and not (rc.data.data or rc.data.content):
         raise CompositionError(f"{rc.gen} learns from real images: give them with --data DIR.")
 

@@ -8,6 +8,8 @@ BUILTINS: tuple[str, ...] = (
     "stylezoo.plugins.dcgan",
     "stylezoo.plugins.encdec",
     "stylezoo.plugins.unet",
+    "stylezoo.plugins.adain",
+    "stylezoo.plugins.cin",
     "stylezoo.plugins.patchgan",
     "stylezoo.plugins.vgg",
     "stylezoo.plugins.timm_features",

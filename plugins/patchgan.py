@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
@@ -46,6 +47,7 @@ class PatchConfig:
     cond_channels: int = 0  # channels of `condition` concatenated to the input (pix2pix: 3)
     spectral_norm: bool = False  # spectral norm on every conv (then no instance norm)
     size: int = 0  # image side, only used to check it is large enough; 0 = unknown
+    num_labels: int = 0  # > 0: projection discriminator over style labels (forward gets label=); set by the engine
 
     def __post_init__(self) -> None:
         for name in ("channels", "in_channels"):
@@ -57,6 +59,8 @@ class PatchConfig:
             raise ValueError(f"cond_channels must be >= 0, got {self.cond_channels}")
         if self.size < 0:
             raise ValueError(f"size must be >= 0 (0 = unknown), got {self.size}")
+        if self.num_labels < 0:
+            raise ValueError(f"num_labels must be >= 0 (0 = unconditional), got {self.num_labels}")
         if self.size and not _fits(self.size, self.n_layers):
             raise ValueError(
                 f"{self.size}px images are too small for n_layers={self.n_layers} (needs >= "
@@ -73,6 +77,10 @@ class PatchDiscriminator(nn.Module):
 
     With `spectral_norm` every conv is spectrally normalised and instance norm is left out (the same
     choice as disc/dcgan: spectral norm already constrains each layer).
+
+    With `num_labels` > 0 it is a projection discriminator (Miyato and Koyama 2018) per patch: the logit
+    map gets <embed(label), phi> added, phi being the features under the last conv averaged over each
+    patch's 2x2 centre (so the term lines up with the last conv's output). `label` (N,) is then required.
     """
 
     def __init__(self, cfg: PatchConfig) -> None:
@@ -95,15 +103,20 @@ class PatchDiscriminator(nn.Module):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             w_prev = w
         layers.append(sn(nn.Conv2d(w_prev, 1, 4, 1, 1)))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*layers)  # the last conv stays in `net` so state-dict keys do not change
+        self.num_labels = cfg.num_labels
+        self.embed = sn(nn.Embedding(cfg.num_labels, w_prev)) if cfg.num_labels else None
         for m in self.modules():  # pix2pix initialisation; parametrized weights are left to spectral norm
             if isinstance(m, nn.Conv2d) and not cfg.spectral_norm:
                 nn.init.normal_(m.weight, 0.0, 0.02)
             elif isinstance(m, nn.InstanceNorm2d):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
+        if self.embed is not None and not cfg.spectral_norm:
+            nn.init.normal_(self.embed.weight, 0.0, 0.02)
 
-    def forward(self, image: Tensor, condition: Tensor | None = None, **cond: Any) -> Tensor:
+    def forward(self, image: Tensor, condition: Tensor | None = None, label: Tensor | None = None,
+                **cond: Any) -> Tensor:
         if self.cond_channels == 0:
             if condition is not None:
                 raise ValueError("disc/patch got a condition but was built with cond_channels=0; set cond_channels")
@@ -122,7 +135,15 @@ class PatchDiscriminator(nn.Module):
                 f"disc/patch with n_layers={self.cfg.n_layers} needs images of at least {self.min_side}px, "
                 f"got {tuple(x.shape[-2:])}; lower n_layers"
             )
-        return self.net(x)
+        if self.embed is None:  # unconditional: a label, like any other condition, is ignored
+            return self.net(x)
+        h = self.net[:-1](x)
+        out = self.net[-1](h)
+        if label is None:
+            raise ValueError(f"disc/patch was built with num_labels={self.num_labels} but got no label")
+        e = self.embed(label.to(h.device).long().reshape(-1)).to(h.dtype)
+        proj = (h * e[:, :, None, None]).sum(1, keepdim=True)
+        return out + F.avg_pool2d(proj, 2, stride=1)
 
 
 @hookimpl

@@ -79,12 +79,12 @@ class TinyDisc(nn.Module):
 
 
 def tiny_overrides(name: str) -> dict[str, Any]:
-    """Small, offline settings: size=32 for gens and discs that have a size, random extractor weights."""
+    """Small, offline settings: size=32 for gens and discs that have a size, random pretrained-network weights."""
     fields = {f.name for f in dataclasses.fields(REGISTRY.get(name).config)}
     ov: dict[str, Any] = {}
     if "size" in fields and name.split("/")[0] in ("gen", "disc"):
         ov["size"] = SIDE
-    if name.startswith("feat/") and "weights" in fields:
+    if "weights" in fields:  # extractors, and generators built on one (gen/adain's encoder)
         ov["weights"] = "random"
     return ov
 
@@ -182,14 +182,16 @@ def check_generator(name: str, gen: nn.Module, tmp_path: Path) -> None:
         assert m >= 1
         side = math.ceil(SIDE / m) * m
         x = images(1, side=side)
+    # reference-guided generators (needs_style) get one style image per input, as the engine gives them
+    cond = {"style": images(16, side=side)} if getattr(gen, "needs_style", False) else {}
     gen.train()
-    out = gen(x)
+    out = gen(x, **cond)
     assert out.shape == (N, 3, side, side), f"{name}: output {tuple(out.shape)}"
     assert_finite(out, name)
     assert out.min() >= -1 and out.max() <= 1, f"{name}: output leaves [-1, 1]"
     (out * images(2, side=side)).mean().backward()
     assert_all_grads(gen, name)
-    round_trip(name, gen, tmp_path, lambda g: as_tuple(g(x)))
+    round_trip(name, gen, tmp_path, lambda g: as_tuple(g(x, **cond)))
 
 
 def check_discriminator(name: str, disc: nn.Module, tmp_path: Path) -> None:
@@ -268,8 +270,10 @@ def check_loss(name: str, term: nn.Module, tmp_path: Path) -> None:
                  "target": extractor(target, layers)} if layers else {}
         if "style" in m.needs:
             m.prepare(extractor(images(15, n=3), layers))
+        # keys a term reads from ctx.cond (`cond_needs`, e.g. a generator's AdaIN target): shaped like its features
+        cond = {k: extractor(images(17), layers)[layers[0]] for k in getattr(m, "cond_needs", ())}
         ctx = StepContext(fake=fake, real=real, content=content, target=target, paired=True,
-                          logits_fake=logits_fake, logits_real=logits_real, feats=feats)
+                          logits_fake=logits_fake, logits_real=logits_real, feats=feats, cond=cond)
         return ctx, [raw, logits_real, logits_fake]
 
     ctx, leaves = context(term)

@@ -26,12 +26,19 @@ def stylize_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Noise generators: the same seed gives the same images.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse (write nothing) if any input is unreadable.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    style: Annotated[Optional[list[str]], typer.Option("--style", help="Reference-guided generators (adain): a style image; repeat to mix several.")] = None,
+    style_weight: Annotated[Optional[list[float]], typer.Option("--style-weight", help="Weight of each --style, in order (default equal).")] = None,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Style strength with --style: 0 = content, 1 = full style.")] = None,
+    style_size: Annotated[int, typer.Option("--style-size", help="Reduce --style images' shorter side to this first.")] = 512,
+    style_label: Annotated[Optional[list[str]], typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated to mix.")] = None,
 ) -> None:
     """Restyle images with a trained generator; its composition comes from the checkpoint, no flags needed.
 
     Outputs keep each input's size (any size works: it is padded to the generator's multiple and cropped
     back), EXIF orientation, alpha channel and mode (grey in, grey out; see stylezoo.core.inference.output_mode).
     Unreadable inputs are skipped with a warning; the exit status is non-zero only if nothing was written.
+    Reference-guided models take --style REF (repeat with --style-weight to mix, --alpha for strength);
+    label-conditioned models take --style-label NAME (or NAME:WEIGHT, repeated, to mix styles).
     """
     from ..errors import UsageError
     from ..inference import Stylizer
@@ -42,6 +49,8 @@ def stylize_cmd(
     if st.family == "noise":
         if inputs:
             raise UsageError(f"{st.name} makes images from noise and takes no inputs; use --num N and --seed S.")
+        if style or style_label:
+            raise UsageError(f"{st.name} makes images from noise; it takes no --style or --style-label.")
         if size is not None:
             err.print(f"[yellow]warning:[/] --size is ignored: {escape(st.name)} makes {escape(str(getattr(st.module, 'size', '?')))} px images.")
         if num < 1:
@@ -53,6 +62,15 @@ def stylize_cmd(
         return
     if not inputs:
         raise UsageError(f"{st.name} restyles images: give image files, folders or globs after the checkpoint.")
+    if style:
+        st.set_style(style, style_weight or None, alpha=1.0 if alpha is None else alpha, size=style_size)
+    elif style_weight or alpha is not None:
+        raise UsageError("--style-weight and --alpha go with --style REF (a reference style image).")
+    if style_label:
+        st.set_labels(style_label)
+    note = st.condition_note()
+    if note:
+        err.print(f"[yellow]note:[/] {escape(note)}")
 
     def on_skip(path: str, why: str) -> None:
         err.print(f"[yellow]warning:[/] skipped {escape(why)}")
