@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,11 +63,62 @@ def epoch_indices(n: int, step: int, batch: int, seed: int, stream: int) -> list
     return out
 
 
+class LazyImages:
+    """Images decoded when drawn, by worker threads, for sets too large to keep decoded in memory.
+
+    `prefetch(indices)` starts decoding in the background (the next step's images while this step trains);
+    `images[i]` waits for it (or decodes at once). PIL releases the GIL while decoding and resizing, so the
+    threads run beside the training step. An unreadable file is skipped for the next readable one (with one
+    warning), or refused with `strict`.
+    """
+
+    def __init__(self, files: Sequence[Path], short: int, *, strict: bool = False, what: str = "data",
+                 workers: int | None = None) -> None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.files, self.short, self.strict, self.what = list(files), short, strict, what
+        self.pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1),
+                                       thread_name_prefix="stylezoo-data")
+        self.pending: dict[int, Any] = {}
+        self.bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _decode(self, i: int) -> Tensor:
+        for j in [*range(i, len(self.files)), *range(i)]:
+            if j in self.bad:
+                continue
+            try:
+                im = resize_short(open_image(self.files[j]), self.short)
+                return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+            except BadImage as e:
+                if self.strict:
+                    raise DataError(f"{e} (refused because of --strict; remove the file or drop --strict).") from None
+                self.bad.add(j)
+                log.warning("skipped an unreadable %s image: %s", self.what, e)
+        raise DataError(f"None of the {len(self.files)} {self.what} images could be read; see the warnings above.")
+
+    def prefetch(self, indices: Sequence[int]) -> None:
+        for i in indices:
+            if i not in self.pending:
+                self.pending[i] = self.pool.submit(self._decode, i)
+
+    def __getitem__(self, i: int) -> Tensor:
+        fut = self.pending.pop(i, None)
+        return fut.result() if fut is not None else self._decode(i)
+
+
 class ImageSet:
-    """A set of images for one stream of a run (content, real/style domain, ...)."""
+    """A set of images for one stream of a run (content, real/style domain, ...).
+
+    Decoded and resized once and kept in memory while that takes at most about `cache_mb`; larger sets are
+    decoded per draw by worker threads (LazyImages), the next step's images while the current step trains.
+    """
 
     def __init__(self, spec: str | Path | Sequence[Path], size: int, *, what: str = "data", strict: bool = False,
-                 stream: int = 0, short: int | None = None) -> None:
+                 stream: int = 0, short: int | None = None, cache_mb: float = 4096) -> None:
         files = list(spec) if isinstance(spec, (list, tuple)) else find_images(spec)
         if not files:
             raise DataError(f"No images found for the {what} ({spec}). Point it at a folder of .jpg/.png files.")
@@ -74,6 +126,13 @@ class ImageSet:
             # few images (a painting or two): draw varied crops from a larger copy; else a small jitter
             short = size * 2 if len(files) < 8 else round(size * 1.125)
         self.size, self.stream, self.what = size, stream, what
+        self.lazy = len(files) * 3 * short * short * 4 / 3 / 2**20 > cache_mb  # decoded uint8, 4:3 pictures
+        self.images: Any
+        if self.lazy:
+            log.info("%d %s images: decoded per draw by worker threads (over the %g MB cache budget)",
+                     len(files), what, cache_mb)
+            self.images, self.files, self.skipped = LazyImages(files, short, strict=strict, what=what), files, []
+            return
         self.images, self.files, self.skipped = load_images(files, short, strict=strict, what=what)
         if not self.images:
             raise DataError(f"None of the {len(files)} {what} image(s) could be read ({spec}); see the warnings above.")
@@ -89,10 +148,16 @@ class ImageSet:
         """(batch // world, 3, size, size) in [-1, 1]: this rank's slice of the global batch for `step`."""
         idx = self.indices(step, batch, seed)
         per = batch // world
+        mine = range(rank * per, rank * per + per)
+        if self.lazy:  # decode this batch in parallel threads
+            self.images.prefetch([idx[k] for k in mine])
         out = []
-        for k in range(rank * per, rank * per + per):
+        for k in mine:
             g = torch.Generator().manual_seed(_seed(seed, self.stream, step, k))
             out.append(random_crop_flip([self.images[idx[k]]], self.size, g)[0])
+        if self.lazy:  # and the next step's while this one trains
+            nxt = self.indices(step + 1, batch, seed)
+            self.images.prefetch([nxt[k] for k in mine])
         return torch.stack(out).float().div_(127.5).sub_(1.0)
 
     def fixed(self, n: int) -> Tensor:
@@ -132,7 +197,6 @@ def style_labels(spec: str | Path) -> tuple[tuple[str, ...], list[Path], list[in
     stems = [f.stem for f in files]
     names = tuple(stems if len(set(stems)) == len(stems) else [f.name for f in files])
     return names, files, list(range(len(files)))
-
 
 
 # -- paired data (pix2pix-style): an input image and its target, matched by file stem --------------------------

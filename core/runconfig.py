@@ -33,8 +33,13 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas for both optimisers
     d_steps: int = 1  # discriminator updates per generator update
     seed: int = 0  # everything random derives from (seed, step)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # bf16 = bfloat16 autocast; auto = bf16 where supported
-    channels_last: bool = True  # memory format for convolutions
+    # bf16 = bfloat16 autocast; auto = bf16 where the device has fast bfloat16 (CPUs with avx512_bf16/AMX,
+    # CUDA GPUs from Ampere on), else fp32. Measured here: 1.4-2x the steps/s at the same losses and samples
+    # (benchmarks/speed.py). Loss terms and gradient penalties compute in float32 inside.
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    # memory format for convolutions: true, false, or "auto" = the faster one measured per device
+    # (benchmarks/speed.py --ablation): channels_last on CUDA, contiguous on CPU
+    channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False  # torch.compile the generator and discriminator
     device: str = "auto"  # auto = cuda when available, else cpu
     sample_every: int = 50  # steps between sample grids (0 = only the final one)
@@ -77,6 +82,9 @@ class DataConfig:
     input: str = ""  # paired data given as two folders: the generator inputs ...
     target: str = ""  # ... and their targets (same file names); use these or `pairs`, not both
     strict: bool = False  # refuse unreadable images instead of skipping them with a warning
+    # decoded images are kept in memory up to about this many MB per image set; larger sets are decoded
+    # per draw by worker threads, the next step's batch while the current step trains
+    cache_mb: float = 4096
 
     @property
     def paired(self) -> bool:

@@ -19,6 +19,9 @@ class EncDecConfig:
     in_channels: int = 3  # RGB in
     out_channels: int = 3  # RGB out
     n_down: int = 2  # stride-2 downsamplings (and as many upsamplings); input sides are multiples of 2**n_down
+    # "reflect" (Johnson et al.; no dark borders) or "zeros" (conv padding: cheaper backward on CPU,
+    # see benchmarks/speed.py --ablation)
+    padding: str = "reflect"
     residual: bool = False  # add the input (pre-tanh) to the output: starts near identity, keeps content early
 
     def __post_init__(self) -> None:
@@ -29,13 +32,20 @@ class EncDecConfig:
             raise ValueError(f"n_res must be >= 0, got {self.n_res}")
         if not 0 <= self.n_down <= 5:
             raise ValueError(f"n_down must be between 0 and 5, got {self.n_down}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {', '.join(map(repr, PADDINGS))}, got {self.padding!r}")
         if self.residual and self.in_channels != self.out_channels:
             raise ValueError("residual needs in_channels == out_channels")
 
 
-def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> list[nn.Module]:
-    """Reflection pad + conv (no bias: an affine instance norm follows)."""
-    return [nn.ReflectionPad2d(k // 2), nn.Conv2d(c_in, c_out, k, stride, bias=False)]
+PADDINGS = ("reflect", "zeros")
+
+
+def _conv(c_in: int, c_out: int, k: int, stride: int = 1, padding: str = "reflect", bias: bool = False) -> list[nn.Module]:
+    """Reflection pad + conv, or a zero-padded conv (no bias by default: an affine instance norm follows)."""
+    if padding == "zeros":
+        return [nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=bias)]
+    return [nn.ReflectionPad2d(k // 2), nn.Conv2d(c_in, c_out, k, stride, bias=bias)]
 
 
 def _norm_relu(c: int) -> list[nn.Module]:
@@ -45,9 +55,10 @@ def _norm_relu(c: int) -> list[nn.Module]:
 class ResBlock(nn.Module):
     """x + (conv3x3, IN, ReLU, conv3x3, IN)(x)."""
 
-    def __init__(self, c: int) -> None:
+    def __init__(self, c: int, padding: str = "reflect") -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv(c, c, 3), *_norm_relu(c), *_conv(c, c, 3), nn.InstanceNorm2d(c, affine=True))
+        self.body = nn.Sequential(*_conv(c, c, 3, padding=padding), *_norm_relu(c), *_conv(c, c, 3, padding=padding),
+                                  nn.InstanceNorm2d(c, affine=True))
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -60,9 +71,9 @@ class Up(nn.Module):
     (inputs that are not multiples of `size_multiple`) still come back at the input's size.
     """
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, padding: str = "reflect") -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv(c_in, c_out, 3), *_norm_relu(c_out))
+        self.body = nn.Sequential(*_conv(c_in, c_out, 3, padding=padding), *_norm_relu(c_out))
 
     def forward(self, x: Tensor, like: Tensor) -> Tensor:
         return self.body(F.interpolate(x, size=like.shape[-2:], mode="nearest"))
@@ -83,16 +94,17 @@ class EncDecGenerator(nn.Module):
         self.cfg = cfg
         self.size_multiple = 2**cfg.n_down
         widths = [cfg.channels * 2**i for i in range(cfg.n_down + 1)]
-        self.stem = nn.Sequential(*_conv(cfg.in_channels, widths[0], 7), *_norm_relu(widths[0]))
+        pad = cfg.padding
+        self.stem = nn.Sequential(*_conv(cfg.in_channels, widths[0], 7, padding=pad), *_norm_relu(widths[0]))
         self.down = nn.ModuleList(
-            nn.Sequential(*_conv(a, b, 3, stride=2), *_norm_relu(b)) for a, b in zip(widths[:-1], widths[1:])
+            nn.Sequential(*_conv(a, b, 3, stride=2, padding=pad), *_norm_relu(b)) for a, b in zip(widths[:-1], widths[1:])
         )
-        self.res = nn.Sequential(*(ResBlock(widths[-1]) for _ in range(cfg.n_res)))
-        self.up = nn.ModuleList(Up(a, b) for a, b in zip(widths[:0:-1], widths[-2::-1]))
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(widths[0], cfg.out_channels, 7), nn.Tanh())
+        self.res = nn.Sequential(*(ResBlock(widths[-1], pad) for _ in range(cfg.n_res)))
+        self.up = nn.ModuleList(Up(a, b, pad) for a, b in zip(widths[:0:-1], widths[-2::-1]))
+        self.head = nn.Sequential(*_conv(widths[0], cfg.out_channels, 7, padding=pad, bias=True), nn.Tanh())
         if cfg.residual:  # start as the identity; training learns the change of style
-            nn.init.zeros_(self.head[1].weight)
-            nn.init.zeros_(self.head[1].bias)
+            nn.init.zeros_(self.head[-2].weight)  # the last conv (after its padding, if any)
+            nn.init.zeros_(self.head[-2].bias)
 
     def forward(self, x: Tensor, **cond: Any) -> Tensor:
         inp = x

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -41,12 +42,16 @@ def run_cmd(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, run one step, report; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; log lines instead.")] = False,
+    nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
 ) -> None:
     """Train a GAN-based style-transfer model from components picked by name."""
+    from .. import distributed as D
     from ..engine import Trainer, default_out, resume_config, train
     from ..registry import default_registry
     from ..runconfig import resolve
 
+    env = D.from_env()  # under torchrun: this worker's rank; only rank 0 shows progress and reports
+    quiet = quiet or env.rank != 0
     logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     reg = default_registry()
     if resume is not None:
@@ -67,23 +72,43 @@ def run_cmd(
     if dry_run:
         _dry_run(rc)
         return
-    out_dir = resume if resume is not None else (out or default_out(rc))
+    if nproc is not None and nproc != 1 and not env.distributed:  # checked above; now the same command in nproc workers
+        raise typer.Exit(D.launch(nproc, _without_nproc(sys.argv[1:])))
+    # distributed with no --out: rank 0 names the directory (engine.train broadcasts it)
+    out_dir = resume if resume is not None else (out or (None if env.distributed else default_out(rc)))
     previous = _sigterm_as_interrupt()
     try:
         with _progress(quiet) as progress:
             last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
-                         progress=progress)
+                         progress=progress if env.rank == 0 else None)
+        out_dir = last.parent
     except KeyboardInterrupt:
-        err.print(f"[yellow]interrupted[/]: a checkpoint was saved in {out_dir}; continue with "
-                  f"`stylezoo run --resume {out_dir}`.")
+        if env.rank == 0:
+            err.print(f"[yellow]interrupted[/]: a checkpoint was saved in {out_dir or 'the run directory'}; continue "
+                      f"with `stylezoo run --resume {out_dir or 'DIR'}`.")
         raise typer.Exit(130) from None
     finally:
         if previous is not None:
             import signal
 
             signal.signal(signal.SIGTERM, previous)
-    Console(highlight=False).print(f"[green]done[/]: {last}  samples: {Path(out_dir) / 'samples' / 'final.png'}")
+    if env.rank == 0:
+        Console(highlight=False).print(f"[green]done[/]: {last}  samples: {Path(out_dir) / 'samples' / 'final.png'}")
     del Trainer
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus `--nproc N` / `--nproc=N` (what each torchrun worker runs)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def _sigterm_as_interrupt() -> Any:

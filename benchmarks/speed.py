@@ -1,0 +1,456 @@
+"""Training speed on this machine: the engine beside the naive step and the plain float32 loop, side by side.
+
+    python -m stylezoo.benchmarks.speed [--recipes default original unet-perceptual] [--sizes 64 128 256]
+        [--steps 5] [--warmup 2] [--quick] [--ablation] [--compile] [--no-naive] [--no-inference]
+        [--threads N] [--out bench-results/speed.json]
+
+For each recipe and size, every variant trains on the same data, and their steps are interleaved
+round-robin in one process, so the ratios are measured under the same machine load:
+- engine: stylezoo's Trainer with its defaults (precision, memory format, fused Adam ...);
+- engine fp32 / engine bf16: the same with --precision fp32 / bf16 (when the default is the other);
+- plain fp32: the same modules trained the plain way, written here: contiguous memory, float32, no
+  autocast, stock Adam; one extractor pass per image batch and cached style targets, as any careful loop;
+- naive fp32: the step as the original design notes' code does it (shared/origin): the generator run again
+  for the generator step, one backward per discriminator term, the whole extractor run again for every loss
+  term and every layer (on the fakes and on the targets, with the extractor's weights left trainable, so
+  gradients flow through the target passes too) and the style targets (Gram of the style image) recomputed
+  every step.
+Per variant: median step time after warm-up, images/s, data time (drawing the batch, inside the step), FLOPs
+per step (torch.utils.flop_counter: convolutions and matrix products, forward and backward), achieved
+FLOP/s as a fraction of this machine's own matmul peak measured in the same run (float32 and bfloat16
+torch.mm of 2048x2048 matrices, best of several, before and after each cell): model FLOPs utilisation
+(MFU; model FLOPs as a direct convolution counts them: oneDNN runs some float32 3x3 convolutions with
+fewer multiplications, Winograd-style, so the float32 fraction can pass 1), and peak memory (CPU: the process's high-water RSS during one step above its RSS before it, reset
+through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated). Then inference latency per image
+at 256 and 512 for every built-in generator (benchmarks/inference.py: eager fp32 vs what stylize does).
+
+--ablation adds engine variants that switch one fast path each (precision x channels_last, stock Adam,
+zero padding in gen/encdec): the measurements the engine's defaults were chosen from.
+Results go to bench-results/speed.json (machine, load average, every sample) to compare across commits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from stylezoo.benchmarks.train_loops import NaiveLoop, PlainLoop
+from stylezoo.core.engine import Trainer, bf16_supported, pick_device
+from stylezoo.core.registry import Registry
+from stylezoo.core.runconfig import RunConfig, resolve
+
+# name -> (registry recipe, CLI layer on top)
+RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("default", {}),  # encdec + PatchGAN + VGG16, LSGAN, content + Gram + TV
+    "original": ("original", {}),  # DCGAN G and D + VGG16, BCE + entropy + WGAN-GP, content + Gram
+    # image to image with VGG16 perceptual losses on a pix2pix U-Net (unpaired: content photos, style domain)
+    "unet-perceptual": ("default", {"gen": "gen/unet"}),
+}
+StepFn = Callable[[int], Any]
+
+
+# -------------------------------------------------------------------------------------------- the machine
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """Best FLOP/s of an n x n x n torch.mm in `dtype` (the machine's practical matmul peak)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
+    """Memory a call takes at its peak above what was in use before it (MB), or None where unmeasurable."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so the step's own peak shows
+        before = _status_kb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (peak RSS) to the current RSS
+    except OSError:
+        return None
+    fn()
+    return (_status_kb("VmHWM") - before) / 1024
+
+
+class _FlopCount(TorchDispatchMode):
+    """FlopCounterMode's formulas (convolutions and matrix products, forward and backward) without its
+    module tracking, whose hooks break torch.autograd.grad (the gradient penalties' double backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += int(formula(*args, **kwargs, out_val=out))
+        return out
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    with _FlopCount() as fc:
+        fn()
+    return fc.total
+
+
+# -------------------------------------------------------------------------------------------- the variants
+def run_config(reg: Registry, recipe: str, size: int, batch: int | None, **train: Any) -> RunConfig:
+    base, layer = RECIPES[recipe]
+    layer = copy.deepcopy(layer)
+    layer["train"] = {"size": size, "sample_every": 0, "ckpt_every": 0, **({"batch": batch} if batch else {}),
+                      **train}
+    return resolve(reg, recipe=base, cli=layer)
+
+
+def engine(reg: Registry, rc: RunConfig, tmp: str, **train: Any) -> Trainer:
+    import dataclasses
+
+    rc = dataclasses.replace(rc, train=dataclasses.replace(rc.train, **train))
+    return Trainer(rc, tmp, registry=reg, rank=0, world=1)
+
+
+def _describe(tr: Trainer) -> str:
+    return f"{'bf16' if tr.amp else 'fp32'}, {'channels_last' if tr.channels_last else 'contiguous'}"
+
+
+def variants(reg: Registry, rc: RunConfig, tmp: str, args: argparse.Namespace) -> dict[str, tuple[StepFn, Trainer, str]]:
+    """name -> (step function, the trainer holding its modules and data, precision of its math)."""
+    out: dict[str, tuple[StepFn, Trainer, str]] = {}
+    tr = engine(reg, rc, tmp)
+    out["engine"] = (tr.train_step, tr, "bf16" if tr.amp else "fp32")
+    dev = tr.device
+    if tr.amp:
+        t2 = engine(reg, rc, tmp, precision="fp32")
+        out["engine fp32"] = (t2.train_step, t2, "fp32")
+    elif bf16_supported(dev):
+        t2 = engine(reg, rc, tmp, precision="bf16")
+        out["engine bf16"] = (t2.train_step, t2, "bf16")
+    if args.ablation:
+        for prec in ("fp32", "bf16") if bf16_supported(dev) else ("fp32",):
+            for cl in (False, True):
+                t2 = engine(reg, rc, tmp, precision=prec, channels_last=cl)
+                out[f"engine {prec} {'cl' if cl else 'contig'}"] = (t2.train_step, t2, prec)
+        t2 = engine(reg, rc, tmp)
+        for opt in (t2.opt_g, t2.opt_d):
+            for g in opt.param_groups if opt is not None else ():
+                g["fused"], g["foreach"] = None, None  # torch's default: the per-tensor loop on CPU
+        out["engine stock adam"] = (t2.train_step, t2, out["engine"][2])
+        if rc.gen == "gen/encdec":
+            import dataclasses
+
+            sets = {**rc.set, "gen": {**rc.set.get("gen", {}), "padding": "zeros"}}
+            t2 = engine(reg, dataclasses.replace(rc, set=sets), tmp)
+            out["engine zero-pad"] = (t2.train_step, t2, out["engine"][2])
+    if args.compile:
+        t2 = engine(reg, rc, tmp, compile=True)
+        out["engine compiled"] = (t2.train_step, t2, out["engine"][2])
+    plain_tr = engine(reg, rc, tmp, precision="fp32", channels_last=False)
+    out["plain fp32"] = (PlainLoop(plain_tr).step, plain_tr, "fp32")
+    if not args.no_naive and tr.c.feat is not None:
+        naive_tr = engine(reg, rc, tmp, precision="fp32", channels_last=False)
+        out["naive fp32"] = (NaiveLoop(naive_tr).step, naive_tr, "fp32")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- measuring
+def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant of one (recipe, size): warm-up, FLOPs, memory, then interleaved timed steps."""
+    rc = run_config(reg, recipe, size, args.batch)
+    with tempfile.TemporaryDirectory() as tmp:
+        vs = variants(reg, rc, tmp, args)
+        dev = next(iter(vs.values()))[1].device
+        peaks = {"fp32": [matmul_peak(torch.float32, dev)], "bf16": []}
+        if bf16_supported(dev):
+            peaks["bf16"].append(matmul_peak(torch.bfloat16, dev))
+        rows: dict[str, dict[str, Any]] = {}
+        step_no = 0
+        for name, (fn, tr, prec) in vs.items():  # warm-up: the first call (compiles, allocates Adam state)
+            t = time.perf_counter()
+            fn(step_no)
+            _sync(dev)
+            rows[name] = {"precision": prec, "first_step_s": time.perf_counter() - t, "samples_s": [],
+                          "data_s": [], "setup": _describe(tr) if name.startswith("engine") else prec}
+        step_no += 1
+        for name, (fn, tr, prec) in vs.items():
+            rows[name]["flops"] = count_flops(lambda: fn(step_no))
+            rows[name]["peak_mb"] = peak_memory_mb(lambda: fn(step_no + 1), dev)
+        step_no += 2
+        for _ in range(max(0, args.warmup - 2)):
+            for fn, _, _ in vs.values():
+                fn(step_no)
+            step_no += 1
+        for _ in range(args.steps):  # interleaved: every variant sees the same machine load
+            for name, (fn, tr, prec) in vs.items():
+                _sync(dev)
+                t = time.perf_counter()
+                fn(step_no)
+                _sync(dev)
+                rows[name]["samples_s"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                tr.batch(step_no)  # what drawing the batch costs inside that step
+                rows[name]["data_s"].append(time.perf_counter() - t)
+            step_no += 1
+        peaks["fp32"].append(matmul_peak(torch.float32, dev))
+        if bf16_supported(dev):
+            peaks["bf16"].append(matmul_peak(torch.bfloat16, dev))
+        batch = next(iter(vs.values()))[1].t.batch
+    peak = {k: max(v) for k, v in peaks.items() if v}
+    naive = rows.get("naive fp32")
+    plain = rows["plain fp32"]
+    for name, r in rows.items():
+        med = statistics.median(r["samples_s"])
+        r.update(step_ms=med * 1e3, min_ms=min(r["samples_s"]) * 1e3, images_per_s=batch / med,
+                 data_ms=statistics.median(r["data_s"]) * 1e3, gflop=r["flops"] / 1e9,
+                 gflops_per_s=r["flops"] / med / 1e9)
+        r["mfu_fp32"] = r["flops"] / med / peak["fp32"]
+        r["mfu_bf16"] = r["flops"] / med / peak["bf16"] if "bf16" in peak else None
+        r["mfu"] = r["mfu_bf16"] if r["precision"] == "bf16" and r["mfu_bf16"] is not None else r["mfu_fp32"]
+        # a first step far above the median is set-up work (compilation above all)
+        r["compile_s"] = max(0.0, r["first_step_s"] - med) if name == "engine compiled" else None
+    for name, r in rows.items():
+        r["x_plain"] = statistics.median(plain["samples_s"]) / statistics.median(r["samples_s"])
+        r["x_naive"] = statistics.median(naive["samples_s"]) / statistics.median(r["samples_s"]) if naive else None
+    return {"recipe": recipe, "size": size, "batch": batch, "composition": {k: v for k, v in rc.to_dict().items()
+            if k in ("gen", "disc", "feat", "adv", "gp", "losses")},
+            "peak_gflops": {k: v / 1e9 for k, v in peak.items()},
+            "peak_gflops_samples": {k: [x / 1e9 for x in v] for k, v in peaks.items()}, "variants": rows}
+
+
+def inference_latency(reg: Registry, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """Per built-in generator: benchmarks/inference.py's paths (image generators), or noise to image."""
+    from stylezoo.benchmarks import inference
+
+    out: dict[str, Any] = {}
+    for name in reg.names(kind="gen"):
+        entry = reg.get(name)
+        if entry.dist != "stylezoo":
+            continue  # built-ins only
+        if (entry.card.get("family") or getattr(entry.factory, "family", "")) == "noise":
+            out[name] = _noise_latency(reg, name, sizes, repeats)
+            continue
+        ns = argparse.Namespace(gen=name, checkpoint=None, sizes=sizes, repeats=repeats, no_compile=True)
+        try:
+            res = inference.run(ns)
+        except Exception as e:  # a generator that needs more than an image (a style, a label)
+            out[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            continue
+        per = {}
+        for size, rows in res["sizes"].items():
+            default = next(k for k in rows if k.startswith("stylezoo default"))
+            best = min(rows, key=lambda k: rows[k]["median_ms"])
+            per[size] = {"eager_fp32_ms": rows["eager fp32"]["median_ms"], "stylize_ms": rows[default]["median_ms"],
+                         "stylize_path": default, "stylize_vs_eager": rows[default]["median_ms"]
+                         / rows["eager fp32"]["median_ms"], "fastest": best, "fastest_ms": rows[best]["median_ms"],
+                         "paths": rows}
+        out[name] = {"sizes": per}
+    return out
+
+
+@torch.no_grad()
+def _noise_latency(reg: Registry, name: str, sizes: list[int], repeats: int) -> dict[str, Any]:
+    from stylezoo.plugins.dcgan import GEN_SIZES
+
+    per: dict[str, Any] = {}
+    for size in sizes:
+        if size not in GEN_SIZES:
+            per[str(size)] = {"error": f"{name} makes only {', '.join(map(str, GEN_SIZES))} px images"}
+            continue
+        gen = reg.build(name, {"size": size}).eval()
+        z = torch.randn(1, gen.latent_dim)
+        times: dict[str, list[float]] = {"eager fp32": [], "bf16 autocast": []}
+        for i in range(repeats + 1):
+            for path in times:
+                t = time.perf_counter()
+                with torch.autocast("cpu", torch.bfloat16, enabled=path.startswith("bf16")):
+                    gen(z)
+                if i:
+                    times[path].append(time.perf_counter() - t)
+        eager = statistics.median(times["eager fp32"]) * 1e3
+        per[str(size)] = {"eager_fp32_ms": eager, "stylize_ms": eager, "stylize_path": "eager fp32 (noise)",
+                          "stylize_vs_eager": 1.0, "fastest": min(times, key=lambda k: statistics.median(times[k])),
+                          "fastest_ms": min(statistics.median(v) for v in times.values()) * 1e3}
+    return {"sizes": per}
+
+
+# -------------------------------------------------------------------------------------------- reporting
+def _machine(device: torch.device) -> dict[str, Any]:
+    from stylezoo.benchmarks.inference import _machine as base
+
+    m = base()
+    if device.type == "cuda":
+        m["gpu"] = torch.cuda.get_device_name(device)
+    m["device"] = str(device)
+    return m
+
+
+def _f(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=200)
+    m = result["machine"]
+    for cell in result["cells"]:
+        pk = cell["peak_gflops"]
+        t = Table(title=f"{cell['recipe']} at {cell['size']}px, batch {cell['batch']}: medians of {result['steps']} "
+                        f"interleaved steps; matmul peak fp32 {pk['fp32']:.0f} GFLOP/s"
+                        + (f", bf16 {pk['bf16']:.0f}" if "bf16" in pk else ""))
+        for col in ("variant", "math", "step ms", "img/s", "data ms", "GFLOP/step", "GFLOP/s", "MFU", "x plain fp32",
+                    "x naive", "peak MB", "first step s"):
+            t.add_column(col, justify="left" if col in ("variant", "math") else "right", no_wrap=True)
+        for name, r in cell["variants"].items():
+            t.add_row(name, r["setup"], f"{r['step_ms']:.0f}", f"{r['images_per_s']:.2f}", f"{r['data_ms']:.1f}",
+                      f"{r['gflop']:.1f}", f"{r['gflops_per_s']:.1f}",
+                      f"{r['mfu']:.2f} of {r['precision']}", f"{r['x_plain']:.2f}", _f(r["x_naive"], ".2f"),
+                      _f(r["peak_mb"], ".0f"), f"{r['first_step_s']:.1f}")
+        con.print(t)
+    if result.get("inference"):
+        t = Table(title="inference latency per image (batch 1, a real photo; benchmarks/inference.py), ms")
+        t.add_column("generator", no_wrap=True)
+        sizes = result["inference_sizes"]
+        for s in sizes:
+            t.add_column(f"{s} eager fp32", justify="right")
+            t.add_column(f"{s} stylize", justify="right")
+            t.add_column("ratio", justify="right")
+        t.add_column("fastest path (largest size)", no_wrap=True)
+        for name, r in result["inference"].items():
+            if "error" in r:
+                t.add_row(name, *(["-"] * (3 * len(sizes))), r["error"][:60])
+                continue
+            cells = []
+            for s in sizes:
+                p = r["sizes"].get(str(s), {})
+                cells += ([f"{p['eager_fp32_ms']:.0f}", f"{p['stylize_ms']:.0f}", f"{p['stylize_vs_eager']:.2f}"]
+                          if "eager_fp32_ms" in p else ["-", "-", p.get("error", "-")[:20]])
+            last = r["sizes"].get(str(sizes[-1]), {})
+            t.add_row(name, *cells, f"{last.get('fastest', '-')} {_f(last.get('fastest_ms'), '.0f')}")
+        con.print(t)
+    if result.get("targets"):
+        t = Table(title="targets (issue 7) on this machine")
+        for col in ("target", "measured", "goal", "met"):
+            t.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
+        for r in result["targets"]:
+            t.add_row(r["target"], f"{r['value']:.2f}", ("<= " if "latency" in r["target"] else ">= ") + f"{r['goal']:g}",
+                      "[green]yes[/]" if r["met"] else "[red]no[/]")
+        con.print(t)
+    con.print(f"{m['cpu']} ({m['torch_threads']} threads), torch {m['torch']}, device {m['device']}; load average "
+              f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end. Ratios come from "
+              "interleaved steps in one process; absolute figures follow the machine's load.")
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the value measured here and whether it is met."""
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, value: float | None, goal: float, at_most: bool = False) -> None:
+        if value is not None:
+            out.append({"target": what, "value": value, "goal": goal,
+                        "met": value <= goal if at_most else value >= goal})
+
+    for cell in result["cells"]:
+        v, where = cell["variants"], f"{cell['recipe']} {cell['size']}px"
+        if cell["composition"].get("feat"):
+            add(f"engine / naive step, {where}", v["engine"]["x_naive"], 3.0)
+        fp32 = v.get("engine fp32") or (v["engine"] if v["engine"]["precision"] == "fp32" else None)
+        bf16 = v.get("engine bf16") or (v["engine"] if v["engine"]["precision"] == "bf16" else None)
+        if cell["size"] in (64, 128):
+            add(f"MFU fp32 of the fp32 matmul peak, {where}", fp32 and fp32["mfu_fp32"], 0.8)
+            add(f"MFU bf16 of the bf16 matmul peak, {where}", bf16 and bf16["mfu_bf16"], 0.65)
+        if cell["recipe"] != "default":
+            add(f"default precision / plain fp32 loop (images/s), {where}", v["engine"]["x_plain"], 1.5)
+    for name, r in (result.get("inference") or {}).items():
+        p = r.get("sizes", {}).get("512", {})
+        if "stylize_vs_eager" in p and p.get("stylize_path", "").startswith("stylezoo"):
+            add(f"stylize latency / eager fp32 at 512px, {name}", p["stylize_vs_eager"], 0.6, at_most=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--batch", type=int, help="override the recipes' batch sizes")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least the FLOP and memory steps)")
+    ap.add_argument("--quick", action="store_true", help="64px only, 3 timed steps, inference at 256 only")
+    ap.add_argument("--ablation", action="store_true", help="also time the engine with each fast path switched")
+    ap.add_argument("--compile", action="store_true", help="also time the engine under torch.compile")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive step (slow at large sizes)")
+    ap.add_argument("--no-inference", action="store_true", help="skip the inference latencies")
+    ap.add_argument("--inference-sizes", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    ap.add_argument("--out", type=Path, default=Path("bench-results/speed.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.steps, args.inference_sizes = [64], min(args.steps, 3), [256]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reg = Registry()
+    device = pick_device("auto")
+    machine = _machine(device)
+    result: dict[str, Any] = {"machine": machine, "steps": args.steps, "warmup": args.warmup,
+                              "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                              "cells": []}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for recipe in args.recipes:
+        for size in args.sizes:
+            print(f"measuring {recipe} at {size}px ...", flush=True)
+            result["cells"].append(measure_cell(reg, recipe, size, args))
+            args.out.write_text(json.dumps(result, indent=2, default=str))  # what is measured so far
+    if not args.no_inference:
+        print("measuring inference ...", flush=True)
+        result["inference_sizes"] = args.inference_sizes
+        result["inference"] = inference_latency(reg, args.inference_sizes, 2 if args.quick else 5)
+    machine["loadavg_end"] = os.getloadavg()
+    result["targets"] = targets(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    print_tables(result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

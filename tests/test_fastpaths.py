@@ -1,0 +1,232 @@
+"""The engine's fast paths keep the training the same: extractor passes, cached targets, no gradient through
+targets, bfloat16 autocast with a float32 gradient penalty, fused Adam, memory format, zero padding in
+gen/encdec, each rank's slice of the global batch, lazily decoded data. Speed itself is measured by
+benchmarks/speed.py, never here."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from stylezoo.core.data import ImageSet
+from stylezoo.core.engine import Trainer
+from stylezoo.core.registry import Registry
+from stylezoo.core.runconfig import SAMPLES, resolve
+
+TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
+IMAGE = {"gen": "encdec", "disc": "patch", "feat": "", "gp": "none", "train": TINY,
+         "set": {"gen": {"channels": 8, "n_res": 1}, "disc": {"n_layers": 2, "channels": 8}}}
+NOISE = {"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none", "train": TINY,
+         "set": {"gen": {"channels": 8, "latent_dim": 16}, "disc": {"channels": 8}}}
+
+
+@pytest.fixture(scope="module")
+def reg() -> Registry:
+    return Registry()
+
+
+def _perceptual(reg: Registry, **train: object):  # noqa: ANN202
+    return resolve(reg, cli={**IMAGE, "feat": "vgg16", "train": {**TINY, **train}},
+                   losses=["content", "gram:1000", "tv"], sets=["feat.weights=random", "loss/content.layers=relu2_2",
+                                                               "loss/gram.layers=relu1_1,relu3_1"])
+
+
+def test_one_extractor_pass_per_batch_stopping_at_the_deepest_layer(reg: Registry, tmp_path: Path) -> None:
+    tr = Trainer(_perceptual(reg), tmp_path, registry=reg)
+    names = tr.c.feat.layer_names
+    ran: list[int] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: ran.append(k)) for k, m in enumerate(tr.c.feat.features)]
+    grad_on: list[bool] = []
+    forward = tr.c.feat.forward
+
+    def spy(x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        grad_on.append(torch.is_grad_enabled())
+        return forward(x, layers)
+
+    tr.c.feat.forward = spy  # type: ignore[method-assign]
+    prepared = {n: getattr(t, "prepare") for n, t in tr.c.losses.items() if hasattr(t, "prepare")}
+    calls = []
+    for n, t in tr.c.losses.items():
+        if hasattr(t, "prepare"):
+            t.prepare = lambda *a, n=n, **k: calls.append(n)  # type: ignore[method-assign]
+    tr.train_step(0)
+    tr.train_step(1)
+    for h in hooks:
+        h.remove()
+    assert grad_on == [True, False, True, False]  # per step: the fakes with grad, the content without
+    deepest = names.index("relu3_1")  # the deepest of relu2_2 (content) and relu1_1/relu3_1 (Gram)
+    assert max(ran) == deepest and ran.count(0) == 4  # never beyond it; each pass starts once
+    assert calls == [] and prepared  # the style targets were computed once, at set-up
+
+
+def test_gradient_penalty_is_float32_and_matches_under_bf16_autocast(reg: Registry) -> None:
+    """The penalty's pass runs in float32 with autocast off: same value and D gradients as without autocast."""
+    torch.manual_seed(0)
+    disc = reg.build("disc/patch", {"n_layers": 2, "channels": 8})
+    real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    for name in ("gp/wgan-gp", "gp/r1", "gp/dragan"):
+        gp = reg.build(name)
+        results = []
+        for amp in (False, True):
+            torch.manual_seed(1)
+            disc.zero_grad()
+            with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+                value = gp(disc, real, fake)
+            assert value.dtype == torch.float32 and torch.isfinite(value)
+            value.backward()
+            results.append((value.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                             for p in disc.parameters()]))
+        (v32, g32), (v16, g16) = results
+        torch.testing.assert_close(v16, v32, rtol=1e-5, atol=1e-6, msg=name)
+        for a, b in zip(g16, g32):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+    # what the float32 pass prevents: the same penalty's input gradient taken in bfloat16 is far off
+    x = ((real + fake) / 2).requires_grad_(True)
+    with torch.autocast("cpu", torch.bfloat16):
+        (g,) = torch.autograd.grad(disc(x).sum(), x)
+    x32 = x.detach().requires_grad_(True)
+    (g32,) = torch.autograd.grad(disc(x32).sum(), x32)
+    assert (g.float() - g32).abs().max() > 1e-4
+
+
+def test_bf16_training_step_with_gradient_penalty_stays_finite(reg: Registry, tmp_path: Path) -> None:
+    rc = resolve(reg, cli={**NOISE, "adv": "wgan", "gp": "wgan-gp", "train": {**TINY, "precision": "bf16"}},
+                 losses=["tv"])
+    tr = Trainer(rc, tmp_path, registry=reg)
+    assert tr.amp
+    before = [p.detach().clone() for p in tr.c.disc.parameters()]
+    for step in range(2):
+        logs = tr.train_step(step)
+        assert all(torch.isfinite(torch.tensor(v)) for v in logs.values()), logs
+    assert logs["d/gp/wgan-gp"] > 0 and logs["grad/disc"] > 0 and logs["grad/gen"] > 0
+    assert tr.bad_steps == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.c.disc.parameters()))
+
+
+def test_precision_auto_picks_bf16_where_supported(reg: Registry, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from stylezoo.core import engine
+
+    rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "precision": "auto"}}, losses=["tv"])
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
+    assert Trainer(rc, tmp_path / "a", registry=reg).amp
+    monkeypatch.setattr(engine, "bf16_supported", lambda device: False)
+    assert not Trainer(rc, tmp_path / "b", registry=reg).amp
+
+
+def test_fused_adam_is_used_and_matches_the_stock_loop(reg: Registry, tmp_path: Path) -> None:
+    tr = Trainer(resolve(reg, cli=IMAGE, losses=["tv"]), tmp_path, registry=reg)
+    assert all(g["fused"] for g in tr.opt_g.param_groups + tr.opt_d.param_groups)
+    torch.manual_seed(0)
+    a = [nn.Parameter(torch.randn(64, 32)) for _ in range(3)]
+    b = [nn.Parameter(p.detach().clone()) for p in a]
+    fused, stock = torch.optim.Adam(a, lr=1e-2, betas=(0.5, 0.999)), torch.optim.Adam(b, lr=1e-2, betas=(0.5, 0.999))
+    from stylezoo.core.engine import fuse_adam
+
+    fuse_adam(fused, torch.device("cpu"))
+    for _ in range(3):
+        g = [torch.randn(64, 32) for _ in a]
+        for p, q, gi in zip(a, b, g):
+            p.grad, q.grad = gi.clone(), gi.clone()
+        fused.step()
+        stock.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_from_an_unfused_optimizer_resumes(reg: Registry, tmp_path: Path) -> None:
+    """Runs saved before fused Adam (param groups with fused=None) still resume, and then run fused."""
+    from stylezoo.core.engine import train
+
+    rc = resolve(reg, cli=IMAGE, losses=["tv"])
+    tr = Trainer(rc, tmp_path, registry=reg)
+    for opt in (tr.opt_g, tr.opt_d):
+        for g in opt.param_groups:
+            g["fused"], g["foreach"] = None, None
+    tr.fit()
+    train(resume=tmp_path, steps=3, registry=reg)
+    again = Trainer(rc, tmp_path / "x", registry=reg, resume_from=tmp_path / "last.safetensors")
+    assert again.step == 3 and all(g["fused"] for g in again.opt_g.param_groups)
+
+
+@pytest.mark.parametrize("setting,expect", [("auto", False), (True, True), (False, False)])
+def test_channels_last_setting(reg: Registry, tmp_path: Path, setting: object, expect: bool) -> None:
+    """auto = contiguous on CPU (measured faster there) and channels_last on CUDA."""
+    tr = Trainer(resolve(reg, cli={**IMAGE, "train": {**TINY, "channels_last": setting}}, losses=["tv"]), tmp_path,
+                 registry=reg)
+    assert tr.channels_last is expect
+    conv = next(m for m in tr.c.gen.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expect
+    content = tr.batch(0)[0]
+    assert content.is_contiguous(memory_format=torch.channels_last) is expect
+    assert torch.isfinite(torch.tensor(tr.train_step(0)["g/loss"]))
+
+
+def test_encdec_zero_padding_option(reg: Registry) -> None:
+    reflect = reg.build("gen/encdec", {"channels": 8, "n_res": 1})
+    zeros = reg.build("gen/encdec", {"channels": 8, "n_res": 1, "padding": "zeros"})
+    assert any(isinstance(m, nn.ReflectionPad2d) for m in reflect.modules())
+    assert not any(isinstance(m, nn.ReflectionPad2d) for m in zeros.modules())
+    # the reflect layout keeps the parameter names of checkpoints written before the option existed
+    assert {"stem.1.weight", "head.1.weight", "head.1.bias", "res.0.body.1.weight"} <= set(reflect.state_dict())
+    x = torch.rand(2, 3, 36, 36) * 2 - 1
+    y = zeros(x)
+    assert y.shape == x.shape and y.abs().max() <= 1
+    y.sum().backward()
+    assert all(p.grad is not None for p in zeros.parameters())
+    ident = reg.build("gen/encdec", {"channels": 8, "n_res": 1, "padding": "zeros", "residual": True})
+    torch.testing.assert_close(ident(x.clamp(-0.9, 0.9)), x.clamp(-0.9, 0.9), rtol=1e-4, atol=1e-4)
+    from stylezoo.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="padding"):
+        reg.make_config("gen/encdec", {"padding": "circular"})
+
+
+def test_each_rank_draws_its_slice_of_the_global_batch(reg: Registry, tmp_path: Path) -> None:
+    """Data and noise are pure functions of (seed, step): the ranks' slices put together are the global batch."""
+    for base in (IMAGE, NOISE):
+        rc = resolve(reg, cli={**base, "train": {**TINY, "batch": 4}}, losses=["tv"])
+        one = Trainer(rc, tmp_path / "one", registry=reg, rank=0, world=1).batch(3)
+        parts = [Trainer(rc, tmp_path / f"r{r}", registry=reg, rank=r, world=2).batch(3) for r in (0, 1)]
+        for k in range(3):
+            if one[k] is None:
+                continue
+            torch.testing.assert_close(torch.cat([parts[0][k], parts[1][k]]), one[k])
+
+
+def test_lazy_decoding_draws_the_same_batches(tmp_path: Path) -> None:
+    spec = str(SAMPLES / "content")
+    cached, lazy = ImageSet(spec, 32), ImageSet(spec, 32, cache_mb=0)
+    assert not cached.lazy and lazy.lazy and len(lazy) == len(cached)
+    for step in range(3):
+        torch.testing.assert_close(lazy.batch(step, 4, 7, rank=1, world=2), cached.batch(step, 4, 7, rank=1, world=2))
+    assert lazy.images.pending  # the next step's images are being decoded
+    torch.testing.assert_close(lazy.fixed(2), cached.fixed(2))
+
+
+def test_lazy_decoding_skips_an_unreadable_file(tmp_path: Path) -> None:
+    import shutil
+
+    for f in sorted((SAMPLES / "content").iterdir())[:2]:
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    lazy = ImageSet(str(tmp_path), 32, cache_mb=0)
+    out = torch.stack([lazy.images[i] for i in range(len(lazy))])
+    assert out.shape[0] == 3 and len(lazy.images.bad) == 1
+    strict = ImageSet(str(tmp_path), 32, cache_mb=0, strict=True)
+    from stylezoo.core.errors import DataError
+
+    with pytest.raises(DataError, match="strict"):
+        [strict.images[i] for i in range(len(strict))]
+
+
+def test_compile_option_wraps_lazily(reg: Registry, tmp_path: Path) -> None:
+    """train.compile wraps G and D with torch.compile (compiled on the first step, whose time is logged)."""
+    rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "compile": True}}, losses=["tv"])
+    tr = Trainer(rc, tmp_path, registry=reg)
+    assert isinstance(tr.gen_fwd, torch._dynamo.eval_frame.OptimizedModule)
+    assert tr.disc_plain is tr.disc_fwd and tr.c.gen is not tr.gen_fwd
+    assert dataclasses.asdict(tr.t)["compile"] is True
