@@ -235,6 +235,10 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
     if losses:
         parsed = parse_losses(losses)
         layers["losses"] = {k: v for k, v in parsed.items()}
+        # --loss replaces the recipe's terms: drop the lower layers' overrides of terms no longer in the run
+        kept = {reg.resolve(k, "loss") for k in parsed}
+        layers["set"] = {r: ov for r, ov in dict(layers.get("set", {})).items()
+                         if r in ROLES or reg.resolve(r, "loss") in kept}
     if sets:
         layers = merge(layers, parse_set(sets))
     # resolve names (short forms allowed) and default loss weights
@@ -300,7 +304,7 @@ def validate(reg: Registry, rc: RunConfig) -> None:
     elif rc.disc:
         raise CompositionError(f"--disc {rc.disc} needs an adversarial loss: add --adv lsgan (or --disc none).")
     for name in [rc.gp, *rc.losses]:
-        if not name or name == "gp/none":
+        if not name or (name == "gp/none" and not rc.adv):
             continue
         compat = reg.get(name).card.get("compatible")
         if compat and not rc.adv and name.startswith("gp/"):
