@@ -408,7 +408,6 @@ class Stylizer:
             return f"no --style-label given: mixing all {len(self.labels)} styles equally ({', '.join(self.labels)})"
         return None
 
-
     def forward(self, x: Tensor) -> Tensor:
         """Restyle (N, 3, H, W) or (3, H, W) images in [-1, 1] of any size; same shape out, on x's device."""
         if self.family == "noise":
