@@ -43,7 +43,7 @@ def checkpoint_path(spec: str | Path) -> Path:
     """A checkpoint file, or the newest valid checkpoint of a run directory."""
     p = Path(spec)
     if p.is_dir():
-        from .engine import newest_valid_checkpoint
+        from .rundir import newest_valid_checkpoint
 
         return newest_valid_checkpoint(p)
     return p

@@ -161,7 +161,7 @@ def eval_section(groups: Sequence[tuple[str, Sequence[tuple[str, dict[str, float
 # -- plots -----------------------------------------------------------------------------------------------------------
 def loss_plot(metrics_path: Path) -> bytes | None:
     """The engine's loss curves (core/engine.py plot_losses) as PNG bytes; its loss.png when up to date."""
-    from .engine import plot_losses
+    from .rundir import plot_losses
 
     png = metrics_path.parent / "loss.png"
     if png.is_file() and metrics_path.is_file() and png.stat().st_mtime >= metrics_path.stat().st_mtime:

@@ -46,7 +46,8 @@ def run_cmd(
 ) -> None:
     """Train a GAN-based style-transfer model from components picked by name."""
     from .. import distributed as D
-    from ..engine import Trainer, default_out, resume_config, train
+    from ..engine import Trainer, train
+    from ..rundir import default_out, resume_config
     from ..registry import default_registry
     from ..runconfig import resolve
 
