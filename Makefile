@@ -42,6 +42,7 @@ bench: $(WEIGHTS_STAMP)
 
 bench-quality: $(WEIGHTS_STAMP)
 	$(BIN)/python -m stylezoo.benchmarks.quality_pairs
+	$(BIN)/python -m stylezoo.benchmarks.quality_faces
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
