@@ -1,6 +1,6 @@
 """Paired photo-to-sketch quality: train `portrait-sketch` for a fixed wall-clock budget, score unseen pairs.
 
-    python -m stylezoo.benchmarks.quality_pairs [--minutes 19] [--data DIR] [--set train.batch=4 ...]
+    python -m stylezoo.benchmarks.quality_pairs [--minutes 19] [--data DIR] [--set train.batch=4 ...] [--loss l1:100 ...]
 
 Data: ../shared/data/dev/pairs/cufs (photo/ + sketch/, 64x64; research-only, never bundled). A fixed 38
 pairs (a seeded permutation of the sorted stems) are held out; the rest train the recipe through the
@@ -48,6 +48,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed held-out split (default: 0)")
     p.add_argument("--recipe", default="portrait-sketch")
     p.add_argument("--set", dest="sets", action="append", default=[], help="ROLE.FIELD=VALUE override, repeatable")
+    p.add_argument("--loss", dest="losses", action="append", default=None,
+                   help="NAME[:WEIGHT], repeatable; replaces the recipe's loss terms, as `stylezoo run --loss` does")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     p.add_argument("--grid", type=int, default=8, help="held-out pairs shown in the PNG grid")
     return p.parse_args(argv)
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             a, b = by_stem[s]
             shutil.copy2(a, tdir / "photo" / a.name)
             shutil.copy2(b, tdir / "sketch" / b.name)
-        rc = resolve(reg, recipe=args.recipe, cli={"data": {"pairs": str(tdir)}}, sets=args.sets)
+        rc = resolve(reg, recipe=args.recipe, cli={"data": {"pairs": str(tdir)}}, sets=args.sets, losses=args.losses)
         print(f"quality_pairs: recipe {rc.recipe}: {rc.gen} + {rc.disc} ({rc.adv}), losses "
               f"{', '.join(f'{k} x {v:g}' for k, v in rc.losses.items())}; size {rc.train.size}, batch "
               f"{rc.train.batch}, lr {rc.train.lr:g}; {len(train_stems)} training pairs, {len(test_stems)} held out; "

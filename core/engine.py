@@ -155,14 +155,16 @@ class Trainer:
             if wants or self.cond_disc:
                 what = ", ".join(wants) or f"{self.rc.disc} with cond_channels > 0"
                 raise CompositionError(f"{what} needs paired data: give --pairs DIR (or --input DIR --target DIR).")
+            short = round(size * d.zoom) if d.zoom else None
             self.content = ImageSet(self._train_content(d.content), size, what="content", strict=d.strict, stream=1,
-                                    cache_mb=d.cache_mb) \
+                                    cache_mb=d.cache_mb, short=short) \
                 if (self.family == IMAGE or (d.content and not d.data)) else None
             real_spec = d.data or (d.style if self.family == IMAGE else d.content)
             self.real = None
             if self.c.disc is not None or "feats_content" in needs:
                 if real_spec:
-                    self.real = ImageSet(real_spec, size, what="real", strict=d.strict, stream=2, cache_mb=d.cache_mb)
+                    self.real = ImageSet(real_spec, size, what="real", strict=d.strict, stream=2, cache_mb=d.cache_mb,
+                                         short=short)
             if self.family == NOISE and self.real is None and self.content is not None:
                 self.real = self.content
         self.style_images: Tensor | None = None
@@ -202,7 +204,8 @@ class Trainer:
         if ignored:
             log.warning("paired data: ignoring %s (the pairs' inputs and targets take their place)", ", ".join(ignored))
         inputs, targets = pair_folders(d.pairs) if d.pairs else (d.input, d.target)
-        self.pairs = PairSet(inputs, targets, size, strict=d.strict, stream=1)
+        self.pairs = PairSet(inputs, targets, size, strict=d.strict, stream=1,
+                             short=round(size * d.zoom) if d.zoom else None)
         self.content, self.real = None, None
 
     @torch.no_grad()

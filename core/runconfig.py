@@ -85,6 +85,14 @@ class DataConfig:
     # decoded images are kept in memory up to about this many MB per image set; larger sets are decoded
     # per draw by worker threads, the next step's batch while the current step trains
     cache_mb: float = 4096
+    # scale jitter: training images are resized so their shorter side is zoom x size, then randomly cropped
+    # to size (and flipped); 1 = no zoom, whole aligned faces as at test time; 0 = automatic (2 for fewer
+    # than 8 images, so a painting gives varied crops; else 1.125, pix2pix's 286/256)
+    zoom: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.zoom != 0 and self.zoom < 1:
+            raise ValueError(f"data.zoom must be 0 (automatic) or >= 1, got {self.zoom}")
 
     @property
     def paired(self) -> bool:

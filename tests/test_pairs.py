@@ -143,6 +143,21 @@ def test_targets_of_another_size_are_resized_to_their_input(tmp_path: Path) -> N
     assert torch.allclose(y, torch.full_like(y, 200 / 127.5 - 1), atol=1e-2)
 
 
+def test_data_zoom_sets_the_scale_jitter(reg: Registry, pairs_dir: Path, tmp_path: Path) -> None:
+    """zoom 1: pairs kept at the training size (crops are whole images, as at test time); default: 1.125x."""
+    auto = Trainer(resolve(reg, cli=paired(pairs_dir), losses=["l1"]), tmp_path / "a", registry=reg)
+    assert auto.pairs.inputs[0].shape[-1] == round(32 * 1.125)
+    whole = Trainer(resolve(reg, cli=paired(pairs_dir, data={"pairs": str(pairs_dir), "zoom": 1.0}), losses=["l1"]),
+                    tmp_path / "b", registry=reg)
+    assert whole.pairs.inputs[0].shape[-1] == 32
+    x, _ = whole.pairs.batch(0, 2, 0)
+    ref = whole.pairs.fixed(len(whole.pairs))[0]
+    # every crop is a whole image, maybe mirrored
+    assert all(any(torch.equal(xi, r) or torch.equal(xi, r.flip(-1)) for r in ref) for xi in x)
+    with pytest.raises(ConfigError, match="zoom"):
+        resolve(reg, cli=paired(pairs_dir, data={"pairs": str(pairs_dir), "zoom": 0.5}), losses=["l1"])
+
+
 # ---------------------------------------------------------------------------------- the conditional D
 
 
