@@ -83,11 +83,20 @@ def ssim_per_image(a: Tensor, b: Tensor) -> Tensor:
 
 def train_for(trainer: Any, seconds: float, log_every_s: float = 30.0) -> dict[str, Any]:
     """Run engine steps until the budget is spent; returns what happened (steps, epochs, L1 trace)."""
+    import dataclasses
+
     n = len(trainer.pairs)
     batch = trainer.t.batch
     t0 = time.perf_counter()
     next_log, l1_window, trace = t0 + log_every_s, [], []
+    # a learning-rate decay needs the total number of steps: estimated from the speed of the first 5%
+    calibrate = trainer.t.lr_decay > 0
     while time.perf_counter() - t0 < seconds:
+        if calibrate and time.perf_counter() - t0 >= 0.05 * seconds:
+            total = int(trainer.step / (time.perf_counter() - t0) * seconds)
+            trainer.t = dataclasses.replace(trainer.t, steps=max(total, trainer.step + 1))
+            print(f"  lr decay over the last {trainer.t.lr_decay:g} of an estimated {total} steps", flush=True)
+            calibrate = False
         logs = trainer.train_step(trainer.step)
         trainer.step += 1
         l1_window.append(next((v for k, v in logs.items() if k.startswith("g/loss/l")), float("nan")))

@@ -330,6 +330,7 @@ class Trainer:
     def train_step(self, step: int) -> dict[str, float]:
         """One discriminator update then one generator update; returns the logged figures."""
         torch.manual_seed(_seed(self.t.seed, 11, step, self.rank))  # penalties' noise, dropout
+        self._set_lr(step)
         self._step_bad: list[str] = []
         content, real, gin = self.batch(step)
         gcond, dlabel, real = self.cond.draw(self, step, real)  # style= / label= for conditional generators
@@ -399,6 +400,22 @@ class Trainer:
         logs["g/loss"] = loss_g
         self._count_bad()
         return self._floats(logs)
+
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate multiplier at `step`: 1, then a linear fall over the last `lr_decay` of the steps."""
+        total, frac = self.t.steps, self.t.lr_decay
+        start = total * (1.0 - frac)
+        if frac <= 0 or step < start:
+            return 1.0
+        return max(0.0, (total - step) / (total - start))
+
+    def _set_lr(self, step: int) -> None:
+        """Both optimisers' learning rates for `step`, a pure function of it (a resumed run repeats them)."""
+        f = self.lr_factor(step)
+        for opt, base in ((self.opt_g, self.t.lr), (self.opt_d, self.t.lr_d or self.t.lr)):
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = base * f
 
     def _floats(self, logs: dict[str, Tensor]) -> dict[str, float]:
         """The step's scalars as floats in one transfer; averaged over the processes when distributed."""

@@ -31,6 +31,9 @@ class TrainConfig:
     lr: float = 1e-3  # generator learning rate (the original design's Adam 1e-3)
     lr_d: float = 0.0  # discriminator learning rate; 0 = same as lr
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas for both optimisers
+    # fraction of the steps, at the end, over which both learning rates fall linearly towards 0
+    # (pix2pix decays over its second half: 0.5); 0 = constant
+    lr_decay: float = 0.0
     d_steps: int = 1  # discriminator updates per generator update
     seed: int = 0  # everything random derives from (seed, step)
     # bf16 = bfloat16 autocast; auto = bf16 where the device has fast bfloat16 (CPUs with avx512_bf16/AMX,
@@ -55,7 +58,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [("size", self.size >= 8, "at least 8"), ("batch", self.batch >= 1, "at least 1"),
                   ("steps", self.steps >= 1, "at least 1"), ("lr", self.lr > 0, "positive"),
-                  ("lr_d", self.lr_d >= 0, "0 (same as lr) or positive"), ("d_steps", self.d_steps >= 1, "at least 1"),
+                  ("lr_d", self.lr_d >= 0, "0 (same as lr) or positive"),
+                  ("lr_decay", 0 <= self.lr_decay <= 1, "between 0 and 1"), ("d_steps", self.d_steps >= 1, "at least 1"),
                   ("epochs", self.epochs >= 0, "0 or positive"), ("max_bad_steps", self.max_bad_steps >= 1, "at least 1"),
                   ("num_samples", self.num_samples >= 1, "at least 1"),
                   ("eval_every", self.eval_every >= 0, "0 (off) or positive"),

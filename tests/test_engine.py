@@ -210,3 +210,24 @@ def test_cli_resume_continues_to_the_new_total(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path), "--steps", "4", "--quiet"])
     assert r.exit_code == 0, r.output
     assert ckpt.read_meta(tmp_path / "last.safetensors")["step"] == 4
+
+
+def test_lr_decay_falls_linearly_over_the_last_steps(reg: Registry, tmp_path: Path) -> None:
+    rc = tiny(reg, NOISE, train={**TINY, "steps": 10, "lr": 1e-3, "lr_d": 4e-3, "lr_decay": 0.5})
+    tr = Trainer(rc, tmp_path, registry=reg)
+    assert [tr.lr_factor(s) for s in (0, 4, 5, 6, 9)] == pytest.approx([1.0, 1.0, 1.0, 0.8, 0.2])
+    seen: list[tuple[float, float]] = []
+    step_g = tr.opt_g.step
+
+    def recording(*a: object, **k: object) -> object:
+        seen.append((tr.opt_g.param_groups[0]["lr"], tr.opt_d.param_groups[0]["lr"]))
+        return step_g(*a, **k)
+
+    tr.opt_g.step = recording  # type: ignore[method-assign]
+    tr.fit()
+    assert [g for g, _ in seen] == pytest.approx([1e-3] * 6 + [8e-4, 6e-4, 4e-4, 2e-4])
+    assert [d for _, d in seen] == pytest.approx([4 * g for g, _ in seen])
+    with pytest.raises(ConfigError, match="lr_decay"):
+        tiny(reg, NOISE, train={**TINY, "lr_decay": 1.5})
+    const = Trainer(tiny(reg, NOISE, train={**TINY, "steps": 10}), tmp_path / "c", registry=reg)
+    assert all(const.lr_factor(s) == 1.0 for s in range(10))
