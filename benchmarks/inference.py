@@ -7,7 +7,7 @@
 Batch 1, a real photo (data/samples/content/astronaut.jpg) centre-cropped to each size. Paths: eager fp32
 (no_grad), torch.inference_mode, channels_last, bfloat16 autocast (with and without channels_last),
 torch.compile (its compile time reported separately), ONNX Runtime (export time reported), and what
-`stylezoo stylize` does by default (Stylizer: PyTorch fp32 for a few images, ONNX Runtime for 16+ files,
+`stylezoo stylize` does by default (Stylizer: PyTorch at precision auto, bf16 where fast, for a few images; ONNX Runtime fp32 for 16+ files,
 whose one-off export and parity check is reported as "stylezoo onnxruntime load s"). Calls are interleaved round-robin so the
 ratios are measured under the same machine load; the table shows medians. Each path's output is compared
 with eager fp32: max and mean absolute difference in [-1, 1] units and in 8-bit levels of the saved image.

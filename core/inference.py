@@ -92,12 +92,12 @@ def _dist_of(meta: dict[str, Any], name: str) -> str | None:
 GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 GREY8 = frozenset({"L", "1", "F"})
 PRECISIONS = ("fp32", "bf16", "auto")
-# What "auto" means, from benchmarks/inference.py on this 2-core AVX512-BF16 CPU (gen/encdec defaults, batch 1,
-# 256 and 512 px): bf16 autocast was 1.1-1.7x faster than fp32 eager depending on threads and load, and moved
-# pixels by 0.0055 mean / 0.06 max abs ([-1, 1] units; 0.7 / 7 8-bit levels). ONNX Runtime in fp32 was as fast
-# or faster (1.3-2.9x) with a max difference of 1.2e-4 (1 level), so folders use it (backend auto) and auto
-# precision stays fp32: the same pixels as training-time PyTorch. torch.compile: 1.2-1.8x after 40-80 s compiling.
-AUTO_PRECISION = "fp32"
+# What "auto" means. benchmarks/inference.py on this 2-core AVX512-BF16 CPU, idle (make bench, batch 1, 512 px):
+# bf16 autocast took 0.55x the time of fp32 eager for gen/encdec (166 vs 303 ms) and 0.48x for gen/unet
+# (100 vs 209 ms), and moves pixels by about 0.7 mean / 7 max 8-bit levels: the precision the default recipes
+# train in. So auto = bf16 where the device has fast bfloat16, else fp32. Folders of AUTO_ORT_MIN_IMAGES+ files
+# (backend auto) and --backend onnxruntime run ONNX Runtime in fp32 (max difference 1 level from PyTorch fp32).
+AUTO_PRECISION = "bf16-where-fast"
 BACKENDS = ("auto", "torch", "onnxruntime")
 AUTO_ORT_MIN_IMAGES = 16  # backend auto: ONNX Runtime from this many files on (its one-off export then pays off)
 _FALLBACK = {"I;16": "L", "LA": "L", "RGBA": "RGB", "P": "RGB", "CMYK": "RGB", "L": "RGB"}
@@ -211,10 +211,14 @@ class StylizeReport:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """fp32 or bf16. "auto" is AUTO_PRECISION (fp32): see benchmarks/inference.py for why bf16 is not the default."""
+    """fp32 or bf16. "auto": bf16 where the device has fast bfloat16, else fp32 (see AUTO_PRECISION)."""
     if precision not in PRECISIONS:
         raise UsageError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
     if precision == "auto":
+        if AUTO_PRECISION == "bf16-where-fast":
+            from .engine import bf16_supported
+
+            return "bf16" if bf16_supported(device) else "fp32"
         return AUTO_PRECISION
     if precision == "bf16":
         from .engine import bf16_supported
@@ -260,8 +264,8 @@ class Stylizer:
     (padded to the generator's multiple and cropped back) and return the same kind. Noise generators
     `sample(n, seed)`. Paths get their EXIF orientation applied; PIL images are used as they are.
 
-    precision: "fp32", "bf16" (autocast) or "auto" (= fp32: bf16 was not reliably faster here and moves
-    pixels by up to a few 8-bit levels). backend: "torch", "onnxruntime" (exported and parity-checked at
+    precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the device has fast bfloat16, about 2x faster
+    on this CPU and a few 8-bit levels off fp32; else fp32). backend: "torch", "onnxruntime" (exported and parity-checked at
     load) or "auto" (PyTorch, switching to ONNX Runtime for batches of AUTO_ORT_MIN_IMAGES files or more).
     """
 
@@ -272,6 +276,7 @@ class Stylizer:
         self.loaded = loaded
         self.device = _device(device)
         self.precision = resolve_precision(precision, self.device)
+        self._auto_precision = precision == "auto"  # ONNX Runtime (fp32) may take over from auto's bf16
         self.module = loaded.module.to(self.device).eval()
         self.name, self.family = loaded.name, loaded.family
         self.size_multiple = int(getattr(self.module, "size_multiple", 1))
@@ -296,7 +301,7 @@ class Stylizer:
         UsageError if `required`, else logs why and keeps PyTorch. Returns whether ONNX Runtime is in use.
         """
         why = None
-        if self.family != "image" or self.device.type != "cpu" or self.precision != "fp32":
+        if self.family != "image" or self.device.type != "cpu" or (self.precision != "fp32" and not self._auto_precision):
             why = "the onnxruntime backend is for image generators in fp32 on the CPU"
         elif getattr(self.module, "export_conditions", ()):
             why = "style- and label-conditioned generators run on PyTorch here (`stylezoo export` covers them)"
@@ -326,7 +331,7 @@ class Stylizer:
                 raise UsageError(f"Cannot use --backend onnxruntime for {self.name}: {why}. Use --backend torch.")
             log.info("stylize runs on PyTorch: %s", why)
             return False
-        self.backend = "onnxruntime"
+        self.backend, self.precision = "onnxruntime", "fp32"
         return True
 
     def _run(self, x: Tensor) -> Tensor:

@@ -266,6 +266,6 @@ def test_export_takes_the_style_as_an_input_and_passes_parity(trained, tmp_path:
     one, other = run(styles[:1], [1.0], 1.0), run(styles[1:], [1.0], 1.0)
     assert one.shape == (1, 3, 40, 48) and np.abs(one - other).mean() > 1e-3  # the style input matters
     np.testing.assert_allclose(run(styles, [1.0, 0.0], 1.0), one, atol=1e-4)  # several styles, mixed by weight
-    st = Stylizer.load(out, device="cpu").set_style([torch.from_numpy(s) for s in styles], [0.3, 0.7], alpha=0.6,
-                                                    size=None)
+    st = Stylizer.load(out, device="cpu", precision="fp32").set_style(  # parity: fp32 on both sides
+        [torch.from_numpy(s) for s in styles], [0.3, 0.7], alpha=0.6, size=None)
     np.testing.assert_allclose(run(styles, [0.3, 0.7], 0.6), st(torch.from_numpy(x)).numpy(), atol=1e-3)

@@ -142,7 +142,9 @@ def test_precision_option(image_run: Path) -> None:
     from stylezoo.core.engine import bf16_supported
 
     x = torch.from_numpy(_rgb(32, 40, 9)).permute(2, 0, 1).float() / 127.5 - 1
-    fp32 = Stylizer.load(image_run, device="cpu", precision="auto")
+    auto = Stylizer.load(image_run, device="cpu", precision="auto")
+    assert auto.precision == ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")  # bf16 where fast
+    fp32 = Stylizer.load(image_run, device="cpu", precision="fp32")
     assert fp32.precision == "fp32"
     with pytest.raises(UsageError, match="precision"):
         Stylizer.load(image_run, device="cpu", precision="fp16")
@@ -167,7 +169,7 @@ def test_batched_equals_one_by_one(image_run: Path, tmp_path: Path) -> None:
 
 
 def test_onnxruntime_backend_matches_torch(image_run: Path, mixed: Path, tmp_path: Path) -> None:
-    torch_st = Stylizer.load(image_run, device="cpu", backend="auto")
+    torch_st = Stylizer.load(image_run, device="cpu", precision="fp32", backend="auto")  # parity: fp32 both sides
     a = torch_st.stylize_files([mixed], tmp_path / "torch", ext="png").written
     assert torch_st.backend == "torch"  # auto: fewer than AUTO_ORT_MIN_IMAGES files stay on PyTorch
     ort_st = Stylizer.load(image_run, device="cpu", backend="onnxruntime")
@@ -272,3 +274,14 @@ def test_encode_falls_back_when_format_cannot_store_mode() -> None:
     assert note and Image.open(io.BytesIO(data)).mode == "L"
     data, note = encode(Image.new("RGB", (4, 4)), "PNG")
     assert note is None and Image.open(io.BytesIO(data)).size == (4, 4)
+
+
+def test_auto_precision_gives_way_to_onnxruntime_fp32_but_explicit_bf16_does_not(image_run: Path) -> None:
+    from stylezoo.core.engine import bf16_supported
+
+    st = Stylizer.load(image_run, device="cpu", backend="auto")  # precision auto
+    assert st.use_onnxruntime(required=False) and (st.backend, st.precision) == ("onnxruntime", "fp32")
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bfloat16 support")
+    with pytest.raises(UsageError, match="fp32"):
+        Stylizer.load(image_run, device="cpu", precision="bf16", backend="onnxruntime")
