@@ -50,13 +50,12 @@ class ReconConfig:
 
 
 class Reconstruction(nn.Module):
-    """Per-pixel distance of the output to its paired target (L1 or squared L2), mean over pixels."""
+    """A distance of the output to its paired target; subclasses say which (`distance`)."""
 
     step: ClassVar[str] = "gen"
     needs: ClassVar[frozenset[str]] = frozenset({"target"})
-    p: ClassVar[int] = 1
 
-    def __init__(self, cfg: ReconConfig) -> None:
+    def __init__(self, cfg: ReconConfig | SSIMConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.weight = cfg.weight
@@ -64,19 +63,27 @@ class Reconstruction(nn.Module):
     def feature_layers(self, extractor: Extractor | None) -> tuple[str, ...]:
         return ()
 
+    def distance(self, fake: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def forward(self, ctx: StepContext) -> Tensor:
         if ctx.target is None:
             raise RuntimeError("this loss needs paired data (--pairs or --input/--target)")
-        diff = ctx.fake.float() - ctx.target.float()
-        return diff.abs().mean() if self.p == 1 else diff.pow(2).mean()
+        return self.distance(ctx.fake.float(), ctx.target.float())
 
 
 class L1(Reconstruction):
-    p = 1
+    """Mean absolute per-pixel difference to the paired target."""
+
+    def distance(self, fake: Tensor, target: Tensor) -> Tensor:
+        return (fake - target).abs().mean()
 
 
 class L2(Reconstruction):
-    p = 2
+    """Mean squared per-pixel difference to the paired target."""
+
+    def distance(self, fake: Tensor, target: Tensor) -> Tensor:
+        return (fake - target).pow(2).mean()
 
 
 @dataclass
@@ -88,29 +95,16 @@ class SSIMConfig:
             raise ValueError(f"weight must be >= 0, got {self.weight}")
 
 
-class SSIMLoss(nn.Module):
+class SSIMLoss(Reconstruction):
     """1 - SSIM between the luminances of output and paired target (torchmetrics' Gaussian-window SSIM,
     the same function `stylezoo eval` scores with). L1 alone matches mean intensities and blurs edges;
     SSIM rewards local contrast and structure, which is what a sketch is made of (Zhao et al. 2017,
     "Loss Functions for Image Restoration with Neural Networks", mix L1 and SSIM for the same reason)."""
 
-    step: ClassVar[str] = "gen"
-    needs: ClassVar[frozenset[str]] = frozenset({"target"})
-
-    def __init__(self, cfg: SSIMConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.weight = cfg.weight
-
-    def feature_layers(self, extractor: Extractor | None) -> tuple[str, ...]:
-        return ()
-
-    def forward(self, ctx: StepContext) -> Tensor:
+    def distance(self, fake: Tensor, target: Tensor) -> Tensor:
         from stylezoo.core.metrics import ssim
 
-        if ctx.target is None:
-            raise RuntimeError("this loss needs paired data (--pairs or --input/--target)")
-        return 1.0 - ssim(ctx.fake.float(), ctx.target.float()).mean()
+        return 1.0 - ssim(fake, target).mean()
 
 
 @hookimpl
