@@ -181,7 +181,7 @@ class Conditioning:
     def sample_rows(self, tr: Trainer) -> list[Tensor]:
         """Reference-guided: content | style | output. Labelled: content, then one output row per label."""
         x = tr._mf(tr.fixed_input)
-        gen = tr.c.gen
+        gen = tr.infer_gen
         gen.eval()
         try:
             with tr.autocast():
@@ -195,4 +195,4 @@ class Conditioning:
                     rows.append(gen(x, label=lab).float().cpu())
                 return rows
         finally:
-            gen.train()
+            tr.c.gen.train()

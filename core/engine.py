@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from .conditioning import Conditioning, with_labels
 from .data import ImageSet, PairSet, _seed, pair_folders
 from . import distributed as D
+from .ema import GeneratorEMA
 from .errors import CheckpointError, CompositionError, ConfigError, DataError, TrainingDiverged
 from .kinds import StepContext
 from .registry import Registry, default_registry
@@ -126,6 +127,7 @@ class Trainer:
         self._check_gen_size()
         self._prepare_data()
         self._place_modules()
+        self.ema = GeneratorEMA(c.gen, self.t.ema) if self.t.ema > 0 else None
         self.cond = Conditioning(self)  # style batches or labels for conditional generators
         self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=self.t.lr, betas=tuple(self.t.betas))
         self.opt_d = (torch.optim.Adam(c.disc.parameters(), lr=self.t.lr_d or self.t.lr, betas=tuple(self.t.betas))
@@ -396,6 +398,8 @@ class Trainer:
         ok = self._backward("generator", loss_g, parts_g, c.gen, logs)
         if ok:
             self.opt_g.step()
+            if self.ema is not None:
+                self.ema.update()
         logs.update({f"g/{k}": v for k, v in parts_g.items()})
         logs["g/loss"] = loss_g
         self._count_bad()
@@ -466,11 +470,17 @@ class Trainer:
             )
 
     # -- samples, checkpoints ------------------------------------------------------------------------------
+    @property
+    def infer_gen(self) -> nn.Module:
+        """The generator that samples and evaluation use: the weight average when `train.ema` is on."""
+        return self.ema.module if self.ema is not None else self.c.gen
+
     @torch.no_grad()
     def samples(self) -> Tensor:
-        self.c.gen.eval()
+        gen = self.infer_gen
+        gen.eval()
         with self.autocast():
-            out = self.c.gen(self._mf(self.fixed_input) if self.family == IMAGE else self.fixed_input.to(self.device))
+            out = gen(self._mf(self.fixed_input) if self.family == IMAGE else self.fixed_input.to(self.device))
         self.c.gen.train()
         return out.float().cpu()
 
@@ -495,7 +505,8 @@ class Trainer:
 
             versions[d] = _dist_version(d) or "unknown"
         plugins = {n: e.dist for n in self.names() if (e := self.reg.get(n)).dist}  # which package to install
-        return {"run": self.rc.to_dict(), "configs": self.c.configs, "step": self.step, "family": self.family,
+        ema = {"ema": {"decay": self.ema.decay, "updates": self.ema.updates}} if self.ema is not None else {}
+        return ema | {"run": self.rc.to_dict(), "configs": self.c.configs, "step": self.step, "family": self.family,
                 "composition": {r: getattr(self.rc, r) for r in ROLES} | {"losses": list(self.rc.losses)},
                 "versions": versions, "plugins": plugins}
 
@@ -504,6 +515,8 @@ class Trainer:
 
     def state_tensors(self) -> dict[str, Tensor]:
         t = ckpt.prefixed("gen", self.c.gen.state_dict())
+        if self.ema is not None:
+            t |= ckpt.prefixed("ema", self.ema.state_dict())
         if self.c.disc is not None:
             t |= ckpt.prefixed("disc", self.c.disc.state_dict())
         og, og_info = ckpt.optimizer_state(self.opt_g)
@@ -528,6 +541,9 @@ class Trainer:
         optim = meta.get("optim", {})
         # check every part before loading any, so a mismatch never leaves the run half-loaded
         parts = [("gen", self.c.gen, "generator"), ("disc", self.c.disc, "discriminator")]
+        has_ema = any(k.startswith("ema.") for k in tensors)
+        if self.ema is not None and has_ema:
+            parts.append(("ema", self.ema.module, "generator weight average (ema)"))
         for key, module, what in parts:
             if module is not None:
                 ckpt.check_module_state(module, ckpt.section(tensors, key), what)
@@ -536,6 +552,9 @@ class Trainer:
             ckpt.check_optimizer_state(opt, ckpt.section(tensors, key), optim.get(key, {}))
         owners = {k for k, m, _ in parts if m is not None} | {k for k, _ in opts}
         stray = sorted(k for k in tensors if k.split(".", 1)[0] not in owners)
+        if has_ema and self.ema is None and all(k.startswith("ema.") for k in stray):
+            raise CheckpointError(f"{path} holds a generator weight average (ema.*) but this run has train.ema = 0: "
+                                  "resume without overriding train.ema, or --set train.ema=DECAY; nothing was loaded.")
         if stray:
             raise CheckpointError(f"{path} holds {len(stray)} tensors this run has no place for (e.g. {stray[0]}). "
                                   "The file was edited or belongs to another composition; nothing was loaded.")
@@ -545,6 +564,12 @@ class Trainer:
         for key, opt in opts:
             ckpt.load_optimizer_state(opt, ckpt.section(tensors, key), optim.get(key, {}))
         self.step = int(meta["step"])
+        if self.ema is not None:
+            if has_ema:
+                self.ema.updates = int(meta.get("ema", {}).get("updates", self.step))
+            else:  # train.ema switched on at resume: the average starts from the loaded weights
+                log.info("%s has no weight average; train.ema starts one from its generator", path.name)
+                self.ema = GeneratorEMA(self.c.gen, self.t.ema)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> Path:

@@ -204,7 +204,8 @@ def run_dir_of(path: Path) -> Path | None:
 
 def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: str | None = None,
                         reference: str | None = None, data: str | None = None, size: int = 256, num: int = 64,
-                        device: str = "cpu", registry: Registry | None = None, seed: int = 0) -> EvalResult:
+                        device: str = "cpu", registry: Registry | None = None, seed: int = 0,
+                        ema: bool = True) -> EvalResult:
     """Evaluate the generator of a checkpoint (or a run's newest one) on `content` (restyled, centre-cropped
     to `size`), against `style` (Gram), `data` (the real side of FID/KID; default: the style images) and
     `reference` (paired, by file stem). Sets not given come from the run's config: then they are training
@@ -215,7 +216,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     if size < 16:
         raise UsageError(f"--size must be at least 16, got {size}.")
     reg = registry or default_registry()
-    g = load_generator(spec, device=device, registry=reg)
+    g = load_generator(spec, device=device, registry=reg, ema=ema)
     run_data = DataConfig(**{k: v for k, v in g.meta.get("run", {}).get("data", {}).items()
                              if k in DataConfig.__dataclass_fields__})
     d = run_data.resolved()
@@ -236,7 +237,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
         notes.append(f"style from the run's config ({style})")
     if g.family == "noise" and data is None:
         data = d.data or d.content or None
-    inputs = {"size": size, "content": content, "style": style, "reference": reference, "data": data}
+    inputs = {"size": size, "content": content, "style": style, "reference": reference, "data": data,
+              "weights": "ema" if g.averaged else "raw"}
     missing: list[str] = []
     if g.family == "image":
         if not content:
@@ -317,7 +319,7 @@ class RunEval:
         """Score the generator now; save `best.safetensors` when `eval_metric` improved. Returns eval/ logs."""
         from .images import save_grid
 
-        outputs = generate(tr.c.gen, self.inputs, device=tr.device)
+        outputs = generate(tr.infer_gen, self.inputs, device=tr.device)
         m = self.evaluator.score(outputs, content=self.inputs if self.image else None, reference=self.reference)
         save_grid([self.inputs, outputs] if self.image else [outputs], tr.out / "samples" / "eval.png")
         value = m.get(self.metric)

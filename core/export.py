@@ -441,7 +441,7 @@ def _versions() -> dict[str, str]:
 
 
 def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, tolerance: float | None = None,
-           registry: Registry | None = None, opset: int = OPSET) -> ParityReport:
+           registry: Registry | None = None, opset: int = OPSET, ema: bool = True) -> ParityReport:
     """Export a checkpoint's generator and check parity; the file appears at `out` only if the check passes.
 
     Raises ParityError (the previous file at `out`, if any, is left untouched) when the difference is not
@@ -457,7 +457,7 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
         raise UsageError(f"--tolerance must be > 0, got {tolerance}.")
     if fmt == "onnx" and opset < 17:
         raise UsageError(f"opset {opset} is too old: use 17 or newer.")
-    loaded = load_generator(checkpoint, device="cpu", registry=registry)
+    loaded = load_generator(checkpoint, device="cpu", registry=registry, ema=ema)
     module = loaded.module.eval().float()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)

@@ -37,6 +37,7 @@ class LoadedGenerator:
     family: str
     meta: dict[str, Any]
     path: Path
+    averaged: bool = False  # the weights are the checkpoint's moving average (train.ema), not the raw ones
 
 
 def checkpoint_path(spec: str | Path) -> Path:
@@ -50,8 +51,12 @@ def checkpoint_path(spec: str | Path) -> Path:
 
 
 def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
-                   registry: Registry | None = None) -> LoadedGenerator:
-    """Rebuild and load the generator of a checkpoint (file or run dir) in eval mode."""
+                   registry: Registry | None = None, ema: bool = True) -> LoadedGenerator:
+    """Rebuild and load the generator of a checkpoint (file or run dir) in eval mode.
+
+    A run trained with `train.ema` saves its generator's weight average too; `ema=True` loads that
+    average (what the run's samples showed), `ema=False` the raw trained weights.
+    """
     reg = registry or default_registry()
     path = checkpoint_path(spec)
     tensors, meta = ckpt.load(path, device=device)
@@ -76,10 +81,17 @@ def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
         config = build_config(entry.config, cfg, owner=name)
     except ConfigError as e:
         raise CheckpointError(f"{path}: the generator config it holds is not valid here ({e}).") from None
-    module = ckpt.build_checked(entry.factory, config, ckpt.section(tensors, "gen"), "generator")
+    averaged = ema and any(k.startswith("ema.") for k in tensors)
+    try:
+        module = ckpt.build_checked(entry.factory, config, ckpt.section(tensors, "ema" if averaged else "gen"),
+                                    "generator weight average (ema)" if averaged else "generator")
+    except CheckpointError as e:
+        if not averaged:
+            raise
+        raise CheckpointError(f"{e} The raw trained weights may still load: --no-ema (Python: ema=False).") from None
     module.to(device).eval()
     family = getattr(module, "family", meta.get("family", "image"))
-    return LoadedGenerator(module, name, family, meta, path)
+    return LoadedGenerator(module, name, family, meta, path, averaged)
 
 
 def _dist_of(meta: dict[str, Any], name: str) -> str | None:
@@ -289,9 +301,11 @@ class Stylizer:
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str | torch.device = "auto", precision: str = "auto", *,
-             backend: str = "auto", registry: Registry | None = None) -> Stylizer:
-        """Load a checkpoint file or a run directory's newest checkpoint; no other settings needed."""
-        return cls(load_generator(checkpoint, device="cpu", registry=registry), device=device, precision=precision,
+             backend: str = "auto", registry: Registry | None = None, ema: bool = True) -> Stylizer:
+        """Load a checkpoint file or a run directory's newest checkpoint; no other settings needed.
+
+        `ema`: use the generator's weight average when the run kept one (train.ema), else the raw weights."""
+        return cls(load_generator(checkpoint, device="cpu", registry=registry, ema=ema), device=device, precision=precision,
                    backend=backend)
 
     def use_onnxruntime(self, *, required: bool = True) -> bool:

@@ -16,6 +16,7 @@ def export_cmd(
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="onnx or torchscript (default: from -o's suffix, else onnx).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The exported file (default: beside the checkpoint).")] = None,
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Largest accepted max abs difference vs PyTorch ([-1, 1] units); default 1e-4, or 4x the model's own fp32 error if larger.")] = None,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
 ) -> None:
     """Export the generator with dynamic batch (and height/width) and check it against PyTorch on real images.
 
@@ -30,7 +31,7 @@ def export_cmd(
         src = checkpoint_path(checkpoint)
         out = src.with_suffix(".onnx" if kind == "onnx" else ".torchscript")
     fmt = format_of(out, fmt)
-    report = export(checkpoint, fmt, out, tolerance=tolerance)
+    report = export(checkpoint, fmt, out, tolerance=tolerance, ema=ema)
     table = Table(title=f"{escape(report.generator)} -> {fmt}: parity with PyTorch")
     for col in ("input", "max abs diff", "mean abs diff"):
         table.add_column(col, justify="right")

@@ -31,6 +31,7 @@ def stylize_cmd(
     alpha: Annotated[Optional[float], typer.Option("--alpha", help="Style strength with --style: 0 = content, 1 = full style.")] = None,
     style_size: Annotated[int, typer.Option("--style-size", help="Reduce --style images' shorter side to this first.")] = 512,
     style_label: Annotated[Optional[list[str]], typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated to mix.")] = None,
+    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
 ) -> None:
     """Restyle images with a trained generator; its composition comes from the checkpoint, no flags needed.
 
@@ -45,7 +46,7 @@ def stylize_cmd(
 
     if size is not None and size < 1:
         raise UsageError(f"--size must be >= 1, got {size}.")
-    st = Stylizer.load(checkpoint, device=device, precision=precision, backend=backend)
+    st = Stylizer.load(checkpoint, device=device, precision=precision, backend=backend, ema=ema)
     if st.family == "noise":
         if inputs:
             raise UsageError(f"{st.name} makes images from noise and takes no inputs; use --num N and --seed S.")
