@@ -5,7 +5,8 @@
                                            [--out bench-results/inference.json]
 
 Batch 1, a real photo (data/samples/content/astronaut.jpg) centre-cropped to each size. Paths: eager fp32
-(no_grad), torch.inference_mode, channels_last, bfloat16 autocast (with and without channels_last),
+(no_grad), torch.inference_mode, channels_last, bfloat16 autocast (with and without channels_last), bfloat16
+weights (the module cast to bfloat16, bfloat16 input),
 torch.compile (its compile time reported separately), ONNX Runtime (export time reported), and what
 `stylezoo stylize` does by default (Stylizer: PyTorch at precision auto, bf16 where fast, for a few images; ONNX Runtime fp32 for 16+ files,
 whose one-off export and parity check is reported as "stylezoo onnxruntime load s"). Calls are interleaved round-robin so the
@@ -67,8 +68,14 @@ def _paths(model: nn.Module, compile_: bool, onnx_file: Path) -> tuple[dict[str,
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
             return cl(x.contiguous(memory_format=torch.channels_last)).float().contiguous()
 
+    low = copy.deepcopy(model).to(torch.bfloat16)
+
+    def bf16_weights(x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return low(x.to(torch.bfloat16)).float()
+
     paths: dict[str, Fn] = {"eager fp32": eager, "inference_mode": inference, "channels_last": channels_last,
-                            "bf16 autocast": bf16, "bf16 + channels_last": bf16_cl}
+                            "bf16 autocast": bf16, "bf16 + channels_last": bf16_cl, "bf16 weights": bf16_weights}
     if compile_:
         compiled = torch.compile(copy.deepcopy(model), dynamic=False)
 

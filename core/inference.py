@@ -7,6 +7,7 @@ and `Stylizer.write_samples`, so both give identical pixels.
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -105,9 +106,9 @@ GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 GREY8 = frozenset({"L", "1", "F"})
 PRECISIONS = ("fp32", "bf16", "auto")
 # What "auto" means. benchmarks/inference.py on this 2-core AVX512-BF16 CPU, idle (make bench, batch 1, 512 px):
-# bf16 autocast took 0.55x the time of fp32 eager for gen/encdec (166 vs 303 ms) and 0.48x for gen/unet
-# (100 vs 209 ms), and moves pixels by about 0.7 mean / 7 max 8-bit levels: the precision the default recipes
-# train in. So auto = bf16 where the device has fast bfloat16, else fp32. Folders of AUTO_ORT_MIN_IMAGES+ files
+# bf16 (bfloat16 weights for unconditional image generators, autocast for the others: Stylizer._bf16_module)
+# takes 0.43-0.65x the time of fp32 eager and moves pixels by about 0.8 mean / 8 max 8-bit levels: the
+# precision the default recipes train in. So auto = bf16 where the device has fast bfloat16, else fp32. Folders of AUTO_ORT_MIN_IMAGES+ files
 # (backend auto) and --backend onnxruntime run ONNX Runtime in fp32 (max difference 1 level from PyTorch fp32).
 AUTO_PRECISION = "bf16-where-fast"
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -296,6 +297,7 @@ class Stylizer:
         self.requested_backend, self.backend = backend, "torch"
         self._session: Any = None
         self._cond: dict[str, Any] = {}  # style statistics / label weights for conditional generators
+        self._bf16: nn.Module | None = None  # a bfloat16 copy of the module (see _bf16_module)
         if backend == "onnxruntime":
             self.use_onnxruntime(required=True)
 
@@ -354,9 +356,29 @@ class Stylizer:
             return torch.from_numpy(self._session.run(None, {name: x.detach().float().cpu().numpy()})[0])
         x = x.to(self.device, torch.float32)
         bf16 = self.precision == "bf16"
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
-            y = self.module(x, **self._cond).float()
+        low = self._bf16_module() if bf16 else None
+        with torch.inference_mode():
+            if low is not None:
+                y = low(x.to(torch.bfloat16)).float()
+            else:
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+                    y = self.module(x, **self._cond).float()
         return y.clone()  # a normal tensor, usable outside inference mode
+
+    def _bf16_module(self) -> nn.Module | None:
+        """bf16 for unconditional image generators: a copy with bfloat16 weights, run on bfloat16 inputs.
+
+        Autocast re-casts every weight and moves each normalisation layer's activations through float32 at
+        every call; the bfloat16 copy does neither. benchmarks/inference.py, 512 px, idle 2-core AVX512-BF16
+        CPU: gen/encdec 0.43x the time of eager fp32 vs 0.65x with autocast, gen/unet 0.46x vs 0.49x, with
+        the same error (about 0.8 mean / 8 max 8-bit levels). Conditional generators (style statistics,
+        label mixing) keep autocast, which computes those in float32.
+        """
+        if self.family != "image" or self.takes_style or hasattr(self.module, "num_labels"):
+            return None
+        if self._bf16 is None:
+            self._bf16 = copy.deepcopy(self.module).to(torch.bfloat16).eval()
+        return self._bf16
 
     # -- conditions: reference styles (gen/adain) and style labels (gen/cin) ------------------------------------
     @property

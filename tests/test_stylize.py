@@ -150,9 +150,27 @@ def test_precision_option(image_run: Path) -> None:
         Stylizer.load(image_run, device="cpu", precision="fp16")
     if not bf16_supported(torch.device("cpu")):
         pytest.skip("this CPU has no bfloat16 support")
-    y16 = Stylizer.load(image_run, device="cpu", precision="bf16")(x)
+    st16 = Stylizer.load(image_run, device="cpu", precision="bf16")
+    y16 = st16(x)
     y32 = fp32(x)
     assert y16.dtype == torch.float32 and 0 < (y16 - y32).abs().mean() < 0.02  # bf16 ran, and stays close
+    # an unconditional image generator runs as a bfloat16 copy; the loaded fp32 module is left as it was
+    low = st16._bf16_module()
+    assert low is not None and all(p.dtype == torch.bfloat16 for p in low.parameters())
+    assert all(p.dtype == torch.float32 for p in st16.module.parameters())
+    with torch.inference_mode():
+        direct = low(x[None].to(torch.bfloat16)).float()[0]
+    torch.testing.assert_close(y16, direct)  # stylize's bf16 path is that copy
+
+
+def test_conditional_generators_keep_autocast_under_bf16(reg: Registry) -> None:
+    from stylezoo.core.inference import LoadedGenerator
+
+    for name in ("gen/adain", "gen/cin"):
+        g = reg.build(name, {"channels": 8} if name == "gen/cin" else {"weights": "random"})
+        st = Stylizer(LoadedGenerator(g.eval(), name, "image", {}, Path("-")), device="cpu", precision="fp32")
+        st.precision = "bf16"
+        assert st._bf16_module() is None, name  # style statistics / label mixing stay in float32 under autocast
 
 
 def test_batched_equals_one_by_one(image_run: Path, tmp_path: Path) -> None:
