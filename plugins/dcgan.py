@@ -7,9 +7,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
 from stylezoo.core.hookspecs import hookimpl
+from stylezoo.core.layers import Conv2d, ConvTranspose2d
 
 GEN_SIZES = (32, 64, 128, 256)
 DISC_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -80,13 +82,13 @@ class DCGANGenerator(nn.Module):
         n_hidden = _log2(cfg.size) - 2  # hidden maps at 4, 8, ..., size/2
         widths = _widths(n_hidden, cfg.channels, cfg.max_channels)[::-1]  # deepest first
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(cfg.latent_dim, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
+            ConvTranspose2d(cfg.latent_dim, widths[0], 4, 1, 0, bias=False),  # 1x1 -> 4x4
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         ]
         for w_in, w_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(widths[-1], cfg.out_channels, 4, 2, 1), nn.Tanh()]
+            layers += [ConvTranspose2d(w_in, w_out, 4, 2, 1, bias=False), nn.BatchNorm2d(w_out), nn.ReLU(True)]
+        layers += [ConvTranspose2d(widths[-1], cfg.out_channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 
@@ -147,7 +149,7 @@ class DCGANDiscriminator(nn.Module):
         w_prev = cfg.in_channels + cfg.cond_channels
         for i, w in enumerate(widths):
             norm = i > 0 and not cfg.spectral_norm
-            layers.append(nn.Conv2d(w_prev, w, 4, 2, 1, bias=not norm))
+            layers.append(Conv2d(w_prev, w, 4, 2, 1, bias=not norm))
             if norm:
                 layers.append(nn.InstanceNorm2d(w, affine=True))
             layers.append(nn.LeakyReLU(0.2, inplace=True))

@@ -8,7 +8,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+
 from stylezoo.core.hookspecs import hookimpl
+from stylezoo.core.layers import Conv2d, ConvTranspose2d
 
 NORMS = ("instance", "batch")
 MAX_DEPTH = 8
@@ -77,10 +79,10 @@ class UNetGenerator(nn.Module):
         def norm(c: int) -> nn.Module:
             return nn.BatchNorm2d(c) if batch else nn.InstanceNorm2d(c, affine=True)
 
-        self.down = nn.ModuleList([nn.Conv2d(cfg.in_channels, widths[0], 4, 2, 1)])
+        self.down = nn.ModuleList([Conv2d(cfg.in_channels, widths[0], 4, 2, 1)])
         for i in range(1, depth):
             inner = i == depth - 1
-            layers: list[nn.Module] = [nn.LeakyReLU(0.2), nn.Conv2d(widths[i - 1], widths[i], 4, 2, 1, bias=inner)]
+            layers: list[nn.Module] = [nn.LeakyReLU(0.2), Conv2d(widths[i - 1], widths[i], 4, 2, 1, bias=inner)]
             if not inner:
                 layers.append(norm(widths[i]))
             self.down.append(nn.Sequential(*layers))
@@ -89,9 +91,9 @@ class UNetGenerator(nn.Module):
         for j in range(depth):
             c_in = widths[j] if j == depth - 1 else 2 * widths[j]  # all but the innermost see a skip concat
             if j == 0:
-                self.up.append(nn.Sequential(nn.ReLU(), nn.ConvTranspose2d(c_in, cfg.out_channels, 4, 2, 1), nn.Tanh()))
+                self.up.append(nn.Sequential(nn.ReLU(), ConvTranspose2d(c_in, cfg.out_channels, 4, 2, 1), nn.Tanh()))
                 continue
-            layers = [nn.ReLU(), nn.ConvTranspose2d(c_in, widths[j - 1], 4, 2, 1, bias=False), norm(widths[j - 1])]
+            layers = [nn.ReLU(), ConvTranspose2d(c_in, widths[j - 1], 4, 2, 1, bias=False), norm(widths[j - 1])]
             if cfg.dropout > 0 and depth - 4 <= j <= depth - 2:
                 layers.append(nn.Dropout(cfg.dropout))
             self.up.append(nn.Sequential(*layers))

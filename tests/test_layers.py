@@ -1,0 +1,98 @@
+"""core/layers.py: the bfloat16 matrix-product path for tiny feature maps matches the stock layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stylezoo.core import layers as L
+
+
+def _pair(cls: type, stock: type, *args: object, **kw: object) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    ours = cls(*args, **kw)
+    ref = stock(*args, **kw)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def _run(m: nn.Module, x: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    m.zero_grad()
+    with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        y = m(x)
+    (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return y.float(), x.grad, m.weight.grad.clone()
+
+
+CASES = [
+    (L.Conv2d, nn.Conv2d, (32, 48, 4, 2, 1), {}, (3, 32, 4, 4)),  # 4x4 -> 2x2: 4 positions, the fast path
+    (L.Conv2d, nn.Conv2d, (32, 48, 4, 2, 1), {"bias": False}, (2, 32, 2, 2)),  # 2x2 -> 1x1
+    (L.Conv2d, nn.Conv2d, (16, 8, 3, 1, 1), {}, (2, 16, 1, 3)),  # non-square, stride 1
+    (L.ConvTranspose2d, nn.ConvTranspose2d, (32, 24, 4, 2, 1), {}, (3, 32, 4, 4)),  # 4x4 -> 8x8
+    (L.ConvTranspose2d, nn.ConvTranspose2d, (16, 8, 4, 1, 0), {"bias": False}, (2, 16, 1, 1)),  # DCGAN's 1x1 -> 4x4
+]
+
+
+@pytest.mark.parametrize("cls,stock,args,kw,shape", CASES)
+def test_fast_path_matches_the_stock_layer_under_bf16(cls: type, stock: type, args: tuple, kw: dict,
+                                                      shape: tuple[int, ...]) -> None:
+    ours, ref = _pair(cls, stock, *args, **kw)
+    x = torch.randn(shape)
+    y, gx, gw = _run(ours, x, bf16=True)
+    y_ref, gx_ref, gw_ref = _run(ref, x, bf16=True)
+    assert y.shape == y_ref.shape
+    scale = y_ref.abs().max()
+    assert (y - y_ref).abs().max() <= 0.02 * scale  # bfloat16 rounding, not a different function
+    assert (gx - gx_ref).abs().max() <= 0.03 * gx_ref.abs().max()
+    assert (gw - gw_ref).abs().max() <= 0.03 * gw_ref.abs().max()
+
+
+@pytest.mark.parametrize("cls,stock,args,kw,shape", CASES)
+def test_float32_is_exactly_the_stock_layer(cls: type, stock: type, args: tuple, kw: dict,
+                                            shape: tuple[int, ...]) -> None:
+    ours, ref = _pair(cls, stock, *args, **kw)
+    x = torch.randn(shape)
+    for a, b in zip(_run(ours, x, bf16=False), _run(ref, x, bf16=False)):
+        assert torch.equal(a, b)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+
+
+def test_fast_path_is_taken_only_for_few_positions(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    unfold = F.unfold
+
+    def counting(*a: object, **k: object) -> torch.Tensor:
+        calls.append(1)
+        return unfold(*a, **k)
+
+    monkeypatch.setattr(L.F, "unfold", counting)
+    conv = L.Conv2d(8, 8, 4, 2, 1)
+    with torch.autocast("cpu", torch.bfloat16):
+        conv(torch.randn(1, 8, 4, 4))  # 4 output positions: matrix product
+        assert len(calls) == 1
+        conv(torch.randn(1, 8, 8, 8))  # 16: the stock convolution
+        assert len(calls) == 1
+    conv(torch.randn(1, 8, 4, 4))  # float32: stock
+    assert len(calls) == 1
+    folds: list[int] = []
+    fold = F.fold
+    monkeypatch.setattr(L.F, "fold", lambda *a, **k: folds.append(1) or fold(*a, **k))
+    up = L.ConvTranspose2d(8, 8, 4, 2, 1)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert up(torch.randn(1, 8, 4, 4)).shape == (1, 8, 8, 8) and len(folds) == 1  # 16 inputs: matrix product
+        up(torch.randn(1, 8, 8, 8))  # 64: stock
+    assert len(folds) == 1
+
+
+def test_double_backward_works_for_gradient_penalties() -> None:
+    conv = L.Conv2d(8, 4, 4, 2, 1)
+    x = torch.randn(2, 8, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = conv(x)
+    (g,) = torch.autograd.grad(y.float().sum(), x, create_graph=True)
+    g.float().pow(2).sum().backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    assert conv.weight.grad.abs().sum() > 0
