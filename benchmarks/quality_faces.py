@@ -224,7 +224,7 @@ def run_recipe(name: str, args: argparse.Namespace, train_files: list[Path], tes
     style_spec = d.style
     style = style_images(style_spec, rc.train.style_size or min(2 * size, 512))
     real = load_faces(test_files, size)
-    gen = trainer.c.gen
+    gen = trainer.infer_gen  # what stylize loads: the weight average when the recipe keeps one
     if family == "image":
         outputs = generate(gen, real, device=device)
         ev = Evaluator(style=style, domain=domain_images(style_spec, size, real.shape[0]), device=device, registry=reg)
