@@ -1,16 +1,18 @@
 """Convolutions with a bfloat16 CPU fast path for tiny feature maps, shared by the built-in plugins.
 
 On this 2-core AVX512-BF16 CPU, oneDNN runs the innermost layers of a U-Net or DCGAN badly under bfloat16
-autocast: few output positions (2x2, 4x4) and many channels. Done as one matrix product over unfolded
-patches instead, the same layers took (forward plus backward, batch 4, kernel 4, stride 2, medians of 15
-calls on an idle machine):
+autocast: few output positions (2x2, 4x4) and many channels. As one matrix product over unfolded patches,
+the same layers take (`python -m stylezoo.benchmarks.small_convs`: forward plus backward, batch 4, kernel
+4, stride 2, medians of 15 interleaved calls, idle machine; stock bf16 -> matrix product, in ms):
 
-    Conv2d 512->512, 4x4 -> 2x2:           21.2 ms as a convolution, 3.8 ms as a matrix product
-    Conv2d 256->512, 8x8 -> 4x4:            5.5 ms, 2.9 ms
-    Conv2d 128->256, 16x16 -> 8x8:          2.5 ms, 3.0 ms   (no gain from 64 output positions on)
-    ConvTranspose2d 512->512, 2x2 -> 4x4:   9.3 ms, 4.3 ms
-    ConvTranspose2d 1024->256, 4x4 -> 8x8: 10.6 ms, 5.1 ms
-    ConvTranspose2d 512->128, 8x8 -> 16x16: 4.0 ms, 4.1 ms
+    Conv2d 512->512, 4x4 -> 2x2:            15.7 -> 4.8
+    Conv2d 512->512, 2x2 -> 1x1:            15.4 -> 11.9
+    ConvTranspose2d 512->512, 2x2 -> 4x4:    9.5 -> 4.8
+    ConvTranspose2d 1024->256, 4x4 -> 8x8:  10.8 -> 6.3
+
+With --all-matmul, the next sizes up: Conv2d 256->512, 8x8 -> 4x4 5.2 -> 3.6 (a gain alone, not in whole
+steps, below); Conv2d 128->256, 16x16 -> 8x8 2.1 -> 3.1 and ConvTranspose2d 512->128, 8x8 -> 16x16
+4.3 -> 4.5 (losses). Timings this small vary by up to 2x between runs; the ordering held.
 
 Whole training steps decided the thresholds (engine, bf16, the layers switched inside one process, medians
 of 6 interleaved steps): U-Net + VGG16 at 64 px 143 -> 125 ms, at 128 px 408 -> 375 ms; the DCGAN recipe
