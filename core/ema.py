@@ -23,7 +23,9 @@ def ema_decay(decay: float, updates: int) -> float:
 
 
 class GeneratorEMA:
-    """A frozen copy of `gen` whose trainable parameters follow an exponential moving average of gen's."""
+    """A frozen copy of `gen` whose trainable parameters follow an exponential moving average of gen's.
+
+    Frozen parameters are the generator's own tensors (no second copy of a pretrained encoder)."""
 
     def __init__(self, gen: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
@@ -41,10 +43,14 @@ class GeneratorEMA:
         names = [n for n, p in src.items() if p.requires_grad]
         self._avg: list[Tensor] = [own[n] for n in names]
         self._src: list[Tensor] = [src[n] for n in names]
-        # frozen parameters and buffers (norm statistics, default styles) are copied, not averaged
-        self._copy = [(own[n], p) for n, p in src.items() if not p.requires_grad]
+        # frozen parameters (a pretrained encoder inside the generator) are shared, not copied or averaged
+        for n, p in src.items():
+            if not p.requires_grad:
+                owner, _, leaf = n.rpartition(".")
+                setattr(self.module.get_submodule(owner), leaf, p)
+        # buffers (norm statistics, default styles) follow the generator's
         bufs = dict(self.module.named_buffers())
-        self._copy += [(bufs[n], b) for n, b in gen.named_buffers() if n in bufs]
+        self._copy = [(bufs[n], b) for n, b in gen.named_buffers() if n in bufs]
 
     @torch.no_grad()
     def update(self) -> None:

@@ -269,3 +269,16 @@ def test_export_takes_the_style_as_an_input_and_passes_parity(trained, tmp_path:
     st = Stylizer.load(out, device="cpu", precision="fp32").set_style(  # parity: fp32 on both sides
         [torch.from_numpy(s) for s in styles], [0.3, 0.7], alpha=0.6, size=None)
     np.testing.assert_allclose(run(styles, [0.3, 0.7], 0.6), st(torch.from_numpy(x)).numpy(), atol=1e-3)
+
+
+def test_weight_average_shares_the_frozen_encoder_and_keeps_the_default_style(reg: Registry, tmp_path: Path) -> None:
+    need_vgg()
+    tr = Trainer(adain_run(reg, train={**TINY, "steps": 2, "ema": 0.9}), tmp_path, registry=reg)
+    tr.fit()
+    assert tr.ema is not None
+    enc = {n: p for n, p in tr.c.gen.named_parameters() if n.startswith("encoder.")}
+    avg = dict(tr.ema.module.named_parameters())
+    assert enc and all(avg[n] is p for n, p in enc.items())  # one copy of the pretrained encoder
+    assert tr.ema.module.has_default_style()  # buffers follow the trained generator
+    st = Stylizer.load(tmp_path, device="cpu", registry=reg)
+    assert st.loaded.averaged and st.module.has_default_style()

@@ -47,6 +47,7 @@ def test_update_is_a_ramped_exponential_average_and_copies_buffers() -> None:
     assert d == pytest.approx(2 / 11)  # the ramp: (1 + n) / (10 + n) while below the decay
     torch.testing.assert_close(ema.module[0].weight, d * w0 + (1 - d) * gen[0].weight.detach())
     torch.testing.assert_close(ema.module[0].bias, gen[0].bias.detach())
+    assert ema.module[0].bias is gen[0].bias  # shared, not a second copy
     torch.testing.assert_close(ema.module[1].running_mean, torch.full((2,), 3.0))
     assert ema_decay(0.9, 1000) == 0.9
     assert not any(p.requires_grad for p in ema.module.parameters())
