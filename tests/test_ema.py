@@ -140,3 +140,11 @@ def test_resuming_an_averaged_run_with_ema_off_is_refused(reg: Registry, tmp_pat
     train(image_rc(reg, ema=0.9, steps=2), out=tmp_path, registry=reg)
     with pytest.raises(CheckpointError, match="train.ema"):
         Trainer(image_rc(reg), tmp_path / "again", registry=reg, resume_from=tmp_path / "last.safetensors")
+
+
+def test_cli_dry_run_names_the_weight_average(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["run", "--gen", "encdec", "--disc", "patch", "--feat", "none", "--loss", "tv",
+                                 "--size", "32", "--batch", "2", "--set", "gen.channels=8", "--set", "train.ema=0.99",
+                                 "--dry-run"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "weight average (ema 0.99)" in r.output

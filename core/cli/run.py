@@ -151,6 +151,8 @@ def _dry_run(rc: Any) -> None:
         note = ""
         if role == "gen":
             note = f"in {tuple(gin.shape)} -> out {tuple(fake.shape)}"
+            if tr.ema is not None:
+                note += f"; weight average (ema {tr.t.ema:g}) for samples and stylize"
         if role == "feat":
             note = f"weights {getattr(m, 'weights', '?')}; layers {', '.join(sorted(set(sum(tr.layers.values(), ()))))}"
         table.add_row(role, getattr(rc, role), f"{n:,}", note)
