@@ -41,8 +41,7 @@ class TrainConfig:
     seed: int = 0  # everything random derives from (seed, step)
     # bf16 = bfloat16 autocast; auto = bf16 where the device has fast bfloat16 (CPUs with avx512_bf16/AMX,
     # CUDA GPUs from Ampere on), else fp32. Measured here: 1.4-2x the steps/s at the same losses and samples
-    # (benchmarks/speed.py). Loss terms and gradient penalties compute in float32 inside (the Gram loss's
-    # matrix product excepted: bfloat16 with float32 accumulation, see plugins/perceptual.py gram).
+    # (benchmarks/speed.py). Loss terms and gradient penalties compute in float32 inside.
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     # memory format for convolutions: true, false, or "auto" = the faster one measured per device
     # (benchmarks/speed.py --ablation): channels_last on CUDA, contiguous on CPU

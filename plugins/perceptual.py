@@ -42,18 +42,10 @@ def _fp32(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def gram(f: Tensor, exact: bool = True) -> Tensor:
-    """Per-sample Gram matrices f f^T / (c*h*w) of features (N, C, H, W) -> (N, C, C), in float32.
-
-    `exact=False` with bfloat16 features (the engine's bf16 mode) multiplies in bfloat16 (float32
-    accumulation, the product rounded to bfloat16: about 0.4% relative): the training loss's choice,
-    9% of the DCGAN recipe's step at 64 px. Targets and metrics stay exact.
-    """
+def gram(f: Tensor) -> Tensor:
+    """Per-sample Gram matrices f f^T / (c*h*w) of features (N, C, H, W) -> (N, C, C), in float32."""
     with _fp32(f.device):
         n, c, h, w = f.shape
-        if not exact and f.dtype == torch.bfloat16:
-            x = f.reshape(n, c, h * w)
-            return torch.bmm(x, x.transpose(1, 2)).float() / (c * h * w)
         x = f.float().reshape(n, c, h * w)
         return torch.bmm(x, x.transpose(1, 2)) / (c * h * w)
 
@@ -208,7 +200,6 @@ class GramStyle(_FeatureTerm):
     """
 
     needs: ClassVar[frozenset[str]] = frozenset({"feats_fake", "style"})
-    exact: ClassVar[bool] = False  # False: bfloat16 features' Grams multiply in bfloat16 (see gram)
 
     def feature_layers(self, extractor: Extractor | None) -> tuple[str, ...]:
         layers = super().feature_layers(extractor)
@@ -231,7 +222,7 @@ class GramStyle(_FeatureTerm):
         total = ctx.fake.new_zeros((), dtype=torch.float32)
         with _fp32(ctx.fake.device):
             for i, (name, w) in enumerate(zip(self._active_layers(), self._layer_weights())):
-                g = gram(ctx.feats["fake"][name], exact=self.exact)
+                g = gram(ctx.feats["fake"][name])
                 total = total + w * F.mse_loss(g, self._target("gram", i, ctx).expand_as(g))
         return total
 
