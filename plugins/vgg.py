@@ -25,6 +25,7 @@ from stylezoo.core import weights as W
 from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
 from stylezoo.core.hookspecs import hookimpl
 from stylezoo.core.kinds import frozen
+from stylezoo.core.layers import MaxPool2d
 
 BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 WIDTHS = (64, 128, 256, 512, 512)
@@ -58,7 +59,7 @@ def vgg_layers(arch: str, ceil_mode: bool) -> tuple[nn.Sequential, tuple[str, ..
             mods += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU()]  # not in place: conv outputs stay addressable
             names += [f"conv{b}_{i}", f"relu{b}_{i}"]
             cin = width
-        mods.append(nn.MaxPool2d(2, 2, ceil_mode=ceil_mode))  # ceil_mode: Keras "same" pooling (HED)
+        mods.append(MaxPool2d(2, 2, ceil_mode=ceil_mode))  # ceil_mode: Keras "same" pooling (HED)
         names.append(f"pool{b}")
     return nn.Sequential(*mods), tuple(names)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unittest.mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,3 +98,53 @@ def test_double_backward_works_for_gradient_penalties() -> None:
     g.float().pow(2).sum().backward()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
     assert conv.weight.grad.abs().sum() > 0
+
+
+POOL_INPUTS = [
+    ((2, 3, 8, 6), torch.float32, {}),
+    ((2, 4, 16, 16), torch.bfloat16, {}),
+    ((1, 2, 4, 4), torch.float32, {"ceil_mode": True}),  # even sizes: ceil_mode changes nothing
+]
+
+
+@pytest.mark.parametrize("shape,dtype,kw", POOL_INPUTS)
+def test_max_pool_fast_path_matches_the_stock_pool_bit_for_bit(shape: tuple, dtype: torch.dtype, kw: dict,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape).relu().to(dtype)  # ReLU output: many tied zeros
+    x.view(-1)[3] = float("nan")
+    x.view(-1)[10] = float("-inf")
+    want = nn.MaxPool2d(2, 2, **kw)(x)
+    stock = []
+    monkeypatch.setattr(F, "max_pool2d", lambda *a, **k: stock.append(1))  # the fast path never calls it
+    with torch.no_grad():
+        got = L.MaxPool2d(2, 2, **kw)(x)
+    assert stock == [] and got.dtype == dtype
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_max_pool_keeps_the_stock_kernel_where_the_fast_path_does_not_apply() -> None:
+    torch.manual_seed(0)
+    pool, ref = L.MaxPool2d(2, 2), nn.MaxPool2d(2, 2)
+    x = torch.randn(2, 3, 8, 8).requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    g = torch.randn(2, 3, 4, 4)
+    pool(x).backward(g)
+    ref(x2).backward(g)
+    assert torch.equal(x.grad, x2.grad)  # one winner per window, as the stock backward gives
+    calls = []
+    real = F.max_pool2d
+
+    def spy(*a: object, **k: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*a, **k)
+
+    odd, three = torch.randn(1, 2, 5, 5), torch.randn(1, 2, 9, 9)
+    cl = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    cases = [(L.MaxPool2d(2, 2, ceil_mode=True), nn.MaxPool2d(2, 2, ceil_mode=True), odd),
+             (L.MaxPool2d(2, 2), nn.MaxPool2d(2, 2), cl), (L.MaxPool2d(3, 3), nn.MaxPool2d(3, 3), three)]
+    with torch.no_grad():
+        wants = [stock(x) for _, stock, x in cases]
+        with unittest.mock.patch.object(F, "max_pool2d", spy):
+            gots = [ours(x) for ours, _, x in cases]
+    assert len(calls) == 3 and all(torch.equal(a, b) for a, b in zip(gots, wants))
