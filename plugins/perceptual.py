@@ -3,7 +3,8 @@
 Terms never run the extractor: the engine asks `feature_layers(extractor)` once, then hands the features
 in `ctx.feats`. Style terms get `prepare(style_feats, labels)` once per run and cache their targets as
 non-persistent buffers (they follow `.to(device)` but are not saved in checkpoints). All arithmetic is
-float32 with autocast off, so bfloat16 features are safe.
+float32 with autocast off, so bfloat16 features are safe; the one bfloat16 operation is the Gram product of
+bfloat16 features on the CPU, whose sums and result stay float32 (`_BF16Gram`).
 """
 
 from __future__ import annotations
@@ -46,8 +47,47 @@ def gram(f: Tensor) -> Tensor:
     """Per-sample Gram matrices f f^T / (c*h*w) of features (N, C, H, W) -> (N, C, C), in float32."""
     with _fp32(f.device):
         n, c, h, w = f.shape
+        if f.dtype == torch.bfloat16 and f.device.type == "cpu":
+            return _BF16Gram.apply(f.reshape(n, c, h * w), 1.0 / (c * h * w))
         x = f.float().reshape(n, c, h * w)
         return torch.bmm(x, x.transpose(1, 2)) / (c * h * w)
+
+
+class _BF16Gram(torch.autograd.Function):
+    """x x^T * scale of bfloat16 x (N, C, L) with a float32 result, on oneDNN's bfloat16 matmul.
+
+    bfloat16 inputs lose nothing to the matmul's bfloat16 rounding, and the sums and the output stay
+    float32: the same Gram as the float32 product up to summation order (about 1e-6 relative) at 2-2.5x
+    its speed on a CPU with AVX512-BF16. A bfloat16 *output* would not do: the style loss subtracts two
+    close Grams, and a bfloat16 product (about 3e-3 relative) trained portrait-painting visibly worse.
+    The backward, (g + g^T) x * scale, is an ordinary bfloat16 product like any other under autocast.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.scale = scale
+        xf = x.float()
+        out = xf.new_empty(x.shape[0], x.shape[1], x.shape[1])
+        with _bf16_fp32_matmul():
+            return torch.baddbmm(out, xf, xf.transpose(1, 2), beta=0.0, alpha=scale)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        gs = ((g + g.transpose(1, 2)) * ctx.scale).to(torch.bfloat16)
+        return torch.bmm(gs, x), None
+
+
+class _bf16_fp32_matmul:
+    """oneDNN may run float32 matmuls as bfloat16 products with float32 sums (process-wide, so restored)."""
+
+    def __enter__(self) -> None:
+        self.prev = torch.backends.mkldnn.matmul.fp32_precision
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.mkldnn.matmul.fp32_precision = self.prev
 
 
 def moments(f: Tensor) -> tuple[Tensor, Tensor]:

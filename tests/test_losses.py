@@ -194,6 +194,28 @@ def test_gram_is_float32_and_finite_under_bf16_autocast() -> None:
     assert fake["a"].grad is not None and torch.isfinite(fake["a"].grad.float()).all()
 
 
+def test_bf16_gram_has_a_float32_result_and_a_bf16_gradient() -> None:
+    """bfloat16 features multiply on oneDNN's bf16 path but sum and return in float32 (plugins/perceptual.py)."""
+    torch.manual_seed(0)
+    f = torch.randn(3, 16, 8, 8).relu().bfloat16().requires_grad_(True)
+    f64 = f.detach().double().requires_grad_(True)
+    x = f64.reshape(3, 16, 64)
+    ref = torch.bmm(x, x.transpose(1, 2)) / (16 * 64)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    g = gram(f)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before  # the process-wide switch is restored
+    assert g.dtype == torch.float32
+    # float32-grade: a bfloat16 result would be off by about 3e-3 of the largest entry
+    assert ((g.double() - ref).abs().max() / ref.abs().max()).item() < 2e-5
+    target = ref.detach() * 1.05
+    ((g - target.float()) ** 2).sum().backward()
+    ((ref - target) ** 2).sum().backward()
+    assert f.grad is not None and f.grad.dtype == torch.bfloat16
+    assert ((f.grad.double() - f64.grad).abs().max() / f64.grad.abs().max()).item() < 2e-2
+    # float32 features take the plain float32 product
+    assert torch.allclose(gram(f.detach().float()).double(), ref, rtol=1e-5, atol=1e-7)
+
+
 def test_moments_zero_for_identical_stats_and_per_sample_style() -> None:
     ext, style = FakeExtractor(), feats(1, seed=7)
     loss = MomentStyle(MomentsConfig())
