@@ -71,6 +71,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="development data root holding faces/celeba_hq and faces/codeformer (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=4.0, help="training wall-clock budget per recipe (default: 4)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="stop after this many steps (within --minutes): for side-by-side runs whose speeds differ")
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated face recipes (default: %(default)s)")
     p.add_argument("--holdout", type=int, default=12, help="celeba_hq faces held out for scoring (default: 12)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the held-out split and the DCGAN noise")
@@ -87,7 +89,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if not args.minutes > 0:
         p.error(f"--minutes must be positive, got {args.minutes}")
     for name, v, low in (("--gatys-steps", args.gatys_steps, 1), ("--samples", args.samples, 0),
-                         ("--grid", args.grid, 1), ("--holdout", args.holdout, 2)):
+                         ("--steps", args.steps, 0), ("--grid", args.grid, 1), ("--holdout", args.holdout, 2)):
         if v < low:
             p.error(f"{name} must be at least {low}, got {v}")
     if not args.recipes:
@@ -144,13 +146,14 @@ def stage(files: list[Path], dest: Path) -> Path:
     return dest
 
 
-def train_for(trainer: Any, seconds: float, log_every_s: float = 30.0) -> dict[str, Any]:
-    """Run engine steps (at least one) until the budget is spent; returns steps, epochs, speed and a loss trace."""
+def train_for(trainer: Any, seconds: float, log_every_s: float = 30.0, max_steps: int = 0) -> dict[str, Any]:
+    """Run engine steps (at least one) until the budget, or `max_steps` if given, is spent; returns steps,
+    epochs, speed and a loss trace."""
     n = len(trainer.content if trainer.content is not None else trainer.real)
     batch = trainer.t.batch
     t0 = time.perf_counter()
     next_log, window, trace = t0 + log_every_s, [], []
-    while trainer.step == 0 or time.perf_counter() - t0 < seconds:
+    while trainer.step == 0 or (time.perf_counter() - t0 < seconds and not 0 < max_steps <= trainer.step):
         logs = trainer.train_step(trainer.step)
         trainer.step += 1
         window.append(logs)
@@ -218,7 +221,7 @@ def run_recipe(name: str, args: argparse.Namespace, train_files: list[Path], tes
             raise SystemExit(f"quality_faces: {name} has a conditional generator ({rc.gen}); only plain "
                              "image-to-image and noise recipes are benchmarked here")
         run_dir.mkdir(parents=True, exist_ok=True)
-        trained = train_for(trainer, args.minutes * 60)
+        trained = train_for(trainer, args.minutes * 60, max_steps=args.steps)
     trainer.save_checkpoint(keep=False)
     device = trainer.device
     style_spec = d.style
@@ -335,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python -m stylezoo.benchmarks.quality_faces",
                              *(argv if argv is not None else sys.argv[1:])]),
         "data": str(args.data), "faces": {s: len(f) for s, f in sets.items()}, "train_faces": len(train),
-        "held_out": [f.name for f in test], "budget_minutes": args.minutes, "recipes": results,
+        "held_out": [f.name for f in test], "budget_minutes": args.minutes, "max_steps": args.steps or None,
+        "recipes": results,
         "metrics": {c: METRICS[c].description for c in COLUMNS},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},

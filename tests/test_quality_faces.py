@@ -65,9 +65,26 @@ def test_missing_data_is_skipped_with_exit_0(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_bad_options_are_refused() -> None:
-    with pytest.raises(SystemExit) as e:
-        qf.parse(["--minutes", "0"])
-    assert e.value.code == 2
+    for bad in (["--minutes", "0"], ["--steps", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            qf.parse(bad)
+        assert e.value.code == 2
+
+
+def test_train_for_stops_at_max_steps_or_the_budget() -> None:
+    class Counting:  # what train_for reads of a Trainer
+        def __init__(self) -> None:
+            self.step, self.content, self.real, self.t = 0, [0] * 10, None, type("T", (), {"batch": 2})()
+
+        def train_step(self, i: int) -> dict[str, float]:
+            assert i == self.step
+            return {"g/loss": 1.0, "d/loss": 1.0}
+
+    tr = Counting()
+    res = qf.train_for(tr, seconds=60.0, max_steps=7)
+    assert tr.step == res["steps"] == 7 and res["epochs"] == pytest.approx(1.4)
+    tr = Counting()
+    assert qf.train_for(tr, seconds=0.0)["steps"] == 1  # at least one step; no max: the budget decides
 
 
 @pytest.mark.slow
