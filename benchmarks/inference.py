@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stylezoo.core.export import SAMPLES, write_onnx
+from stylezoo.core.export import SAMPLES, ort_session, write_onnx
 from stylezoo.core.images import center_crop, open_image, pil_to_tensor, resize_short
 from stylezoo.core.inference import Stylizer, load_generator
 from stylezoo.core.registry import Registry
@@ -87,11 +87,7 @@ def _paths(model: nn.Module, compile_: bool, onnx_file: Path) -> tuple[dict[str,
     t = time.perf_counter()
     write_onnx(model, onnx_file)
     setup["onnx export s"] = time.perf_counter() - t
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch
-    sess = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_file, threads=torch.get_num_threads())  # torch's thread budget; no spinning
     name = sess.get_inputs()[0].name
     paths["onnxruntime"] = lambda x: torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
     return paths, setup

@@ -323,13 +323,13 @@ class Stylizer:
             why = "style- and label-conditioned generators run on PyTorch here (`stylezoo export` covers them)"
         else:
             try:
-                import onnxruntime as ort
+                import onnxruntime  # noqa: F401  (only whether it is installed)
             except ImportError:
                 why = "onnxruntime is not installed (pip install 'stylezoo[export]')"
         if why is None:
             import tempfile
 
-            from .export import check_parity, write_onnx
+            from .export import check_parity, ort_session, write_onnx
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "gen.onnx"
@@ -337,7 +337,7 @@ class Stylizer:
                     write_onnx(self.module, path)
                     report = check_parity(self.module, path)
                     if report.passed:
-                        self._session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                        self._session = ort_session(path)
                     else:
                         why = f"its ONNX export does not match PyTorch ({report.summary()})"
                 except Exception as e:  # an export failure must not stop stylizing with PyTorch

@@ -192,6 +192,9 @@ def test_onnxruntime_backend_matches_torch(image_run: Path, mixed: Path, tmp_pat
     assert torch_st.backend == "torch"  # auto: fewer than AUTO_ORT_MIN_IMAGES files stay on PyTorch
     ort_st = Stylizer.load(image_run, device="cpu", backend="onnxruntime")
     assert ort_st.backend == "onnxruntime"
+    # its threads sleep between runs, so they never take the cores from PyTorch work in the same process
+    opts = ort_st._session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     b = ort_st.stylize_files([mixed], tmp_path / "ort", ext="png").written
     assert [p.relative_to(tmp_path / "torch") for p in a] == [p.relative_to(tmp_path / "ort") for p in b]
     for x, y in zip(a, b):
