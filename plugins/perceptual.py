@@ -47,7 +47,7 @@ def gram(f: Tensor) -> Tensor:
     """Per-sample Gram matrices f f^T / (c*h*w) of features (N, C, H, W) -> (N, C, C), in float32."""
     with _fp32(f.device):
         n, c, h, w = f.shape
-        if f.dtype == torch.bfloat16 and f.device.type == "cpu":
+        if f.dtype == torch.bfloat16 and f.device.type == "cpu" and _bf16_fp32_matmul.available():
             return _BF16Gram.apply(f.reshape(n, c, h * w), 1.0 / (c * h * w))
         x = f.float().reshape(n, c, h * w)
         return torch.bmm(x, x.transpose(1, 2)) / (c * h * w)
@@ -81,6 +81,11 @@ class _BF16Gram(torch.autograd.Function):
 
 class _bf16_fp32_matmul:
     """oneDNN may run float32 matmuls as bfloat16 products with float32 sums (process-wide, so restored)."""
+
+    @staticmethod
+    def available() -> bool:
+        """Whether this torch has the switch (torch.backends.mkldnn.matmul.fp32_precision; not in torch 2.4)."""
+        return hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision")
 
     def __enter__(self) -> None:
         self.prev = torch.backends.mkldnn.matmul.fp32_precision

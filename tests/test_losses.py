@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 
 import pytest
@@ -214,6 +215,19 @@ def test_bf16_gram_has_a_float32_result_and_a_bf16_gradient() -> None:
     assert ((f.grad.double() - f64.grad).abs().max() / f64.grad.abs().max()).item() < 2e-2
     # float32 features take the plain float32 product
     assert torch.allclose(gram(f.detach().float()).double(), ref, rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_gram_falls_back_to_float32_on_a_torch_without_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylezoo.plugins import perceptual
+
+    monkeypatch.setattr(perceptual._BF16Gram, "apply", lambda *a: pytest.fail("bf16 path taken"))
+    monkeypatch.setattr(torch.backends, "mkldnn", types.SimpleNamespace())  # no matmul switch, as in torch 2.4
+    assert not perceptual._bf16_fp32_matmul.available()
+    f = torch.randn(2, 4, 3, 3).bfloat16()
+    x = f.double().reshape(2, 4, 9)
+    want = torch.bmm(x, x.transpose(1, 2)) / 36
+    got = gram(f)
+    assert got.dtype == torch.float32 and torch.allclose(got.double(), want, rtol=1e-6)
 
 
 def test_moments_zero_for_identical_stats_and_per_sample_style() -> None:
