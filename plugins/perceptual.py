@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from stylezoo.core.errors import CompositionError, ConfigError, DataError
 from stylezoo.core.hookspecs import hookimpl
@@ -73,6 +74,7 @@ class _BF16Gram(torch.autograd.Function):
             return torch.baddbmm(out, xf, xf.transpose(1, 2), beta=0.0, alpha=scale)
 
     @staticmethod
+    @once_differentiable  # a second derivative raises instead of coming out wrong
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         gs = ((g + g.transpose(1, 2)) * ctx.scale).to(torch.bfloat16)

@@ -215,6 +215,11 @@ def test_bf16_gram_has_a_float32_result_and_a_bf16_gradient() -> None:
     assert ((f.grad.double() - f64.grad).abs().max() / f64.grad.abs().max()).item() < 2e-2
     # float32 features take the plain float32 product
     assert torch.allclose(gram(f.detach().float()).double(), ref, rtol=1e-5, atol=1e-7)
+    # no silent second derivative
+    f2 = f.detach().requires_grad_(True)
+    (dg,) = torch.autograd.grad(gram(f2).sum(), f2, create_graph=True)
+    with pytest.raises(RuntimeError):
+        dg.float().sum().backward()
 
 
 def test_bf16_gram_falls_back_to_float32_on_a_torch_without_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
