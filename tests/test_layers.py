@@ -148,3 +148,39 @@ def test_max_pool_keeps_the_stock_kernel_where_the_fast_path_does_not_apply() ->
         with unittest.mock.patch.object(F, "max_pool2d", spy):
             gots = [ours(x) for ours, _, x in cases]
     assert len(calls) == 3 and all(torch.equal(a, b) for a, b in zip(gots, wants))
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.8, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keep_mask_keeps_the_asked_fraction_scaled_by_one_over_keep(keep: float, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    n = 400_001  # odd: the last word's second draw is cut off
+    m = L.keep_mask(torch.Size([n]), keep, dtype)
+    assert m.shape == (n,) and m.dtype == dtype
+    assert m.unique().tolist() == [0.0, torch.tensor(1 / keep, dtype=dtype).item()]
+    frac = (m > 0).float().mean().item()
+    assert abs(frac - keep) < 4 * (keep * (1 - keep) / n) ** 0.5  # within 4 standard errors
+    # both halves of each random word are used and independent: neighbours agree only by chance
+    pairs = (m[:-1:2] > 0) == (m[1::2] > 0)
+    assert abs(pairs.float().mean().item() - (keep ** 2 + (1 - keep) ** 2)) < 0.01
+
+
+def test_dropout_trains_like_the_stock_layer_and_is_the_identity_in_eval() -> None:
+    ours, ref = L.Dropout(0.5), nn.Dropout(0.5)
+    x = torch.randn(4, 16, 8, 8, requires_grad=True)
+    torch.manual_seed(3)
+    y = ours(x)
+    torch.manual_seed(3)
+    assert torch.equal(ours(x), y)  # a seed fixes the mask
+    dropped = y == 0
+    assert 0.4 < dropped.float().mean().item() < 0.6
+    assert torch.equal(y[~dropped], x[~dropped] * 2)
+    y.sum().backward()
+    assert torch.equal(x.grad, (~dropped).float() * 2)  # the gradient goes through the kept elements only
+    ours.eval()
+    ref.eval()
+    assert torch.equal(ours(x), x) and torch.equal(ref(x), x)
+    ours.train()
+    with unittest.mock.patch.object(nn.Dropout, "forward", wraps=ref.forward) as stock:
+        L.Dropout(0.0)(x)  # nothing to drop: the stock layer (the identity) handles it
+        assert stock.call_count == 1
