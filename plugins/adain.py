@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from stylezoo.core.errors import CompositionError, ConfigError
 from stylezoo.core.hookspecs import hookimpl
 from stylezoo.core.kinds import Extractor, StepContext
+from stylezoo.core.layers import ReflectionPad2d
 
 EPS = 1e-5
 
@@ -72,7 +73,7 @@ class AdaINConfig:
 
 
 def _reflect_conv(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.ReflectionPad2d(1), nn.Conv2d(c_in, c_out, 3)]
+    return [ReflectionPad2d(1), nn.Conv2d(c_in, c_out, 3)]
 
 
 def mirror_decoder(features: nn.Sequential, upto: int) -> tuple[nn.Sequential, int]:

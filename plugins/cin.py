@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylezoo.core.hookspecs import hookimpl
+from stylezoo.core.layers import ReflectionPad2d
 from stylezoo.plugins.encdec import _conv
 
 
@@ -114,7 +115,7 @@ class CINGenerator(nn.Module):
         self.down = nn.ModuleList(CondBlock(_conv(a, b, 3, stride=2), b, n) for a, b in zip(widths[:-1], widths[1:]))
         self.res = nn.ModuleList(CondResBlock(widths[-1], n) for _ in range(cfg.n_res))
         self.up = nn.ModuleList(CondBlock(_conv(a, b, 3), b, n) for a, b in zip(widths[:0:-1], widths[-2::-1]))
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(widths[0], cfg.out_channels, 7), nn.Tanh())
+        self.head = nn.Sequential(ReflectionPad2d(3), nn.Conv2d(widths[0], cfg.out_channels, 7), nn.Tanh())
         if cfg.residual:  # start as the identity; training learns the change of style
             nn.init.zeros_(self.head[1].weight)
             nn.init.zeros_(self.head[1].bias)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylezoo.core.hookspecs import hookimpl
+from stylezoo.core.layers import ReflectionPad2d
 
 
 @dataclass
@@ -45,7 +46,7 @@ def _conv(c_in: int, c_out: int, k: int, stride: int = 1, padding: str = "reflec
     """Reflection pad + conv, or a zero-padded conv (no bias by default: an affine instance norm follows)."""
     if padding == "zeros":
         return [nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=bias)]
-    return [nn.ReflectionPad2d(k // 2), nn.Conv2d(c_in, c_out, k, stride, bias=bias)]
+    return [ReflectionPad2d(k // 2), nn.Conv2d(c_in, c_out, k, stride, bias=bias)]
 
 
 def _norm_relu(c: int) -> list[nn.Module]:

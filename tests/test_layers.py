@@ -184,3 +184,23 @@ def test_dropout_trains_like_the_stock_layer_and_is_the_identity_in_eval() -> No
     with unittest.mock.patch.object(nn.Dropout, "forward", wraps=ref.forward) as stock:
         L.Dropout(0.0)(x)  # nothing to drop: the stock layer (the identity) handles it
         assert stock.call_count == 1
+
+
+def test_reflection_pad_keeps_bf16_under_autocast_and_matches_the_stock_layer() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 9, 9, dtype=torch.bfloat16, requires_grad=True)
+    conv = nn.Conv2d(4, 5, 3)
+    g = torch.randn(2, 5, 11, 11)
+    got = {}
+    for name, pad in (("ours", L.ReflectionPad2d(2)), ("stock", nn.ReflectionPad2d(2))):
+        with torch.autocast("cpu", torch.bfloat16):
+            padded = pad(x)
+            y = conv(padded)
+        (gx,) = torch.autograd.grad((y.float() * g).sum(), x)
+        got[name] = (padded.dtype, y, gx)
+    assert got["ours"][0] == torch.bfloat16 and got["stock"][0] == torch.float32  # autocast's float32 pad
+    assert torch.equal(got["ours"][1], got["stock"][1])  # padding only copies values: same forward
+    # the border sums of the backward round in bfloat16 instead of float32: within bf16's resolution
+    torch.testing.assert_close(got["ours"][2].float(), got["stock"][2].float(), rtol=2 ** -7, atol=2 ** -7)
+    xf = x.detach().float().requires_grad_(True)
+    assert torch.equal(L.ReflectionPad2d(2)(xf), nn.ReflectionPad2d(2)(xf))  # no autocast: the stock layer
