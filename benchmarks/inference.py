@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stylezoo.core.cpu_memory import keep_freed_memory
 from stylezoo.core.export import SAMPLES, ort_session, write_onnx
 from stylezoo.core.images import center_crop, open_image, pil_to_tensor, resize_short
 from stylezoo.core.inference import Stylizer, load_generator
@@ -158,9 +159,10 @@ def _machine() -> dict[str, Any]:
         bf16 = False
     import onnxruntime
 
+    # Stylizer and Trainer do this on the CPU, process-wide: every path measured here runs with it
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_bf16": bf16,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "loadavg_start": os.getloadavg()}
+            "loadavg_start": os.getloadavg(), "keeps_freed_memory": keep_freed_memory()}
 
 
 def main(argv: list[str] | None = None) -> None:

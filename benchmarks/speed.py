@@ -353,6 +353,8 @@ def _machine(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         m["gpu"] = torch.cuda.get_device_name(device)
     m["device"] = str(device)
+    # base() turned it on: the Trainer does so on the CPU, process-wide, so every variant runs with it
+    m["keeps_freed_memory"] = device.type == "cpu" and m["keeps_freed_memory"]
     return m
 
 
@@ -416,7 +418,9 @@ def print_tables(result: dict[str, Any]) -> None:
         con.print(t)
     con.print(f"{m['cpu']} ({m['torch_threads']} threads), torch {m['torch']}, device {m['device']}; load average "
               f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end. Ratios come from "
-              "interleaved steps in one process; absolute figures follow the machine's load.")
+              "interleaved steps in one process; absolute figures follow the machine's load."
+              + (" malloc keeps freed memory for every variant (core/cpu_memory.py)." if m.get("keeps_freed_memory")
+                 else ""))
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt
 from .conditioning import Conditioning, with_labels
 from .data import ImageSet, PairSet, _seed, pair_folders
+from .cpu_memory import keep_freed_memory
 from . import distributed as D
 from .ema import GeneratorEMA
 from .errors import CheckpointError, CompositionError, ConfigError, DataError, TrainingDiverged
@@ -116,6 +117,8 @@ class Trainer:
         cl = self.t.channels_last  # "auto": where it measured faster (benchmarks/speed.py)
         self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
         self.progress = progress
+        if self.device.type == "cpu" and self.t.keep_freed_memory:
+            keep_freed_memory()  # no page faults per step (core/cpu_memory.py)
         prec = self.t.precision
         self.amp = (prec == "bf16") or (prec == "auto" and bf16_supported(self.device))
         torch.manual_seed(_seed(self.t.seed, 5))  # initial weights depend on the seed alone

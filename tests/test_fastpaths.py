@@ -230,3 +230,54 @@ def test_compile_option_wraps_lazily(reg: Registry, tmp_path: Path) -> None:
     assert isinstance(tr.gen_fwd, torch._dynamo.eval_frame.OptimizedModule)
     assert tr.disc_plain is tr.disc_fwd and tr.c.gen is not tr.gen_fwd
     assert dataclasses.asdict(tr.t)["compile"] is True
+
+
+_FAULTS = """
+import resource, sys, torch
+from stylezoo.core.cpu_memory import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.ones(1)
+for _ in range(10):  # warm-up: glibc's free chunks settle after a few rounds
+    torch.ones(16, 2**20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):  # a 64 MiB tensor written and freed, as a step's activations are
+    torch.ones(16, 2**20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not (__import__("platform").system() == "Linux"
+                         and __import__("platform").libc_ver()[0] == "glibc"), reason="glibc's malloc only")
+def test_keep_freed_memory_stops_the_page_faults_of_reallocated_tensors() -> None:
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.strip())
+
+    default, kept = faults("default"), faults("keep")
+    assert default > 10 * 16_384 * 0.9  # 64 MiB is 16,384 pages: glibc's default maps them afresh each time
+    assert kept < 1_000  # reused: nothing to fault in
+
+
+def test_trainer_keeps_freed_memory_on_the_cpu_unless_switched_off(reg: Registry, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import stylezoo.core.engine as engine
+
+    calls: list[int] = []
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(1) or True)
+    Trainer(resolve(reg, cli=IMAGE, losses=["tv"]), tmp_path / "a", registry=reg)
+    assert calls == [1]
+    Trainer(resolve(reg, cli=IMAGE, losses=["tv"], sets=["train.keep_freed_memory=false"]), tmp_path / "b",
+            registry=reg)
+    assert calls == [1]
+
+
+def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylezoo.core import cpu_memory
+
+    monkeypatch.setattr(cpu_memory.platform, "libc_ver", lambda: ("", ""))
+    monkeypatch.setattr(cpu_memory.ctypes, "CDLL", lambda *a: pytest.fail("libc must not be touched"))
+    assert cpu_memory.keep_freed_memory() is False

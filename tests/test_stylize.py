@@ -306,3 +306,16 @@ def test_auto_precision_gives_way_to_onnxruntime_fp32_but_explicit_bf16_does_not
         pytest.skip("this CPU has no bfloat16 support")
     with pytest.raises(UsageError, match="fp32"):
         Stylizer.load(image_run, device="cpu", precision="bf16", backend="onnxruntime")
+
+
+def test_stylizer_keeps_freed_memory_on_the_cpu_unless_asked_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylezoo.core import cpu_memory
+    from stylezoo.core.inference import LoadedGenerator, Stylizer
+
+    calls: list[int] = []
+    monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    loaded = LoadedGenerator(module=torch.nn.Identity(), name="gen/x", family="image", meta={}, path=Path("x"))
+    Stylizer(loaded)
+    assert calls == [1]
+    Stylizer(loaded, keep_freed_memory=False)
+    assert calls == [1]

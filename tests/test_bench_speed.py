@@ -1,0 +1,35 @@
+"""benchmarks/speed.py runs end to end and writes what `make bench` promises (the figures themselves are
+measured by `make bench`, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from stylezoo.benchmarks import speed
+
+
+def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "speed.json"
+    speed.main(["--quick", "--recipes", "default", "--steps", "1", "--warmup", "0", "--no-inference",
+                "--out", str(out)])
+    result = json.loads(out.read_text())
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert result["machine"]["keeps_freed_memory"] is glibc
+    (cell,) = result["cells"]
+    assert (cell["recipe"], cell["size"]) == ("default", 64)
+    variants = cell["variants"]
+    assert {"engine", "plain fp32", "naive fp32"} <= set(variants)
+    assert cell["peak_gflops"]["fp32"] > 0 and cell["peak_gflops"]["bf16"] > 0
+    for name, v in variants.items():
+        assert v["step_ms"] > 0 and v["flops"] > 0, name
+        assert v["mfu"] == v["mfu_bf16" if v["precision"] == "bf16" else "mfu_fp32"], name
+        assert v["peak_mb"] is None or v["peak_mb"] > 0, name
+    # the naive step re-runs the extractor per term and layer: more FLOPs than the engine's step
+    assert variants["naive fp32"]["flops"] > variants["engine"]["flops"]
+    assert variants["plain fp32"]["x_plain"] == 1.0 and variants["naive fp32"]["x_naive"] == 1.0
+    names = [t["target"] for t in result["targets"]]
+    assert "engine / naive step, default 64px" in names
+    printed = capsys.readouterr().out
+    assert "plain fp32" in printed and "wrote" in printed
