@@ -222,10 +222,44 @@ def test_bf16_gram_has_a_float32_result_and_a_bf16_gradient() -> None:
         dg.float().sum().backward()
 
 
+@pytest.mark.parametrize("per_sample_target", [False, True])
+def test_gram_mse_matches_mse_of_the_gram_in_value_and_gradient(per_sample_target: bool) -> None:
+    """The fused bf16 style loss (one backward product) is the composed one, to float64's reference."""
+    from stylezoo.plugins.perceptual import gram_mse
+
+    torch.manual_seed(1)
+    f = torch.randn(3, 16, 5, 7).relu().bfloat16().requires_grad_(True)  # 35 positions: no power-of-2 luck
+    f64 = f.detach().double().requires_grad_(True)
+    x = f64.reshape(3, 16, 35)
+    ref_g = torch.bmm(x, x.transpose(1, 2)) / (16 * 35)
+    other = torch.randn(3 if per_sample_target else 1, 16, 35).relu().double()
+    target = torch.bmm(other, other.transpose(1, 2)) / (16 * 35)
+    ref = ((ref_g - target) ** 2).mean()
+    ref.backward()
+    got = gram_mse(f, target.float())
+    assert got.dtype == torch.float32 and got.shape == ()
+    assert abs(got.item() - ref.item()) / ref.item() < 1e-4
+    got.backward()
+    assert f.grad is not None and f.grad.dtype == torch.bfloat16
+    assert ((f.grad.double() - f64.grad).abs().max() / f64.grad.abs().max()).item() < 2e-2
+    # float32 features, or a target that wants a gradient, take the composed float32 loss
+    f32 = f.detach().float().requires_grad_(True)
+    assert torch.allclose(gram_mse(f32, target.float()).double(), ref.detach(), rtol=1e-4)
+    t = target.float().requires_grad_(True)
+    gram_mse(f.detach(), t).backward()
+    assert t.grad is not None and t.grad.abs().sum() > 0
+    # no silent second derivative
+    f2 = f.detach().requires_grad_(True)
+    (dg,) = torch.autograd.grad(gram_mse(f2, target.float()), f2, create_graph=True)
+    with pytest.raises(RuntimeError):
+        dg.float().sum().backward()
+
+
 def test_bf16_gram_falls_back_to_float32_on_a_torch_without_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     from stylezoo.plugins import perceptual
 
     monkeypatch.setattr(perceptual._BF16Gram, "apply", lambda *a: pytest.fail("bf16 path taken"))
+    monkeypatch.setattr(perceptual._BF16GramMSE, "apply", lambda *a: pytest.fail("bf16 path taken"))
     monkeypatch.setattr(torch.backends, "mkldnn", types.SimpleNamespace())  # no matmul switch, as in torch 2.4
     assert not perceptual._bf16_fp32_matmul.available()
     f = torch.randn(2, 4, 3, 3).bfloat16()
@@ -233,6 +267,8 @@ def test_bf16_gram_falls_back_to_float32_on_a_torch_without_the_switch(monkeypat
     want = torch.bmm(x, x.transpose(1, 2)) / 36
     got = gram(f)
     assert got.dtype == torch.float32 and torch.allclose(got.double(), want, rtol=1e-6)
+    loss = perceptual.gram_mse(f, torch.zeros(1, 4, 4))
+    assert torch.allclose(loss.double(), (want ** 2).mean(), rtol=1e-6)
 
 
 def test_moments_zero_for_identical_stats_and_per_sample_style() -> None:
