@@ -41,7 +41,12 @@ class Generator(Protocol):
 
 @runtime_checkable
 class Discriminator(Protocol):
-    """Image to logits: (N,) or a patch map (N, 1, h, w). Never applies a sigmoid."""
+    """Image to logits: (N,) or a patch map (N, 1, h, w). Never applies a sigmoid.
+
+    Optional: `per_sample = True` declares that each image's logits depend on that image (and its
+    conditions) alone: no batch norm, no minibatch statistics. The engine then judges the real and the
+    fake batch in one call on their concatenation, which runs faster than two calls.
+    """
 
     def forward(self, image: Tensor, **cond: Any) -> Tensor: ...
 

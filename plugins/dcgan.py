@@ -138,6 +138,8 @@ class DCGANDiscriminator(nn.Module):
     of it only removes information the constrained critic could use.
     """
 
+    per_sample: ClassVar[bool] = True  # instance norm or spectral norm: no statistics across the batch
+
     def __init__(self, cfg: DCGANDiscConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +82,8 @@ class PatchDiscriminator(nn.Module):
     map gets <embed(label), phi> added, phi being the features under the last conv averaged over each
     patch's 2x2 centre (so the term lines up with the last conv's output). `label` (N,) is then required.
     """
+
+    per_sample: ClassVar[bool] = True  # instance norm or spectral norm: no statistics across the batch
 
     def __init__(self, cfg: PatchConfig) -> None:
         super().__init__()

@@ -107,9 +107,17 @@ def _state(tr: Trainer) -> dict[str, torch.Tensor]:
         {f"disc.{k}": v for k, v in tr.c.disc.state_dict().items()}
 
 
+# Parameters whose gradient is zero in exact arithmetic: a residual block's last instance-norm bias adds a
+# per-channel constant that the next convolution's instance norm subtracts again. Adam scales the rounding
+# noise left in their gradient to steps of +-lr, so their values follow the summation order, not the maths.
+NULL_GRADIENT = ".body.6.bias"
+
+
 def _close(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
     assert set(got) == set(want)
     for k, v in want.items():
+        if k.startswith("gen.res.") and k.endswith(NULL_GRADIENT):
+            continue
         if v.is_floating_point():
             torch.testing.assert_close(got[k], v, rtol=1e-3, atol=2e-4, msg=k)
         else:

@@ -281,3 +281,42 @@ def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(cpu_memory.platform, "libc_ver", lambda: ("", ""))
     monkeypatch.setattr(cpu_memory.ctypes, "CDLL", lambda *a: pytest.fail("libc must not be touched"))
     assert cpu_memory.keep_freed_memory() is False
+
+
+def _d_batches(tr: Trainer) -> list[int]:
+    seen: list[int] = []
+    tr.c.disc.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    tr.train_step(0)
+    return seen
+
+
+def test_per_sample_discriminator_judges_real_and_fake_in_one_call(reg: Registry, tmp_path: Path) -> None:
+    rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "precision": "fp32"}}, losses=["tv"])
+    joint = Trainer(rc, tmp_path / "a", registry=reg)
+    split = Trainer(rc, tmp_path / "b", registry=reg)
+    assert joint.joint_d
+    split.joint_d = False
+    b = TINY["batch"]
+    # D step: one call on [real; fake]; generator step: one call on the fakes
+    assert _d_batches(joint) == [2 * b, b]
+    assert _d_batches(split) == [b, b, b]
+    # the same update either way (same seed, float32): one call is only a faster way to the same logits
+    for (name, p), q in zip(joint.c.disc.named_parameters(), split.c.disc.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_discriminators_without_per_sample_or_with_batch_norm_are_called_per_batch(
+        reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylezoo.core.engine import judges_each_image_alone
+    from stylezoo.plugins.patchgan import PatchDiscriminator
+
+    class PerSample(nn.Sequential):
+        per_sample = True
+
+    assert judges_each_image_alone(PerSample(nn.Conv2d(3, 4, 3)))
+    assert not judges_each_image_alone(PerSample(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    assert not judges_each_image_alone(nn.Sequential(nn.Conv2d(3, 4, 3)))  # not declared
+    assert not judges_each_image_alone(None)
+    monkeypatch.setattr(PatchDiscriminator, "per_sample", False)
+    tr = Trainer(resolve(reg, cli=IMAGE, losses=["tv"]), tmp_path, registry=reg)
+    assert not tr.joint_d and _d_batches(tr) == [TINY["batch"]] * 3

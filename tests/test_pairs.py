@@ -177,12 +177,15 @@ def test_conditional_discriminator_sees_input_beside_image(reg: Registry, pairs_
     tr.disc_fwd = tr.c.disc
     inputs, targets, _ = tr.batch(0)
     logs = tr.train_step(0)
-    # D(real), D(fake) and the R1 penalty in the D step, D(fake) in the G step: each with the input beside it
-    assert len(calls) == 4
-    for image, condition in calls:
+    # D step: D on [real; fake] in one call (a per-sample discriminator), then the R1 penalty; G step:
+    # D(fake). Each image with its input beside it
+    assert tr.joint_d and len(calls) == 3
+    n = inputs.shape[0]
+    for i, (image, condition) in enumerate(calls):
         assert condition is not None
-        torch.testing.assert_close(condition.float(), inputs.float())
-    torch.testing.assert_close(calls[0][0], targets)  # the real images are the targets
+        want = torch.cat([inputs, inputs]) if i == 0 else inputs
+        torch.testing.assert_close(condition.float(), want.float())
+    torch.testing.assert_close(calls[0][0][:n], targets)  # the real images are the targets
     assert torch.isfinite(torch.tensor(logs["d/gp/r1"]))
 
 
