@@ -163,6 +163,25 @@ def test_precision_option(image_run: Path) -> None:
     torch.testing.assert_close(y16, direct)  # stylize's bf16 path is that copy
 
 
+def test_noise_generator_samples_through_a_bf16_copy(noise_ckpt: Path) -> None:
+    """Autocast was 6x slower than float32 for 16 DCGAN samples; the bfloat16 copy is faster than both."""
+    from stylezoo.core.engine import bf16_supported
+
+    if not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no bfloat16 support")
+    st16 = Stylizer.load(noise_ckpt, device="cpu", precision="bf16")
+    fp32 = Stylizer.load(noise_ckpt, device="cpu", precision="fp32")
+    low = st16._bf16_module()
+    assert low is not None and all(p.dtype == torch.bfloat16 for p in low.parameters())
+    assert all(p.dtype == torch.float32 for p in st16.module.parameters())
+    y16, y32 = st16.sample_tensor(4, seed=3), fp32.sample_tensor(4, seed=3)
+    assert y16.dtype == torch.float32 and 0 < (y16 - y32).abs().mean() < 0.02  # bf16 ran, and stays close
+    z = torch.randn(4, int(st16.latent_dim), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        direct = low(z.to(torch.bfloat16)).float()
+    torch.testing.assert_close(y16, direct)  # sampling's bf16 path is that copy
+
+
 def test_conditional_generators_keep_autocast_under_bf16(reg: Registry) -> None:
     from stylezoo.core.inference import LoadedGenerator
 
