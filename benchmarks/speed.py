@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -287,12 +288,40 @@ def inference_latency(reg: Registry, sizes: list[int], repeats: int) -> dict[str
     return out
 
 
+def _stylizer(gen: torch.nn.Module, name: str, family: str) -> Any:
+    """The Stylizer `stylezoo stylize` would build around `gen` (device and precision auto)."""
+    from stylezoo.core.inference import LoadedGenerator, Stylizer
+
+    return Stylizer(LoadedGenerator(module=gen, name=name, family=family, meta={}, path=Path(name)))
+
+
+@torch.no_grad()
+def _interleaved_ms(paths: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median ms per path, the paths called round-robin after one warm-up round."""
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for i in range(repeats + 1):
+        for k, f in paths.items():
+            t = time.perf_counter()
+            f()
+            if i:
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def _row(med: dict[str, float], default: str) -> dict[str, Any]:
+    return {"eager_fp32_ms": med["eager fp32"], "stylize_ms": med[default], "stylize_path": default,
+            "stylize_vs_eager": med[default] / med["eager fp32"], "fastest": min(med, key=med.get),
+            "fastest_ms": min(med.values()), "paths": med}
+
+
 @torch.no_grad()
 def _conditional_latency(reg: Registry, name: str, sizes: list[int], repeats: int) -> dict[str, Any]:
-    """Eager fp32 and bf16 forwards of a conditional generator on a photo, with a style image or a label."""
+    """Eager fp32 and bf16 forwards of a conditional generator on a photo (with a style image or a label),
+    beside the Stylizer with that condition set, as `stylize --style` / `--style-label` runs it."""
     from stylezoo.benchmarks.inference import _photo
 
     gen = reg.build(name).eval()
+    st = _stylizer(gen, name, "image")
     per: dict[str, Any] = {}
     for size in sizes:
         x = _photo(size)
@@ -304,19 +333,23 @@ def _conditional_latency(reg: Registry, name: str, sizes: list[int], repeats: in
                 break
             except (TypeError, ValueError, RuntimeError):
                 continue
-        times: dict[str, list[float]] = {"eager fp32": [], "bf16 autocast": []}
-        for i in range(repeats + 1):
-            for path in times:
-                t = time.perf_counter()
-                with torch.autocast("cpu", torch.bfloat16, enabled=path.startswith("bf16")):
-                    gen(x, **cond)
-                if i:
-                    times[path].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        per[str(size)] = {"eager_fp32_ms": med["eager fp32"], "stylize_ms": med["eager fp32"],
-                          "stylize_path": f"eager fp32 ({', '.join(cond) or 'no condition'})", "stylize_vs_eager": 1.0,
-                          "fastest": min(med, key=med.get), "fastest_ms": min(med.values()), "paths": med}
+        if st.takes_style:
+            st.set_style(x[0], size=None)
+        elif st.labels:
+            st.set_labels(st.labels[0])
+        default = f"stylezoo default ({st.precision})"
+        med = _interleaved_ms({
+            "eager fp32": lambda: gen(x, **cond),
+            "bf16 autocast": lambda: _autocast_call(gen, x, cond),
+            default: lambda: st.forward(x),
+        }, repeats)
+        per[str(size)] = _row(med, default) | {"condition": ", ".join(cond) or "none"}
     return {"sizes": per}
+
+
+def _autocast_call(gen: torch.nn.Module, x: Tensor, cond: dict[str, Any]) -> Tensor:
+    with torch.autocast("cpu", torch.bfloat16):
+        return gen(x, **cond)
 
 
 @torch.no_grad()
@@ -329,19 +362,12 @@ def _noise_latency(reg: Registry, name: str, sizes: list[int], repeats: int) -> 
             per[str(size)] = {"error": f"{name} makes only {', '.join(map(str, GEN_SIZES))} px images"}
             continue
         gen = reg.build(name, {"size": size}).eval()
+        st = _stylizer(gen, name, "noise")
         z = torch.randn(1, gen.latent_dim)
-        times: dict[str, list[float]] = {"eager fp32": [], "bf16 autocast": []}
-        for i in range(repeats + 1):
-            for path in times:
-                t = time.perf_counter()
-                with torch.autocast("cpu", torch.bfloat16, enabled=path.startswith("bf16")):
-                    gen(z)
-                if i:
-                    times[path].append(time.perf_counter() - t)
-        eager = statistics.median(times["eager fp32"]) * 1e3
-        per[str(size)] = {"eager_fp32_ms": eager, "stylize_ms": eager, "stylize_path": "eager fp32 (noise)",
-                          "stylize_vs_eager": 1.0, "fastest": min(times, key=lambda k: statistics.median(times[k])),
-                          "fastest_ms": min(statistics.median(v) for v in times.values()) * 1e3}
+        default = f"stylezoo default ({st.precision})"
+        med = _interleaved_ms({"eager fp32": lambda: gen(z), "bf16 autocast": lambda: _autocast_call(gen, z, {}),
+                               default: lambda: st.sample_tensor(1)}, repeats)
+        per[str(size)] = _row(med, default)
     return {"sizes": per}
 
 

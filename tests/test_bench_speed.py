@@ -33,3 +33,17 @@ def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> 
     assert "engine / naive step, default 64px" in names
     printed = capsys.readouterr().out
     assert "plain fp32" in printed and "wrote" in printed
+
+
+def test_conditional_and_noise_generators_time_what_stylize_runs() -> None:
+    """Their "stylize" column is the Stylizer itself (condition set), not a stand-in eager forward."""
+    from stylezoo.core.registry import default_registry
+
+    reg = default_registry()
+    for name, row in (("gen/cin", speed._conditional_latency(reg, "gen/cin", [32], 1)["sizes"]["32"]),
+                      ("gen/dcgan", speed._noise_latency(reg, "gen/dcgan", [32], 1)["sizes"]["32"])):
+        assert row["stylize_path"].startswith("stylezoo default ("), name
+        assert set(row["paths"]) == {"eager fp32", "bf16 autocast", row["stylize_path"]}, name
+        assert row["stylize_ms"] == row["paths"][row["stylize_path"]] > 0, name
+        assert row["stylize_vs_eager"] == row["stylize_ms"] / row["eager_fp32_ms"], name
+    assert "error" in speed._noise_latency(reg, "gen/dcgan", [48], 1)["sizes"]["48"]  # a size DCGAN cannot make
