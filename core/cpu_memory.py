@@ -10,7 +10,7 @@ such as `torch.backends.xeon.run_cpu` get by preloading jemalloc or tcmalloc, do
 `mallopt` so nothing needs installing.
 
 It is process-wide and one-way: the process keeps its peak memory until it exits. The Trainer applies
-it on the CPU unless `train.keep_freed_memory` is false.
+it on the CPU unless `train.keep_freed_memory` is false, the Stylizer unless `keep_freed_memory=False`.
 """
 
 from __future__ import annotations

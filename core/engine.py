@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from .conditioning import Conditioning, with_labels
-from .data import ImageSet, PairSet, _seed, pair_folders
 from .cpu_memory import keep_freed_memory
+from .data import ImageSet, PairSet, _seed, pair_folders
 from . import distributed as D
 from .ema import GeneratorEMA
 from .errors import CheckpointError, CompositionError, ConfigError, DataError, TrainingDiverged
