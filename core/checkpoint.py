@@ -328,6 +328,20 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tenso
         opt.load_state_dict(state)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"The optimizer state in the checkpoint does not match the model: {e}") from None
+    match_param_layout(opt)
+
+
+def match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's memory layout.
+
+    Checkpoints store contiguous tensors; a channels_last parameter's moments must be channels_last too, or
+    fused Adam on CUDA refuses the step ("must have same dtype, device, and layout": it compares strides).
+    """
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if isinstance(v, Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 def _same_kind(saved: Any, own: Any) -> bool:

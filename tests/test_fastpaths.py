@@ -152,11 +152,13 @@ def test_checkpoint_from_an_unfused_optimizer_resumes(reg: Registry, tmp_path: P
     assert again.step == 3 and all(g["fused"] for g in again.opt_g.param_groups)
 
 
-@pytest.mark.parametrize("setting,expect", [("auto", False), (True, True), (False, False)])
-def test_channels_last_setting(reg: Registry, tmp_path: Path, setting: object, expect: bool) -> None:
+@pytest.mark.parametrize("setting,expect", [("auto", None), (True, True), (False, False)])
+def test_channels_last_setting(reg: Registry, tmp_path: Path, setting: object, expect: bool | None) -> None:
     """auto = contiguous on CPU (measured faster there) and channels_last on CUDA."""
     tr = Trainer(resolve(reg, cli={**IMAGE, "train": {**TINY, "channels_last": setting}}, losses=["tv"]), tmp_path,
                  registry=reg)
+    if expect is None:
+        expect = tr.device.type == "cuda"
     assert tr.channels_last is expect
     conv = next(m for m in tr.c.gen.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expect
@@ -320,3 +322,19 @@ def test_discriminators_without_per_sample_or_with_batch_norm_are_called_per_bat
     monkeypatch.setattr(PatchDiscriminator, "per_sample", False)
     tr = Trainer(resolve(reg, cli=IMAGE, losses=["tv"]), tmp_path, registry=reg)
     assert not tr.joint_d and _d_batches(tr) == [TINY["batch"]] * 3
+
+
+def test_resumed_adam_moments_take_the_parameters_memory_layout(reg: Registry, tmp_path: Path) -> None:
+    """Checkpoints store contiguous moments; a channels_last run (the CUDA default) gets channels_last moments
+    back, since fused Adam on CUDA refuses moments whose strides differ from the parameter's."""
+    rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "channels_last": True}}, losses=["tv"])
+    Trainer(rc, tmp_path, registry=reg).fit()
+    again = Trainer(rc, tmp_path / "x", registry=reg, resume_from=tmp_path / "last.safetensors")
+    convs = 0
+    for opt in (again.opt_g, again.opt_d):
+        for p in (p for g in opt.param_groups for p in g["params"]):
+            for k in ("exp_avg", "exp_avg_sq"):
+                assert opt.state[p][k].stride() == p.stride(), k
+            convs += p.dim() == 4 and not p.is_contiguous()
+    assert convs > 0  # there were channels_last parameters to match
+    assert torch.isfinite(torch.tensor(again.train_step(again.step)["g/loss"]))
