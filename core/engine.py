@@ -126,6 +126,8 @@ class Trainer:
         self.progress = progress
         if self.device.type == "cpu" and self.t.keep_freed_memory:
             keep_freed_memory()  # no page faults per step (core/cpu_memory.py)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # training shapes are fixed: cuDNN times its algorithms once
         prec = self.t.precision
         self.amp = (prec == "bf16") or (prec == "auto" and bf16_supported(self.device))
         torch.manual_seed(_seed(self.t.seed, 5))  # initial weights depend on the seed alone
@@ -364,8 +366,8 @@ class Trainer:
                 ctx = StepContext(fake=fake.detach(), real=real, content=content, target=target,
                                   paired=self.pairs is not None, logits_real=lr_.float(),
                                   logits_fake=lf.float(), step=step)
-                for n, t in self.d_terms.items():
-                    parts[n] = t.weight * t(ctx)
+                for n, t in self.d_terms.items():  # .to: a plugin's constant term may come back on the CPU
+                    parts[n] = t.weight * t(ctx).to(fake.device)
                 if c.gp is not None:
                     parts[self.rc.gp] = c.gp(c.disc, real, fake.detach(), **dcond)
                 loss_d = sum(parts.values())
@@ -402,7 +404,7 @@ class Trainer:
         if logits_fake is not None and c.adv is not None:
             parts_g["g_adv"] = c.adv.weight * c.adv.g_loss(logits_fake.float())
         for n, t in self.g_terms.items():
-            parts_g[n] = t.weight * t(ctx).float()
+            parts_g[n] = t.weight * t(ctx).float().to(fake.device)
         loss_g = sum(parts_g.values()) if parts_g else fake.float().mean() * 0
         self.opt_g.zero_grad(set_to_none=True)
         ok = self._backward("generator", loss_g, parts_g, c.gen, logs)

@@ -129,10 +129,10 @@ def test_checkpoint_loads_with_no_flags(reg: Registry, tmp_path: Path) -> None:
     tr.fit()
     loaded = load_generator(tmp_path, registry=reg)  # the run dir is enough
     assert loaded.name == "gen/encdec" and loaded.family == "image"
-    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    x = torch.rand(1, 3, 32, 32, device=tr.device) * 2 - 1  # the trainer's device: cuda where there is one
     tr.c.gen.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.module(x), tr.c.gen(x))
+        torch.testing.assert_close(loaded.module.to(tr.device)(x), tr.c.gen(x))
     with safe_open(str(tmp_path / "last.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["stylezoo"])
     assert meta["configs"]["gen"]["channels"] == 8 and meta["step"] == 2
