@@ -2,7 +2,7 @@
 
     python -m stylezoo.benchmarks.speed [--recipes default original unet-perceptual] [--sizes 64 128 256]
         [--steps 5] [--warmup 2] [--quick] [--ablation] [--compile] [--no-naive] [--no-inference]
-        [--threads N] [--out bench-results/speed.json]
+        [--threads N] [--device auto|cpu|cuda] [--out bench-results/speed.json]
 
 For each recipe and size, every variant trains on the same data, and their steps are interleaved
 round-robin in one process, so the ratios are measured under the same machine load:
@@ -18,11 +18,14 @@ round-robin in one process, so the ratios are measured under the same machine lo
 Per variant: median step time after warm-up, images/s, data time (drawing the batch, inside the step), FLOPs
 per step (torch.utils.flop_counter: convolutions and matrix products, forward and backward), achieved
 FLOP/s as a fraction of this machine's own matmul peak measured in the same run (float32 and bfloat16
-torch.mm of 2048x2048 matrices, best of several, before and after each cell): model FLOPs utilisation
-(MFU; model FLOPs as a direct convolution counts them: oneDNN runs some float32 3x3 convolutions with
-fewer multiplications, Winograd-style, so the float32 fraction can pass 1), and peak memory (CPU: the process's high-water RSS during one step above its RSS before it, reset
-through /proc/self/clear_refs; CUDA: torch.cuda.max_memory_allocated). Then inference latency per image
-at 256 and 512 for every built-in generator (benchmarks/inference.py: eager fp32 vs what stylize does).
+torch.mm of 2048x2048 matrices on CPU, 8192x8192 on CUDA, best of several, before and after each cell):
+model FLOPs utilisation (MFU; model FLOPs as a direct convolution counts them: oneDNN runs some float32 3x3
+convolutions with fewer multiplications, Winograd-style, so the float32 fraction can pass 1; on CUDA the
+float32 peak is measured with TF32 on when cuDNN's convolutions use it, its default), and peak memory (CPU:
+the process's high-water RSS during one step above its RSS before it, reset through /proc/self/clear_refs;
+CUDA: torch.cuda.max_memory_allocated). Then inference latency per image at 256 and 512 for every built-in
+generator (CPU: benchmarks/inference.py, eager fp32 vs what stylize does; CUDA: eager fp32, bf16 autocast and
+the Stylizer, synchronised).
 
 --ablation adds engine variants that switch one fast path each (precision x channels_last, stock Adam,
 zero padding in gen/encdec): the measurements the engine's defaults were chosen from.
@@ -65,8 +68,24 @@ StepFn = Callable[[int], Any]
 
 
 # -------------------------------------------------------------------------------------------- the machine
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """Best FLOP/s of an n x n x n torch.mm in `dtype` (the machine's practical matmul peak)."""
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int | None = None, reps: int = 5) -> float:
+    """Best FLOP/s of an n x n x n torch.mm in `dtype` (the machine's practical matmul peak).
+
+    n defaults to 2048 on CPU and 8192 on CUDA (2048 leaves a large GPU's tensor cores half idle)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    reps = reps if device.type == "cpu" else 2 * reps
+    if device.type == "cuda" and dtype == torch.float32:
+        # like for like: float32 convolutions run on TF32 tensor cores where cuDNN allows it (its default)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+        try:
+            return _mm_best(dtype, device, n, reps)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    return _mm_best(dtype, device, n, reps)
+
+
+def _mm_best(dtype: torch.dtype, device: torch.device, n: int, reps: int) -> float:
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
@@ -135,11 +154,12 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 
 # -------------------------------------------------------------------------------------------- the variants
-def run_config(reg: Registry, recipe: str, size: int, batch: int | None, **train: Any) -> RunConfig:
+def run_config(reg: Registry, recipe: str, size: int, batch: int | None, device: str = "auto",
+               **train: Any) -> RunConfig:
     base, layer = RECIPES[recipe]
     layer = copy.deepcopy(layer)
-    layer["train"] = {"size": size, "sample_every": 0, "ckpt_every": 0, **({"batch": batch} if batch else {}),
-                      **train}
+    layer["train"] = {"size": size, "sample_every": 0, "ckpt_every": 0, "device": device,
+                      **({"batch": batch} if batch else {}), **train}
     return resolve(reg, recipe=base, cli=layer)
 
 
@@ -196,7 +216,7 @@ def variants(reg: Registry, rc: RunConfig, tmp: str, args: argparse.Namespace) -
 # -------------------------------------------------------------------------------------------- measuring
 def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
     """Every variant of one (recipe, size): warm-up, FLOPs, memory, then interleaved timed steps."""
-    rc = run_config(reg, recipe, size, args.batch)
+    rc = run_config(reg, recipe, size, args.batch, args.device)
     with tempfile.TemporaryDirectory() as tmp:
         vs = variants(reg, rc, tmp, args)
         dev = next(iter(vs.values()))[1].device
@@ -257,17 +277,23 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
             "peak_gflops_samples": {k: [x / 1e9 for x in v] for k, v in peaks.items()}, "variants": rows}
 
 
-def inference_latency(reg: Registry, sizes: list[int], repeats: int) -> dict[str, Any]:
-    """Per built-in generator: benchmarks/inference.py's paths (image generators), or noise to image."""
+def inference_latency(reg: Registry, sizes: list[int], repeats: int,
+                      device: torch.device | None = None) -> dict[str, Any]:
+    """Per built-in generator: benchmarks/inference.py's paths (image generators on CPU), or the eager
+    forwards beside the Stylizer (conditional and noise generators, and every generator on CUDA)."""
     from stylezoo.benchmarks import inference
 
+    device = device or torch.device("cpu")
     out: dict[str, Any] = {}
     for name in reg.names(kind="gen"):
         entry = reg.get(name)
         if entry.dist != "stylezoo":
             continue  # built-ins only
         if (entry.card.get("family") or getattr(entry.factory, "family", "")) == "noise":
-            out[name] = _noise_latency(reg, name, sizes, repeats)
+            out[name] = _noise_latency(reg, name, sizes, repeats, device)
+            continue
+        if device.type != "cpu":  # inference.py's paths (ONNX Runtime, oneDNN) are CPU ones
+            out[name] = _conditional_latency(reg, name, sizes, repeats, device)
             continue
         ns = argparse.Namespace(gen=name, checkpoint=None, sizes=sizes, repeats=repeats, no_compile=True)
         try:
@@ -288,21 +314,25 @@ def inference_latency(reg: Registry, sizes: list[int], repeats: int) -> dict[str
     return out
 
 
-def _stylizer(gen: torch.nn.Module, name: str, family: str) -> Any:
-    """The Stylizer `stylezoo stylize` would build around `gen` (device and precision auto)."""
+def _stylizer(gen: torch.nn.Module, name: str, family: str, device: torch.device) -> Any:
+    """The Stylizer `stylezoo stylize` would build around `gen` (precision auto)."""
     from stylezoo.core.inference import LoadedGenerator, Stylizer
 
-    return Stylizer(LoadedGenerator(module=gen, name=name, family=family, meta={}, path=Path(name)))
+    return Stylizer(LoadedGenerator(module=gen, name=name, family=family, meta={}, path=Path(name)), device=device)
 
 
 @torch.no_grad()
-def _interleaved_ms(paths: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """Median ms per path, the paths called round-robin after one warm-up round."""
+def _interleaved_ms(paths: dict[str, Callable[[], Any]], repeats: int,
+                    device: torch.device | None = None) -> dict[str, float]:
+    """Median ms per path, the paths called round-robin after one warm-up round (synchronised on CUDA)."""
+    device = device or torch.device("cpu")
     times: dict[str, list[float]] = {k: [] for k in paths}
     for i in range(repeats + 1):
         for k, f in paths.items():
+            _sync(device)
             t = time.perf_counter()
             f()
+            _sync(device)
             if i:
                 times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
@@ -315,18 +345,20 @@ def _row(med: dict[str, float], default: str) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _conditional_latency(reg: Registry, name: str, sizes: list[int], repeats: int) -> dict[str, Any]:
-    """Eager fp32 and bf16 forwards of a conditional generator on a photo (with a style image or a label),
-    beside the Stylizer with that condition set, as `stylize --style` / `--style-label` runs it."""
+def _conditional_latency(reg: Registry, name: str, sizes: list[int], repeats: int,
+                         device: torch.device | None = None) -> dict[str, Any]:
+    """Eager fp32 and bf16 forwards of a generator on a photo (with a style image or a label where it takes
+    one), beside the Stylizer with that condition set, as `stylize [--style | --style-label]` runs it."""
     from stylezoo.benchmarks.inference import _photo
 
-    gen = reg.build(name).eval()
-    st = _stylizer(gen, name, "image")
+    device = device or torch.device("cpu")
+    gen = reg.build(name).eval().to(device)
+    st = _stylizer(gen, name, "image", device)
     per: dict[str, Any] = {}
     for size in sizes:
-        x = _photo(size)
+        x = _photo(size).to(device)
         cond: dict[str, Any] = {}
-        for trial in ({}, {"label": torch.zeros(1, dtype=torch.long)}, {"style": x}):
+        for trial in ({}, {"label": torch.zeros(1, dtype=torch.long, device=device)}, {"style": x}):
             try:
                 gen(x, **trial)
                 cond = trial
@@ -334,7 +366,7 @@ def _conditional_latency(reg: Registry, name: str, sizes: list[int], repeats: in
             except (TypeError, ValueError, RuntimeError):
                 continue
         if st.takes_style:
-            st.set_style(x[0], size=None)
+            st.set_style(x[0].cpu(), size=None)
         elif st.labels:
             st.set_labels(st.labels[0])
         default = f"stylezoo default ({st.precision})"
@@ -342,31 +374,33 @@ def _conditional_latency(reg: Registry, name: str, sizes: list[int], repeats: in
             "eager fp32": lambda: gen(x, **cond),
             "bf16 autocast": lambda: _autocast_call(gen, x, cond),
             default: lambda: st.forward(x),
-        }, repeats)
+        }, repeats, device)
         per[str(size)] = _row(med, default) | {"condition": ", ".join(cond) or "none"}
     return {"sizes": per}
 
 
 def _autocast_call(gen: torch.nn.Module, x: Tensor, cond: dict[str, Any]) -> Tensor:
-    with torch.autocast("cpu", torch.bfloat16):
+    with torch.autocast(x.device.type, torch.bfloat16):
         return gen(x, **cond)
 
 
 @torch.no_grad()
-def _noise_latency(reg: Registry, name: str, sizes: list[int], repeats: int) -> dict[str, Any]:
+def _noise_latency(reg: Registry, name: str, sizes: list[int], repeats: int,
+                   device: torch.device | None = None) -> dict[str, Any]:
     from stylezoo.plugins.dcgan import GEN_SIZES
 
+    device = device or torch.device("cpu")
     per: dict[str, Any] = {}
     for size in sizes:
         if size not in GEN_SIZES:
             per[str(size)] = {"error": f"{name} makes only {', '.join(map(str, GEN_SIZES))} px images"}
             continue
-        gen = reg.build(name, {"size": size}).eval()
-        st = _stylizer(gen, name, "noise")
-        z = torch.randn(1, gen.latent_dim)
+        gen = reg.build(name, {"size": size}).eval().to(device)
+        st = _stylizer(gen, name, "noise", device)
+        z = torch.randn(1, gen.latent_dim, device=device)
         default = f"stylezoo default ({st.precision})"
         med = _interleaved_ms({"eager fp32": lambda: gen(z), "bf16 autocast": lambda: _autocast_call(gen, z, {}),
-                               default: lambda: st.sample_tensor(1)}, repeats)
+                               default: lambda: st.sample_tensor(1)}, repeats, device)
         per[str(size)] = _row(med, default)
     return {"sizes": per}
 
@@ -378,6 +412,9 @@ def _machine(device: torch.device) -> dict[str, Any]:
     m = base()
     if device.type == "cuda":
         m["gpu"] = torch.cuda.get_device_name(device)
+        m["cuda"] = torch.version.cuda
+        # float32 convolutions (and the fp32 matmul peak, see matmul_peak) use TF32 tensor cores when True
+        m["tf32_convolutions"] = torch.backends.cudnn.allow_tf32
     m["device"] = str(device)
     # base() turned it on: the Trainer does so on the CPU, process-wide, so every variant runs with it
     m["keeps_freed_memory"] = device.type == "cpu" and m["keeps_freed_memory"]
@@ -435,14 +472,17 @@ def print_tables(result: dict[str, Any]) -> None:
         for line in notes:
             con.print(f"  {line}")
     if result.get("targets"):
-        t = Table(title="targets (issue 7) on this machine")
+        t = Table(title="targets (issue 7, set for its 2-core CPU) on this machine")
         for col in ("target", "measured", "goal", "met"):
             t.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
         for r in result["targets"]:
             t.add_row(r["target"], f"{r['value']:.2f}", ("<= " if "latency" in r["target"] else ">= ") + f"{r['goal']:g}",
                       "[green]yes[/]" if r["met"] else "[red]no[/]")
         con.print(t)
-    con.print(f"{m['cpu']} ({m['torch_threads']} threads), torch {m['torch']}, device {m['device']}; load average "
+    gpu = ""
+    if "gpu" in m:
+        gpu = f"{m['gpu']} (CUDA {m['cuda']}, TF32 convolutions {'on' if m['tf32_convolutions'] else 'off'}), "
+    con.print(f"{gpu}{m['cpu']} ({m['torch_threads']} threads), torch {m['torch']}, device {m['device']}; load average "
               f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end. Ratios come from "
               "interleaved steps in one process; absolute figures follow the machine's load."
               + (" malloc keeps freed memory for every variant (core/cpu_memory.py)." if m.get("keeps_freed_memory")
@@ -490,6 +530,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-inference", action="store_true", help="skip the inference latencies")
     ap.add_argument("--inference-sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    ap.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda, cuda:1 ...")
     ap.add_argument("--out", type=Path, default=Path("bench-results/speed.json"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -497,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     reg = Registry()
-    device = pick_device("auto")
+    device = pick_device(args.device)
     machine = _machine(device)
     result: dict[str, Any] = {"machine": machine, "steps": args.steps, "warmup": args.warmup,
                               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -511,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_inference:
         print("measuring inference ...", flush=True)
         result["inference_sizes"] = args.inference_sizes
-        result["inference"] = inference_latency(reg, args.inference_sizes, 2 if args.quick else 5)
+        result["inference"] = inference_latency(reg, args.inference_sizes, 2 if args.quick else 5, device)
     machine["loadavg_end"] = os.getloadavg()
     result["targets"] = targets(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)

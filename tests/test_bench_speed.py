@@ -12,7 +12,7 @@ from stylezoo.benchmarks import speed
 
 def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     out = tmp_path / "speed.json"
-    speed.main(["--quick", "--recipes", "default", "--steps", "1", "--warmup", "0", "--no-inference",
+    speed.main(["--quick", "--recipes", "default", "--steps", "1", "--warmup", "0", "--no-inference", "--device", "cpu",
                 "--out", str(out)])
     result = json.loads(out.read_text())
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -47,3 +47,15 @@ def test_conditional_and_noise_generators_time_what_stylize_runs() -> None:
         assert row["stylize_ms"] == row["paths"][row["stylize_path"]] > 0, name
         assert row["stylize_vs_eager"] == row["stylize_ms"] / row["eager_fp32_ms"], name
     assert "error" in speed._noise_latency(reg, "gen/dcgan", [48], 1)["sizes"]["48"]  # a size DCGAN cannot make
+
+
+def test_latency_helpers_take_a_device() -> None:
+    """The CUDA path of the inference table runs the same helpers with a device (cpu here)."""
+    import torch
+
+    from stylezoo.core.registry import default_registry
+
+    reg = default_registry()
+    row = speed._conditional_latency(reg, "gen/encdec", [32], 1, torch.device("cpu"))["sizes"]["32"]
+    assert row["condition"] == "none" and row["stylize_ms"] > 0
+    assert speed.matmul_peak(torch.float32, torch.device("cpu"), n=256, reps=2) > 0
