@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stamp-install
 WEIGHTS_STAMP := $(VENV)/.stamp-weights
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install weights demo test test-fast bench bench-quality clean
+.PHONY: install weights demo test test-fast test-cuda bench bench-quality clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(WEIGHTS_STAMP)
 
 test-fast: $(WEIGHTS_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The suite hides GPUs (tests/conftest.py); this runs the device checks with the GPU visible.
+test-cuda: $(WEIGHTS_STAMP)
+	STYLEZOO_TEST_CUDA=1 $(BIN)/python -m pytest -q -rs tests/test_devices.py
 
 bench: $(WEIGHTS_STAMP)
 	$(BIN)/python -m stylezoo.benchmarks.speed

@@ -6,18 +6,26 @@ asks for `tmp_home`.
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import os
 
-import pytest
-import torch
-from torch import nn
+# The suite runs on the CPU even where there is a GPU: its reproducibility checks are bit-exact, which
+# CUDA kernels (cuDNN's autotuned ones above all) do not promise. tests/test_devices.py covers CUDA; `make test-cuda` runs it with
+# the GPU visible (STYLEZOO_TEST_CUDA=1). Set before torch is imported, and inherited by subprocesses.
+if os.environ.get("STYLEZOO_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.registry import Registry
+import types  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from stylezoo.core.hookspecs import hookimpl  # noqa: E402
+from stylezoo.core.registry import Registry  # noqa: E402
 
 EMPTY_CATALOG: dict[str, Any] = {"components": {}, "recipes": {}}
 
