@@ -81,20 +81,65 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
 
 class ReflectionPad2d(nn.ReflectionPad2d):
-    """nn.ReflectionPad2d that keeps its input's dtype under autocast.
+    """nn.ReflectionPad2d that keeps its input's dtype under autocast, with a faster backward on the CPU.
 
     Autocast lists reflection padding among the float32 ops, so a bfloat16 activation was padded in float32
     and cast back to bfloat16 by the convolution after it: two casts forward and two backward for an op that
-    only copies values. Outside autocast this is the stock layer. Whole engine steps of the default recipe
-    (gen/encdec, CPU bf16, medians of interleaved steps in one process): 104.3 -> 98.7 ms at 64 px,
-    320.0 -> 301.1 ms at 128 px.
+    only copies values. Whole engine steps of the default recipe (gen/encdec, CPU bf16, medians of
+    interleaved steps in one process): 104.3 -> 98.7 ms at 64 px, 320.0 -> 301.1 ms at 128 px.
+
+    On the CPU its gradient is `fold_reflection` instead of aten's reflection_pad2d_backward, which took
+    13.5 ms of a 339 ms default-recipe step at 128 px. Outside autocast and gradients this is the stock layer.
     """
 
     def forward(self, x: Tensor) -> Tensor:
+        pad = tuple(self.padding)
+        fold = (x.device.type == "cpu" and x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export())
         if not torch.is_autocast_enabled(x.device.type):
-            return super().forward(x)
+            return _ReflectPad.apply(x, pad) if fold else super().forward(x)
         with torch.autocast(x.device.type, enabled=False):
-            return F.pad(x, self.padding, "reflect")
+            return _ReflectPad.apply(x, pad) if fold else F.pad(x, pad, "reflect")
+
+
+class _ReflectPad(torch.autograd.Function):
+    """Reflection padding whose backward is `fold_reflection` (differentiable again, for double backward)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+        ctx.pad = pad  # type: ignore[attr-defined]
+        return F.pad(x, pad, "reflect")
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> tuple[Tensor, None]:
+        return fold_reflection(g, ctx.pad), None  # type: ignore[attr-defined]
+
+
+def fold_reflection(g: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    """The gradient of reflection padding by `pad` = (left, right, top, bottom): the padded gradient's
+    centre, plus each border row and column added onto the row or column it mirrored.
+
+    One copy of the centre and small adds. aten's kernel scatters element by element: on this CPU, batch
+    4, bfloat16, 32 channels at 128x128 with pad 1 it took 1.74 ms against 0.41 ms here, 64 channels at
+    64x64 0.94 against 0.26 ms (float32: 1.37 / 0.46, 0.74 / 0.24). Exact: the same sums as aten's.
+    """
+    left, right, top, bottom = pad
+    h, w = g.shape[-2] - top - bottom, g.shape[-1] - left - right
+
+    def cols(x: Tensor) -> Tensor:  # (.., rows, w + left + right) -> (.., rows, w)
+        out = x[..., left:left + w].clone()
+        if left:
+            out[..., 1:left + 1] += x[..., :left].flip(-1)
+        if right:
+            out[..., w - 1 - right:w - 1] += x[..., left + w:].flip(-1)
+        return out
+
+    gi = cols(g[..., top:top + h, :])
+    if top:
+        gi[..., 1:top + 1, :] += cols(g[..., :top, :]).flip(-2)
+    if bottom:
+        gi[..., h - 1 - bottom:h - 1, :] += cols(g[..., top + h:, :]).flip(-2)
+    return gi
 
 
 def keep_mask(shape: torch.Size, keep: float, dtype: torch.dtype) -> Tensor:

@@ -204,3 +204,27 @@ def test_reflection_pad_keeps_bf16_under_autocast_and_matches_the_stock_layer() 
     torch.testing.assert_close(got["ours"][2].float(), got["stock"][2].float(), rtol=2 ** -7, atol=2 ** -7)
     xf = x.detach().float().requires_grad_(True)
     assert torch.equal(L.ReflectionPad2d(2)(xf), nn.ReflectionPad2d(2)(xf))  # no autocast: the stock layer
+
+
+@pytest.mark.parametrize("pad", [(1, 1, 1, 1), (3, 3, 3, 3), (2, 0, 1, 3), (0, 1, 0, 0)])
+def test_reflection_pad_backward_is_aten_s_gradient_exactly(pad: tuple) -> None:
+    """fold_reflection gives the same gradient as aten's reflection_pad2d_backward (whole numbers: the sums
+    are exact in any order), and the layer takes it under a gradient on the CPU."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    g = torch.randint(-1000, 1000, (2, 3, 7 + pad[2] + pad[3], 6 + pad[0] + pad[1])).double()
+    (want,) = torch.autograd.grad(F.pad(x, pad, "reflect"), x, g)
+    assert torch.equal(L.fold_reflection(g, pad), want)
+    y = L.ReflectionPad2d(pad)(x)
+    assert "ReflectPad" in type(y.grad_fn).__name__  # the folding backward, not aten's
+    assert torch.equal(y, F.pad(x, pad, "reflect"))
+    (got,) = torch.autograd.grad(y, x, g)
+    assert torch.equal(got, want)
+
+
+def test_reflection_pad_backward_differentiates_again() -> None:
+    """A gradient penalty through a reflection-padded discriminator needs the backward's own gradient."""
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: L.ReflectionPad2d((2, 1, 1, 2))(t), (x,))
+    with torch.no_grad():
+        assert L.ReflectionPad2d(1)(x).grad_fn is None  # no gradient: the stock layer
