@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from stylezoo.core import checkpoint as ckpt
 from stylezoo.core.cli import app
 from stylezoo.core.engine import Trainer, newest_valid_checkpoint, train
-from stylezoo.core.errors import CompositionError, ConfigError, TrainingDiverged, UnknownComponentError
+from stylezoo.core.errors import CompositionError, ConfigError, UnknownComponentError
 from stylezoo.core.inference import load_generator
 from stylezoo.core.registry import Registry
 from stylezoo.core.runconfig import RunConfig, resolve
@@ -174,20 +174,6 @@ def test_bad_overrides_are_refused_before_work(reg: Registry, sets: list[str], f
     with pytest.raises(ConfigError) as e:
         resolve(reg, cli={**NOISE, "adv": "bce"}, losses=["tv"], sets=sets)
     assert fragment in str(e.value)
-
-
-def test_nan_loss_stops_the_run_and_keeps_weights(reg: Registry, tmp_path: Path) -> None:
-    rc = tiny(reg, NOISE, adv="bce", train={**TINY, "steps": 10, "max_bad_steps": 3})
-    tr = Trainer(rc, tmp_path, registry=reg)
-    tr.train_step(0)
-    tv = tr.c.losses["loss/tv"]
-    tv.forward = lambda ctx: torch.tensor(float("nan"))  # type: ignore[method-assign]
-    snapshot = {k: v.clone() for k, v in tr.c.gen.state_dict().items()}
-    with pytest.raises(TrainingDiverged, match="loss/tv"):
-        tr.fit()
-    for k, v in tr.c.gen.state_dict().items():
-        if v.is_floating_point() and "running" not in k:
-            assert torch.equal(v, snapshot[k]), k
 
 
 def test_cli_dry_run_reports_composition(tmp_path: Path) -> None:
