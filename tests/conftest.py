@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
-# The suite runs on the CPU even where there is a GPU: its reproducibility checks are bit-exact, which
-# CUDA kernels (cuDNN's autotuned ones above all) do not promise. tests/test_devices.py covers CUDA; `make test-cuda` runs it with
-# the GPU visible (STYLEZOO_TEST_CUDA=1). Set before torch is imported, and inherited by subprocesses.
+# The suite runs on the CPU even where there is a GPU: its reproducibility checks are bit-exact, which CUDA
+# kernels (cuDNN's autotuned ones above all) do not promise. tests/test_devices.py covers CUDA; `make
+# test-cuda` runs it with the GPU visible (STYLEZOO_TEST_CUDA=1). Set before anything imports torch (a
+# library may ask CUDA for its devices at import), and inherited by subprocesses.
 if os.environ.get("STYLEZOO_TEST_CUDA") != "1":
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
