@@ -53,7 +53,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from stylezoo.benchmarks.train_loops import NaiveLoop, PlainLoop
-from stylezoo.core.engine import Trainer, bf16_supported, pick_device
+from stylezoo.core.devices import bf16_supported, pick_device
+from stylezoo.core.engine import Trainer
 from stylezoo.core.registry import Registry
 from stylezoo.core.runconfig import RunConfig, resolve
 

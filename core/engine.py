@@ -25,6 +25,7 @@ from . import checkpoint as ckpt
 from .conditioning import Conditioning, with_labels
 from .cpu_memory import keep_freed_memory
 from .data import ImageSet, PairSet, _seed, pair_folders
+from .devices import bf16_supported, pick_device  # noqa: F401  (pick_device re-exported)
 from . import distributed as D
 from .ema import GeneratorEMA
 from .errors import CheckpointError, CompositionError, ConfigError, DataError, TrainingDiverged
@@ -38,26 +39,6 @@ from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers l
 
 NOISE, IMAGE = "noise", "image"
 log = logging.getLogger("stylezoo")
-
-
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and _cpu_has_bf16()
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclasses.dataclass

@@ -230,12 +230,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise UsageError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
     if precision == "auto":
         if AUTO_PRECISION == "bf16-where-fast":
-            from .engine import bf16_supported
+            from .devices import bf16_supported
 
             return "bf16" if bf16_supported(device) else "fp32"
         return AUTO_PRECISION
     if precision == "bf16":
-        from .engine import bf16_supported
+        from .devices import bf16_supported
 
         if not bf16_supported(device):
             raise UsageError(f"bfloat16 is not supported on {device} here; use --precision fp32.")
@@ -243,7 +243,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _device(spec: str | torch.device) -> torch.device:
-    from .engine import pick_device
+    from .devices import pick_device
 
     try:
         dev = pick_device(spec) if isinstance(spec, str) else spec

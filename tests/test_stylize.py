@@ -139,7 +139,7 @@ def test_pil_and_tensor_inputs(image_run: Path) -> None:
 
 
 def test_precision_option(image_run: Path) -> None:
-    from stylezoo.core.engine import bf16_supported
+    from stylezoo.core.devices import bf16_supported
 
     x = torch.from_numpy(_rgb(32, 40, 9)).permute(2, 0, 1).float() / 127.5 - 1
     auto = Stylizer.load(image_run, device="cpu", precision="auto")
@@ -165,7 +165,7 @@ def test_precision_option(image_run: Path) -> None:
 
 def test_noise_generator_samples_through_a_bf16_copy(noise_ckpt: Path) -> None:
     """Autocast was 6x slower than float32 for 16 DCGAN samples; the bfloat16 copy is faster than both."""
-    from stylezoo.core.engine import bf16_supported
+    from stylezoo.core.devices import bf16_supported
 
     if not bf16_supported(torch.device("cpu")):
         pytest.skip("this CPU has no bfloat16 support")
@@ -317,7 +317,7 @@ def test_encode_falls_back_when_format_cannot_store_mode() -> None:
 
 
 def test_auto_precision_gives_way_to_onnxruntime_fp32_but_explicit_bf16_does_not(image_run: Path) -> None:
-    from stylezoo.core.engine import bf16_supported
+    from stylezoo.core.devices import bf16_supported
 
     st = Stylizer.load(image_run, device="cpu", backend="auto")  # precision auto
     assert st.use_onnxruntime(required=False) and (st.backend, st.precision) == ("onnxruntime", "fp32")

@@ -31,7 +31,7 @@ def eval_cmd(
     """Score a generator: style (Gram) and content distances, SSIM, FID/KID on EfficientNet-Lite0 features,
     and paired distances with --reference. Results are appended to the run's eval.jsonl."""
     from ..checkpoint import atomic_write
-    from ..engine import pick_device
+    from ..devices import pick_device
     from ..evaluate import evaluate_checkpoint, run_dir_of
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")

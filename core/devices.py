@@ -1,0 +1,29 @@
+"""Which device a run uses and whether it has fast bfloat16: shared by training, inference and evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def pick_device(spec: str) -> torch.device:
+    """`auto` = cuda when available, else cpu; anything else as torch.device reads it (cpu, cuda:1 ...)."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 is fast on `device`: CUDA's own answer; on the CPU, oneDNN with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and _cpu_has_bf16()
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
