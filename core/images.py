@@ -1,12 +1,15 @@
-"""Reading and writing images robustly: EXIF orientation, every PIL mode, bad files, decompression bombs.
+"""Reading and writing images robustly: EXIF orientation, every PIL mode, bad files, decompression bombs;
+and stylized images written back in their source's mode (grey, 16-bit, alpha, palette) and file format.
 
 Everything returns float tensors in [-1, 1] (the project's image convention, core/kinds.py) or PIL images.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from .errors import DataError
+from .errors import DataError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"}
 MAX_PIXELS = 64_000_000  # larger declared sizes are refused as possible decompression bombs
@@ -141,3 +144,110 @@ def save_grid(rows: Sequence[Tensor], path: str | Path, *, pad: int = 2) -> Path
     path = Path(path)
     atomic_write(path, lambda tmp: Image.fromarray(arr, "RGB").save(tmp, format="PNG"))
     return path
+
+
+# ---------------------------------------------------------------- stylized images back in their source's mode
+# Output modes (decided here, documented in `output_mode`): the output has the input's size (after --size)
+# and, as far as the output format allows, the input's mode.
+GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+GREY8 = frozenset({"L", "1", "F"})
+_FALLBACK = {"I;16": "L", "LA": "L", "RGBA": "RGB", "P": "RGB", "CMYK": "RGB", "L": "RGB"}
+
+
+def output_mode(src_mode: str, has_alpha: bool) -> str:
+    """The mode of a stylized image given its source's mode.
+
+    Single-channel inputs give grey outputs: 16-bit ("I;16", "I") stay 16-bit "I;16" (full precision from
+    the float output), other grey modes ("L", "1", "F") give "L". The generator always sees RGB (grey is
+    replicated); its output is reduced to luma (ITU-R 601). Alpha is kept aside and put back ("LA" stays
+    "LA", "RGBA" stays "RGBA"). Palette inputs get a new adaptive palette ("P"; "RGBA" when the palette had
+    transparency), because restyling invents colours the old palette lacks. "CMYK" stays "CMYK"; any other
+    mode gives "RGB". When the output format cannot store the mode (JPEG and alpha, ...), a simpler one is
+    written and a note says so.
+    """
+    if src_mode in GREY16:
+        return "I;16"
+    if src_mode in GREY8:
+        return "L"
+    if src_mode in ("LA", "La"):
+        return "LA"
+    if src_mode == "P":
+        return "RGBA" if has_alpha else "P"
+    if src_mode == "CMYK":
+        return "CMYK"
+    return "RGBA" if has_alpha else "RGB"
+
+
+@dataclass
+class InputImage:
+    """An image as the generator's input, plus what restores its mode afterwards (`restore_mode`)."""
+
+    rgb: Tensor  # (3, h, w) in [-1, 1]
+    alpha: Image.Image | None  # mode "L", same size
+    mode: str  # output mode
+
+
+def input_image(im: Image.Image, src_mode: str, size: int | None) -> InputImage:
+    """`im` is RGB or RGBA (from open_image(keep_alpha=True) or _to_rgb)."""
+    if size is not None:
+        im = resize_short(im, size)
+    alpha = im.getchannel("A") if im.mode == "RGBA" else None
+    return InputImage(pil_to_tensor(im), alpha, output_mode(src_mode, alpha is not None))
+
+
+def read_item(path: str | Path, size: int | None = None) -> InputImage:
+    """An image file as the generator's input (EXIF orientation applied) plus what restores its mode."""
+    im = open_image(path, keep_alpha=True)
+    with Image.open(path) as raw:
+        src_mode = raw.mode
+    return input_image(im, src_mode, size)
+
+
+def restore_mode(y: Tensor, item: InputImage) -> Image.Image:
+    """The generator's output (3, h, w) back in the source's mode, alpha re-attached."""
+    mode = item.mode
+    if mode == "I;16":
+        unit = ((y.detach().float().cpu().clamp(-1, 1) + 1) * 0.5).numpy().astype(np.float64)
+        luma = 0.299 * unit[0] + 0.587 * unit[1] + 0.114 * unit[2]
+        return Image.fromarray(np.round(luma * 65535.0).astype("<u2"))  # mode I;16
+    rgb = tensor_to_pil(y)
+    if mode == "L":
+        return rgb.convert("L")
+    if mode == "LA" and item.alpha is not None:
+        return Image.merge("LA", (rgb.convert("L"), item.alpha))
+    if mode == "RGBA" and item.alpha is not None:
+        rgb.putalpha(item.alpha)
+        return rgb
+    if mode == "P":
+        return rgb.quantize(256)
+    if mode == "CMYK":
+        return rgb.convert("CMYK")
+    return rgb
+
+
+def image_format(path: Path) -> str:
+    """The PIL format name for a file name's suffix (UsageError when PIL cannot write it)."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise UsageError(f"Cannot write images with the suffix {path.suffix or '(none)'!r} ({path.name}): "
+                         "use .png, .jpg, .webp, .tif or .bmp (or --ext).")
+    return fmt
+
+
+def encode(im: Image.Image, fmt: str) -> tuple[bytes, str | None]:
+    """`im` encoded as `fmt`; when the format cannot store its mode, a simpler mode and a note saying so."""
+    opts = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}.get(fmt, {})
+    cur, note = im, None
+    while True:
+        buf = io.BytesIO()
+        try:
+            cur.save(buf, format=fmt, **opts)
+            return buf.getvalue(), note
+        except (OSError, KeyError, ValueError):
+            nxt = _FALLBACK.get(cur.mode)
+            if nxt is None:
+                raise
+            if cur.mode in ("RGBA", "LA"):  # flatten on white, as open_image does
+                cur = Image.alpha_composite(Image.new("RGBA", cur.size, (255, 255, 255, 255)), cur.convert("RGBA"))
+            cur = cur.convert(nxt)
+            note = f"{fmt} cannot store mode {im.mode}; wrote {nxt}"

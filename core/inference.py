@@ -8,7 +8,6 @@ and `Stylizer.write_samples`, so both give identical pixels.
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -26,7 +24,10 @@ from . import checkpoint as ckpt
 from . import cpu_memory
 from .checkpoint import atomic_write
 from .errors import CheckpointError, DataError, UnknownComponentError, UsageError
-from .images import _to_rgb, find_images, open_image, pil_to_tensor, resize_short, tensor_to_pil
+from .images import (
+    InputImage, _to_rgb, encode, find_images, image_format, input_image, open_image, pil_to_tensor, read_item,
+    resize_short, restore_mode, tensor_to_pil,
+)
 from .registry import Registry, default_registry
 
 
@@ -101,10 +102,6 @@ def _dist_of(meta: dict[str, Any], name: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ Stylizer
-# Output modes (decided here, documented in `output_mode`): the output has the input's size (after --size)
-# and, as far as the output format allows, the input's mode.
-GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-GREY8 = frozenset({"L", "1", "F"})
 PRECISIONS = ("fp32", "bf16", "auto")
 # What "auto" means. benchmarks/inference.py on this 2-core AVX512-BF16 CPU, idle (make bench, batch 1, 512 px):
 # bf16 (bfloat16 weights for unconditional image generators, autocast for the others: Stylizer._bf16_module)
@@ -114,105 +111,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 AUTO_PRECISION = "bf16-where-fast"
 BACKENDS = ("auto", "torch", "onnxruntime")
 AUTO_ORT_MIN_IMAGES = 16  # backend auto: ONNX Runtime from this many files on (its one-off export then pays off)
-_FALLBACK = {"I;16": "L", "LA": "L", "RGBA": "RGB", "P": "RGB", "CMYK": "RGB", "L": "RGB"}
 log = logging.getLogger("stylezoo")
-
-
-def output_mode(src_mode: str, has_alpha: bool) -> str:
-    """The mode of a stylized image given its source's mode.
-
-    Single-channel inputs give grey outputs: 16-bit ("I;16", "I") stay 16-bit "I;16" (full precision from
-    the float output), other grey modes ("L", "1", "F") give "L". The generator always sees RGB (grey is
-    replicated); its output is reduced to luma (ITU-R 601). Alpha is kept aside and put back ("LA" stays
-    "LA", "RGBA" stays "RGBA"). Palette inputs get a new adaptive palette ("P"; "RGBA" when the palette had
-    transparency), because restyling invents colours the old palette lacks. "CMYK" stays "CMYK"; any other
-    mode gives "RGB". When the output format cannot store the mode (JPEG and alpha, ...), a simpler one is
-    written and a note says so.
-    """
-    if src_mode in GREY16:
-        return "I;16"
-    if src_mode in GREY8:
-        return "L"
-    if src_mode in ("LA", "La"):
-        return "LA"
-    if src_mode == "P":
-        return "RGBA" if has_alpha else "P"
-    if src_mode == "CMYK":
-        return "CMYK"
-    return "RGBA" if has_alpha else "RGB"
-
-
-@dataclass
-class _Item:
-    rgb: Tensor  # (3, h, w) in [-1, 1]
-    alpha: Image.Image | None  # mode "L", same size
-    mode: str  # output mode
-
-
-def _item(im: Image.Image, src_mode: str, size: int | None) -> _Item:
-    """`im` is RGB or RGBA (from open_image(keep_alpha=True) or _to_rgb)."""
-    if size is not None:
-        im = resize_short(im, size)
-    alpha = im.getchannel("A") if im.mode == "RGBA" else None
-    return _Item(pil_to_tensor(im), alpha, output_mode(src_mode, alpha is not None))
-
-
-def read_item(path: str | Path, size: int | None = None) -> _Item:
-    """An image file as the generator's input (EXIF orientation applied) plus what restores its mode."""
-    im = open_image(path, keep_alpha=True)
-    with Image.open(path) as raw:
-        src_mode = raw.mode
-    return _item(im, src_mode, size)
-
-
-def _finish(y: Tensor, item: _Item) -> Image.Image:
-    """The generator's output (3, h, w) back in the source's mode, alpha re-attached."""
-    mode = item.mode
-    if mode == "I;16":
-        unit = ((y.detach().float().cpu().clamp(-1, 1) + 1) * 0.5).numpy().astype(np.float64)
-        luma = 0.299 * unit[0] + 0.587 * unit[1] + 0.114 * unit[2]
-        return Image.fromarray(np.round(luma * 65535.0).astype("<u2"))  # mode I;16
-    rgb = tensor_to_pil(y)
-    if mode == "L":
-        return rgb.convert("L")
-    if mode == "LA" and item.alpha is not None:
-        return Image.merge("LA", (rgb.convert("L"), item.alpha))
-    if mode == "RGBA" and item.alpha is not None:
-        rgb.putalpha(item.alpha)
-        return rgb
-    if mode == "P":
-        return rgb.quantize(256)
-    if mode == "CMYK":
-        return rgb.convert("CMYK")
-    return rgb
-
-
-def image_format(path: Path) -> str:
-    """The PIL format name for a file name's suffix (UsageError when PIL cannot write it)."""
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise UsageError(f"Cannot write images with the suffix {path.suffix or '(none)'!r} ({path.name}): "
-                         "use .png, .jpg, .webp, .tif or .bmp (or --ext).")
-    return fmt
-
-
-def encode(im: Image.Image, fmt: str) -> tuple[bytes, str | None]:
-    """`im` encoded as `fmt`; when the format cannot store its mode, a simpler mode and a note saying so."""
-    opts = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}.get(fmt, {})
-    cur, note = im, None
-    while True:
-        buf = io.BytesIO()
-        try:
-            cur.save(buf, format=fmt, **opts)
-            return buf.getvalue(), note
-        except (OSError, KeyError, ValueError):
-            nxt = _FALLBACK.get(cur.mode)
-            if nxt is None:
-                raise
-            if cur.mode in ("RGBA", "LA"):  # flatten on white, as open_image does
-                cur = Image.alpha_composite(Image.new("RGBA", cur.size, (255, 255, 255, 255)), cur.convert("RGBA"))
-            cur = cur.convert(nxt)
-            note = f"{fmt} cannot store mode {im.mode}; wrote {nxt}"
 
 
 @dataclass
@@ -477,10 +376,10 @@ class Stylizer:
         if isinstance(image, (str, Path)):
             item = read_item(image, size)
         elif isinstance(image, Image.Image):
-            item = _item(_to_rgb(image, keep_alpha=True), image.mode, size)
+            item = input_image(_to_rgb(image, keep_alpha=True), image.mode, size)
         else:
             raise UsageError(f"Cannot stylize a {type(image).__name__}: give a PIL image, a tensor or a path.")
-        return _finish(self.forward(item.rgb), item)
+        return restore_mode(self.forward(item.rgb), item)
 
     def sample_tensor(self, n: int, seed: int = 0, batch: int = 16) -> Tensor:
         """`n` images (n, 3, size, size) in [-1, 1] from seeded noise; the same seed gives the same images."""
@@ -525,13 +424,13 @@ class Stylizer:
                                 "input(s); remove them or drop --strict).")
         for p, why in report.skipped:
             skip(p, why)
-        pending: dict[tuple[int, int], list[tuple[_Item, Path, Path]]] = {}
+        pending: dict[tuple[int, int], list[tuple[InputImage, Path, Path]]] = {}
 
         def flush(key: tuple[int, int]) -> None:
             group = pending.pop(key)
             ys = self.forward(torch.stack([it.rgb for it, _, _ in group]))
             for y, (it, src, dst) in zip(ys, group):
-                data, note = encode(_finish(y, it), image_format(dst))
+                data, note = encode(restore_mode(y, it), image_format(dst))
                 atomic_write(dst, lambda p, d=data: p.write_bytes(d))
                 report.written.append(dst)
                 if note:

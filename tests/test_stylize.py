@@ -17,7 +17,8 @@ import stylezoo
 from stylezoo.core.cli import app
 from stylezoo.core.engine import Trainer
 from stylezoo.core.errors import CheckpointError, DataError, UsageError
-from stylezoo.core.inference import Stylizer, output_mode, pad_to_multiple, plan_outputs
+from stylezoo.core.images import output_mode
+from stylezoo.core.inference import Stylizer, pad_to_multiple, plan_outputs
 from stylezoo.core.registry import Registry
 from stylezoo.core.runconfig import resolve
 
@@ -308,7 +309,7 @@ def test_modes_padding_and_top_level_api() -> None:
 
 
 def test_encode_falls_back_when_format_cannot_store_mode() -> None:
-    from stylezoo.core.inference import encode
+    from stylezoo.core.images import encode
 
     data, note = encode(Image.new("I;16", (4, 4), 1000), "JPEG")
     assert note and Image.open(io.BytesIO(data)).mode == "L"

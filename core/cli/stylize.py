@@ -36,7 +36,7 @@ def stylize_cmd(
     """Restyle images with a trained generator; its composition comes from the checkpoint, no flags needed.
 
     Outputs keep each input's size (any size works: it is padded to the generator's multiple and cropped
-    back), EXIF orientation, alpha channel and mode (grey in, grey out; see stylezoo.core.inference.output_mode).
+    back), EXIF orientation, alpha channel and mode (grey in, grey out; see stylezoo.core.images.output_mode).
     Unreadable inputs are skipped with a warning; the exit status is non-zero only if nothing was written.
     Reference-guided models take --style REF (repeat with --style-weight to mix, --alpha for strength);
     label-conditioned models take --style-label NAME (or NAME:WEIGHT, repeated, to mix styles).
