@@ -28,10 +28,11 @@ from .data import ImageSet, PairSet, _seed, pair_folders
 from .devices import bf16_supported, pick_device  # noqa: F401  (pick_device re-exported)
 from . import distributed as D
 from .ema import GeneratorEMA
-from .errors import CheckpointError, CompositionError, ConfigError, DataError, TrainingDiverged
+from .errors import CompositionError, ConfigError, DataError, TrainingDiverged
 from .kinds import StepContext
 from .registry import Registry, default_registry
 from .runconfig import ROLES, RunConfig, component_config
+from .trainstate import load_run_state, run_meta, run_state
 from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers live in rundir)
     _StopAtStepEnd, _truncate_metrics, default_out, iter_metrics, newest_valid_checkpoint, plot_losses,
     resume_config, write_config,
@@ -502,80 +503,20 @@ class Trainer:
         return save_grid(rows, self.out / "samples" / f"{name}.png")
 
     def meta(self) -> dict[str, Any]:
-        import stylezoo
-
-        dists = {e.dist for e in [self.reg.get(n) for n in self.names()] if e.dist}
-        versions = {"stylezoo": stylezoo.__version__, "torch": torch.__version__}
-        for d in sorted(dists):
-            from .registry import _dist_version
-
-            versions[d] = _dist_version(d) or "unknown"
-        plugins = {n: e.dist for n in self.names() if (e := self.reg.get(n)).dist}  # which package to install
-        ema = {"ema": {"decay": self.ema.decay, "updates": self.ema.updates}} if self.ema is not None else {}
-        return ema | {"run": self.rc.to_dict(), "configs": self.c.configs, "step": self.step, "family": self.family,
-                "composition": {r: getattr(self.rc, r) for r in ROLES} | {"losses": list(self.rc.losses)},
-                "versions": versions, "plugins": plugins}
-
-    def names(self) -> list[str]:
-        return [n for n in [getattr(self.rc, r) for r in ROLES] + list(self.rc.losses) if n]
-
-    def state_tensors(self) -> dict[str, Tensor]:
-        t = ckpt.prefixed("gen", self.c.gen.state_dict())
-        if self.ema is not None:
-            t |= ckpt.prefixed("ema", self.ema.state_dict())
-        if self.c.disc is not None:
-            t |= ckpt.prefixed("disc", self.c.disc.state_dict())
-        og, og_info = ckpt.optimizer_state(self.opt_g)
-        t |= ckpt.prefixed("opt_g", og)
-        self._opt_info = {"opt_g": og_info}
-        if self.opt_d is not None:
-            od, od_info = ckpt.optimizer_state(self.opt_d)
-            t |= ckpt.prefixed("opt_d", od)
-            self._opt_info["opt_d"] = od_info
-        return t
+        """The metadata that rebuilds this run (core/trainstate.py)."""
+        return run_meta(self)
 
     def save_checkpoint(self, keep: bool) -> Path:
-        tensors = self.state_tensors()
-        meta = self.meta() | {"optim": self._opt_info}
+        """Write last.safetensors (and, with `keep`, checkpoints/step-N.safetensors); returns the first."""
+        tensors, meta = run_state(self)
         last = ckpt.save(self.out / "last.safetensors", tensors, meta)
         if keep:
             ckpt.save(self.out / "checkpoints" / f"step-{self.step:07d}.safetensors", tensors, meta)
         return last
 
     def load_state(self, path: Path) -> None:
-        tensors, meta = ckpt.load(path, device=self.device)
-        optim = meta.get("optim", {})
-        # check every part before loading any, so a mismatch never leaves the run half-loaded
-        parts = [("gen", self.c.gen, "generator"), ("disc", self.c.disc, "discriminator")]
-        has_ema = any(k.startswith("ema.") for k in tensors)
-        if self.ema is not None and has_ema:
-            parts.append(("ema", self.ema.module, "generator weight average (ema)"))
-        for key, module, what in parts:
-            if module is not None:
-                ckpt.check_module_state(module, ckpt.section(tensors, key), what)
-        opts = [(k, o) for k, o in (("opt_g", self.opt_g), ("opt_d", self.opt_d)) if o is not None]
-        for key, opt in opts:
-            ckpt.check_optimizer_state(opt, ckpt.section(tensors, key), optim.get(key, {}))
-        owners = {k for k, m, _ in parts if m is not None} | {k for k, _ in opts}
-        stray = sorted(k for k in tensors if k.split(".", 1)[0] not in owners)
-        if has_ema and self.ema is None and all(k.startswith("ema.") for k in stray):
-            raise CheckpointError(f"{path} holds a generator weight average (ema.*) but this run has train.ema = 0: "
-                                  "resume without overriding train.ema, or --set train.ema=DECAY; nothing was loaded.")
-        if stray:
-            raise CheckpointError(f"{path} holds {len(stray)} tensors this run has no place for (e.g. {stray[0]}). "
-                                  "The file was edited or belongs to another composition; nothing was loaded.")
-        for key, module, what in parts:
-            if module is not None:
-                ckpt.load_module_state(module, ckpt.section(tensors, key), what)
-        for key, opt in opts:
-            ckpt.load_optimizer_state(opt, ckpt.section(tensors, key), optim.get(key, {}))
-        self.step = int(meta["step"])
-        if self.ema is not None:
-            if has_ema:
-                self.ema.updates = int(meta.get("ema", {}).get("updates", self.step))
-            else:  # train.ema switched on at resume: the average starts from the loaded weights
-                log.info("%s has no weight average; train.ema starts one from its generator", path.name)
-                self.ema = GeneratorEMA(self.c.gen, self.t.ema)
+        """Load a checkpoint of this composition (weights, optimizers, step); core/trainstate.py."""
+        load_run_state(self, path)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> Path:

@@ -24,6 +24,7 @@ from .data import ImageSet
 from .errors import CheckpointError, DataError, UsageError
 from .images import find_images, load_tensor
 from .registry import Registry, default_registry
+from .trainstate import run_state
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -330,9 +331,8 @@ class RunEval:
                 self.warned = True
         elif M.better(self.metric, value, self.best):
             self.best = value
-            meta = tr.meta() | {"eval": m, "eval_metric": self.metric}
-            tensors = tr.state_tensors()
-            ckpt.save(self.path, tensors, meta | {"optim": tr._opt_info})
+            tensors, meta = run_state(tr)
+            ckpt.save(self.path, tensors, meta | {"eval": m, "eval_metric": self.metric})
         return {f"eval/{k}": v for k, v in m.items()}
 
 
