@@ -23,7 +23,9 @@ model FLOPs utilisation (MFU; model FLOPs as a direct convolution counts them: o
 convolutions with fewer multiplications, Winograd-style, so the float32 fraction can pass 1; on CUDA the
 float32 peak is measured with TF32 on when cuDNN's convolutions use it, its default), and peak memory (CPU:
 the process's high-water RSS during one step above its RSS before it, reset through /proc/self/clear_refs;
-CUDA: torch.cuda.max_memory_allocated). Then inference latency per image at 256 and 512 for every built-in
+CUDA: torch.cuda.max_memory_allocated). On the CPU, the engine variants also show the time their step spends
+inside convolutions and matrix products (each op's wall time, least of two steps) and the MFU those kernels
+alone reach: the step's ceiling if norms, activations, casts, the optimizer and Python took no time. Then inference latency per image at 256 and 512 for every built-in
 generator (CPU: benchmarks/inference.py, eager fp32 vs what stylize does; CUDA: eager fp32, bf16 autocast and
 the Stylizer, synchronised).
 
@@ -133,17 +135,23 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
 
 class _FlopCount(TorchDispatchMode):
     """FlopCounterMode's formulas (convolutions and matrix products, forward and backward) without its
-    module tracking, whose hooks break torch.autograd.grad (the gradient penalties' double backward)."""
+    module tracking, whose hooks break torch.autograd.grad (the gradient penalties' double backward).
+
+    It also sums the wall time of the ops that have a formula (`kernel_s`): the time the step spends in
+    the work MFU counts. Only meaningful on the CPU, where an op's time is spent inside its call."""
 
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
+        self.kernel_s = 0.0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         formula = flop_registry.get(func._overloadpacket)
+        t = time.perf_counter()
+        out = func(*args, **kwargs)
         if formula is not None:
+            self.kernel_s += time.perf_counter() - t
             self.total += int(formula(*args, **kwargs, out_val=out))
         return out
 
@@ -152,6 +160,13 @@ def count_flops(fn: Callable[[], Any]) -> int:
     with _FlopCount() as fc:
         fn()
     return fc.total
+
+
+def kernel_seconds(fn: Callable[[], Any]) -> float:
+    """Seconds one call of `fn` spends inside convolutions and matrix products (CPU)."""
+    with _FlopCount() as fc:
+        fn()
+    return fc.kernel_s
 
 
 # -------------------------------------------------------------------------------------------- the variants
@@ -233,8 +248,12 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
             rows[name] = {"precision": prec, "first_step_s": time.perf_counter() - t, "samples_s": [],
                           "data_s": [], "setup": _describe(tr) if name.startswith("engine") else prec}
         step_no += 1
+        kernel_s: dict[str, list[float]] = {name: [] for name in vs}
         for name, (fn, tr, prec) in vs.items():
-            rows[name]["flops"] = count_flops(lambda: fn(step_no))
+            with _FlopCount() as fc:
+                fn(step_no)
+            rows[name]["flops"] = fc.total
+            kernel_s[name].append(fc.kernel_s)
             rows[name]["peak_mb"] = peak_memory_mb(lambda: fn(step_no + 1), dev)
         step_no += 2
         for _ in range(max(0, args.warmup - 2)):
@@ -252,6 +271,11 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
                 tr.batch(step_no)  # what drawing the batch costs inside that step
                 rows[name]["data_s"].append(time.perf_counter() - t)
             step_no += 1
+        if dev.type == "cpu":  # a second look at the kernels' time, after the timed steps (the least is kept)
+            for name, (fn, tr, prec) in vs.items():
+                if name.startswith("engine"):
+                    kernel_s[name].append(kernel_seconds(lambda: fn(step_no)))
+            step_no += 1
         peaks["fp32"].append(matmul_peak(torch.float32, dev))
         if bf16_supported(dev):
             peaks["bf16"].append(matmul_peak(torch.bfloat16, dev))
@@ -267,6 +291,12 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
         r["mfu_fp32"] = r["flops"] / med / peak["fp32"]
         r["mfu_bf16"] = r["flops"] / med / peak["bf16"] if "bf16" in peak else None
         r["mfu"] = r["mfu_bf16"] if r["precision"] == "bf16" and r["mfu_bf16"] is not None else r["mfu_fp32"]
+        # the same FLOPs over the time spent in convolutions and matrix products alone: the MFU the step
+        # would reach if everything else (norms, activations, casts, Adam, Python) took no time
+        ks = min(kernel_s[name]) if dev.type == "cpu" else None
+        r["kernel_ms"] = ks * 1e3 if ks else None
+        kpeak = peak["bf16"] if r["precision"] == "bf16" and "bf16" in peak else peak["fp32"]
+        r["mfu_kernels"] = r["flops"] / ks / kpeak if ks else None
         # a first step far above the median is set-up work (compilation above all)
         r["compile_s"] = max(0.0, r["first_step_s"] - med) if name == "engine compiled" else None
     for name, r in rows.items():
@@ -437,13 +467,15 @@ def print_tables(result: dict[str, Any]) -> None:
         t = Table(title=f"{cell['recipe']} at {cell['size']}px, batch {cell['batch']}: medians of {result['steps']} "
                         f"interleaved steps; matmul peak fp32 {pk['fp32']:.0f} GFLOP/s"
                         + (f", bf16 {pk['bf16']:.0f}" if "bf16" in pk else ""))
-        for col in ("variant", "math", "step ms", "img/s", "data ms", "GFLOP/step", "GFLOP/s", "MFU", "x plain fp32",
-                    "x naive", "peak MB", "first step s"):
+        for col in ("variant", "math", "step ms", "img/s", "data ms", "GFLOP/step", "GFLOP/s", "MFU",
+                    "conv+mm ms (MFU)", "x plain fp32", "x naive", "peak MB", "first step s"):
             t.add_column(col, justify="left" if col in ("variant", "math") else "right", no_wrap=True)
         for name, r in cell["variants"].items():
             t.add_row(name, r["setup"], f"{r['step_ms']:.0f}", f"{r['images_per_s']:.2f}", f"{r['data_ms']:.1f}",
                       f"{r['gflop']:.1f}", f"{r['gflops_per_s']:.1f}",
-                      f"{r['mfu']:.2f} of {r['precision']}", f"{r['x_plain']:.2f}", _f(r["x_naive"], ".2f"),
+                      f"{r['mfu']:.2f} of {r['precision']}",
+                      "-" if r.get("kernel_ms") is None else f"{r['kernel_ms']:.0f} ({r['mfu_kernels']:.2f})",
+                      f"{r['x_plain']:.2f}", _f(r["x_naive"], ".2f"),
                       _f(r["peak_mb"], ".0f"), f"{r['first_step_s']:.1f}")
         con.print(t)
     if result.get("inference"):
@@ -474,18 +506,20 @@ def print_tables(result: dict[str, Any]) -> None:
             con.print(f"  {line}")
     if result.get("targets"):
         t = Table(title="targets (issue 7, set for its 2-core CPU) on this machine")
-        for col in ("target", "measured", "goal", "met"):
+        for col in ("target", "measured", "goal", "met", "conv+mm alone"):
             t.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
         for r in result["targets"]:
             t.add_row(r["target"], f"{r['value']:.2f}", ("<= " if "latency" in r["target"] else ">= ") + f"{r['goal']:g}",
-                      "[green]yes[/]" if r["met"] else "[red]no[/]")
+                      "[green]yes[/]" if r["met"] else "[red]no[/]", _f(r.get("kernels_only"), ".2f"))
         con.print(t)
     gpu = ""
     if "gpu" in m:
         gpu = f"{m['gpu']} (CUDA {m['cuda']}, TF32 convolutions {'on' if m['tf32_convolutions'] else 'off'}), "
     con.print(f"{gpu}{m['cpu']} ({m['torch_threads']} threads), torch {m['torch']}, device {m['device']}; load average "
               f"{m['loadavg_start'][0]:.1f} at the start, {m['loadavg_end'][0]:.1f} at the end. Ratios come from "
-              "interleaved steps in one process; absolute figures follow the machine's load."
+              "interleaved steps in one process; absolute figures follow the machine's load. conv+mm: the time "
+              "spent inside convolutions and matrix products alone (CPU), and the MFU of the step if nothing "
+              "else took time."
               + (" malloc keeps freed memory for every variant (core/cpu_memory.py)." if m.get("keeps_freed_memory")
                  else ""))
 
@@ -494,10 +528,11 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's targets, each with the value measured here and whether it is met."""
     out: list[dict[str, Any]] = []
 
-    def add(what: str, value: float | None, goal: float, at_most: bool = False) -> None:
+    def add(what: str, value: float | None, goal: float, at_most: bool = False,
+            kernels: float | None = None) -> None:
         if value is not None:
             out.append({"target": what, "value": value, "goal": goal,
-                        "met": value <= goal if at_most else value >= goal})
+                        "met": value <= goal if at_most else value >= goal, "kernels_only": kernels})
 
     for cell in result["cells"]:
         v, where = cell["variants"], f"{cell['recipe']} {cell['size']}px"
@@ -506,8 +541,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         fp32 = v.get("engine fp32") or (v["engine"] if v["engine"]["precision"] == "fp32" else None)
         bf16 = v.get("engine bf16") or (v["engine"] if v["engine"]["precision"] == "bf16" else None)
         if cell["size"] in (64, 128):
-            add(f"MFU fp32 of the fp32 matmul peak, {where}", fp32 and fp32["mfu_fp32"], 0.8)
-            add(f"MFU bf16 of the bf16 matmul peak, {where}", bf16 and bf16["mfu_bf16"], 0.65)
+            add(f"MFU fp32 of the fp32 matmul peak, {where}", fp32 and fp32["mfu_fp32"], 0.8,
+                kernels=fp32 and fp32.get("mfu_kernels"))
+            add(f"MFU bf16 of the bf16 matmul peak, {where}", bf16 and bf16["mfu_bf16"], 0.65,
+                kernels=bf16 and bf16.get("mfu_kernels"))
         if cell["recipe"] != "default":
             add(f"default precision / plain fp32 loop (images/s), {where}", v["engine"]["x_plain"], 1.5)
     for name, r in (result.get("inference") or {}).items():

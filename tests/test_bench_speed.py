@@ -26,6 +26,7 @@ def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> 
         assert v["step_ms"] > 0 and v["flops"] > 0, name
         assert v["mfu"] == v["mfu_bf16" if v["precision"] == "bf16" else "mfu_fp32"], name
         assert v["peak_mb"] is None or v["peak_mb"] > 0, name
+        assert v["kernel_ms"] > 0 and v["mfu_kernels"] > 0, name  # CPU: time inside conv and matmul ops
     # the naive step re-runs the extractor per term and layer: more FLOPs than the engine's step
     assert variants["naive fp32"]["flops"] > variants["engine"]["flops"]
     assert variants["plain fp32"]["x_plain"] == 1.0 and variants["naive fp32"]["x_naive"] == 1.0
@@ -33,6 +34,23 @@ def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> 
     assert "engine / naive step, default 64px" in names
     printed = capsys.readouterr().out
     assert "plain fp32" in printed and "wrote" in printed
+
+
+def test_kernel_seconds_counts_only_convolutions_and_matrix_products() -> None:
+    import time
+
+    import torch
+
+    a = torch.randn(256, 256)
+
+    def mm_then_wait() -> None:
+        (a @ a).relu_()
+        time.sleep(0.05)  # not a kernel: must not be counted
+
+    t = time.perf_counter()
+    ks = speed.kernel_seconds(mm_then_wait)
+    assert 0 < ks < time.perf_counter() - t - 0.04
+    assert speed.kernel_seconds(lambda: (a + 1).relu_().sum()) == 0.0  # no FLOP formula, no kernel time
 
 
 def test_conditional_and_noise_generators_time_what_stylize_runs() -> None:
