@@ -126,7 +126,8 @@ class ImageSet:
             # few images (a painting or two): draw varied crops from a larger copy; else a small jitter
             short = size * 2 if len(files) < 8 else round(size * 1.125)
         self.size, self.stream, self.what = size, stream, what
-        self.lazy = len(files) * 3 * short * short * 4 / 3 / 2**20 > cache_mb  # decoded uint8, 4:3 pictures
+        self.decoded_mb = len(files) * 3 * short * short * 4 / 3 / 2**20  # decoded uint8, 4:3 pictures
+        self.lazy = self.decoded_mb > cache_mb
         self.images: Any
         if self.lazy:
             log.info("%d %s images: decoded per draw by worker threads (over the %g MB cache budget)",
@@ -151,10 +152,11 @@ class ImageSet:
         mine = range(rank * per, rank * per + per)
         if self.lazy:  # decode this batch in parallel threads
             self.images.prefetch([idx[k] for k in mine])
+        ims = {i: self.images[i] for i in dict.fromkeys(idx[k] for k in mine)}  # each image once, if drawn twice
         out = []
         for k in mine:
             g = torch.Generator().manual_seed(_seed(seed, self.stream, step, k))
-            out.append(random_crop_flip([self.images[idx[k]]], self.size, g)[0])
+            out.append(random_crop_flip([ims[idx[k]]], self.size, g)[0])
         if self.lazy:  # and the next step's while this one trains
             nxt = self.indices(step + 1, batch, seed)
             self.images.prefetch([nxt[k] for k in mine])

@@ -129,6 +129,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         self.history: list[dict[str, float]] = []
+        self.data_s, self._data_warned = 0.0, False
         self._plan_features()
         self._prepare_style_targets()
         self.evaluator = self._make_evaluator()
@@ -329,7 +330,9 @@ class Trainer:
         torch.manual_seed(_seed(self.t.seed, 11, step, self.rank))  # penalties' noise, dropout
         self._set_lr(step)
         self._step_bad: list[str] = []
+        t_data = time.perf_counter()
         content, real, gin = self.batch(step)
+        self.data_s = time.perf_counter() - t_data  # the wait for this step's images (logged as time/data_s)
         gcond, dlabel, real = self.cond.draw(self, step, real)  # style= / label= for conditional generators
         target = real if self.pairs is not None else None
         dcond = {"condition": content} if self.cond_disc else {}  # D judges (input, image) pairs
@@ -462,6 +465,25 @@ class Trainer:
         module.zero_grad(set_to_none=True)
         return False
 
+    def _check_data_wait(self, window: int = 10, share: float = 0.2) -> None:
+        """Warn once when waiting for images took over `share` of the step (median of `window` steps after
+        the first two): the data loading, not the model, then sets the pace."""
+        hist = self.history[2:]
+        if self._data_warned or self.rank != 0 or len(hist) < window:
+            return
+        wait = sorted(h["time/data_s"] for h in hist[-window:])[window // 2]
+        step = sorted(h["time/step_s"] for h in hist[-window:])[window // 2]
+        if wait <= share * step:
+            return
+        self._data_warned = True
+        sets = [s for s in (self.content, self.real) if s is not None and s.lazy]
+        hint = ("Keep the images decoded in memory with --set data.cache_mb="
+                f"{math.ceil(max(s.decoded_mb for s in sets) * 1.1)} (they are decoded at every draw now), or "
+                "shrink them towards train.size beforehand." if sets else
+                "The images are already cached in memory: check what else loads this machine.")
+        log.warning("waiting for training images takes %.0f%% of each step (%.1f of %.1f ms, median of %d steps). %s",
+                    100 * wait / step, wait * 1e3, step * 1e3, window, hint)
+
     def _count_bad(self) -> None:
         """Stop the run after `max_bad_steps` consecutive steps whose update was skipped."""
         if not self._step_bad:
@@ -538,7 +560,9 @@ class Trainer:
                 self.step += 1
                 self._mid_step = False
                 dt = time.perf_counter() - t0
-                logs |= {"step": self.step, "time/step_s": dt, "time/images_per_s": self.t.batch / max(dt, 1e-9)}
+                logs |= {"step": self.step, "time/step_s": dt, "time/data_s": self.data_s,
+                         "time/images_per_s": self.t.batch / max(dt, 1e-9)}
+                self._check_data_wait()
                 evaluated = self._evaluate(logs)
                 self.history.append(logs)
                 if self.progress is not None:

@@ -67,7 +67,7 @@ def test_image_family_with_perceptual_losses_writes_everything(reg: Registry, tm
         assert (tmp_path / f).is_file(), f
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("g/loss/content", "g/loss/gram", "g/loss/tv", "g/g_adv", "d/d_adv", "d/real", "d/fake",
-                "time/step_s", "time/images_per_s"):
+                "time/step_s", "time/data_s", "time/images_per_s"):
         assert key in row
     # config.toml reproduces the run
     again = RunConfig.from_dict(tomllib.loads((tmp_path / "config.toml").read_text()))
@@ -217,3 +217,11 @@ def test_lr_decay_falls_linearly_over_the_last_steps(reg: Registry, tmp_path: Pa
         tiny(reg, NOISE, train={**TINY, "lr_decay": 1.5})
     const = Trainer(tiny(reg, NOISE, train={**TINY, "steps": 10}), tmp_path / "c", registry=reg)
     assert all(const.lr_factor(s) == 1.0 for s in range(10))
+
+
+def test_progress_line_shows_the_data_wait_only_when_it_matters() -> None:
+    from stylezoo.core.cli.run import _fmt
+
+    logs = {"g/loss": 1.0, "time/images_per_s": 10.0, "time/step_s": 0.2}
+    assert "data" not in _fmt(logs | {"time/data_s": 0.01})  # 5%
+    assert _fmt(logs | {"time/data_s": 0.1}).endswith("10.0 img/s (data 50%)")

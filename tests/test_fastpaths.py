@@ -209,6 +209,21 @@ def test_lazy_decoding_draws_the_same_batches(tmp_path: Path) -> None:
     torch.testing.assert_close(lazy.fixed(2), cached.fixed(2))
 
 
+def test_lazy_decoding_decodes_an_image_drawn_twice_in_a_batch_once(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from stylezoo.core.data import LazyImages
+
+    one = ImageSet(str(SAMPLES / "style" / "starry_night.jpg"), 32, cache_mb=0)
+    assert one.lazy and len(one) == 1
+    calls: list[int] = []
+    decode = LazyImages._decode
+    monkeypatch.setattr(LazyImages, "_decode", lambda self, i: calls.append(i) or decode(self, i))
+    for step in range(3):
+        before = len(calls)
+        out = one.batch(step, 4, 0)  # the one image, four times
+        one.images.pending[0].result()  # the next step's decode, started in the background
+        assert out.shape == (4, 3, 32, 32) and len(calls) - before == 1 + (step == 0)
+
+
 def test_lazy_decoding_skips_an_unreadable_file(tmp_path: Path) -> None:
     import shutil
 
@@ -338,3 +353,57 @@ def test_resumed_adam_moments_take_the_parameters_memory_layout(reg: Registry, t
             convs += p.dim() == 4 and not p.is_contiguous()
     assert convs > 0  # there were channels_last parameters to match
     assert torch.isfinite(torch.tensor(again.train_step(again.step)["g/loss"]))
+
+
+def test_slow_data_is_logged_and_named_with_its_fix(reg: Registry, tmp_path: Path, monkeypatch, caplog) -> None:  # noqa: ANN001
+    """time/data_s is the wait for each step's images; when it is a large share of the step, one warning says
+    which setting keeps the images decoded in memory."""
+    import json
+    import logging
+    import time
+
+    from stylezoo.core.data import LazyImages
+
+    slow = LazyImages._decode
+
+    def decode(self, i):  # noqa: ANN001, ANN202
+        time.sleep(0.1)  # far longer than a tiny step, even though the next batch decodes during it
+        return slow(self, i)
+
+    monkeypatch.setattr(LazyImages, "_decode", decode)
+    rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "steps": 14}}, losses=["tv"], sets=["data.cache_mb=0"])
+    tr = Trainer(rc, tmp_path, registry=reg)
+    assert tr.content.lazy
+    with caplog.at_level(logging.WARNING, logger="stylezoo"):
+        tr.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["time/data_s"] <= r["time/step_s"] for r in rows)
+    assert sorted(r["time/data_s"] for r in rows)[len(rows) // 2] >= 0.02
+    (warning,) = [r.getMessage() for r in caplog.records if "waiting for training images" in r.getMessage()]
+    import math
+
+    need = max(s.decoded_mb for s in (tr.content, tr.real) if s is not None and s.lazy)
+    assert f"--set data.cache_mb={math.ceil(need * 1.1)} " in warning
+
+
+def test_the_data_wait_warning_needs_a_large_share_over_several_steps(reg: Registry, tmp_path: Path, caplog) -> None:  # noqa: ANN001
+    import logging
+
+    tr = Trainer(resolve(reg, cli=IMAGE, losses=["tv"]), tmp_path, registry=reg)
+    assert not tr.content.lazy
+
+    def run(waits: list[float]) -> list[str]:
+        tr.history, tr._data_warned = [{"time/data_s": w, "time/step_s": 0.1} for w in waits], False
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="stylezoo"):
+            tr._check_data_wait()
+        return [r.getMessage() for r in caplog.records]
+
+    assert run([0.015] * 12) == []  # 15% of the step: fine
+    assert run([0.05] * 11) == []  # too few steps after the first two to judge
+    assert run([0.5, 0.5] + [0.01] * 10) == []  # the first two steps (warm-up) are not counted
+    (msg,) = run([0.05] * 12)
+    assert "50%" in msg and "already cached in memory" in msg
+    caplog.clear()
+    tr._check_data_wait()  # once per run
+    assert tr._data_warned and not caplog.records

@@ -198,8 +198,9 @@ def _fmt(logs: dict[str, float]) -> str:
     parts = [f"D={logs['d/loss']:.3g}"] if "d/loss" in logs else []
     parts.append(f"G={logs.get('g/loss', 0.0):.3g}")
     parts += [f"{k.split('/')[-1]}={logs[k]:.3g}" for k in logs if k.startswith("g/") and k != "g/loss"][:5]
-    s = " ".join(parts)
-    return s + f" {logs.get('time/images_per_s', 0):.1f} img/s"
+    s = " ".join(parts) + f" {logs.get('time/images_per_s', 0):.1f} img/s"
+    wait, step = logs.get("time/data_s", 0.0), logs.get("time/step_s", 0.0)
+    return s + (f" (data {100 * wait / step:.0f}%)" if step > 0 and wait > 0.1 * step else "")
 
 
 def register(app: typer.Typer) -> None:
