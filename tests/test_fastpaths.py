@@ -224,6 +224,28 @@ def test_lazy_decoding_decodes_an_image_drawn_twice_in_a_batch_once(tmp_path: Pa
         assert out.shape == (4, 3, 32, 32) and len(calls) - before == 1 + (step == 0)
 
 
+def test_large_jpegs_decode_at_a_reduced_scale_that_keeps_the_resized_pixels(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from stylezoo.core.images import DRAFT_MARGIN, open_image, resize_short
+
+    rng = np.random.default_rng(0)
+    smooth = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    big = Image.fromarray(smooth).resize((1600, 1200), Image.Resampling.BICUBIC)
+    big.save(tmp_path / "big.jpg", quality=92)
+    short = 64
+    full, fast = open_image(tmp_path / "big.jpg"), open_image(tmp_path / "big.jpg", short=short)
+    assert full.size == (1600, 1200)
+    assert fast.size == (400, 300) and min(fast.size) >= DRAFT_MARGIN * short  # decoded at 1/4 scale
+    a, b = (np.asarray(resize_short(im, short), dtype=np.float64) for im in (full, fast))
+    assert a.shape == b.shape == (64, 85, 3)
+    assert np.abs(a - b).mean() < 1.0 and np.abs(a - b).max() <= 8  # 8-bit levels
+    assert open_image(tmp_path / "big.jpg", short=200).size == (1600, 1200)  # 1/2 would go under 4 x 200
+    big.save(tmp_path / "big.png")
+    assert open_image(tmp_path / "big.png", short=short).size == (1600, 1200)  # JPEG only
+
+
 def test_lazy_decoding_skips_an_unreadable_file(tmp_path: Path) -> None:
     import shutil
 
