@@ -77,3 +77,16 @@ def test_latency_helpers_take_a_device() -> None:
     row = speed._conditional_latency(reg, "gen/encdec", [32], 1, torch.device("cpu"))["sizes"]["32"]
     assert row["condition"] == "none" and row["stylize_ms"] > 0
     assert speed.matmul_peak(torch.float32, torch.device("cpu"), n=256, reps=2) > 0
+
+
+def test_data_benchmark_trains_cached_and_lazily_decoded_photos_side_by_side(tmp_path: Path) -> None:
+    from stylezoo.benchmarks import data
+
+    out = tmp_path / "data.json"
+    assert data.main(["--photos", "6", "--side", "640", "--size", "32", "--steps", "1", "--rounds", "1",
+                      "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["photos"] == 6 and result["decode_batch_ms"] > 0
+    assert set(result["variants"]) == {"cached", "decoded per draw"}
+    for v in result["variants"].values():
+        assert 0 <= v["data_ms"] < v["step_ms"] and len(v["samples"]["step_s"]) == 1
