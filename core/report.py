@@ -208,6 +208,22 @@ def metric_plot(rows: Sequence[dict[str, Any]]) -> bytes | None:
 
 
 # -- sections --------------------------------------------------------------------------------------------------
+def speed_line(rows: Sequence[dict[str, Any]]) -> str:
+    """Median throughput of the logged steps after the first (which carries set-up and compilation)."""
+    steps = [r for r in rows if "time/step_s" in r and r.get("step", 0) > 1]
+    if not steps:
+        return '<p class="empty">No timed steps logged after the first.</p>'
+
+    def med(key: str) -> float:
+        vals = sorted(float(r.get(key, 0.0)) for r in steps)
+        return vals[len(vals) // 2]
+
+    step, wait = med("time/step_s"), med("time/data_s")
+    return (f"<p>Median of {len(steps)} logged steps: <b>{med('time/images_per_s'):.1f} images/s</b>, "
+            f"{step * 1e3:.0f} ms per step, of which {wait * 1e3:.1f} ms waiting for images "
+            f"({100 * wait / step if step else 0:.0f}%).</p>")
+
+
 def kv_table(d: dict[str, Any]) -> str:
     rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(json.dumps(v) if isinstance(v, (list, dict)) else v)}</td></tr>"
                    for k, v in d.items())
@@ -298,6 +314,7 @@ def build_report(run: str | Path) -> str:
         "<h2>Metric curves</h2>", figure(mplot, "evaluation metrics during training") if mplot
         else '<p class="empty">No evaluation during training (set train.eval_every to get curves).</p>',
         "<h2>Sample grids over time</h2>", grids,
+        "<h2>Speed</h2>", speed_line(rows),
         "<h2>Composition and config</h2>", composition_section(cfg, meta),
         "<h3>config.toml</h3>", f"<pre>{esc(cfg_path.read_text())}</pre>",
     ]

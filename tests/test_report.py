@@ -112,7 +112,7 @@ def test_report_is_one_self_contained_file(run: Path) -> None:
     without_images = re.sub(r'src="data:[^"]*"', "", page)
     assert not re.search(r"(?:src|href)=|https?://|<link|@import|url\(", without_images)
     for text in ("Evaluation", "Loss curves", "Metric curves", "Sample grids over time", "Composition and config",
-                 "gen/encdec", "loss/tv", "style_gram", "best by style_gram", "held-aside"):
+                 "gen/encdec", "loss/tv", "style_gram", "best by style_gram", "held-aside", "Speed", "images/s, "):
         assert text in page, text
 
 
@@ -170,3 +170,14 @@ def test_report_renders_in_a_headless_browser(run: Path, tmp_path: Path) -> None
     assert im.size == (1200, 2000)
     colours = len(np.unique(np.asarray(im.resize((300, 500))).reshape(-1, 3), axis=0))
     assert colours > 200 and max(ImageStat.Stat(im).stddev) > 20, (colours, ImageStat.Stat(im).stddev)
+
+
+def test_report_states_the_median_speed_and_data_wait() -> None:
+    from stylezoo.core.report import speed_line
+
+    rows = [{"step": 1, "time/step_s": 9.0, "time/data_s": 5.0, "time/images_per_s": 0.4},  # set-up: left out
+            *({"step": s, "time/step_s": 0.2, "time/data_s": 0.05, "time/images_per_s": 20.0} for s in (2, 3, 4)),
+            {"step": 4, "eval/style_gram": 0.5}]
+    assert speed_line(rows) == ("<p>Median of 3 logged steps: <b>20.0 images/s</b>, 200 ms per step, of which "
+                                "50.0 ms waiting for images (25%).</p>")
+    assert "No timed steps" in speed_line(rows[:1])
