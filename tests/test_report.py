@@ -112,7 +112,7 @@ def test_report_is_one_self_contained_file(run: Path) -> None:
     without_images = re.sub(r'src="data:[^"]*"', "", page)
     assert not re.search(r"(?:src|href)=|https?://|<link|@import|url\(", without_images)
     for text in ("Evaluation", "Loss curves", "Metric curves", "Sample grids over time", "Composition and config",
-                 "gen/encdec", "loss/tv", "style_gram", "best by style_gram", "held-aside", "Speed", "images/s, "):
+                 "gen/encdec", "loss/tv", "style_gram", "best by style_gram", "held-aside", "Speed", "images/s</b>, "):
         assert text in page, text
 
 
