@@ -157,10 +157,11 @@ class ImageSet:
         for k in mine:
             g = torch.Generator().manual_seed(_seed(seed, self.stream, step, k))
             out.append(random_crop_flip([ims[idx[k]]], self.size, g)[0])
-        if self.lazy:  # and the next step's while this one trains
+        x = torch.stack(out).float().div_(127.5).sub_(1.0)
+        if self.lazy:  # and the next step's while this one trains (started last: the threads take the GIL)
             nxt = self.indices(step + 1, batch, seed)
             self.images.prefetch([nxt[k] for k in mine])
-        return torch.stack(out).float().div_(127.5).sub_(1.0)
+        return x
 
     def fixed(self, n: int) -> Tensor:
         """The first n images, centre-cropped: a fixed batch for sample grids."""
