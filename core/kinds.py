@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
-import torch
 from torch import Tensor, nn
 
 KINDS: dict[str, str] = {
