@@ -273,7 +273,7 @@ def samples_section(run: Path, family: str, step: int) -> tuple[str, str]:
     final = sd / "final.png"
     if final.is_file() and not (grids and step_of(grids[-1]) == step):  # else it is the last grid again
         over.append(figure(final.read_bytes(), f"final (step {step})"))
-    grids = f'<div class="grids">{"".join(over)}</div>' if over else '<p class="empty">No sample grids.</p>'
+    over_time = f'<div class="grids">{"".join(over)}</div>' if over else '<p class="empty">No sample grids.</p>'
     side = []
     if final.is_file():
         what = "top row: inputs, row below: outputs (then targets, for paired data)" if family == "image" else "samples"
@@ -282,7 +282,7 @@ def samples_section(run: Path, family: str, step: int) -> tuple[str, str]:
     if held.is_file():
         what = "top row: held-aside inputs, bottom row: outputs" if family == "image" else "evaluation samples"
         side.append(figure(held.read_bytes(), f"last evaluation — {what}"))
-    return grids, "".join(side) or '<p class="empty">No final samples.</p>'
+    return over_time, "".join(side) or '<p class="empty">No final samples.</p>'
 
 
 # -- the page --------------------------------------------------------------------------------------------------
