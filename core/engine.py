@@ -32,7 +32,7 @@ from .errors import CompositionError, ConfigError, DataError, TrainingDiverged
 from .kinds import StepContext
 from .registry import Registry, default_registry
 from .runconfig import ROLES, RunConfig, component_config
-from .trainstate import load_run_state, run_meta, run_state
+from .trainstate import component_names, load_run_state, run_meta, run_state
 from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers live in rundir)
     _StopAtStepEnd, _truncate_metrics, default_out, iter_metrics, newest_valid_checkpoint, plot_losses,
     resume_config, write_config,
@@ -527,6 +527,10 @@ class Trainer:
     def meta(self) -> dict[str, Any]:
         """The metadata that rebuilds this run (core/trainstate.py)."""
         return run_meta(self)
+
+    def names(self) -> list[str]:
+        """The registered names this run is composed of."""
+        return component_names(self)
 
     def save_checkpoint(self, keep: bool) -> Path:
         """Write last.safetensors (and, with `keep`, checkpoints/step-N.safetensors); returns the first."""
