@@ -162,7 +162,21 @@ def _machine() -> dict[str, Any]:
     # Stylizer and Trainer do this on the CPU, process-wide: every path measured here runs with it
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_bf16": bf16,
             "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "loadavg_start": os.getloadavg(), "keeps_freed_memory": keep_freed_memory()}
+            "commit": _commit(), "loadavg_start": os.getloadavg(), "keeps_freed_memory": keep_freed_memory()}
+
+
+def _commit() -> str | None:
+    """The stylezoo checkout's commit (short hash, '+' when it has uncommitted changes), or None."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:

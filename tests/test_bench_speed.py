@@ -7,6 +7,8 @@ import json
 import platform
 from pathlib import Path
 
+import pytest
+
 from stylezoo.benchmarks import speed
 
 
@@ -17,6 +19,8 @@ def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> 
     result = json.loads(out.read_text())
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert result["machine"]["keeps_freed_memory"] is glibc
+    commit = result["machine"]["commit"]  # None outside a git checkout
+    assert commit is None or (len(commit.rstrip("+")) >= 7 and all(c in "0123456789abcdef" for c in commit.rstrip("+")))
     (cell,) = result["cells"]
     assert (cell["recipe"], cell["size"]) == ("default", 64)
     variants = cell["variants"]
@@ -90,3 +94,31 @@ def test_data_benchmark_trains_cached_and_lazily_decoded_photos_side_by_side(tmp
     assert set(result["variants"]) == {"cached", "decoded per draw"}
     for v in result["variants"].values():
         assert 0 <= v["data_ms"] < v["step_ms"] and len(v["samples"]["step_s"]) == 1
+
+
+def _result(step_s: list[float], commit: str, batch: int = 4) -> dict:
+    med = sorted(step_s)[len(step_s) // 2]
+    v = {"samples_s": step_s, "step_ms": med * 1e3, "images_per_s": batch / med, "mfu": 0.5}
+    m = {"cpu": "x", "device": "cpu", "torch": "2", "torch_threads": 2, "commit": commit, "loadavg_start": [0.1]}
+    return {"machine": m, "cells": [{"recipe": "default", "size": 64, "batch": batch, "variants": {"engine": v}}]}
+
+
+def test_compare_flags_only_changes_beyond_both_runs_noise(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from stylezoo.benchmarks import compare
+
+    base = _result([0.100, 0.102, 0.104], "aaa")
+    rows = compare.compare(base, _result([0.101, 0.103, 0.105], "bbb"))  # inside each other's range
+    assert len(rows) == 1 and not rows[0]["beyond_noise"]
+    (row,) = compare.compare(base, _result([0.120, 0.121, 0.125], "bbb"))
+    assert row["beyond_noise"] and row["speed"] == pytest.approx(0.102 / 0.121)
+    # images/s, not steps: batch 8 at twice the step time is the same speed
+    (row,) = compare.compare(base, _result([0.200, 0.204, 0.208], "bbb", batch=8))
+    assert row["speed"] == pytest.approx(1.0) and not row["beyond_noise"]
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(base))
+    new.write_text(json.dumps(_result([0.120, 0.121, 0.125], "bbb")))
+    assert compare.main([str(old), str(new)]) == 0
+    assert compare.main([str(old), str(new), "--fail-slower", "0.1"]) == 1  # 0.84x
+    assert compare.main([str(old), str(new), "--fail-slower", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "commit aaa" in out and "commit bbb" in out and "slower" in out

@@ -1,0 +1,90 @@
+"""Compare two `make bench` results (bench-results/speed.json from two commits), cell by cell.
+
+    python -m stylezoo.benchmarks.compare OLD.json NEW.json [--fail-slower 0.05]
+
+For every (recipe, size, variant) present in both: images/s before and after (from the median steps), the
+speed ratio (above 1 is faster), the MFU before and after, and whether the change is beyond the noise of
+the two runs: per image, the new median outside the old run's fastest-to-slowest step range and the old
+median outside the new one's. Machines, torch versions and thread counts are printed first: ratios between
+different machines or loads say little. With --fail-slower F, exits 1 when a cell is slower by more than
+the fraction F beyond noise (a regression check between two runs on one machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+MACHINE_KEYS = ("cpu", "gpu", "device", "torch", "torch_threads", "commit")
+
+
+def _cells(result: dict[str, Any]) -> dict[tuple[str, int, str], dict[str, Any]]:
+    return {(c["recipe"], c["size"], name): v | {"batch": c["batch"]}
+            for c in result["cells"] for name, v in c["variants"].items()}
+
+
+def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (recipe, size, variant) in both results."""
+    a, b = _cells(old), _cells(new)
+    rows = []
+    for key in [k for k in a if k in b]:
+        o, n = a[key], b[key]
+        # seconds per image, so runs with different batch sizes compare too
+        po, pn = ([s / r["batch"] for s in r["samples_s"]] for r in (o, n))
+        mo, mn = o["step_ms"] / 1e3 / o["batch"], n["step_ms"] / 1e3 / n["batch"]
+        beyond = not min(po) <= mn <= max(po) and not min(pn) <= mo <= max(pn)
+        rows.append({"recipe": key[0], "size": key[1], "variant": key[2], "old_ips": o["images_per_s"],
+                     "new_ips": n["images_per_s"], "speed": mo / mn, "old_mfu": o.get("mfu"),
+                     "new_mfu": n.get("mfu"), "beyond_noise": beyond, "old_batch": o["batch"], "new_batch": n["batch"]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stylezoo.benchmarks.compare", description=__doc__.split("\n")[0])
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--fail-slower", type=float, metavar="F",
+                    help="exit 1 when a cell is slower by more than this fraction, beyond noise")
+    args = ap.parse_args(argv)
+    old, new = (json.loads(p.read_text()) for p in (args.old, args.new))
+    con = Console(width=160)
+    for label, r in (("old", old), ("new", new)):
+        m = r["machine"]
+        con.print(f"{label}: " + ", ".join(f"{k} {m[k]}" for k in MACHINE_KEYS if m.get(k) is not None)
+                  + f"; load average {m['loadavg_start'][0]:.1f} at the start")
+    differs = [k for k in MACHINE_KEYS[:-1] if old["machine"].get(k) != new["machine"].get(k)]
+    if differs:
+        con.print(f"[yellow]The runs differ in {', '.join(differs)}: compare with care.[/]")
+    rows = compare(old, new)
+    if not rows:
+        con.print("[red]No (recipe, size, variant) is in both results.[/]")
+        return 1
+    t = Table(title=f"{args.old} -> {args.new}: images/s from median step times")
+    for col in ("recipe", "px", "variant", "old img/s", "new img/s", "speed new/old", "MFU old -> new", "beyond noise"):
+        t.add_column(col, justify="left" if col in ("recipe", "variant") else "right", no_wrap=True)
+    slower = []
+    for r in rows:
+        mark = ""
+        if r["beyond_noise"]:
+            mark = "[green]faster[/]" if r["speed"] > 1 else "[red]slower[/]"
+        if r["old_batch"] != r["new_batch"]:
+            mark += f" (batch {r['old_batch']} -> {r['new_batch']})"
+        mfu = "-" if r["old_mfu"] is None or r["new_mfu"] is None else f"{r['old_mfu']:.2f} -> {r['new_mfu']:.2f}"
+        t.add_row(r["recipe"], str(r["size"]), r["variant"], f"{r['old_ips']:.1f}", f"{r['new_ips']:.1f}",
+                  f"{r['speed']:.2f}x", mfu, mark)
+        if args.fail_slower is not None and r["beyond_noise"] and r["speed"] < 1 - args.fail_slower:
+            slower.append(f"{r['recipe']} {r['size']}px {r['variant']}: {r['speed']:.2f}x")
+    con.print(t)
+    if slower:
+        con.print("[red]Slower beyond noise and the allowed fraction:[/] " + "; ".join(slower))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
