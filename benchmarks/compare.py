@@ -6,7 +6,10 @@ For every (recipe, size, variant) present in both: images/s before and after (fr
 speed ratio (above 1 is faster), the MFU before and after, and whether the change is beyond the noise of
 the two runs: per image, the new median outside the old run's fastest-to-slowest step range and the old
 median outside the new one's. Machines, torch versions and thread counts are printed first: ratios between
-different machines or loads say little. With --fail-slower F, exits 1 when a cell is slower by more than
+different machines or loads say little, and one machine drifts between runs too (up to about 10% on the
+2-core box): a change that moves the plain and naive loops as much as the engine is drift. The last
+column, each variant's speed over the plain fp32 loop of its own run (interleaved in one process), is free
+of that drift: it moves only when the engine's code does. With --fail-slower F, exits 1 when a cell is slower by more than
 the fraction F beyond noise (a regression check between two runs on one machine).
 """
 
@@ -40,7 +43,8 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
         beyond = not min(po) <= mn <= max(po) and not min(pn) <= mo <= max(pn)
         rows.append({"recipe": key[0], "size": key[1], "variant": key[2], "old_ips": o["images_per_s"],
                      "new_ips": n["images_per_s"], "speed": mo / mn, "old_mfu": o.get("mfu"),
-                     "new_mfu": n.get("mfu"), "beyond_noise": beyond, "old_batch": o["batch"], "new_batch": n["batch"]})
+                     "new_mfu": n.get("mfu"), "beyond_noise": beyond, "old_batch": o["batch"], "new_batch": n["batch"],
+                     "old_x_plain": o.get("x_plain"), "new_x_plain": n.get("x_plain")})
     return rows
 
 
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         con.print("[red]No (recipe, size, variant) is in both results.[/]")
         return 1
     t = Table(title=f"{args.old} -> {args.new}: images/s from median step times")
-    for col in ("recipe", "px", "variant", "old img/s", "new img/s", "speed new/old", "MFU old -> new", "beyond noise"):
+    for col in ("recipe", "px", "variant", "old img/s", "new img/s", "speed new/old", "beyond noise", "MFU old -> new",
+                "x plain fp32 old -> new"):
         t.add_column(col, justify="left" if col in ("recipe", "variant") else "right", no_wrap=True)
     slower = []
     for r in rows:
@@ -75,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if r["old_batch"] != r["new_batch"]:
             mark += f" (batch {r['old_batch']} -> {r['new_batch']})"
         mfu = "-" if r["old_mfu"] is None or r["new_mfu"] is None else f"{r['old_mfu']:.2f} -> {r['new_mfu']:.2f}"
+        xp = ("-" if r["old_x_plain"] is None or r["new_x_plain"] is None
+              else f"{r['old_x_plain']:.2f} -> {r['new_x_plain']:.2f}")
         t.add_row(r["recipe"], str(r["size"]), r["variant"], f"{r['old_ips']:.1f}", f"{r['new_ips']:.1f}",
-                  f"{r['speed']:.2f}x", mfu, mark)
+                  f"{r['speed']:.2f}x", mark, mfu, xp)
         if args.fail_slower is not None and r["beyond_noise"] and r["speed"] < 1 - args.fail_slower:
             slower.append(f"{r['recipe']} {r['size']}px {r['variant']}: {r['speed']:.2f}x")
     con.print(t)

@@ -30,7 +30,10 @@ def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> 
         assert v["step_ms"] > 0 and v["flops"] > 0, name
         assert v["mfu"] == v["mfu_bf16" if v["precision"] == "bf16" else "mfu_fp32"], name
         assert v["peak_mb"] is None or v["peak_mb"] > 0, name
-        assert v["kernel_ms"] > 0 and v["mfu_kernels"] > 0, name  # CPU: time inside conv and matmul ops
+        if name.startswith("engine"):  # CPU: time inside conv and matmul ops, for the engine's variants
+            assert v["kernel_ms"] > 0 and v["mfu_kernels"] > 0, name
+        else:
+            assert v["kernel_ms"] is None, name
     # the naive step re-runs the extractor per term and layer: more FLOPs than the engine's step
     assert variants["naive fp32"]["flops"] > variants["engine"]["flops"]
     assert variants["plain fp32"]["x_plain"] == 1.0 and variants["naive fp32"]["x_naive"] == 1.0
