@@ -25,9 +25,9 @@ float32 peak is measured with TF32 on when cuDNN's convolutions use it, its defa
 the process's high-water RSS during one step above its RSS before it, reset through /proc/self/clear_refs;
 CUDA: torch.cuda.max_memory_allocated). On the CPU, the engine variants also show the time their step spends
 inside convolutions and matrix products (each op's wall time, least of two steps) and the MFU those kernels
-alone reach: the step's ceiling if norms, activations, casts, the optimizer and Python took no time. Then inference latency per image at 256 and 512 for every built-in
-generator (CPU: benchmarks/inference.py, eager fp32 vs what stylize does; CUDA: eager fp32, bf16 autocast and
-the Stylizer, synchronised).
+alone reach: the step's ceiling if norms, activations, casts, the optimizer and Python took no time. Then
+inference latency per image at 256 and 512 for every built-in generator (CPU: benchmarks/inference.py, eager
+fp32 vs what stylize does; CUDA: eager fp32, bf16 autocast and the Stylizer, synchronised).
 
 --ablation adds engine variants that switch one fast path each (precision x channels_last, stock Adam,
 zero padding in gen/encdec): the measurements the engine's defaults were chosen from.
@@ -292,9 +292,9 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
         r["mfu_bf16"] = r["flops"] / med / peak["bf16"] if "bf16" in peak else None
         r["mfu"] = r["mfu_bf16"] if r["precision"] == "bf16" and r["mfu_bf16"] is not None else r["mfu_fp32"]
         # the same FLOPs over the time spent in convolutions and matrix products alone: the MFU the step
-        # would reach if everything else (norms, activations, casts, Adam, Python) took no time
-        # the engine's variants only (least of two looks; one look at a plain or naive step can come out above
-        # their median); compiled code runs fused kernels that a dispatch mode does not see one by one
+        # would reach if everything else (norms, activations, casts, Adam, Python) took no time. For the
+        # engine's variants only: they get the least of two looks (one look at a plain or naive step can come
+        # out above its median), and compiled code runs fused kernels a dispatch mode does not see one by one
         ks = (min(kernel_s[name]) if dev.type == "cpu" and name.startswith("engine") and name != "engine compiled"
               else None)
         r["kernel_ms"] = ks * 1e3 if ks else None
