@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -249,10 +250,15 @@ class Trainer:
         if self.c.disc is not None:
             self.disc_fwd = D.wrap(self.c.disc, self.device)
         if self.t.compile:  # compiles lazily: the first step's time includes it (logged as time/step_s)
-            self.gen_fwd = torch.compile(self.gen_fwd)
+            # dynamic=False: one static graph per input shape; a run has two or three (D sees B and 2B images).
+            # torch's automatic dynamic shapes, switched on when the same module code meets a second image size (a
+            # second Trainer at another --size in one process), failed inside inductor on PatchGAN ("cannot
+            # determine truth value of Relational"), torch 2.14.1
+            compile_ = functools.partial(torch.compile, dynamic=False)
+            self.gen_fwd = compile_(self.gen_fwd)
             if self.c.disc is not None:
-                self.disc_fwd = torch.compile(self.disc_fwd)
-                self.disc_plain = self.disc_fwd if self.world == 1 else torch.compile(self.c.disc)
+                self.disc_fwd = compile_(self.disc_fwd)
+                self.disc_plain = self.disc_fwd if self.world == 1 else compile_(self.c.disc)
         elif self.world == 1:
             self.disc_plain = self.disc_fwd
 
