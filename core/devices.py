@@ -27,3 +27,20 @@ def _cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on `device`, or None. On the CPU inductor builds C++ and needs a compiler;
+    found here, it refuses at set-up what would otherwise fail in the first step with inductor's traceback."""
+    if device.type != "cpu":
+        return None
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch layout: let torch.compile speak for itself
+        return None
+    try:
+        get_cpp_compiler()
+    except Exception:  # inductor's InvalidCxxCompiler, or whatever its search raises
+        return ("torch.compile on the CPU needs a C++ compiler and none was found ($CXX, or g++ on the PATH). "
+                "Install one (e.g. `apt install g++`) or train without train.compile.")
+    return None

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .conditioning import Conditioning, with_labels
 from .cpu_memory import keep_freed_memory
 from .data import ImageSet, PairSet, _seed, pair_folders
-from .devices import bf16_supported, pick_device  # noqa: F401  (pick_device re-exported)
+from .devices import bf16_supported, compile_unavailable, pick_device  # noqa: F401  (pick_device re-exported)
 from . import distributed as D
 from .ema import GeneratorEMA
 from .errors import CompositionError, ConfigError, DataError, TrainingDiverged
@@ -104,6 +104,9 @@ class Trainer:
             raise ConfigError(f"--batch {self.t.batch} does not split over {self.world} processes: the global batch "
                               f"must be a multiple of the number of processes (e.g. {self.world * max(1, self.t.batch // self.world)}).")
         self.device = D.local_device(self.t.device, env)
+        why = compile_unavailable(self.device) if self.t.compile else None
+        if why:
+            raise ConfigError(why)
         cl = self.t.channels_last  # "auto": where it measured faster (benchmarks/speed.py)
         self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
         self.progress = progress

@@ -299,6 +299,24 @@ def test_compiled_steps_train_as_eager_and_recompile_for_a_second_size(reg: Regi
     torch._dynamo.reset()
 
 
+
+def test_compile_without_a_cxx_compiler_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No C++ compiler: refused at set-up, exit 2, saying what to install, not inductor's traceback at step 1."""
+    from typer.testing import CliRunner
+
+    from stylezoo.core.cli import app
+
+    inductor = pytest.importorskip("torch._inductor.config")
+    monkeypatch.setattr(inductor.cpp, "cxx", ("stylezoo-no-such-cxx",))
+    result = CliRunner().invoke(app, ["run", "--gen", "encdec", "--disc", "patch", "--feat", "none", "--loss", "tv",
+                                      "--size", "32", "--batch", "2", "--steps", "1", "--device", "cpu",
+                                      "--set", "gen.channels=8", "--set", "train.compile=true",
+                                      "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "C++ compiler" in result.stderr and "apt install g++" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "last.safetensors").exists()
+
+
 _FAULTS = """
 import resource, sys, torch
 from stylezoo.core.cpu_memory import keep_freed_memory
