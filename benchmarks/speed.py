@@ -37,6 +37,7 @@ Results go to bench-results/speed.json (machine, load average, every sample) to 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import gc
@@ -45,7 +46,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -557,6 +558,21 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+@contextlib.contextmanager
+def _cold_inductor_cache(on: bool) -> Iterator[str | None]:
+    """With --compile: a fresh, empty inductor cache for the run, so "first step s" is what a first run pays,
+    not what earlier benchmarks left on disk. A TORCHINDUCTOR_CACHE_DIR set by the caller is kept (and named)."""
+    if not on or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        yield os.environ.get("TORCHINDUCTOR_CACHE_DIR") if on else None
+        return
+    with tempfile.TemporaryDirectory(prefix="stylezoo-inductor-") as tmp:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tmp
+        try:
+            yield "fresh"
+        finally:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -585,11 +601,15 @@ def main(argv: list[str] | None = None) -> None:
                               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                               "cells": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for recipe in args.recipes:
-        for size in args.sizes:
-            print(f"measuring {recipe} at {size}px ...", flush=True)
-            result["cells"].append(measure_cell(reg, recipe, size, args))
-            args.out.write_text(json.dumps(result, indent=2, default=str))  # what is measured so far
+    with _cold_inductor_cache(args.compile) as cache:
+        machine["inductor_cache"] = cache
+        for recipe in args.recipes:
+            for size in args.sizes:
+                print(f"measuring {recipe} at {size}px ...", flush=True)
+                if args.compile:  # each cell compiles afresh (and no module code nears dynamo's recompile limit)
+                    torch._dynamo.reset()
+                result["cells"].append(measure_cell(reg, recipe, size, args))
+                args.out.write_text(json.dumps(result, indent=2, default=str))  # what is measured so far
     if not args.no_inference:
         print("measuring inference ...", flush=True)
         result["inference_sizes"] = args.inference_sizes

@@ -43,6 +43,22 @@ def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> 
     assert "plain fp32" in printed and "wrote" in printed
 
 
+
+def test_compile_runs_in_a_fresh_inductor_cache_unless_one_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--compile reports the compile time a first run pays: inductor's cache starts empty, and is removed."""
+    import os
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    with speed._cold_inductor_cache(False) as cache:
+        assert cache is None and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    with speed._cold_inductor_cache(True) as cache:
+        tmp = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        assert cache == "fresh" and tmp.is_dir() and not any(tmp.iterdir())
+    assert not tmp.exists() and "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
+    with speed._cold_inductor_cache(True) as cache:
+        assert cache == "/somewhere/mine" == os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
 def test_kernel_seconds_counts_only_convolutions_and_matrix_products() -> None:
     import time
 
