@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsInt, cast
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +30,7 @@ from .devices import bf16_supported, compile_unavailable, pick_device  # noqa: F
 from . import distributed as D
 from .ema import GeneratorEMA
 from .errors import CompositionError, ConfigError, DataError, TrainingDiverged
-from .kinds import StepContext
+from .kinds import AdversarialLoss, Extractor, LossTerm, StepContext
 from .registry import Registry, default_registry
 from .runconfig import ROLES, RunConfig, component_config
 from .trainstate import component_names, load_run_state, run_meta, run_state
@@ -127,8 +127,9 @@ class Trainer:
         self._place_modules()
         self.ema = GeneratorEMA(c.gen, self.t.ema) if self.t.ema > 0 else None
         self.cond = Conditioning(self)  # style batches or labels for conditional generators
-        self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=self.t.lr, betas=tuple(self.t.betas))
-        self.opt_d = (torch.optim.Adam(c.disc.parameters(), lr=self.t.lr_d or self.t.lr, betas=tuple(self.t.betas))
+        betas = cast("tuple[float, float]", tuple(self.t.betas))
+        self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=self.t.lr, betas=betas)
+        self.opt_d = (torch.optim.Adam(c.disc.parameters(), lr=self.t.lr_d or self.t.lr, betas=betas)
                       if c.disc is not None else None)
         self.step = 0
         self.bad_steps = 0
@@ -170,6 +171,7 @@ class Trainer:
                 self.real = self.content
         self.style_images: Tensor | None = None
         self.style_files: list[Path] = []
+        self.fixed_input: Tensor
         if "style" in needs:
             # paired runs with no --style take the style (Gram) targets from the target images
             spec = d.style or (self.pairs.target_files() if self.pairs is not None else d.data)
@@ -186,7 +188,7 @@ class Trainer:
             self.fixed_input = self.content.fixed(self.t.num_samples)
         else:
             g = torch.Generator().manual_seed(_seed(self.t.seed, 99))
-            self.fixed_input = torch.randn(self.t.num_samples, self.c.gen.latent_dim, generator=g)
+            self.fixed_input = torch.randn(self.t.num_samples, cast(int, self.c.gen.latent_dim), generator=g)
         epochs = self.t.epochs
         if epochs > 0:
             n = len(self.pairs) if self.pairs is not None else \
@@ -213,7 +215,8 @@ class Trainer:
     def _check_gen_size(self) -> None:
         """Refuse, before any work, a training size the generator cannot take or make (one eval-mode forward)."""
         gen, size = self.c.gen, self.t.size
-        x = torch.zeros(1, int(gen.latent_dim)) if self.family == NOISE else torch.zeros(1, 3, size, size)
+        x = torch.zeros(1, int(cast(SupportsInt, gen.latent_dim))) if self.family == NOISE \
+            else torch.zeros(1, 3, size, size)
         gen.eval()
         try:
             shape = tuple(gen(x).shape)
@@ -235,7 +238,7 @@ class Trainer:
                 self.c.disc = D.sync_batch_norm(self.c.disc, self.device)
         for m in (self.c.gen, self.c.disc, self.c.feat, self.c.adv, self.c.gp, *self.c.losses.values()):
             if m is not None:
-                m.to(self.device, memory_format=mf)
+                m.to(self.device, memory_format=mf)  # type: ignore[call-overload]  # torch's stub lacks this overload
         if self.c.feat is not None:
             self.c.feat.eval()
             for p in self.c.feat.parameters():
@@ -269,10 +272,14 @@ class Trainer:
         """Which layers each image batch needs, gathered over all active terms."""
         self.g_terms = {n: t for n, t in self.c.losses.items() if getattr(t, "step", "gen") == "gen"}
         self.d_terms = {n: t for n, t in self.c.losses.items() if getattr(t, "step", "gen") == "disc"}
-        fake, content, target, style = set(), set(), set(), set()
+        fake: set[str] = set()
+        content: set[str] = set()
+        target: set[str] = set()
+        style: set[str] = set()
         for t in self.c.losses.values():
-            needs = getattr(t, "needs", frozenset())
-            layers = tuple(t.feature_layers(self.c.feat)) if self.c.feat is not None else ()
+            needs: frozenset[str] = getattr(t, "needs", frozenset())
+            layers = tuple(cast(LossTerm, t).feature_layers(cast(Extractor, self.c.feat))) \
+                if self.c.feat is not None else ()
             if "feats_fake" in needs:
                 fake.update(layers)
             if "feats_content" in needs:
@@ -300,7 +307,8 @@ class Trainer:
         labels = self.cond.style_label_tensor(self.style_files)  # per-label targets for labelled style sets
         for t in self.c.losses.values():
             if "style" in getattr(t, "needs", ()) and hasattr(t, "prepare"):
-                t.prepare(style_feats, labels=labels) if labels is not None else t.prepare(style_feats)
+                term: Any = t  # prepare() is optional: not part of the LossTerm protocol
+                term.prepare(style_feats, labels=labels) if labels is not None else term.prepare(style_feats)
 
     # -- one step ----------------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -329,7 +337,7 @@ class Trainer:
         if self.family == NOISE:
             g = torch.Generator().manual_seed(_seed(seed, 7, step))  # the global batch's noise, this rank's rows
             per = b // self.world
-            z = torch.randn(b, self.c.gen.latent_dim, generator=g)[self.rank * per:(self.rank + 1) * per]
+            z = torch.randn(b, cast(int, self.c.gen.latent_dim), generator=g)[self.rank * per:(self.rank + 1) * per]
             return content, real, z.to(self.device)
         assert content is not None
         return content, real, content
@@ -356,7 +364,7 @@ class Trainer:
             for _ in range(self.t.d_steps):
                 with self.autocast():
                     lr_, lf = self._judge(real, fake.detach(), dcond)
-                parts = {"d_adv": c.adv.d_loss(lr_.float(), lf.float())}
+                parts = {"d_adv": cast(AdversarialLoss, c.adv).d_loss(lr_.float(), lf.float())}
                 ctx = StepContext(fake=fake.detach(), real=real, content=content, target=target,
                                   paired=self.pairs is not None, logits_real=lr_.float(),
                                   logits_fake=lf.float(), step=step)
@@ -364,7 +372,7 @@ class Trainer:
                     parts[n] = t.weight * t(ctx).to(fake.device)
                 if c.gp is not None:
                     parts[self.rc.gp] = c.gp(c.disc, real, fake.detach(), **dcond)
-                loss_d = sum(parts.values())
+                loss_d = cast(Tensor, sum(parts.values()))
                 self.opt_d.zero_grad(set_to_none=True)
                 ok = self._backward("discriminator", loss_d, parts, c.disc, logs)
                 if ok:
@@ -389,6 +397,7 @@ class Trainer:
             logits_fake = None
             if c.disc is not None and c.adv is not None:
                 c.disc.requires_grad_(False)
+                assert self.disc_plain is not None
                 logits_fake = self.disc_plain(fake, **dcond)
                 c.disc.requires_grad_(True)
         ctx = StepContext(fake=fake, real=real, content=content if self.family == IMAGE else real, target=target,
@@ -396,10 +405,10 @@ class Trainer:
                           logits_fake=logits_fake.float() if logits_fake is not None else None)
         parts_g: dict[str, Tensor] = {}
         if logits_fake is not None and c.adv is not None:
-            parts_g["g_adv"] = c.adv.weight * c.adv.g_loss(logits_fake.float())
+            parts_g["g_adv"] = cast(float, c.adv.weight) * cast(AdversarialLoss, c.adv).g_loss(logits_fake.float())
         for n, t in self.g_terms.items():
             parts_g[n] = t.weight * t(ctx).float().to(fake.device)
-        loss_g = sum(parts_g.values()) if parts_g else fake.float().mean() * 0
+        loss_g = cast(Tensor, sum(parts_g.values())) if parts_g else fake.float().mean() * 0
         self.opt_g.zero_grad(set_to_none=True)
         ok = self._backward("generator", loss_g, parts_g, c.gen, logs)
         if ok:
@@ -417,6 +426,7 @@ class Trainer:
         One call on their concatenation when D judges each image alone (`per_sample`, no batch norm):
         PatchGAN's forward and backward took 18 instead of 27 ms at 64 px, batch 4, bf16.
         """
+        assert self.disc_fwd is not None and self.disc_plain is not None
         n = real.shape[0]
         if (self.joint_d and real.shape[1:] == fake.shape[1:]
                 and all(isinstance(v, Tensor) and v.shape[:1] == (n,) for v in cond.values())):
@@ -679,6 +689,7 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
         rc = resolve(registry or default_registry())
     with D.session(rc.train.device) as env:  # under torchrun: join the process group (any process count)
         if resume_from is not None and env.rank == 0:
+            assert resume is not None  # resume_from was read from it
             _truncate_metrics(Path(resume) / "metrics.jsonl", int(ckpt.read_meta(resume_from)["step"]))
         if out is None:  # rank 0's clock names the run directory for all
             out = D.broadcast_text(str(default_out(rc)), D.local_device(rc.train.device, env))
