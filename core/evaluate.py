@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from . import metrics as M
 from .data import ImageSet
 from .errors import CheckpointError, DataError, UsageError
 from .images import find_images, load_tensor
+from .kinds import Extractor
 from .registry import Registry, default_registry
 from .trainstate import run_state
 
@@ -77,7 +78,7 @@ def style_images(spec: str | Path | Sequence[Path], size: int) -> Tensor:
 def domain_images(spec: str | Path | Sequence[Path], size: int, n: int, *, seed: int = 0) -> Tensor:
     """The real side of FID/KID at `size`: every image of a set of at least `n` (centre crops), or else `n`
     random crops drawn from the few there are (a single painting gives `n` of its patches)."""
-    files = list(spec) if isinstance(spec, (list, tuple)) else find_images(spec)
+    files = list(spec) if isinstance(spec, (list, tuple)) else find_images(cast("str | Path", spec))
     if len(files) >= n:
         st = ImageSet(files, size, what="style domain", short=size)
         return st.fixed(len(st))
@@ -118,7 +119,7 @@ class Evaluator:
         self._effl0: nn.Module | None = None
         self.style_targets: dict[str, Tensor] | None = None
         if style is not None:
-            self.style_targets = M.gram_targets(self.vgg_feats(style, tuple(self.vgg.style_layers)))
+            self.style_targets = M.gram_targets(self.vgg_feats(style, tuple(cast(Extractor, self.vgg).style_layers)))
         self.domain_feats = self.pooled(domain) if domain is not None else None
 
     @property
@@ -140,11 +141,12 @@ class Evaluator:
 
     @torch.no_grad()
     def pooled(self, x: Tensor) -> Tensor:
-        return torch.cat([self.effl0.pooled(c.to(self.device)).double().cpu() for c in x.split(self.batch)])
+        return torch.cat([cast(Any, self.effl0).pooled(c.to(self.device)).double().cpu() for c in x.split(self.batch)])
 
     def perceptual_layers(self) -> tuple[str, ...]:
-        names = tuple(self.vgg.layer_names)
-        return M.PERCEPTUAL_LAYERS if all(n in names for n in M.PERCEPTUAL_LAYERS) else tuple(self.vgg.style_layers)
+        vgg = cast(Extractor, self.vgg)
+        names = tuple(vgg.layer_names)
+        return M.PERCEPTUAL_LAYERS if all(n in names for n in M.PERCEPTUAL_LAYERS) else tuple(vgg.style_layers)
 
     def score(self, outputs: Tensor, *, content: Tensor | None = None, reference: Tensor | None = None,
               ref_index: Sequence[int] | None = None) -> dict[str, float]:
@@ -152,8 +154,8 @@ class Evaluator:
         produced `outputs` in order), FID/KID (with a real side and 2+ outputs), paired (with `reference`,
         aligned with `outputs[ref_index]`, or with `outputs` when `ref_index` is None)."""
         out: dict[str, float] = {}
-        style_l = tuple(self.vgg.style_layers) if self.style_targets is not None else ()
-        content_l = tuple(self.vgg.content_layers) if content is not None else ()
+        style_l = tuple(cast(Extractor, self.vgg).style_layers) if self.style_targets is not None else ()
+        content_l = tuple(cast(Extractor, self.vgg).content_layers) if content is not None else ()
         layers = tuple(dict.fromkeys(style_l + content_l))
         feats = self.vgg_feats(outputs, layers) if layers else {}
         if self.style_targets is not None:
@@ -238,8 +240,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
         notes.append(f"style from the run's config ({style})")
     if g.family == "noise" and data is None:
         data = d.data or d.content or None
-    inputs = {"size": size, "content": content, "style": style, "reference": reference, "data": data,
-              "weights": "ema" if g.averaged else "raw"}
+    evaluated_on = {"size": size, "content": content, "style": style, "reference": reference, "data": data,
+                    "weights": "ema" if g.averaged else "raw"}
     missing: list[str] = []
     if g.family == "image":
         if not content:
@@ -251,7 +253,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     else:
         gen = torch.Generator().manual_seed(seed)
         x, files = None, []
-        outputs = generate(g.module, torch.randn(num, g.module.latent_dim, generator=gen), device=device)
+        outputs = generate(g.module, torch.randn(num, cast(int, g.module.latent_dim), generator=gen), device=device)
         real_spec = data
         n = num
     ref = ref_index = None
@@ -270,7 +272,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     domain = domain_images(real_spec, outputs.shape[-1], n) if real_spec else None
     ev = Evaluator(style=st, domain=domain, device=device, registry=reg)
     m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)
-    return EvalResult(m, g.path, int(g.meta.get("step", 0)), n, missing, notes, inputs)
+    return EvalResult(m, g.path, int(g.meta.get("step", 0)), n, missing, notes, evaluated_on)
 
 
 # -- during training ------------------------------------------------------------------------------------------
@@ -295,7 +297,7 @@ class RunEval:
                         tr.t.eval_holdout)
             self.inputs, self.reference = (t.float().cpu() for t in pairs.fixed(tr.t.eval_holdout))
             st = style_images(d.style, tr.t.style_size or min(2 * size, 512)) if d.style else None
-            domain = domain_images(pairs.target_files(), size, max(2, self.inputs.shape[0]))
+            domain: Tensor | None = domain_images(pairs.target_files(), size, max(2, self.inputs.shape[0]))
         elif self.image:
             if files:
                 self.inputs = torch.stack([load_tensor(f, size) for f in files])
@@ -311,7 +313,7 @@ class RunEval:
             domain = real.fixed(min(len(real), 64)) if real is not None else None
             n = domain.shape[0] if domain is not None else tr.t.num_samples
             g = torch.Generator().manual_seed(tr.t.seed + 1234)
-            self.inputs = torch.randn(max(n, 2), tr.c.gen.latent_dim, generator=g)
+            self.inputs = torch.randn(max(n, 2), cast(int, tr.c.gen.latent_dim), generator=g)
             st = None
         self.evaluator = Evaluator(style=st, domain=domain, device=tr.device, registry=tr.reg)
         self.warned = False
