@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
@@ -105,7 +105,7 @@ class Conditioning:
         fixed = self.style_set.fixed(len(self.style_set))
         self.fixed_style = fixed[torch.arange(n) % fixed.shape[0]]  # one reference per sample-grid column
         if hasattr(tr.c.gen, "set_default_style"):
-            tr.c.gen.set_default_style(fixed[:MAX_DEFAULT_STYLES].to(tr.device))
+            cast(Any, tr.c.gen).set_default_style(fixed[:MAX_DEFAULT_STYLES].to(tr.device))
 
     def _set_up_labels(self, tr: Trainer, d: Any) -> None:
         self.names, files, labels = style_labels(d.style)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,7 @@ def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
     from .errors import ConfigError
 
     try:
-        config = build_config(entry.config, cfg, owner=name)
+        config: Any = build_config(entry.config, cfg, owner=name)
     except ConfigError as e:
         raise CheckpointError(f"{path}: the generator config it holds is not valid here ({e}).") from None
     averaged = ema and any(k.startswith("ema.") for k in tensors)
@@ -308,7 +308,7 @@ class Stylizer:
             raise UsageError(f"{self.name} does not take a style image; only reference-guided generators "
                              "(gen/adain) do." + (f" It knows the labels {', '.join(self.labels)}: use a style label."
                                                   if self.labels else ""))
-        items = list(refs) if isinstance(refs, (list, tuple)) else [refs]
+        items = list(refs) if isinstance(refs, (list, tuple)) else [cast("str | Path | Image.Image | Tensor", refs)]
         if not items:
             raise UsageError("Give at least one style image.")
         if not 0.0 <= alpha <= 1.0:
@@ -316,7 +316,7 @@ class Stylizer:
         ws = _mix_weights(weights, len(items), "style image")
         styles = [_style_tensor(r, size).to(self.device) for r in items]
         with torch.inference_mode():
-            stats = self.module.style_stats(styles, ws)
+            stats = cast(Any, self.module).style_stats(styles, ws)  # reference-guided generators only
         self._cond = {"style_stats": stats, "alpha": float(alpha)}
         return self
 

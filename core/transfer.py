@@ -13,11 +13,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import ConfigError, TrainingDiverged
 from .images import open_image, pil_to_tensor, tensor_to_pil
@@ -87,6 +87,11 @@ def load_image(src: ImageLike, *, longer: int | None = None, shorter: int | None
     return pil_to_tensor(im).unsqueeze(0).contiguous()
 
 
+def _features(extractor: Extractor, x: Tensor, layers: tuple[str, ...]) -> dict[str, Tensor]:
+    """Call an extractor: an nn.Module, so the call runs `forward` (the protocol's method) with its hooks."""
+    return cast(nn.Module, extractor)(x, layers)
+
+
 class GatysLoss:
     """Weighted style (Gram) + content (feature MSE) + optional TV loss of an image, with fixed targets."""
 
@@ -103,12 +108,12 @@ class GatysLoss:
         self.layers = tuple(dict.fromkeys(self.style_layers + self.content_layers))
         self.tv_weight = tv_weight
         with torch.no_grad():
-            self.gram.prepare(extractor(style, self.style_layers))
+            self.gram.prepare(_features(extractor, style, self.style_layers))
             self.gram.to(style.device)
-            self.content_feats = {k: v.detach() for k, v in extractor(content, self.content_layers).items()}
+            self.content_feats = {k: v.detach() for k, v in _features(extractor, content, self.content_layers).items()}
 
     def __call__(self, x: Tensor) -> tuple[Tensor, dict[str, float]]:
-        feats = self.extractor(x, self.layers)
+        feats = _features(self.extractor, x, self.layers)
         ctx = StepContext(fake=x, feats={"fake": feats, "content": self.content_feats}, paired=True)
         style = self.gram(ctx)
         content = self.content(ctx)
@@ -166,7 +171,7 @@ def optimise(extractor: Extractor, content: Tensor, style: Tensor, cfg: Transfer
             pending[:] = [k, parts]
             return loss
 
-        opt.step(closure)
+        opt.step(closure)  # type: ignore[arg-type]  # torch's stub wants a float closure; LBFGS takes the loss tensor
         record(pending[0], pending[1])
     else:
         opt = torch.optim.Adam([x], lr=cfg.lr)
@@ -201,7 +206,7 @@ def transfer(content: ImageLike, style: ImageLike, *, extractor: Extractor | Non
 
         reg = registry or default_registry()
         extractor = reg.build(cfg.feat, cfg.feat_set, kind="feat")
-    extractor = extractor.to(device)  # type: ignore[attr-defined]
+    extractor = cast(Any, extractor).to(device)  # an nn.Module; the protocol has no .to
     c = load_image(content, longer=cfg.size).to(device)
     s = load_image(style, shorter=min(c.shape[-2:])).to(device)
     if min(c.shape[-2:]) < 16:
