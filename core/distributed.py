@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -78,8 +79,8 @@ def init(device_spec: str = "auto") -> DistEnv:
     dev = local_device(device_spec, env)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    dist.init_process_group(backend_for(dev), init_method="env://", rank=env.rank, world_size=env.world,
-                            **({"device_id": dev} if dev.type == "cuda" else {}))
+    extra: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+    dist.init_process_group(backend_for(dev), init_method="env://", rank=env.rank, world_size=env.world, **extra)
     return env
 
 
@@ -138,7 +139,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         var = all_reduce((dev * dev).sum(dims)) / n
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
-                self.num_batches_tracked += 1  # type: ignore[operator]
+                assert self.num_batches_tracked is not None  # a buffer when track_running_stats
+                self.num_batches_tracked += 1
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean, alpha=m)
                 self.running_var.mul_(1 - m).add_(var * n / (n - 1).clamp(min=1), alpha=m)
@@ -182,7 +184,8 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module:
     # buffers are equal on every rank without a broadcast at each forward: batch norm statistics are the
     # global batch's, spectral norm's power iteration sees the same averaged weights
     quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-    return DDP(module, device_ids=ids, **({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}))
+    opts: dict[str, Any] = {"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}
+    return DDP(module, device_ids=ids, **opts)
 
 
 def mean_across(values: Tensor) -> Tensor:

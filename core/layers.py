@@ -24,6 +24,8 @@ float32, on CUDA and in exports, these are the stock layers: same parameters, sa
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,11 +57,12 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if not (_bf16_cpu(x) and _plain(self) and x.dim() == 4):
             return super().forward(x)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        pad = cast("tuple[int, ...]", self.padding)  # _plain() refused string padding
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, pad
         ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
         if ho * wo > CONV_MAX_POSITIONS:
             return super().forward(x)
-        cols = F.unfold(x.to(torch.bfloat16), self.kernel_size, padding=self.padding, stride=self.stride)
+        cols = F.unfold(x.to(torch.bfloat16), self.kernel_size, padding=pad, stride=self.stride)
         y = self.weight.flatten(1) @ cols  # (O, C*kh*kw) @ (N, C*kh*kw, L): autocast runs it in bfloat16
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)[:, None]
@@ -74,10 +77,11 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         if not (_bf16_cpu(x) and _plain(self) and x.dim() == 4 and output_size is None
                 and not any(self.output_padding) and x.shape[2] * x.shape[3] <= CONVT_MAX_POSITIONS):
             return super().forward(x, output_size)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        pad = cast("tuple[int, ...]", self.padding)  # _plain() refused string padding
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, pad
         ho, wo = (x.shape[2] - 1) * sh - 2 * ph + kh, (x.shape[3] - 1) * sw - 2 * pw + kw
         cols = self.weight.flatten(1).t() @ x.flatten(2)  # (O*kh*kw, C) @ (N, C, L), in bfloat16
-        y = F.fold(cols.float(), (ho, wo), self.kernel_size, padding=self.padding, stride=self.stride)
+        y = F.fold(cols.float(), (ho, wo), self.kernel_size, padding=pad, stride=self.stride)
         y = y.to(cols.dtype)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)[:, None, None]

@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -126,7 +126,7 @@ def ssim(a: Tensor, b: Tensor) -> Tensor:
     k = 11 if side >= 11 else (side if side % 2 else side - 1)  # tiny images: the largest odd kernel that fits
     out = structural_similarity_index_measure(luminance(a), luminance(b), data_range=1.0, reduction="none",
                                               kernel_size=k)
-    return out.reshape(-1)
+    return cast(Tensor, out).reshape(-1)  # a tuple only with return_full_image or return_contrast_sensitivity
 
 
 def l1(a: Tensor, b: Tensor) -> Tensor:
