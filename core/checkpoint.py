@@ -96,7 +96,7 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_tmp(folder: Path, suffix: str = "") -> list[Path]:
     """Remove temporary files of `atomic_write`s (for files ending in `suffix`) whose process was killed."""
     pattern = re.compile(r"^\..+" + re.escape(suffix) + r"\.(\d+)-[a-z0-9_]{8}\.tmp$")
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -369,8 +369,8 @@ def check_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tens
     state: dict[int, dict[str, Any]] = {}
     try:
         for key, v in tensors.items():
-            pid, k = key.split(".", 1)
-            state.setdefault(int(pid), {})[k] = v
+            num, k = key.split(".", 1)
+            state.setdefault(int(num), {})[k] = v
         for pid, st in info.get("scalars", {}).items():
             state.setdefault(int(pid), {}).update(st)
         sizes = [len(g["params"]) for g in groups]

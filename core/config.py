@@ -65,8 +65,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             text = value.strip()
             parsed = _parse_scalar(text if text.startswith("[") else f"[{text}]")
             if isinstance(parsed, str):  # bare words, as typed on a command line: relu1_1,relu2_1
-                inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-                parsed = [w.strip() for w in inner.split(",") if w.strip()]
+                body = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+                parsed = [w.strip() for w in body.split(",") if w.strip()]
             value = parsed
         if not isinstance(value, (list, tuple)):
             value = [value]

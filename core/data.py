@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -119,7 +119,7 @@ class ImageSet:
 
     def __init__(self, spec: str | Path | Sequence[Path], size: int, *, what: str = "data", strict: bool = False,
                  stream: int = 0, short: int | None = None, cache_mb: float = 4096) -> None:
-        files = list(spec) if isinstance(spec, (list, tuple)) else find_images(spec)
+        files = list(spec) if isinstance(spec, (list, tuple)) else find_images(cast("str | Path", spec))
         if not files:
             raise DataError(f"No images found for the {what} ({spec}). Point it at a folder of .jpg/.png files.")
         if short is None:
@@ -129,6 +129,7 @@ class ImageSet:
         self.decoded_mb = len(files) * 3 * short * short * 4 / 3 / 2**20  # decoded uint8, 4:3 pictures
         self.lazy = self.decoded_mb > cache_mb
         self.images: Any
+        self.skipped: list[str]
         if self.lazy:
             log.info("%d %s images: decoded per draw by worker threads (over the %g MB cache budget)",
                      len(files), what, cache_mb)

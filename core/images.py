@@ -59,8 +59,7 @@ def open_image(path: str | Path, *, keep_alpha: bool = False, short: int | None 
                     f = DRAFT_MARGIN * short / min(w, h)
                     im.draft(im.mode, (math.ceil(w * f), math.ceil(h * f)))
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb(im, keep_alpha)
+                return _to_rgb(ImageOps.exif_transpose(im), keep_alpha)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

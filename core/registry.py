@@ -138,7 +138,7 @@ class Registry:
                 dist = ep.dist.name if ep.dist else None
                 self._load(ep.name, ep.load, ep.value, dist, False)
 
-    def _load(self, name: str, loader: Callable[[], object], module: str, dist: str | None, builtin: bool) -> None:
+    def _load(self, name: str, loader: Callable[..., object], module: str, dist: str | None, builtin: bool) -> None:
         """Import one plugin and run its hook in isolation; record success or failure."""
         version = _dist_version(dist)
         staged: dict[str, Entry] = {}

@@ -111,8 +111,9 @@ class DataConfig:
         return bool(self.pairs or self.input or self.target)
 
     def resolved(self) -> DataConfig:
-        return DataConfig(**{f.name: _expand(getattr(self, f.name)) if isinstance(getattr(self, f.name), str)
-                             else getattr(self, f.name) for f in dataclasses.fields(self)})
+        values: dict[str, Any] = {f.name: _expand(getattr(self, f.name)) if isinstance(getattr(self, f.name), str)
+                                  else getattr(self, f.name) for f in dataclasses.fields(self)}
+        return DataConfig(**values)
 
 
 def _expand(spec: str) -> str:
@@ -274,7 +275,7 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
         weights[full] = float(w)
     layers["losses"] = weights
     # --set roles may name a loss by its short name
-    sets_ = {}
+    sets_: dict[str, Any] = {}
     for role, ov in dict(layers.get("set", {})).items():
         if role not in ROLES:
             role = reg.resolve(role, "loss")
@@ -333,7 +334,7 @@ def validate(reg: Registry, rc: RunConfig) -> None:
     family = reg.get(rc.gen).card.get("family") or getattr(reg.get(rc.gen).factory, "family", None)
     paired = validate_pairs(reg, rc, family)
     for name in rc.losses:
-        needs = getattr(reg.get(name).factory, "needs", frozenset())
+        needs: frozenset[str] = getattr(reg.get(name).factory, "needs", frozenset())
         if any(n.startswith("feats") for n in needs) and not rc.feat:
             raise CompositionError(f"{name} needs a feature extractor: add --feat vgg16.")
         if "style" in needs and not (rc.data.style or rc.data.data or paired):
