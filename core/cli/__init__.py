@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -31,7 +30,7 @@ def report_error(err: BaseException | str) -> None:
 
 
 class _Group(TyperGroup):
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # a click Context: click's own, or the copy that newer typer versions vendor
         try:
             return super().invoke(ctx)
         except StylezooError as e:

@@ -61,8 +61,8 @@ def run_cmd(
         cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
         train_opts = {k: v for k, v in dict(size=size, batch=batch, steps=steps, epochs=epochs, lr=lr, seed=seed,
                                              device=device, precision=precision).items() if v is not None}
-        data_opts = {k: v for k, v in dict(data=data, style=style, content=content, pairs=pairs, input=input_,
-                                           target=target).items() if v is not None}
+        data_opts: dict[str, Any] = {k: v for k, v in dict(data=data, style=style, content=content, pairs=pairs,
+                                                           input=input_, target=target).items() if v is not None}
         if strict:
             data_opts["strict"] = True
         if train_opts:

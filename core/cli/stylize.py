@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated, Optional
 
 import typer
@@ -110,9 +111,9 @@ class _Bar:
         if not self.disabled:
             self.p.update(self.task, advance=1, name=escape(Path(path).name))
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if not self.disabled:
-            self.p.__exit__(*exc)
+            self.p.__exit__(kind, exc, tb)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -48,9 +48,9 @@ def transfer_cmd(
     from ..checkpoint import atomic_write
     from ..transfer import transfer
 
-    options = dict(feat=feat, feat_set=_feat_overrides(sets or []), size=size, steps=steps,
-                   style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
-                   optimizer=optimizer, lr=lr, init=init, seed=seed, device=device)
+    options: dict[str, Any] = dict(feat=feat, feat_set=_feat_overrides(sets or []), size=size, steps=steps,
+                                   style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
+                                   optimizer=optimizer, lr=lr, init=init, seed=seed, device=device)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
            ".tiff": "TIFF"}.get(out.suffix.lower())
     if fmt is None:

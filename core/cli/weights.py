@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -31,7 +31,7 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
     """Weight sets: which are installed, their size, licence and source package."""
     from .. import weights as W
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, ws in sorted(W.weight_sets().items()):
         rows.append({"name": name, "component": ws.component, "state": _state(name), "size": ws.size,
                      "licence": ws.licence, "source": ws.requirement, "path": str(W.cached_path(name)),
