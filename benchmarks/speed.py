@@ -188,7 +188,8 @@ def engine(reg: Registry, rc: RunConfig, tmp: str, **train: Any) -> Trainer:
 
 
 def _describe(tr: Trainer) -> str:
-    return f"{'bf16' if tr.amp else 'fp32'}, {'channels_last' if tr.channels_last else 'contiguous'}"
+    layout = "channels_last" if tr.channels_last else "contiguous, extractor cl" if tr.feat_cl else "contiguous"
+    return f"{'bf16' if tr.amp else 'fp32'}, {layout}"
 
 
 def variants(reg: Registry, rc: RunConfig, tmp: str, args: argparse.Namespace) -> dict[str, tuple[StepFn, Trainer, str]]:

@@ -170,7 +170,7 @@ class Conditioning:
             cond["label"] = gcond["label"]
         if "style" in gcond and tr.c.feat is not None and tr.layers["style"]:
             with tr.autocast():
-                cond["style_feats"] = tr.c.feat(gcond["style"], tr.layers["style"])
+                cond["style_feats"] = tr.features(gcond["style"], tr.layers["style"])
         target = getattr(tr.c.gen, "last_target", None)
         if self.kind == STYLE and target is not None:
             cond["adain_target"] = target

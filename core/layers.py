@@ -202,3 +202,30 @@ class MaxPool2d(nn.MaxPool2d):
         k, s, p, d = (v if isinstance(v, tuple) else (v, v)
                       for v in (self.kernel_size, self.stride or self.kernel_size, self.padding, self.dilation))
         return k == (2, 2) and s == (2, 2) and p == (0, 0) and d == (1, 1) and not self.return_indices
+
+
+class _GradInFormat(torch.autograd.Function):
+    """Identity; the backward hands the gradient on in the memory format given to the forward."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, fmt: torch.memory_format) -> Tensor:
+        ctx.fmt = fmt  # type: ignore[attr-defined]  # ctx takes any attribute
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> tuple[Tensor, None]:
+        return g.contiguous(memory_format=ctx.fmt), None  # type: ignore[attr-defined]
+
+
+def grad_in_layout(x: Tensor) -> Tensor:
+    """`x` (a channels_last feature map) whose gradient comes back channels_last too.
+
+    Loss terms hand back NCHW gradients (mse_loss's backward, a Gram product's reshape) for channels_last
+    features. The ReLU backwards and gradient sums inside the extractor then mix the two layouts and run
+    several times slower (VGG16, bf16, 128 px, batch 4, two forward+backward passes: 20.7 ms of ReLU
+    backwards against 3.2 ms on one layout); one copy into channels_last at the boundary costs less.
+    Plain contiguous tensors pass through untouched.
+    """
+    if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return cast(Tensor, _GradInFormat.apply(x, torch.channels_last))

@@ -273,6 +273,43 @@ def test_compile_option_wraps_lazily(reg: Registry, tmp_path: Path) -> None:
 
 
 
+
+def test_cpu_bf16_runs_the_extractor_channels_last_with_one_layout_through_its_backward(reg: Registry,
+                                                                                           tmp_path: Path) -> None:
+    """channels_last "auto" on the CPU under bf16: the extractor alone is channels_last, its ReLU backwards see
+    one layout (mixed layouts ran several times slower), and the step's figures match the contiguous run's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    cl = torch.channels_last
+    auto = Trainer(_perceptual(reg, precision="bf16"), tmp_path / "auto", registry=reg)
+    plain = Trainer(_perceptual(reg, precision="bf16", channels_last=False), tmp_path / "plain", registry=reg)
+    assert auto.feat_cl and not plain.feat_cl and not auto.channels_last
+    w = auto.c.feat.features[0].weight
+    assert w.is_contiguous(memory_format=cl) and not w.is_contiguous()
+    assert next(auto.c.gen.parameters()).is_contiguous()  # the generator stays contiguous
+
+    class ReluBackwards(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layouts: list[tuple[bool, ...]] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+            if func is torch.ops.aten.threshold_backward.default:
+                self.layouts.append(tuple(a.is_contiguous(memory_format=cl) for a in args[:2]))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = auto.features(x, auto.layers["fake"])
+    with ReluBackwards() as spy:
+        sum(torch.nn.functional.mse_loss(f.float(), torch.zeros(f.shape)) for f in feats.values()).backward()
+    assert spy.layouts and all(a == b for a, b in spy.layouts), spy.layouts
+    assert all(f.is_contiguous(memory_format=cl) for f in feats.values())
+    a, b = auto.train_step(0), plain.train_step(0)
+    for k in ("d/loss", "g/loss", "g/loss/content", "g/loss/gram"):
+        assert a[k] == pytest.approx(b[k], rel=2e-2), k
+
+
 def _has_cxx() -> bool:
     import shutil
 

@@ -228,3 +228,24 @@ def test_reflection_pad_backward_differentiates_again() -> None:
     assert torch.autograd.gradgradcheck(lambda t: L.ReflectionPad2d((2, 1, 1, 2))(t), (x,))
     with torch.no_grad():
         assert L.ReflectionPad2d(1)(x).grad_fn is None  # no gradient: the stock layer
+
+
+def test_grad_in_layout_is_the_identity_with_a_channels_last_gradient() -> None:
+    cl = torch.channels_last
+    leaf = torch.randn(2, 8, 6, 6, dtype=torch.bfloat16).to(memory_format=cl).requires_grad_()
+
+    def grad_of_features(wrap: bool) -> torch.Tensor:
+        h = torch.relu(leaf)  # a feature map inside an extractor: channels_last, not a leaf
+        seen: list[torch.Tensor] = []
+        h.register_hook(seen.append)
+        y = L.grad_in_layout(h) if wrap else h
+        assert torch.equal(y, h) and y.is_contiguous(memory_format=cl)
+        F.mse_loss(y.float(), torch.zeros(2, 8, 6, 6)).backward()  # as a loss term does with bf16 features
+        return seen[0]
+
+    ref, got = grad_of_features(False), grad_of_features(True)
+    assert ref.is_contiguous() and not ref.is_contiguous(memory_format=cl)  # what the boundary is for
+    assert got.is_contiguous(memory_format=cl) and not got.is_contiguous()
+    assert torch.equal(got, ref)
+    plain = torch.randn(2, 8, 6, 6, requires_grad=True)
+    assert L.grad_in_layout(plain) is plain  # contiguous tensors are not wrapped
