@@ -50,9 +50,20 @@ def gram(f: Tensor) -> Tensor:
     with _fp32(f.device):
         n, c, h, w = f.shape
         if f.dtype == torch.bfloat16 and f.device.type == "cpu" and _bf16_fp32_matmul.available():
-            return _BF16Gram.apply(f.reshape(n, c, h * w), 1.0 / (c * h * w))
+            x, cl = _matrices(f)
+            return _BF16Gram.apply(x, 1.0 / (c * h * w), cl)
         x = f.float().reshape(n, c, h * w)
         return torch.bmm(x, x.transpose(1, 2)) / (c * h * w)
+
+
+def _matrices(f: Tensor) -> tuple[Tensor, bool]:
+    """Features (N, C, H, W) as N matrices without a copy: (N, C, HW), or (N, HW, C) and True when `f` is
+    channels_last (the extractor's layout on the CPU under bf16). Reshaping those to (N, C, HW) copied every
+    style layer's features forward, and their NCHW gradients were copied back into channels_last."""
+    n, c, h, w = f.shape
+    if not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last):
+        return f.permute(0, 2, 3, 1).reshape(n, h * w, c), True
+    return f.reshape(n, c, h * w), False
 
 
 class _BF16Gram(torch.autograd.Function):
@@ -63,23 +74,26 @@ class _BF16Gram(torch.autograd.Function):
     its speed on a CPU with AVX512-BF16. A bfloat16 *output* would not do: the style loss subtracts two
     close Grams, and a bfloat16 product (about 3e-3 relative) trained portrait-painting visibly worse.
     The backward, (g + g^T) x * scale, is an ordinary bfloat16 product like any other under autocast.
+    With `cl`, x is (N, L, C) and the Gram x^T x (see `_matrices`).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, scale: float, cl: bool = False) -> Tensor:
         ctx.save_for_backward(x)
-        ctx.scale = scale
+        ctx.scale, ctx.cl = scale, cl
         xf = x.float()
-        out = xf.new_empty(x.shape[0], x.shape[1], x.shape[1])
+        c = x.shape[2] if cl else x.shape[1]
+        out = xf.new_empty(x.shape[0], c, c)
+        a, b = (xf.transpose(1, 2), xf) if cl else (xf, xf.transpose(1, 2))
         with _bf16_fp32_matmul():
-            return torch.baddbmm(out, xf, xf.transpose(1, 2), beta=0.0, alpha=scale)
+            return torch.baddbmm(out, a, b, beta=0.0, alpha=scale)
 
     @staticmethod
     @once_differentiable  # a second derivative raises instead of coming out wrong
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        gs = ((g + g.transpose(1, 2)) * ctx.scale).to(torch.bfloat16)
-        return torch.bmm(gs, x), None
+        gs = ((g + g.transpose(1, 2)) * ctx.scale).to(torch.bfloat16)  # symmetric: x gs = (gs x^T)^T
+        return (torch.bmm(x, gs) if ctx.cl else torch.bmm(gs, x)), None, None
 
 
 def gram_mse(f: Tensor, target: Tensor) -> Tensor:
@@ -91,7 +105,8 @@ def gram_mse(f: Tensor, target: Tensor) -> Tensor:
         n, c, h, w = f.shape
         if (f.dtype == torch.bfloat16 and f.device.type == "cpu" and not target.requires_grad
                 and _bf16_fp32_matmul.available()):
-            return _BF16GramMSE.apply(f.reshape(n, c, h * w), target.float(), 1.0 / (c * h * w))
+            x, cl = _matrices(f)
+            return _BF16GramMSE.apply(x, target.float(), 1.0 / (c * h * w), cl)
         return F.mse_loss(gram(f), target.float().expand(n, c, c))
 
 
@@ -103,27 +118,31 @@ class _BF16GramMSE(torch.autograd.Function):
     for its two 512-channel layers. Here it is one bf16 cast of the residual d = G - t and one product:
     dx = (4 * scale / numel) d x, using that d is symmetric (G and the cached targets are Grams; oneDNN may
     sum G's mirror entries in another order, a float32 rounding far below d's bfloat16 cast).
+    With `cl`, x is (N, L, C), the Gram x^T x and dx = (4 * scale / numel) x d (see `_matrices`).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, target: Tensor, scale: float) -> Tensor:
+    def forward(ctx: Any, x: Tensor, target: Tensor, scale: float, cl: bool = False) -> Tensor:
         xf = x.float()
-        out = xf.new_empty(x.shape[0], x.shape[1], x.shape[1])
+        c = x.shape[2] if cl else x.shape[1]
+        out = xf.new_empty(x.shape[0], c, c)
+        a, b = (xf.transpose(1, 2), xf) if cl else (xf, xf.transpose(1, 2))
         with _bf16_fp32_matmul():
-            d = torch.baddbmm(out, xf, xf.transpose(1, 2), beta=0.0, alpha=scale)
+            d = torch.baddbmm(out, a, b, beta=0.0, alpha=scale)
         d.sub_(target)
         ctx.save_for_backward(x, d)
-        ctx.scale = scale
+        ctx.scale, ctx.cl = scale, cl
         flat = d.view(-1)
         return torch.dot(flat, flat) / flat.numel()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
         x, d = ctx.saved_tensors
         k = float(g) * 4.0 * ctx.scale / d.numel()
         db = d.to(torch.bfloat16)
-        return torch.baddbmm(x.new_empty(x.shape), db, x, beta=0.0, alpha=k), None, None
+        a, b = (x, db) if ctx.cl else (db, x)
+        return torch.baddbmm(x.new_empty(x.shape), a, b, beta=0.0, alpha=k), None, None, None
 
 
 class _bf16_fp32_matmul:

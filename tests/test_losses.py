@@ -255,6 +255,44 @@ def test_gram_mse_matches_mse_of_the_gram_in_value_and_gradient(per_sample_targe
         dg.float().sum().backward()
 
 
+
+def test_bf16_gram_of_channels_last_features_is_the_contiguous_one_without_copies() -> None:
+    """Channels_last features (the extractor's layout under CPU bf16) are read as (N, HW, C) matrices: the
+    same Gram and loss, and gradients that come back channels_last, with no layout copy either way."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from stylezoo.plugins import perceptual
+
+    if not perceptual._bf16_fp32_matmul.available():
+        pytest.skip("this torch has no bf16 matmul switch: the float32 Gram is used")
+    torch.manual_seed(2)
+    base = torch.randn(3, 16, 5, 7).relu().bfloat16()
+    target = gram(torch.randn(1, 16, 5, 7).relu().bfloat16()).detach()
+
+    class Copies(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+            self.n += func in (torch.ops.aten.clone.default, torch.ops.aten.copy_.default,
+                               torch.ops.aten._unsafe_view.default)
+            return func(*args, **(kwargs or {}))
+
+    for fn in (lambda f: gram(f).square().sum(), lambda f: perceptual.gram_mse(f, target)):
+        ref_f = base.clone().requires_grad_(True)
+        ref = fn(ref_f)
+        ref.backward()
+        cl_f = base.to(memory_format=torch.channels_last).requires_grad_(True)
+        with Copies() as spy:
+            got = fn(cl_f)
+            got.backward()
+        assert spy.n == 0
+        assert torch.allclose(got, ref, rtol=1e-5)
+        assert cl_f.grad is not None and ref_f.grad is not None
+        assert cl_f.grad.is_contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(cl_f.grad.float(), ref_f.grad.float(), rtol=1e-2, atol=1e-3)
+
 def test_bf16_gram_falls_back_to_float32_on_a_torch_without_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     from stylezoo.plugins import perceptual
 
