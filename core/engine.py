@@ -109,7 +109,7 @@ class Trainer:
         if why:
             raise ConfigError(why)
         cl = self.t.channels_last  # "auto": where it measured faster (benchmarks/speed.py)
-        self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
+        self.channels_last = (self.device.type == "cuda") if cl == "auto" else cl is True
         self.progress = progress
         if self.device.type == "cpu" and self.t.keep_freed_memory:
             keep_freed_memory()  # no page faults per step (core/cpu_memory.py)
@@ -246,11 +246,11 @@ class Trainer:
                 p.requires_grad_(False)
             if self.amp:  # autocast re-casts frozen weights at every call (it caches only trainable ones)
                 self.c.feat.to(torch.bfloat16)
-        # CPU bf16, channels_last "auto": the extractor alone runs channels_last. oneDNN's bf16 convolutions and
-        # pools need no reorders on it. Whole steps 3-5% faster, 1-3% more with the Gram reading channels_last
-        # features in place (plugins/perceptual.py); features() hands their gradients back in that layout
-        self.feat_cl = (self.c.feat is not None and self.t.channels_last == "auto" and self.device.type == "cpu"
-                        and self.amp)
+        # channels_last "extractor": the extractor alone runs channels_last. On the CPU under bf16, oneDNN's
+        # convolutions and pools need no reorders on it: whole steps 4-8% faster (with the Gram reading its
+        # features in place, plugins/perceptual.py), but portrait-painting's style_gram came out 0.010 worse
+        # in each of 6 seeds, so it is not the default. features() hands the gradients back in that layout
+        self.feat_cl = self.c.feat is not None and self.t.channels_last == "extractor"
         if self.feat_cl:
             assert self.c.feat is not None
             self.c.feat.to(memory_format=torch.channels_last)

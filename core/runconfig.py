@@ -44,9 +44,9 @@ class TrainConfig:
     # (benchmarks/speed.py). Loss terms and gradient penalties compute in float32 inside.
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     # memory format for convolutions: true, false, or "auto" = the faster one measured per device
-    # (benchmarks/speed.py --ablation): channels_last on CUDA; on CPU contiguous, except the feature extractor
-    # under bf16 (channels_last there: its oneDNN convolutions and pools run faster on it)
-    channels_last: bool | Literal["auto"] = "auto"
+    # (benchmarks/speed.py --ablation): channels_last on CUDA, contiguous on CPU. "extractor": the feature
+    # extractor alone channels_last, 4-8% faster CPU bf16 steps but a slightly weaker style (README, Benchmarks)
+    channels_last: bool | Literal["auto", "extractor"] = "auto"
     compile: bool = False  # torch.compile the generator and discriminator
     # CPU: glibc's malloc keeps freed memory for reuse instead of returning it, so steps do not page-fault
     # their tensors back in (core/cpu_memory.py; 5-20% faster steps here). Process-wide; off = glibc's default
