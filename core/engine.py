@@ -249,7 +249,7 @@ class Trainer:
         # channels_last "extractor": the extractor alone runs channels_last. On the CPU under bf16, oneDNN's
         # convolutions and pools need no reorders on it: whole steps 4-8% faster (with the Gram reading its
         # features in place, plugins/perceptual.py), but portrait-painting's style_gram came out 0.010 worse
-        # in each of 6 seeds, so it is not the default. features() hands the gradients back in that layout
+        # on average over 12 seeds (worse in 10), so it is not the default. features() hands the gradients back in that layout
         self.feat_cl = self.c.feat is not None and self.t.channels_last == "extractor"
         if self.feat_cl:
             assert self.c.feat is not None
