@@ -55,13 +55,19 @@ class TrainingDiverged(StylezooError):
 
 
 def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
-    """A ' Did you mean ...?' suffix for an error, or '' when nothing is close."""
-    opts = list(options)
-    close = difflib.get_close_matches(word, opts, n=n, cutoff=0.5)
-    if not close:
-        # also try matching on the short name (after the kind prefix)
-        short = {o.split("/", 1)[-1]: o for o in opts}
-        close = [short[c] for c in difflib.get_close_matches(word.split("/", 1)[-1], list(short), n=n, cutoff=0.5)]
+    """A ' Did you mean ...?' suffix for an error, or '' when nothing is close.
+
+    Names are compared after their `kind/` prefix, which every option of one kind shares ('gen/dcgn' would
+    otherwise look close to 'gen/cin'); an option that starts with what was typed counts as close too.
+    """
+    opts = list(dict.fromkeys(options))
+    short: dict[str, str] = {}
+    for o in opts:
+        short.setdefault(o.split("/", 1)[-1], o)
+    typed = word.split("/", 1)[-1]
+    close = [short[s] for s in short if len(typed) >= 3 and s.startswith(typed) and s != typed]
+    close += [short[c] for c in difflib.get_close_matches(typed, list(short), n=n, cutoff=0.6)]
+    close = list(dict.fromkeys(close))[:n] or difflib.get_close_matches(word, opts, n=n, cutoff=0.6)
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

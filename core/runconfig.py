@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import build_config, config_to_dict
-from .errors import CompositionError, ConfigError, did_you_mean
+from .errors import CompositionError, ConfigError, UnknownComponentError, did_you_mean
 from .registry import Registry
 
 ROLES = ("gen", "disc", "feat", "adv", "gp")
@@ -166,8 +166,14 @@ class RunConfig:
 def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     """Merge a recipe/config-file/CLI layer into a run dict (tables merge key by key; losses replace)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for k, v in layer.items():
-        if k in ("train", "data"):
+    for k in sorted(layer, key=lambda k: k != "losses"):  # a layer's losses first, then its own overrides
+        v = layer[k]
+        if k == "losses" and isinstance(v, dict):
+            # new terms replace the old: the lower layers' overrides of terms no longer in the run go too
+            keep = {n.split("/", 1)[-1] for n in v}
+            out["set"] = {r: o for r, o in out.get("set", {}).items() if r in ROLES or r.split("/", 1)[-1] in keep}
+            out[k] = v
+        elif k in ("train", "data"):
             out[k] = {**out.get(k, {}), **v}
         elif k == "set":
             s = {r: dict(o) for r, o in out.get("set", {}).items()}
@@ -257,9 +263,13 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
         parsed = parse_losses(losses)
         layers["losses"] = {k: v for k, v in parsed.items()}
         # --loss replaces the recipe's terms: drop the lower layers' overrides of terms no longer in the run
+        # and the weights of those given a weight here (--loss gram:5 beats a lower layer's gram.weight)
         kept = {reg.resolve(k, "loss") for k in parsed}
-        layers["set"] = {r: ov for r, ov in dict(layers.get("set", {})).items()
-                         if r in ROLES or reg.resolve(r, "loss") in kept}
+        weighted = {reg.resolve(k, "loss") for k, w in parsed.items() if w is not None}
+        layers["set"] = {r: ov if r in ROLES or _set_loss_name(reg, r) not in weighted
+                         else {f: v for f, v in ov.items() if f != "weight"}
+                         for r, ov in dict(layers.get("set", {})).items()
+                         if r in ROLES or _set_loss_name(reg, r) in kept}
     if sets:
         layers = merge(layers, parse_set(sets))
     # resolve names (short forms allowed) and default loss weights
@@ -268,23 +278,41 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
             layers[role] = ""
         if layers.get(role):
             layers[role] = reg.resolve(layers[role], ROLE_KIND[role])
-    weights: dict[str, float] = {}
-    for name, w in dict(layers.get("losses", {})).items():
-        full = reg.resolve(name, "loss")
-        if w is None:
-            w = float(reg.make_config(full, layers.get("set", {}).get(full, {})).weight)
-        weights[full] = float(w)
-    layers["losses"] = weights
     # --set roles may name a loss by its short name
     sets_: dict[str, Any] = {}
     for role, ov in dict(layers.get("set", {})).items():
         if role not in ROLES:
-            role = reg.resolve(role, "loss")
+            role = _set_loss_name(reg, role)
         sets_[role] = {**sets_.get(role, {}), **ov}
-    layers["set"] = sets_
+    # loss weights: `--set loss/NAME.weight=W` (the last layer) wins over --loss NAME:W and the recipe's
+    weights: dict[str, float] = {}
+    for name, w in dict(layers.get("losses", {})).items():
+        full = reg.resolve(name, "loss")
+        ov = sets_.get(full, {})
+        if "weight" in ov:
+            w = ov.pop("weight")
+        elif w is None:
+            w = reg.make_config(full, ov).weight
+        try:
+            weights[full] = float(w)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--set {full}.weight={w!r}: the weight of a loss must be a number.") from None
+    layers["losses"] = weights
+    layers["set"] = {r: ov for r, ov in sets_.items() if ov or r in ROLES}
     rc = RunConfig.from_dict(layers)
     validate(reg, rc)
     return rc
+
+
+def _set_loss_name(reg: Registry, role: str) -> str:
+    """The full name of a loss term named in `--set ROLE.FIELD=...`, or an error listing what ROLE can be."""
+    try:
+        return reg.resolve(role, "loss")
+    except UnknownComponentError:
+        losses = reg.names(kind="loss")
+        raise ConfigError(f"--set {role}.…: {role!r} is neither a role ({', '.join(ROLES)}, train, data) nor a loss "
+                          f"term.{did_you_mean(role, [*ROLES, 'train', 'data', *losses])} "
+                          "Run `stylezoo list --kind loss` to see the loss terms.") from None
 
 
 def component_config(reg: Registry, rc: RunConfig, role_or_loss: str) -> Any:

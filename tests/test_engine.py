@@ -176,6 +176,45 @@ def test_bad_overrides_are_refused_before_work(reg: Registry, sets: list[str], f
     assert fragment in str(e.value)
 
 
+def test_set_weight_of_a_loss_is_the_last_word(reg: Registry) -> None:
+    """`--set loss/NAME.weight` wins over --loss NAME:W, which wins over a lower layer's weight."""
+    from stylezoo.core.runconfig import component_config
+
+    base = {**NOISE, "adv": "bce"}
+    for losses, sets, want in ((["tv:2"], ["loss/tv.weight=5"], 5.0), (["tv"], ["tv.weight=5"], 5.0),
+                               (["tv:3"], None, 3.0)):
+        rc = resolve(reg, cli=base, losses=losses, sets=sets)
+        assert rc.losses["loss/tv"] == want, (losses, sets)
+        assert component_config(reg, rc, "loss/tv").weight == want
+        assert "weight" not in rc.set.get("loss/tv", {})  # one source of truth: rc.losses
+    lower = {**base, "losses": {"loss/tv": 1.0}, "set": {"loss/tv": {"weight": 9}}}  # as a recipe or --config
+    assert resolve(reg, cli=lower).losses["loss/tv"] == 9.0
+    assert resolve(reg, cli=lower, losses=["tv:3"]).losses["loss/tv"] == 3.0
+    assert resolve(reg, cli=lower, losses=["tv"]).losses["loss/tv"] == 9.0
+    with pytest.raises(ConfigError, match="must be a number"):
+        resolve(reg, cli=base, losses=["tv"], sets=["tv.weight=abc"])
+
+
+def test_config_file_with_its_own_losses_drops_the_recipes_overrides_of_other_terms(reg: Registry,
+                                                                                     tmp_path: Path) -> None:
+    # the default recipe sets loss/content.layers and loss/gram.layers; a file keeping only tv was refused
+    # with "'loss/content' is not part of this run"
+    f = tmp_path / "run.toml"
+    f.write_text('losses = { tv = 2.0 }\n[set.tv]\nweight = 4.0\n')
+    rc = resolve(reg, recipe="default", config_file=f)
+    assert rc.losses == {"loss/tv": 4.0} and set(rc.set) <= {"gen", "disc", "adv"}
+
+
+def test_set_of_an_unknown_role_names_what_roles_exist(reg: Registry) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve(reg, cli={**NOISE, "adv": "bce"}, losses=["tv"], sets=["nosuchrole.x=1"])
+    msg = str(e.value)
+    assert "neither a role" in msg and "gen, disc" in msg and "stylezoo list --kind loss" in msg
+    assert "Did you mean" not in msg
+    with pytest.raises(ConfigError, match="Did you mean 'loss/gram'"):
+        resolve(reg, cli={**NOISE, "adv": "bce"}, losses=["tv"], sets=["gra.layers=relu1_1"])
+
+
 def test_cli_dry_run_reports_composition(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--gen", "encdec", "--disc", "patch", "--feat", "none", "--loss", "tv",
                                       "--size", "32", "--batch", "2", "--set", "gen.channels=8", "--dry-run"])

@@ -89,6 +89,17 @@ def test_unknown_name_suggests_and_points_at_the_listing(bare_registry, make_plu
     assert "Did you mean" not in str(exc.value)
 
 
+def test_did_you_mean_compares_names_after_their_kind() -> None:
+    from stylezoo.core.errors import did_you_mean
+
+    # every gen/ name shares 'gen/': compared whole, 'gen/cin' looked close to 'gen/dcgn'
+    assert did_you_mean("gen/dcgn", ["gen/dcgan", "gen/cin", "gen/adain", "gen/encdec"]) == " Did you mean 'gen/dcgan'?"
+    assert did_you_mean("fid", ["fid_effl0", "kid_effl0"]) == " Did you mean 'fid_effl0'?"  # a typed prefix
+    assert did_you_mean("vgg", ["feat/vgg16", "feat/vgg19", "feat/efficientnet-lite0"]) == \
+        " Did you mean 'feat/vgg16' or 'feat/vgg19'?"
+    assert did_you_mean("nosuchfield", ["channels", "out_channels", "n_res"]) == ""
+
+
 def test_unknown_name_mentions_plugins_that_failed(bare_registry, make_plugin):
     reg = bare_registry(make_plugin("ok", ["gen/a"]), make_plugin("broken", ["gen/b"], fail_after=0))
     with pytest.raises(UnknownComponentError, match=r"failed to load: broken.*stylezoo plugins"):
