@@ -36,7 +36,7 @@ from .registry import Registry, default_registry
 from .runconfig import ROLES, RunConfig, component_config
 from .trainstate import component_names, load_run_state, run_meta, run_state
 from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers live in rundir)
-    _StopAtStepEnd, _truncate_metrics, default_out, iter_metrics, newest_valid_checkpoint, plot_losses,
+    _StopAtStepEnd, _truncate_metrics, default_out, holds_run, iter_metrics, newest_valid_checkpoint, plot_losses,
     resume_config, write_config,
 )
 
@@ -139,6 +139,7 @@ class Trainer:
         self._plan_features()
         self._prepare_style_targets()
         self.evaluator = self._make_evaluator()
+        self.resumed_from = resume_from
         if resume_from is not None:
             self.load_state(resume_from)
         for opt in (self.opt_g, self.opt_d):
@@ -585,6 +586,10 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> Path:
         """Train until `train.steps`; returns the path of the last checkpoint."""
+        if self.resumed_from is not None and self.step >= self.t.steps:  # write nothing: the run is as it was
+            log.warning("%s is already at step %d (of --steps %d): nothing to train; give a larger --steps to "
+                        "continue it.", self.out, self.step, self.t.steps)
+            return self.resumed_from
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             write_config(self.out / "config.toml", self.rc)
@@ -702,6 +707,9 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
     if resume is not None:
         rc, resume_from = resume_config(resume, steps, registry)
         out = Path(resume)
+    elif out is not None and holds_run(Path(out)):
+        raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}` "
+                          "(Python: train(resume=...)), or give another --out (or delete the folder).")
     if rc is None:
         from .runconfig import resolve
 

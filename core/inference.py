@@ -49,7 +49,7 @@ def checkpoint_path(spec: str | Path) -> Path:
     if p.is_dir():
         from .rundir import newest_valid_checkpoint
 
-        return newest_valid_checkpoint(p)
+        return newest_valid_checkpoint(p, to="load")
     return p
 
 

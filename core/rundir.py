@@ -99,8 +99,10 @@ def plot_losses(metrics: Path, out: Path) -> Path | None:
     return out
 
 
-def newest_valid_checkpoint(run_dir: Path) -> Path:
-    """The newest checkpoint in a run dir that reads back cleanly (a torn or corrupt file is skipped)."""
+def newest_valid_checkpoint(run_dir: Path, *, to: str = "resume") -> Path:
+    """The newest checkpoint in a run dir that reads back cleanly (a torn or corrupt file is skipped).
+
+    `to` ("resume" or "load") words the error when there is none."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         ckpt.refuse_pickle(run_dir)
@@ -123,7 +125,18 @@ def newest_valid_checkpoint(run_dir: Path) -> Path:
         except CheckpointError as e:
             why.append(str(e))
     detail = f" ({why[0]})" if why else ""
-    raise CheckpointError(f"No valid checkpoint in {run_dir}: nothing to resume{detail}. Start a new run instead.")
+    if to == "resume":
+        raise CheckpointError(f"No valid checkpoint in {run_dir}: nothing to resume{detail}. Start a new run instead.")
+    raise CheckpointError(f"No valid checkpoint in {run_dir}{detail}: give a run folder that `stylezoo run` wrote "
+                          "(it holds last.safetensors) or a checkpoint file (.safetensors).")
+
+
+def holds_run(path: Path) -> bool:
+    """Whether a directory already holds a training run (its config, metrics or a checkpoint)."""
+    path = Path(path)
+    return path.is_dir() and ((path / "config.toml").exists() or (path / "last.safetensors").exists()
+                              or (path / "metrics.jsonl").exists()
+                              or any((path / "checkpoints").glob("*.safetensors")))
 
 
 def iter_metrics(run_dir: Path) -> Iterator[dict[str, Any]]:
@@ -173,5 +186,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metrics lines logged after the checkpoint a run resumes from (they will be logged again)."""
     if not path.exists():
         return
-    keep = [l for l in path.read_text().splitlines() if (r := _json_line(l)) is not None and r.get("step", 0) <= step]
+    lines = path.read_text().splitlines()
+    keep = [l for l in lines if (r := _json_line(l)) is not None and r.get("step", 0) <= step]
+    if keep == lines:
+        return  # nothing to drop: leave the file as it is
     ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))

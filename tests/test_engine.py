@@ -237,6 +237,41 @@ def test_cli_resume_continues_to_the_new_total(tmp_path: Path) -> None:
     assert ckpt.read_meta(tmp_path / "last.safetensors")["step"] == 4
 
 
+def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, reg: Registry) -> None:
+    args = ["run", "--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv",
+            "--size", "32", "--batch", "2", "--steps", "2", "--out", str(tmp_path), "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    r = CliRunner().invoke(app, [*args[:2], "encdec", *args[3:]])  # another generator, same --out
+    assert r.exit_code == 2 and "already holds a run" in r.output and f"--resume {tmp_path}" in r.output
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before  # untouched
+    assert "gen/dcgan" in (tmp_path / "config.toml").read_text()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(tiny(reg, NOISE, adv="bce"), out=tmp_path, registry=reg)
+    empty = tmp_path.parent / "empty-out"
+    empty.mkdir()  # an empty folder is fine
+    assert train(tiny(reg, NOISE, adv="bce"), out=empty, registry=reg) == empty / "last.safetensors"
+
+
+def test_resume_at_its_total_trains_nothing_writes_nothing_and_says_so(tmp_path: Path, reg: Registry,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    last = train(tiny(reg, NOISE, adv="bce"), out=tmp_path, registry=reg)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    for steps in (1, 2):
+        with caplog.at_level("WARNING", logger="stylezoo"):
+            assert train(resume=tmp_path, steps=steps, registry=reg) == last
+        assert "nothing to train" in caplog.text and "larger --steps" in caplog.text
+        caplog.clear()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert ckpt.read_meta(last)["step"] == 2
+
+
+def test_stylize_of_a_folder_without_a_checkpoint_says_what_to_give(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["stylize", str(tmp_path), str(tmp_path), "-o", str(tmp_path / "out")])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "resume" not in r.output and "stylezoo run" in r.output and ".safetensors" in r.output
+
+
 def test_lr_decay_falls_linearly_over_the_last_steps(reg: Registry, tmp_path: Path) -> None:
     rc = tiny(reg, NOISE, train={**TINY, "steps": 10, "lr": 1e-3, "lr_d": 4e-3, "lr_decay": 0.5})
     tr = Trainer(rc, tmp_path, registry=reg)
