@@ -81,6 +81,20 @@ def build_components(reg: Registry, rc: RunConfig) -> Components:
     return Components(built["gen"], built["disc"], built["feat"], built["adv"], built["gp"], losses, configs)
 
 
+def check_batch_split(batch: int, world: int) -> None:
+    """Refuse a global batch that does not split evenly over `world` processes."""
+    if batch % world:
+        raise ConfigError(f"--batch {batch} does not split over {world} processes: the global batch must be a "
+                          f"multiple of the number of processes (e.g. {world * max(1, batch // world)}).")
+
+
+def check_new_out(out: str | Path) -> None:
+    """Refuse to start a new run in a folder that already holds one (it would mix the two runs' files)."""
+    if holds_run(Path(out)):
+        raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}` "
+                          "(Python: train(resume=...)), or give another --out (or delete the folder).")
+
+
 def judges_each_image_alone(disc: nn.Module | None) -> bool:
     """Whether a discriminator declares `per_sample` and holds no batch norm (whose statistics would mix
     the real and the fake batch if they were judged in one call)."""
@@ -101,9 +115,7 @@ class Trainer:
         self.rank = env.rank if rank is None else rank
         self.world = env.world if world is None else world
         self.t = rc.train
-        if self.t.batch % self.world:
-            raise ConfigError(f"--batch {self.t.batch} does not split over {self.world} processes: the global batch "
-                              f"must be a multiple of the number of processes (e.g. {self.world * max(1, self.t.batch // self.world)}).")
+        check_batch_split(self.t.batch, self.world)
         self.device = D.local_device(self.t.device, env)
         why = compile_unavailable(self.device) if self.t.compile else None
         if why:
@@ -707,9 +719,8 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
     if resume is not None:
         rc, resume_from = resume_config(resume, steps, registry)
         out = Path(resume)
-    elif out is not None and holds_run(Path(out)):
-        raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}` "
-                          "(Python: train(resume=...)), or give another --out (or delete the folder).")
+    elif out is not None:
+        check_new_out(out)
     if rc is None:
         from .runconfig import resolve
 

@@ -147,6 +147,27 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(reg: Registry, 
         Trainer(rc, tmp_path, rank=0, world=2)
 
 
+@pytest.mark.parametrize("extra,code,fragment", [
+    (["--batch", "3"], 2, "does not split over 2 processes"),
+    (["--content", "/nonexistent/photos"], 1, "no such file or folder"),
+    (["--out", "HOLDS_A_RUN"], 2, "already holds a run"),
+])
+def test_nproc_checks_the_run_before_starting_any_worker(extra: list[str], code: int, fragment: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistake every worker would make is reported once, as one line, before torchrun starts."""
+    from typer.testing import CliRunner
+
+    from stylezoo.core.cli import app
+
+    (tmp_path / "config.toml").write_text("")  # a folder that holds a run
+    monkeypatch.setattr(D, "launch", lambda *a: pytest.fail("torchrun was started"))
+    extra = [str(tmp_path) if e == "HOLDS_A_RUN" else e for e in extra]
+    r = CliRunner().invoke(app, ["run", "--nproc", "2", "--gen", "encdec", "--disc", "patch", "--feat", "none",
+                                 "--loss", "tv", "--size", "32", "--batch", "4", "--steps", "2", "--quiet", *extra])
+    assert r.exit_code == code, r.output
+    assert fragment in r.output and r.output.count("error:") == 1 and "Traceback" not in r.output
+
+
 def test_torchrun_command_and_cli_launcher(tmp_path: Path) -> None:
     """`stylezoo run --nproc 2` starts torchrun; rank 0 alone writes the run, whose metrics are global."""
     cmd = D.torchrun_command(2, ["run", "--quiet"])

@@ -55,8 +55,9 @@ def run_cmd(
     quiet = quiet or env.rank != 0
     logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     reg = default_registry()
+    resume_from = None
     if resume is not None:
-        rc, _ = resume_config(resume, steps)
+        rc, resume_from = resume_config(resume, steps)
     else:
         cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
         train_opts = {k: v for k, v in dict(size=size, batch=batch, steps=steps, epochs=epochs, lr=lr, seed=seed,
@@ -73,7 +74,8 @@ def run_cmd(
     if dry_run:
         _dry_run(rc)
         return
-    if nproc is not None and nproc != 1 and not env.distributed:  # checked above; now the same command in nproc workers
+    if nproc is not None and nproc != 1 and not env.distributed:  # the same command in nproc workers
+        _preflight(rc, nproc, out if resume is None else None, resume_from)
         raise typer.Exit(D.launch(nproc, _without_nproc(sys.argv[1:])))
     # distributed with no --out: rank 0 names the directory (engine.train broadcasts it)
     out_dir = resume if resume is not None else (out or (None if env.distributed else default_out(rc)))
@@ -96,6 +98,27 @@ def run_cmd(
     if env.rank == 0:
         Console(highlight=False).print(f"[green]done[/]: {last}  samples: {Path(out_dir) / 'samples' / 'final.png'}")
     del Trainer
+
+
+def _preflight(rc: Any, nproc: int, out: Path | None, resume_from: Path | None) -> None:
+    """What every worker would refuse, checked once here before torchrun starts `nproc` of them: the batch
+    split, the output folder, then a whole set-up on the CPU (components, weights, data, the checkpoint to
+    resume). A worker's error would come once per rank, under torchrun's traceback."""
+    import dataclasses
+    import tempfile
+
+    from ..engine import Trainer, check_batch_split, check_new_out
+
+    if nproc < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--nproc {nproc}: give the number of processes, 1 or more.")
+    check_batch_split(rc.train.batch, nproc)
+    if out is not None:
+        check_new_out(out)
+    cpu = dataclasses.replace(rc, train=dataclasses.replace(rc.train, device="cpu", compile=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        Trainer(cpu, tmp, resume_from=resume_from, rank=0, world=1)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
