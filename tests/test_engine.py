@@ -299,3 +299,34 @@ def test_progress_line_shows_the_data_wait_only_when_it_matters() -> None:
     logs = {"g/loss": 1.0, "time/images_per_s": 10.0, "time/step_s": 0.2}
     assert "data" not in _fmt(logs | {"time/data_s": 0.01})  # 5%
     assert _fmt(logs | {"time/data_s": 0.1}).endswith("10.0 img/s (data 50%)")
+
+
+def test_progress_bar_appears_at_the_first_step_and_logs_get_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import re
+
+    from rich.console import Console
+
+    from stylezoo.core.cli import progress as P
+
+    def console(terminal: bool) -> io.StringIO:
+        buf = io.StringIO()
+        monkeypatch.setattr(P, "err", Console(file=buf, force_terminal=terminal, width=80, highlight=False))
+        return buf
+
+    buf = console(True)
+    with P.StepProgress("train"):
+        pass  # set-up failed before step 1: nothing was drawn (it used to leave an empty line before the error)
+    assert buf.getvalue() == ""
+    long = " ".join(f"loss{i}=1.23e+04" for i in range(12))
+    with P.StepProgress("train") as update:
+        for step in range(1, 6):
+            update(step, 5, long)
+    last = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buf.getvalue()).replace("\r", "\n").strip().splitlines()[-1]
+    assert "5/5" in last and "━" in last and "loss0=" in last and last.endswith("…") and len(last) <= 80
+    buf = console(False)  # a log file or CI: plain lines, whatever their length
+    with P.StepProgress("train") as update:
+        for step in range(1, 26):
+            update(step, 25, long)
+    lines = buf.getvalue().splitlines()
+    assert [l.split()[1] for l in lines] == ["1/25", "10/25", "20/25", "25/25"] and all(l.endswith(long) for l in lines)

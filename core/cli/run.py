@@ -10,6 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from .progress import StepProgress
+
 err = Console(stderr=True, highlight=False)
 
 
@@ -81,9 +83,9 @@ def run_cmd(
     out_dir = resume if resume is not None else (out or (None if env.distributed else default_out(rc)))
     previous = _sigterm_as_interrupt()
     try:
-        with _progress(quiet) as progress:
+        with StepProgress("train", plain=quiet) as update:
             last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
-                         progress=progress if env.rank == 0 else None)
+                         progress=(lambda step, total, logs: update(step, total, _fmt(logs))) if env.rank == 0 else None)
         out_dir = last.parent
     except KeyboardInterrupt:
         if env.rank == 0:
@@ -184,37 +186,6 @@ def _dry_run(rc: Any) -> None:
     c = Console(highlight=False)
     c.print(table)
     c.print("one step: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items()))
-
-
-class _progress:
-    """A rich progress bar with ETA and live loss terms, or plain log lines with --quiet."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __enter__(self) -> Any:
-        if self.quiet:
-            def log_line(step: int, total: int, logs: dict[str, float]) -> None:
-                if step == 1 or step % 10 == 0 or step == total:
-                    err.print(f"step {step}/{total} " + _fmt(logs))
-            return log_line
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                          console=err, transient=False)
-        self.p.__enter__()
-        self.task = None
-
-        def update(step: int, total: int, logs: dict[str, float]) -> None:
-            if self.task is None:
-                self.task = self.p.add_task("train", total=total, completed=step - 1, losses="")
-            self.p.update(self.task, completed=step, total=total, losses=_fmt(logs))
-        return update
-
-    def __exit__(self, *exc: Any) -> None:
-        if not self.quiet:
-            self.p.__exit__(*exc)
 
 
 def _fmt(logs: dict[str, float]) -> str:

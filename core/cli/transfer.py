@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from ..errors import UsageError
+from .progress import StepProgress
 
 err = Console(stderr=True, highlight=False)
 
@@ -43,8 +44,6 @@ def transfer_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Repaint CONTENT in the style of STYLE by optimising its pixels (the quality reference)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from ..checkpoint import atomic_write
     from ..transfer import transfer
 
@@ -63,14 +62,9 @@ def transfer_cmd(
     if quiet:
         image = transfer(content, style, extractor=extractor, **options)
     else:
-        with Progress(TextColumn("[bold]transfer"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                      console=err) as bar:
-            task = bar.add_task("transfer", total=steps, losses="")
-
+        with StepProgress("transfer") as bar:
             def update(step: int, total: int, parts: dict[str, float]) -> None:
-                text = " ".join(f"{k}={v:.3g}" for k, v in parts.items() if k != "total")
-                bar.update(task, completed=step, total=total, losses=text)
+                bar(step, total, " ".join(f"{k}={v:.3g}" for k, v in parts.items() if k != "total"))
 
             image = transfer(content, style, extractor=extractor, progress=update, **options)
     atomic_write(out, lambda tmp: image.save(tmp, format=fmt))
