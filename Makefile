@@ -29,7 +29,7 @@ $(WEIGHTS_STAMP): $(STAMP)
 weights: $(WEIGHTS_STAMP)
 
 demo: $(WEIGHTS_STAMP)
-	$(BIN)/stylezoo run --out runs/demo
+	$(BIN)/stylezoo run --out runs/demo --overwrite
 
 test: $(WEIGHTS_STAMP)
 	$(BIN)/python -m pytest -q

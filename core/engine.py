@@ -36,7 +36,7 @@ from .registry import Registry, default_registry
 from .runconfig import ROLES, RunConfig, component_config
 from .trainstate import component_names, load_run_state, run_meta, run_state
 from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers live in rundir)
-    _StopAtStepEnd, _truncate_metrics, default_out, holds_run, iter_metrics, newest_valid_checkpoint, plot_losses,
+    _StopAtStepEnd, _truncate_metrics, clear_run, default_out, holds_run, iter_metrics, newest_valid_checkpoint, plot_losses,
     resume_config, write_config,
 )
 
@@ -91,8 +91,8 @@ def check_batch_split(batch: int, world: int) -> None:
 def check_new_out(out: str | Path) -> None:
     """Refuse to start a new run in a folder that already holds one (it would mix the two runs' files)."""
     if holds_run(Path(out)):
-        raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}` "
-                          "(Python: train(resume=...)), or give another --out (or delete the folder).")
+        raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}`, replace it "
+                          "with --overwrite, or give another --out (Python: train(resume=...) / overwrite=True).")
 
 
 def judges_each_image_alone(disc: nn.Module | None) -> bool:
@@ -713,13 +713,16 @@ def fuse_adam(opt: torch.optim.Optimizer | None, device: torch.device) -> None:
 
 def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
           steps: int | None = None, registry: Registry | None = None,
-          progress: Callable[..., Any] | None = None) -> Path:
-    """Train a run (or resume one) and return its last checkpoint. Mirrors `stylezoo run`."""
+          progress: Callable[..., Any] | None = None, overwrite: bool = False) -> Path:
+    """Train a run (or resume one) and return its last checkpoint. Mirrors `stylezoo run`.
+
+    A new run refuses an `out` folder that holds a run, unless `overwrite` (then that run's files go first).
+    """
     resume_from = None
     if resume is not None:
         rc, resume_from = resume_config(resume, steps, registry)
         out = Path(resume)
-    elif out is not None:
+    elif out is not None and not overwrite:
         check_new_out(out)
     if rc is None:
         from .runconfig import resolve
@@ -729,6 +732,9 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
         if resume_from is not None and env.rank == 0:
             assert resume is not None  # resume_from was read from it
             _truncate_metrics(Path(resume) / "metrics.jsonl", int(ckpt.read_meta(resume_from)["step"]))
+        if overwrite and resume is None and out is not None and env.rank == 0 and holds_run(Path(out)):
+            log.warning("--overwrite: deleting the run in %s", out)
+            clear_run(Path(out))
         if out is None:  # rank 0's clock names the run directory for all
             out = D.broadcast_text(str(default_out(rc)), D.local_device(rc.train.device, env))
         trainer = Trainer(rc, out, registry=registry, resume_from=resume_from, progress=progress)

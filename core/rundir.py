@@ -131,6 +131,22 @@ def newest_valid_checkpoint(run_dir: Path, *, to: str = "resume") -> Path:
                           "(it holds last.safetensors) or a checkpoint file (.safetensors).")
 
 
+RUN_FILES = ("config.toml", "last.safetensors", "best.safetensors", "metrics.jsonl", "loss.png", "report.html",
+             "checkpoints", "samples")  # what a training run writes into its directory
+
+
+def clear_run(path: Path) -> None:
+    """Delete what a run wrote into `path` (RUN_FILES), leaving anything else there alone."""
+    import shutil
+
+    for name in RUN_FILES:
+        p = Path(path) / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def holds_run(path: Path) -> bool:
     """Whether a directory already holds a training run (its config, metrics or a checkpoint)."""
     path = Path(path)

@@ -248,6 +248,18 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, reg: R
     assert "gen/dcgan" in (tmp_path / "config.toml").read_text()
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tiny(reg, NOISE, adv="bce"), out=tmp_path, registry=reg)
+    (tmp_path / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(app, [*args[:2], "encdec", *args[3:], "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert "gen/encdec" in (tmp_path / "config.toml").read_text() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert ckpt.read_meta(tmp_path / "last.safetensors")["composition"]["gen"] == "gen/encdec"
+    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 2  # the old run's lines are gone, not appended to
+    old = [p for p in (tmp_path / "checkpoints").glob("*.safetensors")
+           if ckpt.read_meta(p)["composition"]["gen"] != "gen/encdec"]
+    assert not old
+    r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path), "--overwrite"])
+    assert r.exit_code == 2 and "does not go with --resume" in r.output
     empty = tmp_path.parent / "empty-out"
     empty.mkdir()  # an empty folder is fine
     assert train(tiny(reg, NOISE, adv="bce"), out=empty, registry=reg) == empty / "last.safetensors"

@@ -42,6 +42,7 @@ def run_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="Refuse unreadable images instead of skipping them.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>-<recipe>).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out (its files are deleted first).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, run one step, report; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; log lines instead.")] = False,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
@@ -58,6 +59,10 @@ def run_cmd(
     logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     reg = default_registry()
     resume_from = None
+    if overwrite and resume is not None:
+        from ..errors import UsageError
+
+        raise UsageError("--overwrite replaces the run in --out with a new one; it does not go with --resume.")
     if resume is not None:
         rc, resume_from = resume_config(resume, steps)
     else:
@@ -77,7 +82,7 @@ def run_cmd(
         _dry_run(rc)
         return
     if nproc is not None and nproc != 1 and not env.distributed:  # the same command in nproc workers
-        _preflight(rc, nproc, out if resume is None else None, resume_from)
+        _preflight(rc, nproc, out if resume is None and not overwrite else None, resume_from)
         raise typer.Exit(D.launch(nproc, _without_nproc(sys.argv[1:])))
     # distributed with no --out: rank 0 names the directory (engine.train broadcasts it)
     out_dir = resume if resume is not None else (out or (None if env.distributed else default_out(rc)))
@@ -85,6 +90,7 @@ def run_cmd(
     try:
         with StepProgress("train", plain=quiet) as update:
             last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
+                         overwrite=overwrite,
                          progress=(lambda step, total, logs: update(step, total, _fmt(logs))) if env.rank == 0 else None)
         out_dir = last.parent
     except KeyboardInterrupt:
