@@ -47,6 +47,7 @@ def __getattr__(name: str) -> Any:
         "RunConfig": ("stylezoo.core.runconfig", "RunConfig"),
         "load_generator": ("stylezoo.core.inference", "load_generator"),
         "Stylizer": ("stylezoo.core.inference", "Stylizer"),
+        "StylezooError": ("stylezoo.core.errors", "StylezooError"),  # what every user-facing error derives from
     }
     if name in lazy:
         import importlib
@@ -57,4 +58,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["__version__", "registry", "list_components", "info", "build", "train", "RunConfig",
-           "load_generator", "Stylizer"]
+           "load_generator", "Stylizer", "StylezooError"]

@@ -29,7 +29,7 @@ from .data import ImageSet, PairSet, _seed, pair_folders
 from .devices import bf16_supported, compile_unavailable, pick_device  # noqa: F401  (pick_device re-exported)
 from . import distributed as D
 from .ema import GeneratorEMA
-from .errors import CompositionError, ConfigError, DataError, TrainingDiverged
+from .errors import CompositionError, ConfigError, DataError, PluginError, TrainingDiverged
 from .layers import grad_in_layout
 from .kinds import AdversarialLoss, Extractor, LossTerm, StepContext
 from .registry import Registry, default_registry
@@ -233,16 +233,25 @@ class Trainer:
             else torch.zeros(1, 3, size, size)
         gen.eval()
         try:
-            shape = tuple(gen(x).shape)
-            why = "" if shape == (1, 3, size, size) else f"it makes {shape[-2:]} instead"
-        except (ValueError, RuntimeError) as e:
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            with torch.no_grad():
+                shape = tuple(gen(x).shape)
+        except Exception as e:  # a plugin's own exception types too: one line, not a traceback
+            m = getattr(gen, "size_multiple", None)
+            hint = f", a multiple of {m}" if m and size % m else ""
+            msg = " ".join(str(e).split()) or type(e).__name__
+            raise CompositionError(f"{self.rc.gen} failed on a {tuple(x.shape)} input at --size {size}: "
+                                   f"{type(e).__name__}: {msg}. Try another --size{hint}; if none works, the "
+                                   "generator itself is broken.") from None
         finally:
             gen.train()
-        if why:
+        if len(shape) != 4 or shape[1] != 3:
+            raise PluginError(f"{self.rc.gen} returned a {shape} tensor for a {tuple(x.shape)} input: a generator "
+                              "must return RGB images (N, 3, H, W).")
+        if shape != (1, 3, size, size):
             m = getattr(gen, "size_multiple", None)
             hint = f" (a multiple of {m})" if m and size % m else ""
-            raise CompositionError(f"{self.rc.gen} cannot train at --size {size}: {why}. Choose another --size{hint}.")
+            raise CompositionError(f"{self.rc.gen} cannot train at --size {size}: it makes {shape[-2:]} images "
+                                   f"instead. Choose another --size{hint}.")
 
     def _place_modules(self) -> None:
         mf = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -50,6 +50,10 @@ class WeightsError(StylezooError):
     """Pretrained weights that are missing, corrupt or cannot be fetched here."""
 
 
+class PluginError(StylezooError):
+    """A component that breaks its kind's contract: its config, its factory or what it returns."""
+
+
 class TrainingDiverged(StylezooError):
     """Too many steps with a NaN or Inf loss or gradient."""
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt
 from . import cpu_memory
 from .checkpoint import atomic_write
-from .errors import CheckpointError, DataError, UnknownComponentError, UsageError
+from .errors import CheckpointError, DataError, PluginError, UnknownComponentError, UsageError
 from .images import (
     InputImage, _to_rgb, encode, find_images, image_format, input_image, open_image, pil_to_tensor, read_item,
     resize_short, restore_mode, tensor_to_pil,
@@ -364,8 +364,21 @@ class Stylizer:
             raise UsageError(f"Expected an RGB tensor (3, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(x.shape)}.")
         h, w = xb.shape[-2:]
         xp, (top, left) = pad_to_multiple(xb.float(), self.size_multiple, max(2 * self.size_multiple, 16))
-        y = self._run(xp)[..., top:top + h, left:left + w].contiguous().to(x.device)
+        y = self._checked(self._run(xp), xp.shape)[..., top:top + h, left:left + w].contiguous().to(x.device)
         return y[0] if squeeze else y
+
+    def _checked(self, y: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
+        """`y`, the generator's output for an input of `shape`, if it can be an image; else a clear error."""
+        want = (shape[0], 3, *shape[-2:]) if len(shape) == 4 else None
+        if y.dim() != 4 or y.shape[1] != 3 or (want is not None and tuple(y.shape) != want):
+            raise PluginError(f"{self.name} returned a {tuple(y.shape)} tensor for a {tuple(shape)} input: a "
+                              f"generator must return RGB images{' of its input size' if want else ''} (N, 3, H, W).")
+        bad = int((~torch.isfinite(y)).sum())
+        if bad:
+            raise PluginError(f"{self.name} returned NaN or Inf in {bad} of {y.numel()} values; nothing was written. "
+                              f"Its weights may come from a diverged run, or it overflows in {self.precision}: try "
+                              "--precision fp32 (Python: precision='fp32').")
+        return y
 
     def __call__(self, image: Image.Image | Tensor | str | Path, size: int | None = None) -> Any:
         """Restyle one image; `size` resizes the shorter side first. PIL or path in: PIL out; tensor in: tensor out."""
@@ -388,7 +401,10 @@ class Stylizer:
         if n < 1 or batch < 1:
             raise UsageError(f"The number of samples and the batch must be >= 1 (got {n}, {batch}).")
         z = torch.randn(n, int(self.latent_dim), generator=torch.Generator().manual_seed(seed))
-        return torch.cat([self._run(z[i:i + batch]).cpu() for i in range(0, n, batch)])
+        gsize = getattr(self.module, "size", None)  # noise generators make images of their config's size
+        size = (int(gsize),) * 2 if isinstance(gsize, int) else ()
+        return torch.cat([self._checked(self._run(z[i:i + batch]), (len(z[i:i + batch]), 3, *size)).cpu()
+                          for i in range(0, n, batch)])
 
     def sample(self, n: int, seed: int = 0, batch: int = 16) -> list[Image.Image]:
         """`n` PIL images from seeded noise."""

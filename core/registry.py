@@ -7,10 +7,12 @@ while registering is recorded in `failures` and the rest of the zoo still works.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import importlib.metadata as md
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+from torch import nn
 
 from .config import build_config
-from .errors import DuplicateComponentError, UnknownComponentError, UsageError, did_you_mean
+from .errors import DuplicateComponentError, PluginError, UnknownComponentError, UsageError, did_you_mean
 from .hookspecs import PROJECT, Spec
 from .kinds import KINDS
 
@@ -66,10 +69,29 @@ class PluginInfo:
     error: str | None = None
 
 
+_SHORT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
 def check_name(name: str) -> None:
+    """Refuse a name the CLI could not select: `kind/name`, name in lower-case letters, digits, '-' and '_'."""
     kind, sep, short = name.partition("/")
     if not sep or kind not in KINDS or not short or "/" in short:
         raise UsageError(f"Invalid component name {name!r}: use kind/name with kind one of {', '.join(KINDS)}.")
+    if not _SHORT_NAME.fullmatch(short):
+        raise UsageError(f"Invalid component name {name!r}: after '{kind}/' use lower-case letters, digits, '-' and "
+                         "'_' (a ':', '.', ',' or space would clash with --loss NAME:WEIGHT and --set NAME.FIELD).")
+
+
+def check_config_class(name: str, config: Any) -> None:
+    """A component's config must be a dataclass whose every field has a default (the component's defaults)."""
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        raise UsageError(f"{name}: its config {config!r} is not a dataclass; register a @dataclass whose fields "
+                         "hold the component's defaults.")
+    missing = [f.name for f in dataclasses.fields(config)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UsageError(f"{name}: config field(s) {', '.join(missing)} of {config.__name__} have no default; every "
+                         "field needs one (the component's defaults, shown by `stylezoo info`).")
 
 
 def load_registry_toml(path: Path = REGISTRY_TOML) -> dict[str, Any]:
@@ -145,6 +167,13 @@ class Registry:
 
         def register(cname: str, factory: Any, *, config: type, **card: Any) -> None:
             check_name(cname)
+            check_config_class(cname, config)
+            if not callable(factory):
+                raise UsageError(f"{cname}: its factory {factory!r} is not callable; register a function or class "
+                                 "that takes the config and returns an nn.Module.")
+            if cname in staged:
+                raise DuplicateComponentError(f"{cname!r} is registered twice by plugin {name!r}: register each name "
+                                              "once.")
             for taken in (self._entries, staged):
                 if taken is not None and cname in taken:
                     other = taken[cname]
@@ -172,7 +201,8 @@ class Registry:
                 self.pm.unregister(obj)
                 raise
         except Exception as e:  # a broken plugin never takes the zoo down
-            self.plugins.append(PluginInfo(name, module, dist, version, builtin, error=f"{type(e).__name__}: {e}"))
+            why = " ".join(str(e).split())  # one line: pluggy's validation errors span several
+            self.plugins.append(PluginInfo(name, module, dist, version, builtin, error=f"{type(e).__name__}: {why}"))
             return
         assert self._entries is not None
         self._entries.update(staged)
@@ -249,7 +279,10 @@ class Registry:
         entry = self.get(name, kind)
         cfg = config if config is not None else build_config(entry.config, overrides, owner=entry.name)
         module = entry.factory(cfg)
-        module.stylezoo_name = entry.name  # so checkpoints and logs can name it
+        if not isinstance(module, nn.Module):
+            raise PluginError(f"{entry.name} (plugin {entry.plugin!r}) built a {type(module).__name__}, not a "
+                              "torch.nn.Module; its factory must return the module.")
+        setattr(module, "stylezoo_name", entry.name)  # so checkpoints and logs can name it
         return module
 
 

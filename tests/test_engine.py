@@ -228,6 +228,12 @@ def test_cli_unknown_set_key_exits_2_without_traceback() -> None:
     assert "Traceback" not in result.output and "channels" in result.output
 
 
+def test_cli_errors_print_paths_verbatim_not_as_emoji(tmp_path: Path) -> None:
+    missing = tmp_path / "my:fire:pic.jpg"
+    result = CliRunner().invoke(app, ["run", "--style", str(missing), "--dry-run"])
+    assert result.exit_code == 1 and str(missing) in result.output and "\U0001f525" not in result.output
+
+
 def test_cli_resume_continues_to_the_new_total(tmp_path: Path) -> None:
     args = ["run", "--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv",
             "--size", "32", "--batch", "2", "--steps", "2", "--out", str(tmp_path), "--quiet"]
@@ -303,6 +309,48 @@ def test_lr_decay_falls_linearly_over_the_last_steps(reg: Registry, tmp_path: Pa
         tiny(reg, NOISE, train={**TINY, "lr_decay": 1.5})
     const = Trainer(tiny(reg, NOISE, train={**TINY, "steps": 10}), tmp_path / "c", registry=reg)
     assert all(const.lr_factor(s) == 1.0 for s in range(10))
+
+
+@pytest.mark.parametrize("how,err,fragment", [("gray", "PluginError", "must return RGB images"),
+                                              ("raise", "CompositionError", "failed on a (1, 3, 32, 32) input"),
+                                              ("half", "CompositionError", "makes (16, 32) images")])
+def test_a_generator_that_cannot_make_training_images_is_named_before_work(how: str, err: str, fragment: str,
+                                                                           tmp_path: Path) -> None:
+    import dataclasses
+    import types
+
+    from stylezoo.core import errors
+    from stylezoo.core.hookspecs import hookimpl
+
+    @dataclasses.dataclass
+    class Cfg:
+        size: int = 32
+
+    class Bad(torch.nn.Module):
+        family = "image"
+
+        def __init__(self, cfg: Cfg) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if how == "raise":
+                raise KeyError("tiny forward exploded")  # not a ValueError/RuntimeError: used to escape as a traceback
+            return (x * self.w)[:, :1] if how == "gray" else (x * self.w)[..., :16, :]
+
+    plug = types.ModuleType("badgen")
+
+    @hookimpl
+    def register_components(register):
+        register("gen/bad", Bad, config=Cfg)
+
+    plug.register_components = register_components
+    reg = Registry(plugins=(plug,), entry_points=False)
+    rc = resolve(reg, cli={**IMAGE, "gen": "gen/bad", "set": {"disc": IMAGE["set"]["disc"]}}, losses=["tv"])
+    with pytest.raises(getattr(errors, err), match=None) as e:
+        Trainer(rc, tmp_path, registry=reg)
+    assert fragment in str(e.value) and "gen/bad" in str(e.value)
+    assert ("--size" in str(e.value)) == (how != "gray")  # a channel error is not blamed on the size
 
 
 def test_progress_line_shows_the_data_wait_only_when_it_matters() -> None:

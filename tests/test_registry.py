@@ -157,6 +157,73 @@ def test_same_name_twice_in_one_plugin_is_refused(bare_registry, make_plugin):
     reg = bare_registry(make_plugin("stutter", ["loss/a", "loss/a"]))
     (failed,) = reg.failures
     assert "DuplicateComponentError" in failed.error and reg.names() == []
+    assert "registered twice by plugin 'stutter'" in failed.error and "Uninstall" not in failed.error
+
+
+@pytest.mark.parametrize("bad", ["loss/My TV", "loss/a:b", "loss/a.b", "loss/a,b", "loss/ab ", "loss/é", "loss/MYTV",
+                                 "loss/-x"])
+def test_names_the_cli_could_not_select_fail_the_plugin(bare_registry, make_plugin, bad):
+    # loss/a:b cannot be given to --loss (NAME:WEIGHT), loss/a.b not to --set (NAME.FIELD), ...
+    reg = bare_registry(make_plugin("odd", [bad]), make_plugin("ok", ["loss/ok_name-2"]))
+    (failed,) = reg.failures
+    assert failed.name == "odd" and "lower-case letters" in failed.error and repr(bad) in failed.error
+    assert reg.names() == ["loss/ok_name-2"]
+
+
+def test_a_config_that_cannot_give_defaults_fails_the_plugin(bare_registry, make_plugin):
+    import dataclasses
+
+    @dataclasses.dataclass
+    class NoDefault:
+        channels: int
+        scale: float = 1.0
+
+    class NotADataclass:
+        scale = 1.0
+
+    reg = bare_registry(make_plugin("nodef", ["gen/a"], config=NoDefault),
+                        make_plugin("plain", ["gen/b"], config=NotADataclass), make_plugin("ok", ["gen/c"]))
+    errors = {p.name: p.error for p in reg.failures}
+    assert "channels" in errors["nodef"] and "no default" in errors["nodef"]
+    assert "not a dataclass" in errors["plain"] and reg.names() == ["gen/c"]
+
+
+def test_a_factory_that_builds_no_module_is_a_clear_error(bare_registry, fake_component):
+    from stylezoo.core.errors import PluginError
+
+    _, cfg = fake_component
+    plug = types.ModuleType("numbers")
+
+    @hookimpl
+    def register_components(register):
+        register("loss/number", lambda c: 3, config=cfg)
+        register("loss/notcallable", None, config=cfg)
+
+    plug.register_components = register_components
+    reg = bare_registry(plug)
+    (failed,) = reg.failures  # the non-callable factory fails the plugin at registration
+    assert "not callable" in failed.error
+    plug2 = types.ModuleType("numbers2")
+
+    @hookimpl
+    def register_components2(register):
+        register("loss/number", lambda c: 3, config=cfg)
+
+    plug2.register_components = register_components2
+    with pytest.raises(PluginError, match=r"loss/number \(plugin 'numbers2'\) built a int, not a torch.nn.Module"):
+        bare_registry(plug2).build("loss/number")
+
+
+def test_a_wrong_hook_signature_is_reported_on_one_line_with_its_reason(bare_registry):
+    plug = types.ModuleType("wrongsig")
+
+    @hookimpl
+    def register_components(reg):  # the hookspec's argument is `register`
+        pass
+
+    plug.register_components = register_components
+    (failed,) = bare_registry(plug).failures
+    assert "\n" not in failed.error and "'reg'" in failed.error and "can not be found" in failed.error
 
 
 def test_plugin_raising_while_registering_keeps_nothing(bare_registry, make_plugin, images):

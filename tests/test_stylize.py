@@ -339,3 +339,37 @@ def test_stylizer_keeps_freed_memory_on_the_cpu_unless_asked_not_to(monkeypatch:
     assert calls == [1]
     Stylizer(loaded, keep_freed_memory=False)
     assert calls == [1]
+
+
+class _Broken(torch.nn.Module):
+    """A generator that returns NaN, half the height or one channel: what a buggy plugin might."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "nan":
+            return x * float("nan")
+        if self.how == "half":
+            return x[..., : x.shape[-2] // 2, :]
+        return x[:, :1]
+
+
+@pytest.mark.parametrize("how,fragment", [("nan", "NaN or Inf"), ("half", "of its input size"),
+                                          ("gray", "must return RGB images")])
+def test_stylize_refuses_output_that_cannot_be_an_image(how: str, fragment: str, tmp_path: Path) -> None:
+    from stylezoo.core.errors import PluginError
+    from stylezoo.core.inference import LoadedGenerator
+
+    st = Stylizer(LoadedGenerator(_Broken(how), "gen/broken", "image", {}, Path("-")), precision="fp32")
+    with pytest.raises(PluginError, match=fragment) as e:
+        st(Image.new("RGB", (40, 30), (200, 100, 50)))
+    assert "gen/broken" in str(e.value) and "\n" not in str(e.value)
+    assert isinstance(e.value, stylezoo.StylezooError)  # the API exports the base class
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (40, 30)).save(src / "a.png")
+    with pytest.raises(PluginError):
+        st.stylize_files([src], tmp_path / "out")
+    assert not list((tmp_path / "out").glob("*.png"))  # nothing written

@@ -26,7 +26,9 @@ def report_error(err: BaseException | str) -> None:
     from rich.markup import escape
 
     # escaped: messages quote user text and TOML such as [losses], which rich would take for markup
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", markup=True)
+    # emoji=False: a path such as my:fire:pic.jpg must not print as an emoji
+    Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(f"[bold red]error:[/] {escape(str(err))}",
+                                                                            markup=True)
 
 
 class _Group(TyperGroup):
