@@ -205,12 +205,18 @@ def require_components(meta: Mapping[str, Any], registry: Any, path: Path) -> No
         try:
             registry.get(name)
         except UnknownComponentError:
-            dist = plugin_hint(meta, name)
-            raise CheckpointError(
-                f"{path} needs the component {name!r}, which no installed plugin provides"
-                + (f"; install the plugin package {dist!r} (pip install {dist})" if dist else "")
-                + ". Run `stylezoo list` to see what is installed."
-            ) from None
+            raise missing_component(path, name, plugin_hint(meta, name), registry) from None
+
+
+def missing_component(path: Path, name: str, dist: str | None, registry: Any) -> CheckpointError:
+    """The error for a checkpoint naming a component that no loaded plugin provides, with what to do."""
+    why = registry.left_out(dist) if dist and hasattr(registry, "left_out") else None
+    if why:
+        todo = f"; the plugin package {dist!r} provides it, but {why}"
+    else:
+        todo = f"; install the plugin package {dist!r} (pip install {dist})" if dist else ""
+    return CheckpointError(f"{path} needs the component {name!r}, which no loaded plugin provides{todo}. "
+                           "Run `stylezoo plugins` to see what is loaded.")
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -71,12 +71,7 @@ def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
     try:
         entry = reg.get(name)
     except UnknownComponentError:
-        dist = _dist_of(meta, name)
-        raise CheckpointError(
-            f"{path} needs the component {name!r}, which no installed plugin provides"
-            + (f"; install the plugin package {dist!r} (pip install {dist})" if dist else "")
-            + ". Run `stylezoo list` to see what is installed."
-        ) from None
+        raise ckpt.missing_component(path, name, _dist_of(meta, name), reg) from None
     from .config import build_config
     from .errors import ConfigError
 
@@ -362,6 +357,7 @@ class Stylizer:
         xb = x[None] if squeeze else x
         if xb.dim() != 4 or xb.shape[1] != 3:
             raise UsageError(f"Expected an RGB tensor (3, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(x.shape)}.")
+        _check_range(xb)
         h, w = xb.shape[-2:]
         xp, (top, left) = pad_to_multiple(xb.float(), self.size_multiple, max(2 * self.size_multiple, 16))
         y = self._checked(self._run(xp), xp.shape)[..., top:top + h, left:left + w].contiguous().to(x.device)
@@ -492,6 +488,20 @@ class Stylizer:
             if progress:
                 progress(dst, True)
         return paths
+
+
+def _check_range(x: Tensor) -> None:
+    """Refuse tensors that are not images in [-1, 1]: 0-255 or 0-1 pixels, integers, NaN (a wrong picture else)."""
+    if not x.is_floating_point():
+        raise UsageError(f"Expected a float tensor in [-1, 1], got {x.dtype}: for 0-255 pixels give "
+                         "x.float() / 127.5 - 1 (or a PIL image or a path).")
+    if not bool(torch.isfinite(x).all()):
+        raise UsageError("The input tensor holds NaN or Inf values.")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.05 or hi > 1.05:
+        how = " (0-255 pixels? give x / 127.5 - 1)" if hi > 2 and lo >= 0 else ""
+        raise UsageError(f"Expected a tensor in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]{how}; images in [0, 1] "
+                         "go in as x * 2 - 1.")
 
 
 def _mix_weights(weights: Sequence[float] | None, n: int, what: str) -> list[float]:

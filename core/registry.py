@@ -67,6 +67,7 @@ class PluginInfo:
     builtin: bool
     components: tuple[str, ...] = ()
     error: str | None = None
+    skipped: bool = False  # installed, but left out by STYLEZOO_PLUGINS
 
 
 _SHORT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -139,6 +140,13 @@ class Registry:
             self._load_all()
         return self._entries
 
+    def left_out(self, dist: str | None) -> str | None:
+        """Why an installed plugin package `dist` is not loaded (STYLEZOO_PLUGINS), or None."""
+        _ = self.entries
+        if dist and any(p.skipped and p.dist == dist for p in self.plugins):
+            return f"it is installed but STYLEZOO_PLUGINS={os.environ.get('STYLEZOO_PLUGINS', '')!r} leaves it out"
+        return None
+
     @property
     def failures(self) -> list[PluginInfo]:
         _ = self.entries
@@ -154,11 +162,18 @@ class Registry:
         if self._use_entry_points:
             allowed = os.environ.get("STYLEZOO_PLUGINS")
             allow = None if allowed is None else {a.strip() for a in allowed.split(",") if a.strip()}
-            for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-                if allow is not None and ep.name not in allow:
-                    continue
+            eps = list(md.entry_points(group=ENTRY_POINT_GROUP))
+            for ep in eps:
                 dist = ep.dist.name if ep.dist else None
+                if allow is not None and ep.name not in allow:
+                    self.plugins.append(PluginInfo(ep.name, ep.value, dist, _dist_version(dist), False, skipped=True))
+                    continue
                 self._load(ep.name, ep.load, ep.value, dist, False)
+            for name in sorted((allow or set()) - {ep.name for ep in eps}):  # a typo would silently load nothing
+                installed = ", ".join(sorted(ep.name for ep in eps)) or "none"
+                self.plugins.append(PluginInfo(name, "-", None, None, False, error=(
+                    f"STYLEZOO_PLUGINS names {name!r}, but no installed plugin has that entry point name "
+                    f"(installed: {installed})")))
 
     def _load(self, name: str, loader: Callable[..., object], module: str, dist: str | None, builtin: bool) -> None:
         """Import one plugin and run its hook in isolation; record success or failure."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import types
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -353,9 +354,28 @@ def test_stylezoo_plugins_env_limits_entry_points(monkeypatch):
     assert "gen/pixelshuffle" not in names and "loss/tv" in names  # built-ins always load
     monkeypatch.setenv("STYLEZOO_PLUGINS", "")
     reg = Registry(catalog=catalog)
-    assert reg.names("gen/pixelshuffle") == [] and "extras" not in [p.name for p in reg.plugins]
+    assert reg.names("gen/pixelshuffle") == [] and reg.failures == []
+    (extras,) = [p for p in reg.plugins if p.name == "extras"]
+    assert extras.skipped and not extras.components  # listed by `stylezoo plugins` as not loaded
     monkeypatch.setenv("STYLEZOO_PLUGINS", " someone-else , extras ")
-    assert "gen/pixelshuffle" in Registry(catalog=catalog).names()
+    reg = Registry(catalog=catalog)
+    assert "gen/pixelshuffle" in reg.names()
+    (typo,) = reg.failures  # a name that matches no entry point is said, not silently ignored
+    assert typo.name == "someone-else" and "no installed plugin has that entry point name" in typo.error
+    assert "extras" in typo.error
+
+
+def test_a_checkpoint_needing_a_plugin_left_out_by_stylezoo_plugins_says_so(monkeypatch):
+    from stylezoo.core.checkpoint import missing_component
+
+    catalog = {"components": {}, "recipes": {}}
+    monkeypatch.setenv("STYLEZOO_PLUGINS", "")
+    err = missing_component(Path("run/last.safetensors"), "gen/pixelshuffle", "stylezoo-extras",
+                            Registry(catalog=catalog))
+    assert "STYLEZOO_PLUGINS" in str(err) and "pip install" not in str(err)
+    monkeypatch.delenv("STYLEZOO_PLUGINS")
+    err = missing_component(Path("x"), "gen/other", "stylezoo-acme", Registry(catalog=catalog))
+    assert "pip install stylezoo-acme" in str(err)
 
 
 def test_installed_extras_plugin_is_discovered(registry):

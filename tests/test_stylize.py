@@ -373,3 +373,16 @@ def test_stylize_refuses_output_that_cannot_be_an_image(how: str, fragment: str,
     with pytest.raises(PluginError):
         st.stylize_files([src], tmp_path / "out")
     assert not list((tmp_path / "out").glob("*.png"))  # nothing written
+
+
+def test_stylize_refuses_tensors_that_are_not_images_in_the_unit_range() -> None:
+    from stylezoo.core.inference import LoadedGenerator
+
+    st = Stylizer(LoadedGenerator(torch.nn.Identity(), "gen/x", "image", {}, Path("-")), precision="fp32")
+    x = torch.rand(3, 16, 16) * 2 - 1
+    assert torch.equal(st(x), x)  # in range: fine
+    for bad, fragment in ((x * 127.5 + 127.5, "0-255 pixels"), ((x * 127.5 + 127.5).to(torch.uint8), "uint8"),
+                          (x * float("nan"), "NaN"), (x * 3, "[-1, 1]")):
+        with pytest.raises(UsageError, match=None) as e:
+            st(bad)
+        assert fragment in str(e.value)

@@ -246,7 +246,7 @@ def test_checkpoint_records_which_package_provides_each_component(extras_run: Pa
 def test_missing_plugin_says_which_package_to_install(extras_run: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     without = Registry(entry_points=False)  # the built-ins only: stylezoo-extras "not installed"
-    want = ["'gen/pixelshuffle'", "no installed plugin provides", "pip install stylezoo-extras"]
+    want = ["'gen/pixelshuffle'", "no loaded plugin provides", "pip install stylezoo-extras"]
     with pytest.raises(CheckpointError) as e:
         load_generator(extras_run, registry=without)
     assert all(w in str(e.value) for w in want)

@@ -129,7 +129,8 @@ def plugins_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     _ = reg.entries
     rows = [
         {"name": p.name, "module": p.module, "dist": p.dist, "version": p.version, "builtin": p.builtin,
-         "hooks": ["register_components"] if not p.error else [], "components": list(p.components), "error": p.error}
+         "hooks": ["register_components"] if not p.error else [], "components": list(p.components), "error": p.error,
+         "skipped": p.skipped}
         for p in reg.plugins
     ]
     if as_json:
@@ -140,7 +141,8 @@ def plugins_cmd(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
         table.add_column(col, overflow="fold")
     for r in rows:
         dist = f"{r['dist'] or '-'} {r['version'] or ''}".strip()
-        status = "[red]failed: " + escape(r["error"]) + "[/]" if r["error"] else "[green]ok[/]"
+        status = ("[red]failed: " + escape(r["error"]) + "[/]" if r["error"]
+                  else "[yellow]not loaded: not in STYLEZOO_PLUGINS[/]" if r["skipped"] else "[green]ok[/]")
         table.add_row(escape(r["name"]), escape(dist), escape(", ".join(r["components"])), status)
     out.print(table)
 
