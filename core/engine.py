@@ -398,6 +398,7 @@ class Trainer:
         c = self.c
         with self.autocast():
             fake = self.gen_fwd(gin, **gcond)
+        self._fake = fake.detach()  # for naming the generator when a step goes bad (checked only then)
         # ---- discriminator
         if c.disc is not None and c.adv is not None and self.opt_d is not None:
             assert real is not None
@@ -519,6 +520,9 @@ class Trainer:
         if (ok if self.world == 1 else not D.any_rank(not ok, self.device)):
             return True
         bad = [n for n, v in parts.items() if not torch.isfinite(v.detach()).all()]
+        fake = getattr(self, "_fake", None)
+        if bad and fake is not None and not bool(torch.isfinite(fake.detach()).all()):
+            bad = [f"the generator's output ({self.rc.gen}), so"] + bad  # the terms follow from it
         if not bad:
             bad = [f"{who} gradients" if not grads_ok else "another process's loss or gradients"]
         self._step_bad.append(f"{who}: {', '.join(bad)}")
@@ -552,10 +556,13 @@ class Trainer:
         self.bad_steps += 1
         self.last_bad = "; ".join(self._step_bad)
         if self.bad_steps >= self.t.max_bad_steps:
+            kept = (f"The last good checkpoint is kept in {self.out}" if holds_run(self.out)
+                    and ((self.out / "last.safetensors").exists() or any((self.out / "checkpoints").glob("*")))
+                    else "No checkpoint had been written yet")
             raise TrainingDiverged(
                 f"Stopped at step {self.step}: {self.bad_steps} consecutive steps with a NaN/Inf in "
-                f"{self.last_bad}. The last good checkpoint is kept in {self.out}. Lower the learning rate "
-                "or that loss's weight, or try --set train.precision=fp32."
+                f"{self.last_bad}. {kept}. Lower the learning rate or that loss's weight, or try "
+                "--set train.precision=fp32."
             )
 
     # -- samples, checkpoints ------------------------------------------------------------------------------

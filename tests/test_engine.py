@@ -353,6 +353,44 @@ def test_a_generator_that_cannot_make_training_images_is_named_before_work(how: 
     assert ("--size" in str(e.value)) == (how != "gray")  # a channel error is not blamed on the size
 
 
+def test_a_generator_making_nan_is_named_and_no_checkpoint_is_claimed(tmp_path: Path) -> None:
+    import dataclasses
+    import types
+
+    from stylezoo.core.errors import TrainingDiverged
+    from stylezoo.core.hookspecs import hookimpl
+
+    @dataclasses.dataclass
+    class Cfg:
+        size: int = 32
+
+    class NanGen(torch.nn.Module):
+        family = "image"
+
+        def __init__(self, cfg: Cfg) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.w * float("nan")
+
+    plug = types.ModuleType("nangen")
+
+    @hookimpl
+    def register_components(register):
+        register("gen/nan", NanGen, config=Cfg)
+
+    plug.register_components = register_components
+    reg = Registry(plugins=(plug,), entry_points=False)
+    rc = resolve(reg, cli={**IMAGE, "gen": "gen/nan", "set": {"disc": IMAGE["set"]["disc"]},
+                           "train": {**TINY, "steps": 5, "max_bad_steps": 2}}, losses=["tv"])
+    with pytest.raises(TrainingDiverged) as e:
+        train(rc, out=tmp_path / "run", registry=reg)
+    msg = str(e.value)
+    assert "the generator's output (gen/nan)" in msg and "No checkpoint had been written yet" in msg
+    assert "kept in" not in msg
+
+
 def test_progress_line_shows_the_data_wait_only_when_it_matters() -> None:
     from stylezoo.core.cli.run import _fmt
 
