@@ -301,6 +301,9 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
     layers["set"] = {r: ov for r, ov in sets_.items() if ov or r in ROLES}
     rc = RunConfig.from_dict(layers)
     validate(reg, rc)
+    # the overrides as their fields' types (config.toml then says channels = 8, not channels = "8")
+    rc.set = {role: {k: v for k, v in config_to_dict(component_config(reg, rc, role)).items() if k in ov}
+              for role, ov in rc.set.items()}
     return rc
 
 

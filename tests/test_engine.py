@@ -205,6 +205,19 @@ def test_config_file_with_its_own_losses_drops_the_recipes_overrides_of_other_te
     assert rc.losses == {"loss/tv": 4.0} and set(rc.set) <= {"gen", "disc", "adv"}
 
 
+def test_set_values_are_kept_as_their_fields_types(reg: Registry, tmp_path: Path) -> None:
+    from stylezoo.core.rundir import write_config
+
+    rc = resolve(reg, recipe="default", sets=["gen.channels=8", "gram.layers=relu1_1,relu2_1", "adv.weight=0.2"])
+    assert rc.set["gen"]["channels"] == 8 and rc.set["loss/gram"]["layers"] == ["relu1_1", "relu2_1"]
+    assert rc.set["adv"]["weight"] == 0.2
+    write_config(tmp_path / "config.toml", rc)
+    text = (tmp_path / "config.toml").read_text()
+    assert "channels = 8" in text and 'channels = "8"' not in text
+    again = resolve(reg, config_file=tmp_path / "config.toml")
+    assert again.set == rc.set and again.losses == rc.losses
+
+
 def test_set_of_an_unknown_role_names_what_roles_exist(reg: Registry) -> None:
     with pytest.raises(ConfigError) as e:
         resolve(reg, cli={**NOISE, "adv": "bce"}, losses=["tv"], sets=["nosuchrole.x=1"])
