@@ -4,8 +4,8 @@ resume equivalence, checkpoints that load with no flags, composition errors, the
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import types
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
