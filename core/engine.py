@@ -146,6 +146,7 @@ class Trainer:
                       if c.disc is not None else None)
         self.step = 0
         self.bad_steps = 0
+        self.good_steps = 0  # steps whose updates were applied, this session
         self.history: list[dict[str, float]] = []
         self.data_s, self._data_warned = 0.0, False
         self._plan_features()
@@ -552,18 +553,23 @@ class Trainer:
         """Stop the run after `max_bad_steps` consecutive steps whose update was skipped."""
         if not self._step_bad:
             self.bad_steps = 0
+            self.good_steps += 1
             return
         self.bad_steps += 1
         self.last_bad = "; ".join(self._step_bad)
         if self.bad_steps >= self.t.max_bad_steps:
-            kept = (f"The last good checkpoint is kept in {self.out}" if holds_run(self.out)
-                    and ((self.out / "last.safetensors").exists() or any((self.out / "checkpoints").glob("*")))
-                    else "No checkpoint had been written yet")
+            # the bad steps' updates were skipped, so the weights now are the last good ones: fit() saves them
+            kept = (f"The weights from before the bad steps are saved in {self.out / 'last.safetensors'}"
+                    if self.has_good_weights() else "No step had trained, so nothing was saved")
             raise TrainingDiverged(
                 f"Stopped at step {self.step}: {self.bad_steps} consecutive steps with a NaN/Inf in "
                 f"{self.last_bad}. {kept}. Lower the learning rate or that loss's weight, or try "
                 "--set train.precision=fp32."
             )
+
+    def has_good_weights(self) -> bool:
+        """Whether the weights now are worth saving: some step trained, or they came from a checkpoint."""
+        return self.good_steps > 0 or self.resumed_from is not None
 
     # -- samples, checkpoints ------------------------------------------------------------------------------
     @property
@@ -660,6 +666,10 @@ class Trainer:
                 signals.busy = False
                 if signals.pending is not None:
                     raise KeyboardInterrupt
+        except TrainingDiverged:
+            if self.rank == 0 and self.has_good_weights():
+                self.save_checkpoint(keep=False)
+            raise
         except KeyboardInterrupt:
             if self._mid_step:  # a second signal cut a step short: its half-applied update must not be saved
                 log.warning("interrupted in the middle of step %d: keeping the last checkpoint", self.step + 1)

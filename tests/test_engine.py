@@ -386,8 +386,8 @@ def test_a_generator_making_nan_is_named_and_no_checkpoint_is_claimed(tmp_path: 
     with pytest.raises(TrainingDiverged) as e:
         train(rc, out=tmp_path / "run", registry=reg)
     msg = str(e.value)
-    assert "the generator's output (gen/nan)" in msg and "No checkpoint had been written yet" in msg
-    assert "kept in" not in msg
+    assert "the generator's output (gen/nan)" in msg and "No step had trained, so nothing was saved" in msg
+    assert not (tmp_path / "run" / "last.safetensors").exists()  # untrained weights are not passed off as a run
 
 
 def test_progress_line_shows_the_data_wait_only_when_it_matters() -> None:

@@ -607,6 +607,18 @@ def test_cli_nan_or_inf_stops_the_run_naming_the_loss_and_keeps_the_good_weights
     assert list(tmp_path.rglob("*.tmp")) == []
 
 
+def test_a_run_stopped_by_nan_saves_its_last_good_weights_without_periodic_checkpoints(
+        tmp_path: Path, blowup_registry: Registry) -> None:
+    out = tmp_path / "run"
+    r = invoke("run", *TINY, "--loss", "tv", "--loss", "blowup", "--steps", "20", "--data",
+               good_folder(tmp_path / "d", 2), "--set", "train.ckpt_every=0", "--set", "train.max_bad_steps=3",
+               "--set", "loss/blowup.after=3", "--out", out)
+    clean_error(r, 1, "Stopped at step 5", "saved in", str(out / "last.safetensors"))
+    tensors, meta = ckpt.load(out / "last.safetensors")  # the 3 good steps were not lost
+    assert meta["step"] == 5 and all(torch.isfinite(v).all() for v in tensors.values())
+    assert not list((out / "checkpoints").glob("*.safetensors"))  # no periodic ones were asked for
+
+
 def test_a_few_bad_steps_are_skipped_and_training_goes_on(tmp_path: Path, blowup_registry: Registry) -> None:
     out = tmp_path / "run"
     r = invoke("run", *TINY, "--loss", "tv", "--loss", "blowup", "--steps", "5", "--data",
