@@ -563,7 +563,7 @@ class Trainer:
                     if self.has_good_weights() else "No step had trained, so nothing was saved")
             raise TrainingDiverged(
                 f"Stopped at step {self.step}: {self.bad_steps} consecutive steps with a NaN/Inf in "
-                f"{self.last_bad}. {kept}. Lower the learning rate or that loss's weight, or try "
+                f"{self.last_bad}. {kept}. In a new run, lower the learning rate or that loss's weight, or try "
                 "--set train.precision=fp32."
             )
 

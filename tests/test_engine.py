@@ -280,6 +280,10 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, reg: R
     assert not old
     r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path), "--overwrite"])
     assert r.exit_code == 2 and "does not go with --resume" in r.output
+    r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path), "--lr", "1e-5", "--set", "gen.channels=4",
+                                 "--steps", "9"])  # were ignored without a word
+    assert r.exit_code == 2 and "--set, --lr cannot change a resumed run" in r.output
+    assert ckpt.read_meta(tmp_path / "last.safetensors")["step"] == 2  # nothing ran
     empty = tmp_path.parent / "empty-out"
     empty.mkdir()  # an empty folder is fine
     assert train(tiny(reg, NOISE, adv="bce"), out=empty, registry=reg) == empty / "last.safetensors"

@@ -594,7 +594,7 @@ def test_cli_nan_or_inf_stops_the_run_naming_the_loss_and_keeps_the_good_weights
                good_folder(tmp_path / "d", 2), "--set", "train.ckpt_every=1", "--set", "train.max_bad_steps=3",
                "--set", f"loss/blowup.value={value}", "--set", f"loss/blowup.side={side}",
                "--set", "loss/blowup.after=3", "--out", out)
-    clean_error(r, 1, who, "3 consecutive steps", "NaN/Inf", "Stopped at step 5", str(out), "Lower the learning rate")
+    clean_error(r, 1, who, "3 consecutive steps", "NaN/Inf", "Stopped at step 5", str(out), "lower the learning rate")
     module = "gen" if side == "gen" else "disc"
     ck = out / "checkpoints"
     # steps 4 and 5 were not applied to the module that saw the NaN; the run stopped at the third bad step

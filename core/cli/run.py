@@ -64,6 +64,19 @@ def run_cmd(
 
         raise UsageError("--overwrite replaces the run in --out with a new one; it does not go with --resume.")
     if resume is not None:
+        given = {f"--{k.rstrip('_').replace('_', '-')}": v for k, v in dict(
+            gen=gen, disc=disc, feat=feat, adv=adv, gp=gp, loss=loss, recipe=recipe, config=config, set_=set_,
+            data=data, style=style, content=content, pairs=pairs, input_=input_, target=target, size=size,
+            batch=batch, epochs=epochs, lr=lr, seed=seed, device=device, precision=precision, out=out).items()
+            if v not in (None, [], ())}
+        if strict:
+            given["--strict"] = True
+        if given:  # they used to be ignored without a word: the checkpoint's own configuration decides
+            from ..errors import UsageError
+
+            raise UsageError(f"{', '.join(given)} cannot change a resumed run: --resume continues {resume} as its "
+                             "checkpoint describes it (only --steps, the new total, may be given). To train with "
+                             "other settings, start a new run (--out DIR).")
         rc, resume_from = resume_config(resume, steps)
     else:
         cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
