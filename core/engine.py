@@ -745,6 +745,9 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
     A new run refuses an `out` folder that holds a run, unless `overwrite` (then that run's files go first).
     """
     resume_from = None
+    if resume is not None and rc is not None:
+        raise ConfigError("train(): give a RunConfig for a new run or resume=DIR to continue one, not both (a "
+                          "resumed run keeps its checkpoint's configuration; only steps= may change).")
     if resume is not None:
         rc, resume_from = resume_config(resume, steps, registry)
         out = Path(resume)

@@ -300,6 +300,8 @@ def test_resume_at_its_total_trains_nothing_writes_nothing_and_says_so(tmp_path:
         caplog.clear()
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
     assert ckpt.read_meta(last)["step"] == 2
+    with pytest.raises(ConfigError, match="not both"):
+        train(tiny(reg, NOISE, adv="bce"), resume=tmp_path, registry=reg)
 
 
 def test_stylize_of_a_folder_without_a_checkpoint_says_what_to_give(tmp_path: Path) -> None:
