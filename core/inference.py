@@ -109,6 +109,9 @@ AUTO_ORT_MIN_IMAGES = 16  # backend auto: ONNX Runtime from this many files on (
 log = logging.getLogger("stylezoo")
 
 
+LARGE_INPUT = 2048  # shorter side in px above which stylize notes that --size would resize first
+
+
 @dataclass
 class StylizeReport:
     """What `Stylizer.stylize_files` did: files written, inputs skipped (path, why), format notes."""
@@ -437,6 +440,7 @@ class Stylizer:
         for p, why in report.skipped:
             skip(p, why)
         pending: dict[tuple[int, int], list[tuple[InputImage, Path, Path]]] = {}
+        big = 0  # inputs stylized at a full resolution over LARGE_INPUT px: a note says what --size does
 
         def flush(key: tuple[int, int]) -> None:
             group = pending.pop(key)
@@ -460,6 +464,7 @@ class Stylizer:
                     progress(src, False)
                 continue
             key = (int(it.rgb.shape[1]), int(it.rgb.shape[2]))
+            big += size is None and min(key) > LARGE_INPUT
             pending.setdefault(key, []).append((it, src, dst))
             if len(pending[key]) >= batch:
                 flush(key)
@@ -467,6 +472,10 @@ class Stylizer:
                 flush(next(iter(pending)))
         for key in list(pending):
             flush(key)
+        if big:
+            report.notes.append(f"{big} input(s) had a shorter side over {LARGE_INPUT} px and were stylized at full "
+                                "resolution, which takes time and memory; --size 1024 (Python: size=1024) resizes "
+                                "them first.")
         if not report.written:
             why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3])
             raise DataError(f"Nothing was written: none of the inputs could be stylized ({why}).")

@@ -386,3 +386,20 @@ def test_stylize_refuses_tensors_that_are_not_images_in_the_unit_range() -> None
         with pytest.raises(UsageError, match=None) as e:
             st(bad)
         assert fragment in str(e.value)
+
+
+def test_stylize_notes_when_large_inputs_ran_at_full_resolution(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylezoo.core import inference
+    from stylezoo.core.inference import LoadedGenerator
+
+    monkeypatch.setattr(inference, "LARGE_INPUT", 20)  # a 40x30 photo stands for a 4000x3000 one
+    st = Stylizer(LoadedGenerator(torch.nn.Identity(), "gen/x", "image", {}, Path("-")), precision="fp32")
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(src / "big.png")
+    Image.new("RGB", (16, 16)).save(src / "small.png")
+    report = st.stylize_files([src], tmp_path / "out")
+    assert len(report.written) == 2 and any("1 input(s)" in n and "--size" in n for n in report.notes)
+    report = st.stylize_files([src], tmp_path / "out2", size=24)  # resized first: nothing to say
+    assert not any("--size" in n for n in report.notes)
