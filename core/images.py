@@ -1,5 +1,5 @@
 """Reading and writing images robustly: EXIF orientation, every PIL mode, bad files, decompression bombs;
-and stylized images written back in their source's mode (grey, 16-bit, alpha, palette) and file format.
+and stylized images written back in colour with their source's alpha and file format (or, asked, its mode).
 
 Everything returns float tensors in [-1, 1] (the project's image convention, core/kinds.py) or PIL images.
 """
@@ -158,24 +158,28 @@ def save_grid(rows: Sequence[Tensor], path: str | Path, *, pad: int = 2) -> Path
 
 
 # ---------------------------------------------------------------- stylized images back in their source's mode
-# Output modes (decided here, documented in `output_mode`): the output has the input's size (after --size)
-# and, as far as the output format allows, the input's mode.
+# Output modes (decided here, documented in `output_mode`): the output has the input's size (after --size),
+# is colour (restyling paints in the style's colours) and keeps the input's alpha; with keep_mode, it also
+# takes the input's own mode back, as far as the output format allows.
 GREY16 = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 GREY8 = frozenset({"L", "1", "F"})
 _FALLBACK = {"I;16": "L", "LA": "L", "RGBA": "RGB", "P": "RGB", "CMYK": "RGB", "L": "RGB"}
 
 
-def output_mode(src_mode: str, has_alpha: bool) -> str:
+def output_mode(src_mode: str, has_alpha: bool, keep_mode: bool = False) -> str:
     """The mode of a stylized image given its source's mode.
 
-    Single-channel inputs give grey outputs: 16-bit ("I;16", "I") stay 16-bit "I;16" (full precision from
-    the float output), other grey modes ("L", "1", "F") give "L". The generator always sees RGB (grey is
-    replicated); its output is reduced to luma (ITU-R 601). Alpha is kept aside and put back ("LA" stays
-    "LA", "RGBA" stays "RGBA"). Palette inputs get a new adaptive palette ("P"; "RGBA" when the palette had
-    transparency), because restyling invents colours the old palette lacks. "CMYK" stays "CMYK"; any other
-    mode gives "RGB". When the output format cannot store the mode (JPEG and alpha, ...), a simpler one is
-    written and a note says so.
+    By default "RGB", or "RGBA" when the input has alpha (kept aside and put back): a grey or palette
+    photo restyled as a painting comes back in colour. With `keep_mode` the input's mode comes back:
+    single-channel inputs give grey outputs (16-bit "I;16" and "I" stay 16-bit "I;16", at full precision
+    from the float output; "L", "1", "F" give "L"), the generator's RGB output reduced to luma (ITU-R 601);
+    "LA" stays "LA"; palette inputs get a new adaptive palette ("P"; "RGBA" when the palette had
+    transparency), because restyling invents colours the old palette lacks; "CMYK" stays "CMYK"; any other
+    mode gives "RGB". The generator always sees RGB (grey is replicated). When the output format cannot
+    store the mode (JPEG and alpha, ...), a simpler one is written and a note says so.
     """
+    if not keep_mode:
+        return "RGBA" if has_alpha else "RGB"
     if src_mode in GREY16:
         return "I;16"
     if src_mode in GREY8:
@@ -198,20 +202,20 @@ class InputImage:
     mode: str  # output mode
 
 
-def input_image(im: Image.Image, src_mode: str, size: int | None) -> InputImage:
-    """`im` is RGB or RGBA (from open_image(keep_alpha=True) or _to_rgb)."""
+def input_image(im: Image.Image, src_mode: str, size: int | None, keep_mode: bool = False) -> InputImage:
+    """`im` is RGB or RGBA (from open_image(keep_alpha=True) or _to_rgb); `keep_mode`: see output_mode."""
     if size is not None:
         im = resize_short(im, size)
     alpha = im.getchannel("A") if im.mode == "RGBA" else None
-    return InputImage(pil_to_tensor(im), alpha, output_mode(src_mode, alpha is not None))
+    return InputImage(pil_to_tensor(im), alpha, output_mode(src_mode, alpha is not None, keep_mode))
 
 
-def read_item(path: str | Path, size: int | None = None) -> InputImage:
-    """An image file as the generator's input (EXIF orientation applied) plus what restores its mode."""
+def read_item(path: str | Path, size: int | None = None, keep_mode: bool = False) -> InputImage:
+    """An image file as the generator's input (EXIF orientation applied) plus its output mode."""
     im = open_image(path, keep_alpha=True)
     with Image.open(path) as raw:
         src_mode = raw.mode
-    return input_image(im, src_mode, size)
+    return input_image(im, src_mode, size, keep_mode)
 
 
 def restore_mode(y: Tensor, item: InputImage) -> Image.Image:

@@ -379,16 +379,21 @@ class Stylizer:
                               "--precision fp32 (Python: precision='fp32').")
         return y
 
-    def __call__(self, image: Image.Image | Tensor | str | Path, size: int | None = None) -> Any:
-        """Restyle one image; `size` resizes the shorter side first. PIL or path in: PIL out; tensor in: tensor out."""
+    def __call__(self, image: Image.Image | Tensor | str | Path, size: int | None = None, *,
+                 keep_mode: bool = False) -> Any:
+        """Restyle one image; `size` resizes the shorter side first. PIL or path in: PIL out; tensor in: tensor out.
+
+        A PIL image comes back RGB (RGBA when the input has alpha); `keep_mode` gives the input's own mode
+        (grey in, grey out; see stylezoo.core.images.output_mode).
+        """
         if isinstance(image, Tensor):
             if size is not None:
                 image = _resize_tensor(image, size)
             return self.forward(image)
         if isinstance(image, (str, Path)):
-            item = read_item(image, size)
+            item = read_item(image, size, keep_mode)
         elif isinstance(image, Image.Image):
-            item = input_image(_to_rgb(image, keep_alpha=True), image.mode, size)
+            item = input_image(_to_rgb(image, keep_alpha=True), image.mode, size, keep_mode)
         else:
             raise UsageError(f"Cannot stylize a {type(image).__name__}: give a PIL image, a tensor or a path.")
         return restore_mode(self.forward(item.rgb), item)
@@ -411,14 +416,15 @@ class Stylizer:
 
     # -- many files ------------------------------------------------------------------------------------------
     def stylize_files(self, inputs: Sequence[str | Path], out: str | Path, *, size: int | None = None,
-                      batch: int = 1, ext: str | None = None, strict: bool = False,
+                      batch: int = 1, ext: str | None = None, strict: bool = False, keep_mode: bool = False,
                       progress: Callable[[Path, bool], None] | None = None,
                       on_skip: Callable[[str, str], None] | None = None) -> StylizeReport:
         """Restyle image files, folders (recursively) and globs into `out` (a folder, or a file for one input).
 
         Same-size images run in batches of `batch`. With backend "auto" and at least AUTO_ORT_MIN_IMAGES files,
         the generator runs through ONNX Runtime (2-3x faster on this CPU; see benchmarks/inference.py). Unreadable inputs are skipped and reported (`on_skip`,
-        default a logged warning), or refused before anything is written with `strict`. Raises DataError
+        default a logged warning), or refused before anything is written with `strict`. Outputs are RGB (RGBA
+        with alpha) unless `keep_mode` asks for each input's own mode. Raises DataError
         when nothing could be written.
         """
         if batch < 1:
@@ -456,7 +462,7 @@ class Stylizer:
 
         for src, dst in pairs:
             try:
-                it = read_item(src, size)
+                it = read_item(src, size, keep_mode)
             except DataError as e:
                 report.skipped.append((str(src), str(e)))
                 skip(str(src), str(e))

@@ -54,7 +54,8 @@ def _rgb(w: int, h: int, seed: int) -> np.ndarray:
     return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
 
 
-# name -> (expected output size (w, h), expected output mode)
+# name -> (expected output size (w, h), expected output mode with keep_mode); by default every output is
+# RGB, or RGBA for inputs with alpha
 EXPECTED = {
     "rgb.png": ((40, 30), "RGB"),
     "grey.png": ((33, 20), "L"),
@@ -65,6 +66,7 @@ EXPECTED = {
     "odd/odd.jpg": ((37, 51), "RGB"),
 }
 BAD = ("corrupt.png", "zero.jpg")
+COLOUR = {name: "RGBA" if name == "alpha.png" else "RGB" for name in EXPECTED}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_folder_of_mixed_inputs_keeps_sizes_and_modes(image_run: Path, mixed: Path, tmp_path: Path) -> None:
     skipped: list[str] = []
     st = Stylizer.load(image_run, device="cpu")
-    report = st.stylize_files([mixed], tmp_path, on_skip=lambda p, why: skipped.append(p))
+    report = st.stylize_files([mixed], tmp_path, keep_mode=True, on_skip=lambda p, why: skipped.append(p))
     assert sorted(Path(p).name for p in skipped) == sorted(BAD)
     assert sorted(Path(p).name for p, _ in report.skipped) == sorted(BAD)
     assert len(report.written) == len(EXPECTED)
@@ -118,7 +120,15 @@ def test_cli_and_python_api_give_identical_pixels(image_run: Path, mixed: Path, 
     for name in EXPECTED:
         with Image.open(tmp_path / Path(name).with_suffix(".png")) as cli_out:
             api_out = st(mixed / name)
-            assert api_out.mode == cli_out.mode, name
+            assert api_out.mode == cli_out.mode == COLOUR[name], name  # grey, palette, 16-bit in: colour out
+            assert np.array_equal(np.asarray(api_out), np.asarray(cli_out)), name
+    result = CliRunner().invoke(app, ["stylize", str(image_run), str(mixed / "grey.png"), str(mixed / "palette.png"),
+                                      "-o", str(tmp_path / "kept"), "--keep-mode", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for name in ("grey.png", "palette.png"):
+        with Image.open(tmp_path / "kept" / name) as cli_out:
+            api_out = st(mixed / name, keep_mode=True)
+            assert api_out.mode == cli_out.mode == EXPECTED[name][1], name
             assert np.array_equal(np.asarray(api_out), np.asarray(cli_out)), name
 
 
@@ -136,7 +146,12 @@ def test_pil_and_tensor_inputs(image_run: Path) -> None:
     assert st(batch).shape == batch.shape
     assert st(x, size=16).shape == (3, 22, 16)
     assert st(torch.zeros(1, 3, 1, 2)).shape == (1, 3, 1, 2)  # tiny images are padded by replication
-    assert st(Image.new("LA", (9, 5), (80, 200))).mode == "LA"
+    assert st(Image.new("LA", (9, 5), (80, 200))).mode == "RGBA"
+    assert st(Image.new("LA", (9, 5), (80, 200)), keep_mode=True).mode == "LA"
+    grey = Image.fromarray(_rgb(37, 51, 7)[..., 0])
+    assert st(grey).mode == "RGB" and st(grey, keep_mode=True).mode == "L"
+    # the grey output is the colour output's luma
+    assert np.abs(np.asarray(st(grey).convert("L")).astype(int) - np.asarray(st(grey, keep_mode=True))).max() <= 1
 
 
 def test_precision_option(image_run: Path) -> None:
@@ -298,9 +313,12 @@ def test_pickle_checkpoints_are_refused(tmp_path: Path) -> None:
 
 def test_modes_padding_and_top_level_api() -> None:
     assert stylezoo.Stylizer is Stylizer
-    assert [output_mode(m, False) for m in ("L", "I;16", "I", "1", "RGB", "P", "CMYK", "YCbCr")] == \
+    modes = ("L", "I;16", "I", "1", "RGB", "P", "CMYK", "YCbCr")
+    assert [output_mode(m, False, keep_mode=True) for m in modes] == \
         ["L", "I;16", "I;16", "L", "RGB", "P", "CMYK", "RGB"]
-    assert output_mode("P", True) == "RGBA" and output_mode("LA", True) == "LA"
+    assert [output_mode(m, False) for m in modes] == ["RGB"] * len(modes)
+    assert output_mode("P", True, keep_mode=True) == "RGBA" and output_mode("LA", True, keep_mode=True) == "LA"
+    assert output_mode("LA", True) == "RGBA"
     x = torch.arange(2 * 3 * 37 * 51, dtype=torch.float32).reshape(2, 3, 37, 51)
     xp, (top, left) = pad_to_multiple(x, 16)
     assert xp.shape[-2:] == (48, 64) and torch.equal(xp[..., top:top + 37, left:left + 51], x)

@@ -26,6 +26,7 @@ def stylize_cmd(
     num: Annotated[int, typer.Option("--num", "-n", help="Noise generators: how many samples to write.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Noise generators: the same seed gives the same images.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse (write nothing) if any input is unreadable.")] = False,
+    keep_mode: Annotated[bool, typer.Option("--keep-mode", help="Write each image in its input's mode (grey in, grey out; palette, CMYK, 16-bit) instead of colour.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     style: Annotated[Optional[list[str]], typer.Option("--style", help="Reference-guided generators (adain): a style image; repeat to mix several.")] = None,
     style_weight: Annotated[Optional[list[float]], typer.Option("--style-weight", help="Weight of each --style, in order (default equal).")] = None,
@@ -37,7 +38,8 @@ def stylize_cmd(
     """Restyle images with a trained generator; its composition comes from the checkpoint, no flags needed.
 
     Outputs keep each input's size (any size works: it is padded to the generator's multiple and cropped
-    back), EXIF orientation, alpha channel and mode (grey in, grey out; see stylezoo.core.images.output_mode).
+    back), EXIF orientation and alpha channel. They are colour (RGB, RGBA with alpha), grey inputs included:
+    --keep-mode writes each in its input's mode instead (see stylezoo.core.images.output_mode).
     Unreadable inputs are skipped with a warning; the exit status is non-zero only if nothing was written.
     Reference-guided models take --style REF (repeat with --style-weight to mix, --alpha for strength);
     label-conditioned models take --style-label NAME (or NAME:WEIGHT, repeated, to mix styles).
@@ -81,8 +83,8 @@ def stylize_cmd(
 
     total = len(plan_outputs(inputs, out, ext)[0]) if not quiet else 0
     with _Bar(total, quiet or total < 2, "stylize") as bar:
-        report = st.stylize_files(inputs, out, size=size, batch=batch, ext=ext, strict=strict, progress=bar.advance,
-                                  on_skip=on_skip)
+        report = st.stylize_files(inputs, out, size=size, batch=batch, ext=ext, strict=strict, keep_mode=keep_mode,
+                                  progress=bar.advance, on_skip=on_skip)
     for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
     where = report.written[0] if len(report.written) == 1 else out
