@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -127,8 +127,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or not current().distributed:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         c = x.shape[1]
         dims = [0, *range(2, x.dim())]
         shape = [1, c] + [1] * (x.dim() - 2)
@@ -148,6 +147,24 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A differentiable sum over ranks: the gradient of each rank's input is the sum of every rank's output
+    gradient. (torch.distributed.nn.functional.all_reduce does this too, but warns once per rank and run
+    that it is deprecated, with no differentiable replacement yet.)"""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
 
 
 def _to_global_bn(module: nn.Module) -> nn.Module:
@@ -229,18 +246,109 @@ def torchrun_command(nproc: int, args: Sequence[str], *, module: str = "stylezoo
             "-m", module, *args]
 
 
+LAUNCH_DIR = "STYLEZOO_LAUNCH_DIR"  # set by launch(): where workers leave their errors and other ranks' output
+
+
 def launch(nproc: int, args: Sequence[str]) -> int:
     """Run `stylezoo ARGS...` in `nproc` processes on this machine under torchrun; returns the exit code.
 
-    Each worker gets cores // nproc threads (torchrun's default would be 1).
+    Each worker gets cores // nproc threads (torchrun's default would be 1). Rank 0 writes to the terminal as
+    usual; the other ranks' output goes to files. When a worker fails, the user sees each distinct error once
+    (rank 0's as it happened, another rank's when it differs, with the tail of its output when it crashed
+    without a message), and not torchrun's traceback and failure table.
     """
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    import logging
+    import tempfile
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     if shutil.which(sys.executable) is None:  # pragma: no cover - an embedded interpreter
         raise UsageError("Cannot find the Python interpreter to start torchrun with; run torchrun yourself.")
-    return subprocess.call(torchrun_command(nproc, args), env=env)
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", LAUNCH_DIR)}
+    if saved["OMP_NUM_THREADS"] is None:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level = elastic.level
+    elastic.setLevel(logging.CRITICAL)  # its failure log repeats what the workers said, as a traceback
+    with tempfile.TemporaryDirectory(prefix="stylezoo-ranks-") as tmp:
+        os.environ[LAUNCH_DIR] = tmp
+        try:
+            run(parse_args(torchrun_command(nproc, args)[3:]))
+            return 0
+        except ChildFailedError as e:
+            return _report_failures(e, Path(tmp))
+        except SignalException as e:  # Ctrl-C or SIGTERM reached the launcher: the workers were stopped
+            return 128 + int(e.sigval)
+        finally:
+            elastic.setLevel(level)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _report_failures(e: Any, tmp: Path) -> int:
+    """Each distinct worker error once, on stderr; the exit code of the first failure (rank 0's if it failed)."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    con = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+    said = {(tmp / "rank0.error").read_text()} if (tmp / "rank0.error").is_file() else set()
+    for rank in sorted(e.failures):
+        if rank == 0:
+            continue  # its error or traceback went to the terminal as it happened
+        msg_file = tmp / f"rank{rank}.error"
+        if msg_file.is_file():
+            msg = msg_file.read_text()
+            if msg not in said:
+                said.add(msg)
+                con.print(f"[bold red]error:[/] (rank {rank}) {escape(msg)}")
+            continue
+        f = e.failures[rank]
+        how = f"signal {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}"
+        log = tmp / f"rank{rank}.log"
+        tail = log.read_text(errors="replace").splitlines()[-12:] if log.is_file() else []
+        con.print(f"[bold red]error:[/] worker rank {rank} failed ({how}){'; its last output:' if tail else '.'}")
+        if tail:
+            con.print(escape("\n".join(tail)))
+    code = e.get_first_failure()[1].exitcode  # the root cause's
+    return code if code > 0 else 128 - code if code < 0 else 1
+
+
+_PEER_LOST = ("closed by peer", "reset by peer", "remote worker", "Broken pipe", "Connection refused")
+
+
+def peer_lost(e: BaseException) -> str | None:
+    """What `e`, raised in a distributed worker, says when it is the worker finding another one gone (then its
+    own failure is a consequence, not the cause); else None."""
+    return next((p for p in _PEER_LOST if p in str(e)), None) if isinstance(e, RuntimeError) else None
+
+
+def quiet_worker_output() -> None:
+    """In a worker started by launch(): ranks other than 0 write their output to files, not the terminal."""
+    where = os.environ.get(LAUNCH_DIR)
+    rank = from_env().rank
+    if not where or rank == 0 or not Path(where).is_dir():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(Path(where) / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def note_worker_error(message: str) -> None:
+    """In a worker started by launch(): leave this rank's error message for the launcher to report once."""
+    where = os.environ.get(LAUNCH_DIR)
+    if where and Path(where).is_dir():
+        with contextlib.suppress(OSError):
+            (Path(where) / f"rank{from_env().rank}.error").write_text(message)
 
 
 __all__ = ["DistEnv", "from_env", "current", "init", "cleanup", "session", "sync_batch_norm", "GlobalBatchNorm", "wrap",
-           "mean_across", "any_rank", "broadcast_text", "torchrun_command", "launch", "local_device"]
+           "mean_across", "any_rank", "broadcast_text", "torchrun_command", "launch", "local_device",
+           "quiet_worker_output", "note_worker_error", "peer_lost"]

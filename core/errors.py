@@ -58,6 +58,10 @@ class TrainingDiverged(StylezooError):
     """Too many steps with a NaN or Inf loss or gradient."""
 
 
+class PeerLost(StylezooError):
+    """A distributed worker lost its connection to another worker, which most likely failed first."""
+
+
 def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
     """A ' Did you mean ...?' suffix for an error, or '' when nothing is close.
 

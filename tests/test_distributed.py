@@ -185,3 +185,40 @@ def test_torchrun_command_and_cli_launcher(tmp_path: Path) -> None:
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]  # one writer: no line twice
     assert r.stdout.count("done:") == 1
+
+
+def _launch(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "stylezoo", "run", "--nproc", "2", "--size", "32", "--batch", "4",
+                           "--out", str(tmp_path / "r"), *args], capture_output=True, text=True, env=full, timeout=600)
+
+
+def test_an_error_every_worker_hits_is_reported_once(tmp_path: Path) -> None:
+    """Both ranks stop on NaN losses: one error line, no torchrun traceback or failure table, no warnings."""
+    r = _launch(["--gen", "dcgan", "--disc", "dcgan", "--feat", "none", "--loss", "tv", "--steps", "6",
+                 "--lr", "1e12", "--quiet"], tmp_path)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert r.stderr.count("error:") == 1 and "NaN/Inf" in r.stderr, r.stderr[-3000:]
+    for noise in ("Traceback", "ChildFailedError", "FAILED", "Warning"):  # dcgan: global batch norm's all-reduce
+        assert noise not in r.stderr, r.stderr[-3000:]
+
+
+def test_a_worker_crash_is_shown_with_its_own_output(tmp_path: Path) -> None:
+    """Rank 1 alone crashes: its traceback's end is shown, rank 0 says in one line that it lost its peer."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import stylezoo.core.engine as E\n"
+        "    def boom(self, step):\n"
+        "        raise RuntimeError('boom on rank 1')\n"
+        "    E.Trainer.train_step = boom\n")
+    r = _launch(["--gen", "encdec", "--disc", "patch", "--feat", "none", "--loss", "tv", "--steps", "4",
+                 "--set", "gen.channels=8", "--set", "gen.n_res=1"], tmp_path,
+                PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "worker rank 1 failed (exit code 1)" in r.stderr and "RuntimeError: boom on rank 1" in r.stderr
+    assert r.stderr.count("[rank0]") == 0 and "ChildFailedError" not in r.stderr, r.stderr[-3000:]
+    lost = [line for line in r.stderr.splitlines() if "lost its connection" in line]
+    assert len(lost) <= 1 and all(line.startswith("error: rank 0") for line in lost), r.stderr[-3000:]

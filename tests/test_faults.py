@@ -317,6 +317,29 @@ def test_cli_trains_on_images_smaller_than_the_training_size(tmp_path: Path) -> 
     assert ckpt.read_meta(tmp_path / "run" / "last.safetensors")["step"] == 1
 
 
+@pytest.mark.parametrize("trained", [False, True])
+def test_interrupted_run_says_what_it_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained: bool) -> None:
+    """Ctrl-C or SIGTERM: the message names the checkpoint to resume from, or says there is none yet."""
+    import stylezoo.core.engine as engine
+
+    real = engine.train
+
+    def interrupted(*a: Any, **k: Any) -> Path:
+        if trained:
+            real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train", interrupted)
+    for i in range(2):
+        save(tmp_path / "data" / f"s{i}.png", noise_image(i, 32, 32))
+    r = invoke("run", *TINY, "--steps", "2", "--data", tmp_path / "data", "--out", tmp_path / "run")
+    assert r.exit_code == 130, r.output
+    if trained:
+        assert "saved at step 2" in r.output and f"--resume {tmp_path / 'run'}" in r.output
+    else:
+        assert "nothing to resume" in r.output and "--resume" not in r.output
+
+
 # ------------------------------------------------------------------------------------------ bad files
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
 def test_unreadable_files_raise_bad_image_naming_the_file(tmp_path: Path, name: str) -> None:

@@ -39,12 +39,22 @@ class _Group(TyperGroup):
             if os.environ.get("STYLEZOO_DEBUG") == "1":
                 raise
             report_error(e)
+            _note_for_launcher(str(e))
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # the disk or the file system said no (permissions, a file where a folder goes, ...)
             if os.environ.get("STYLEZOO_DEBUG") == "1":
                 raise
             report_error(os_error_message(e))
+            _note_for_launcher(os_error_message(e))
             raise typer.Exit(1) from None
+
+
+def _note_for_launcher(message: str) -> None:
+    """A worker of `stylezoo run --nproc N` leaves its error for the launcher, which reports it once."""
+    if os.environ.get("STYLEZOO_LAUNCH_DIR"):
+        from ..distributed import note_worker_error
+
+        note_worker_error(message)
 
 
 def os_error_message(e: OSError) -> str:

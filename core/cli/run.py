@@ -9,10 +9,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .progress import StepProgress
 
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # paths stay whole and literal
 
 
 def run_cmd(
@@ -55,6 +56,7 @@ def run_cmd(
     from ..runconfig import resolve
 
     env = D.from_env()  # under torchrun: this worker's rank; only rank 0 shows progress and reports
+    D.quiet_worker_output()  # started by --nproc: ranks other than 0 write to files the launcher reads on failure
     quiet = quiet or env.rank != 0
     logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     reg = default_registry()
@@ -108,9 +110,16 @@ def run_cmd(
         out_dir = last.parent
     except KeyboardInterrupt:
         if env.rank == 0:
-            err.print(f"[yellow]interrupted[/]: a checkpoint was saved in {out_dir or 'the run directory'}; continue "
-                      f"with `stylezoo run --resume {out_dir or 'DIR'}`.")
+            err.print(f"[yellow]interrupted[/]: {escape(_saved_where(out_dir))}")
         raise typer.Exit(130) from None
+    except RuntimeError as e:
+        lost = D.peer_lost(e) if env.distributed else None
+        if lost is None:
+            raise
+        from ..errors import PeerLost
+
+        raise PeerLost(f"rank {env.rank} lost its connection to another worker ({lost}), which most likely failed "
+                       "first: its error says why (under torchrun yourself: look in every node's output).") from None
     finally:
         if previous is not None:
             import signal
@@ -121,10 +130,26 @@ def run_cmd(
     del Trainer
 
 
+def _saved_where(out_dir: Any) -> str:
+    """What an interrupted run left to resume from, for the message after Ctrl-C or SIGTERM."""
+    from ..checkpoint import read_meta
+    from ..errors import StylezooError
+    from ..rundir import newest_valid_checkpoint
+
+    try:
+        path = newest_valid_checkpoint(Path(out_dir)) if out_dir else None
+        step = read_meta(path)["step"] if path else None
+    except (StylezooError, OSError, KeyError):
+        path = step = None
+    if path is None:
+        return "stopped before a first step was saved; nothing to resume (start the run again)."
+    return f"the run is saved at step {step} in {path}; continue with `stylezoo run --resume {out_dir}`."
+
+
 def _preflight(rc: Any, nproc: int, out: Path | None, resume_from: Path | None) -> None:
     """What every worker would refuse, checked once here before torchrun starts `nproc` of them: the batch
     split, the output folder, then a whole set-up on the CPU (components, weights, data, the checkpoint to
-    resume). A worker's error would come once per rank, under torchrun's traceback."""
+    resume). One line here instead of a worker set-up per rank failing the same way."""
     import dataclasses
     import tempfile
 
