@@ -269,9 +269,11 @@ def launch(nproc: int, args: Sequence[str]) -> int:
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", LAUNCH_DIR)}
     if saved["OMP_NUM_THREADS"] is None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    elastic = logging.getLogger("torch.distributed.elastic")
-    level = elastic.level
-    elastic.setLevel(logging.CRITICAL)  # its failure log repeats what the workers said, as a traceback
+    # torchrun's own log lines repeat what the workers say (failures as tracebacks, "Received 2 death signal")
+    elastic = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("torch.distributed")]
+    levels = [lg.level for lg in elastic]
+    for lg in elastic:
+        lg.setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="stylezoo-ranks-") as tmp:
         os.environ[LAUNCH_DIR] = tmp
         try:
@@ -282,7 +284,8 @@ def launch(nproc: int, args: Sequence[str]) -> int:
         except SignalException as e:  # Ctrl-C or SIGTERM reached the launcher: the workers were stopped
             return 128 + int(e.sigval)
         finally:
-            elastic.setLevel(level)
+            for lg, lv in zip(elastic, levels):
+                lg.setLevel(lv)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
