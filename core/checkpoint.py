@@ -115,7 +115,15 @@ def remove_stale_tmp(folder: Path, suffix: str = "") -> list[Path]:
 def save(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
     """Write `tensors` and the JSON-able `meta` to a safetensors file, atomically."""
     path = Path(path)
-    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    plain: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for k, v in tensors.items():
+        t = v.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:  # safetensors refuses shared memory: a frozen part both the generator and its average hold
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        plain[k] = t
     header = {META_KEY: json.dumps({"format": FORMAT_VERSION, **meta}, sort_keys=True)}
     atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=header))
     return path

@@ -148,3 +148,18 @@ def test_cli_dry_run_names_the_weight_average(tmp_path: Path) -> None:
                                  "--dry-run"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     assert "weight average (ema 0.99)" in r.output
+
+
+def test_a_frozen_part_shared_by_the_generator_and_its_average_is_saved(reg: Registry, tmp_path: Path) -> None:
+    """gen/adain with a kept (random) encoder: the average holds the encoder's own tensors, which safetensors
+    refuses to write twice; the checkpoint gets copies and loads back."""
+    rc = resolve(reg, cli={"gen": "adain", "disc": "none", "adv": "none", "feat": "vgg16",
+                           "train": {**TINY, "steps": 1, "ema": 0.9},
+                           "data": {"content": "samples:content", "style": "samples:style"}},
+                 losses=["moments"], sets=["gen.weights=random", "feat.weights=random"])
+    last = Trainer(rc, tmp_path, registry=reg).fit()
+    tensors, _ = ckpt.load(last)
+    shared = [k for k in tensors if k.startswith("ema.encoder.")]
+    assert shared and all(torch.equal(tensors[k], tensors["gen." + k[4:]]) for k in shared)
+    ckpt.save(tmp_path / "tied.safetensors", {"a": tensors[shared[0]], "b": tensors[shared[0]]}, {"step": 1})
+    assert torch.equal(ckpt.load(tmp_path / "tied.safetensors")[0]["b"], tensors[shared[0]])
