@@ -742,7 +742,8 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
           progress: Callable[..., Any] | None = None, overwrite: bool = False) -> Path:
     """Train a run (or resume one) and return its last checkpoint. Mirrors `stylezoo run`.
 
-    A new run refuses an `out` folder that holds a run, unless `overwrite` (then that run's files go first).
+    `steps` is the run's length, as `--steps` is (it beats `epochs`); when resuming, the new total. A new run
+    refuses an `out` folder that holds a run, unless `overwrite` (then that run's files go first).
     """
     resume_from = None
     if resume is not None and rc is not None:
@@ -757,6 +758,8 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
         from .runconfig import resolve
 
         rc = resolve(registry or default_registry())
+    if resume is None and steps is not None:  # as `stylezoo run --steps N`: the run's length, epochs or not
+        rc = dataclasses.replace(rc, train=dataclasses.replace(rc.train, steps=steps, epochs=0.0))
     with D.session(rc.train.device) as env:  # under torchrun: join the process group (any process count)
         if resume_from is not None and env.rank == 0:
             assert resume is not None  # resume_from was read from it

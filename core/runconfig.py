@@ -175,6 +175,8 @@ def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
             out[k] = v
         elif k in ("train", "data"):
             out[k] = {**out.get(k, {}), **v}
+            if k == "train" and "steps" in v and "epochs" not in v:
+                out[k]["epochs"] = 0.0  # a run's length given in steps beats a lower layer's epochs
         elif k == "set":
             s = {r: dict(o) for r, o in out.get("set", {}).items()}
             for role, ov in v.items():

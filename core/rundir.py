@@ -193,8 +193,8 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
                                      ckpt.section(shapes, role), what)
     except ConfigError as e:
         raise CheckpointError(f"{path}: its run configuration is not valid here ({e}).") from None
-    if steps is not None:
-        rc.train = dataclasses.replace(rc.train, steps=steps)
+    if steps is not None:  # the new total; a run sized in epochs is sized in steps from here on
+        rc.train = dataclasses.replace(rc.train, steps=steps, epochs=0.0)
     return rc, path
 
 

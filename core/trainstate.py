@@ -41,7 +41,9 @@ def run_meta(tr: Trainer) -> dict[str, Any]:
         versions[d] = _dist_version(d) or "unknown"
     plugins = {n: e.dist for n in names if (e := tr.reg.get(n)).dist}  # which package to install
     ema = {"ema": {"decay": tr.ema.decay, "updates": tr.ema.updates}} if tr.ema is not None else {}
-    return ema | {"run": tr.rc.to_dict(), "configs": tr.c.configs, "step": tr.step, "family": tr.family,
+    run = tr.rc.to_dict()
+    run["train"] = {**run["train"], "steps": tr.t.steps, "epochs": 0.0}  # the length it trains for, epochs resolved
+    return ema | {"run": run, "configs": tr.c.configs, "step": tr.step, "family": tr.family,
                   "composition": {r: getattr(tr.rc, r) for r in ROLES} | {"losses": list(tr.rc.losses)},
                   "versions": versions, "plugins": plugins}
 

@@ -433,3 +433,25 @@ def test_progress_bar_appears_at_the_first_step_and_logs_get_whole_lines(monkeyp
             update(step, 25, long)
     lines = buf.getvalue().splitlines()
     assert [l.split()[1] for l in lines] == ["1/25", "10/25", "20/25", "25/25"] and all(l.endswith(long) for l in lines)
+
+
+def test_a_length_in_steps_beats_epochs_and_resume_can_extend_an_epoch_run(reg: Registry, tmp_path: Path) -> None:
+    """--steps on a recipe sized in epochs sets the length; a run sized in epochs resumes to a new --steps."""
+    assert resolve(reg, recipe="portrait-sketch").train.epochs > 0
+    for kw in ({"cli": {"train": {"steps": 7}}}, {"sets": ["train.steps=7"]}):
+        t = resolve(reg, recipe="portrait-sketch", **kw).train
+        assert (t.steps, t.epochs) == (7, 0), kw
+    assert resolve(reg, recipe="portrait-sketch", cli={"train": {"epochs": 2}}).train.epochs == 2
+    noise = {"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none",
+             "set": {"gen": {"channels": 8, "latent_dim": 16}, "disc": {"channels": 8}},
+             "train": {**TINY, "epochs": 1}, "data": {"data": "samples:content"}}
+    rc = resolve(reg, cli=noise, losses=["tv"])
+    n = len(list((Path(rc.data.resolved().data)).iterdir()))
+    last = train(rc, out=tmp_path / "run", registry=reg)
+    meta = ckpt.read_meta(last)
+    assert meta["step"] == -(-n // 2)  # one epoch of batch 2
+    assert (meta["run"]["train"]["steps"], meta["run"]["train"]["epochs"]) == (meta["step"], 0)  # as trained
+    last = train(resume=tmp_path / "run", steps=meta["step"] + 2, registry=reg)
+    assert ckpt.read_meta(last)["step"] == meta["step"] + 2
+    # steps= sets a new run's length in Python too, as --steps does on the command line
+    assert ckpt.read_meta(train(rc, out=tmp_path / "api", steps=3, registry=reg))["step"] == 3
