@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import re
 import types
 import typing
@@ -106,16 +107,19 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
                 pass
         raise ConfigError(f"{where}: expected an integer, got {value!r}.")
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}.")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+        number: float | None = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}.")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}.")
+        if not math.isfinite(number):  # NaN slips through every `x < 0` check and poisons the run later
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}.")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

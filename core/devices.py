@@ -8,10 +8,30 @@ import torch
 
 
 def pick_device(spec: str) -> torch.device:
-    """`auto` = cuda when available, else cpu; anything else as torch.device reads it (cpu, cuda:1 ...)."""
+    """`auto` = cuda when available, else cpu; anything else as torch.device reads it (cpu, cuda:1 ...).
+
+    A device that is unknown or not present here is a UsageError saying what to give instead."""
+    from .errors import UsageError
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"Unknown device {spec!r}: use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec} asked for CUDA, which is not available here; use --device cpu "
+                             "(or auto).")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise UsageError(f"--device {spec}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}.")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {spec} asked for Apple's MPS, which is not available here; use --device cpu.")
+    elif dev.type != "cpu":
+        raise UsageError(f"--device {spec}: stylezoo runs on cpu, cuda or mps devices.")
+    return dev
 
 
 def bf16_supported(device: torch.device) -> bool:

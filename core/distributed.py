@@ -61,9 +61,9 @@ def backend_for(device: torch.device) -> str:
 
 def local_device(spec: str, env: DistEnv) -> torch.device:
     """The device of this rank: `auto`/`cuda` become cuda:LOCAL_RANK under torchrun when CUDA is present."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(spec)
+    from .devices import pick_device
+
+    dev = pick_device(spec)  # unknown or absent devices: a UsageError
     if dev.type == "cuda" and dev.index is None and env.distributed:
         dev = torch.device("cuda", env.local_rank)
     return dev

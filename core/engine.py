@@ -302,8 +302,11 @@ class Trainer:
 
     def _plan_features(self) -> None:
         """Which layers each image batch needs, gathered over all active terms."""
-        self.g_terms = {n: t for n, t in self.c.losses.items() if getattr(t, "step", "gen") == "gen"}
-        self.d_terms = {n: t for n, t in self.c.losses.items() if getattr(t, "step", "gen") == "disc"}
+        # in name order: checkpoints store the losses as a sorted table, so a resumed run sums its terms in
+        # the same order as the run it continues (float sums depend on the order)
+        terms = sorted(self.c.losses.items())
+        self.g_terms = {n: t for n, t in terms if getattr(t, "step", "gen") == "gen"}
+        self.d_terms = {n: t for n, t in terms if getattr(t, "step", "gen") == "disc"}
         fake: set[str] = set()
         content: set[str] = set()
         target: set[str] = set()
@@ -562,7 +565,7 @@ class Trainer:
             kept = (f"The weights from before the bad steps are saved in {self.out / 'last.safetensors'}"
                     if self.has_good_weights() else "No step had trained, so nothing was saved")
             raise TrainingDiverged(
-                f"Stopped at step {self.step}: {self.bad_steps} consecutive steps with a NaN/Inf in "
+                f"Stopped at step {self.step + 1}: {self.bad_steps} consecutive steps with a NaN/Inf in "
                 f"{self.last_bad}. {kept}. In a new run, lower the learning rate or that loss's weight, or try "
                 "--set train.precision=fp32."
             )

@@ -198,8 +198,9 @@ def transfer(content: ImageLike, style: ImageLike, *, extractor: Extractor | Non
     from .config import build_config
 
     cfg = build_config(TransferConfig, options, owner="transfer")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg.device == "auto" else cfg.device)
+    from .devices import pick_device
+
+    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if extractor is None:
         from .registry import default_registry

@@ -35,7 +35,7 @@ class TotalVariation(nn.Module):
         return ()
 
     def forward(self, ctx: StepContext) -> Tensor:
-        x = ctx.fake
+        x = ctx.fake.float()  # loss terms compute in float32 (a bf16 mean of differences is ~0.2% off)
         return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
 
 

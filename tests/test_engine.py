@@ -455,3 +455,15 @@ def test_a_length_in_steps_beats_epochs_and_resume_can_extend_an_epoch_run(reg: 
     assert ckpt.read_meta(last)["step"] == meta["step"] + 2
     # steps= sets a new run's length in Python too, as --steps does on the command line
     assert ckpt.read_meta(train(rc, out=tmp_path / "api", steps=3, registry=reg))["step"] == 3
+
+
+def test_loss_terms_are_summed_in_name_order_whatever_order_they_were_given(reg: Registry, tmp_path: Path) -> None:
+    """Checkpoints keep the losses as a sorted table; summing in that order makes a resumed run add its terms
+    in the same order as the run it continues."""
+    rc = resolve(reg, cli={"gen": "encdec", "disc": "patch", "feat": "vgg16", "gp": "none", "train": TINY,
+                           "set": {"gen": {"channels": 8, "n_res": 1}, "disc": {"n_layers": 2},
+                                   "feat": {"weights": "random"}}},
+                 losses=["tv", "gram", "content"])
+    assert list(rc.losses) == ["loss/tv", "loss/gram", "loss/content"]
+    tr = Trainer(rc, tmp_path, registry=reg)
+    assert list(tr.g_terms) == ["loss/content", "loss/gram", "loss/tv"]

@@ -445,6 +445,14 @@ def test_cli_style_image_that_does_not_exist(tmp_path: Path) -> None:
     (["--loss", "tv:lots"], ["must be a number"]),
     (["--set", "gen.channels=wide"], ["gen/dcgan.channels", "integer"]),
     (["--set", "train.precision=fp8"], ["train.precision", "fp32"]),
+    # NaN passes every `x < 0` check, then poisons the run or crashes in int(); inf crashed math.ceil
+    (["--loss", "tv:nan"], ["loss/tv.weight", "finite"]),
+    (["--set", "data.zoom=nan"], ["data.zoom", "finite"]),
+    (["--epochs", "inf"], ["train.epochs", "finite"]),
+    (["--lr", "nan"], ["train.lr", "finite"]),
+    (["--device", "foo"], ["Unknown device 'foo'", "cuda:N"]),
+    pytest.param(["--device", "cuda"], ["CUDA, which is not available", "--device cpu"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
 ])
 def test_cli_unknown_names_keys_and_bad_values_exit_2(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     r = invoke("run", *TINY, "--data", good_folder(tmp_path / "d", 1), *args, "--out", tmp_path / "run")
@@ -617,10 +625,11 @@ def test_cli_nan_or_inf_stops_the_run_naming_the_loss_and_keeps_the_good_weights
                good_folder(tmp_path / "d", 2), "--set", "train.ckpt_every=1", "--set", "train.max_bad_steps=3",
                "--set", f"loss/blowup.value={value}", "--set", f"loss/blowup.side={side}",
                "--set", "loss/blowup.after=3", "--out", out)
-    clean_error(r, 1, who, "3 consecutive steps", "NaN/Inf", "Stopped at step 5", str(out), "lower the learning rate")
+    clean_error(r, 1, who, "3 consecutive steps", "NaN/Inf", "Stopped at step 6", str(out), "lower the learning rate")
     module = "gen" if side == "gen" else "disc"
     ck = out / "checkpoints"
-    # steps 4 and 5 were not applied to the module that saw the NaN; the run stopped at the third bad step
+    # steps 4 and 5 were not applied to the module that saw the NaN; the run stopped at the third bad step, 6
+    # (metrics and checkpoints count steps from 1)
     assert sorted(p.name for p in ck.glob("*.safetensors"))[-1] == "step-0000005.safetensors"
     good = _params(ck / "step-0000003.safetensors", module)
     assert not _same(good, _params(ck / "step-0000002.safetensors", module))  # it was learning before
@@ -636,7 +645,7 @@ def test_a_run_stopped_by_nan_saves_its_last_good_weights_without_periodic_check
     r = invoke("run", *TINY, "--loss", "tv", "--loss", "blowup", "--steps", "20", "--data",
                good_folder(tmp_path / "d", 2), "--set", "train.ckpt_every=0", "--set", "train.max_bad_steps=3",
                "--set", "loss/blowup.after=3", "--out", out)
-    clean_error(r, 1, "Stopped at step 5", "saved in", str(out / "last.safetensors"))
+    clean_error(r, 1, "Stopped at step 6", "saved in", str(out / "last.safetensors"))
     tensors, meta = ckpt.load(out / "last.safetensors")  # the 3 good steps were not lost
     assert meta["step"] == 5 and all(torch.isfinite(v).all() for v in tensors.values())
     assert not list((out / "checkpoints").glob("*.safetensors"))  # no periodic ones were asked for

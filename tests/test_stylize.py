@@ -421,3 +421,13 @@ def test_stylize_notes_when_large_inputs_ran_at_full_resolution(tmp_path: Path,
     assert len(report.written) == 2 and any("1 input(s)" in n and "--size" in n for n in report.notes)
     report = st.stylize_files([src], tmp_path / "out2", size=24)  # resized first: nothing to say
     assert not any("--size" in n for n in report.notes)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+@pytest.mark.parametrize("command", ["stylize", "eval"])
+def test_a_device_that_is_not_here_is_not_blamed_on_the_checkpoint(image_run: Path, tmp_path: Path,
+                                                                   command: str) -> None:
+    args = [command, str(image_run), *([str(tmp_path)] if command == "stylize" else []), "--device", "cuda"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "CUDA, which is not available" in r.output, r.output
+    assert "corrupt" not in r.output and "Traceback" not in r.output

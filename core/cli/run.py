@@ -153,6 +153,7 @@ def _preflight(rc: Any, nproc: int, out: Path | None, resume_from: Path | None) 
     import dataclasses
     import tempfile
 
+    from ..devices import pick_device
     from ..engine import Trainer, check_batch_split, check_new_out
 
     if nproc < 1:
@@ -160,6 +161,7 @@ def _preflight(rc: Any, nproc: int, out: Path | None, resume_from: Path | None) 
 
         raise ConfigError(f"--nproc {nproc}: give the number of processes, 1 or more.")
     check_batch_split(rc.train.batch, nproc)
+    pick_device(rc.train.device)  # the set-up below runs on the CPU: check the device asked for here
     if out is not None:
         check_new_out(out)
     cpu = dataclasses.replace(rc, train=dataclasses.replace(rc.train, device="cpu", compile=False))
