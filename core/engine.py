@@ -411,7 +411,7 @@ class Trainer:
                     lr_, lf = self._judge(real, fake.detach(), dcond)
                 parts = {"d_adv": cast(AdversarialLoss, c.adv).d_loss(lr_.float(), lf.float())}
                 ctx = StepContext(fake=fake.detach(), real=real, content=content, target=target,
-                                  paired=self.pairs is not None, logits_real=lr_.float(),
+                                  paired=self.family == IMAGE, logits_real=lr_.float(),
                                   logits_fake=lf.float(), step=step)
                 for n, t in self.d_terms.items():  # .to: a plugin's constant term may come back on the CPU
                     parts[n] = t.weight * t(ctx).to(fake.device)
