@@ -562,7 +562,7 @@ class Trainer:
         self.last_bad = "; ".join(self._step_bad)
         if self.bad_steps >= self.t.max_bad_steps:
             # the bad steps' updates were skipped, so the weights now are the last good ones: fit() saves them
-            kept = (f"The weights from before the bad steps are saved in {self.out / 'last.safetensors'}"
+            kept = (f"The bad updates were skipped, and the weights saved in {self.out / 'last.safetensors'}"
                     if self.has_good_weights() else "No step had trained, so nothing was saved")
             raise TrainingDiverged(
                 f"Stopped at step {self.step + 1}: {self.bad_steps} consecutive steps with a NaN/Inf in "
