@@ -701,6 +701,9 @@ class Trainer:
         from .evaluate import split_holdout
 
         train, self.eval_files = split_holdout(spec, self.t.eval_holdout)
+        if self.eval_files and len(self.eval_files) < self.t.eval_holdout and self.rank == 0:
+            log.warning("eval: holding %d of %d content images aside for evaluation, not %d (at most half)",
+                        len(self.eval_files), len(train) + len(self.eval_files), self.t.eval_holdout)
         return train
 
     def _make_evaluator(self) -> Any:

@@ -98,9 +98,10 @@ def match_by_stem(files: Sequence[Path], ref_dir: str | Path) -> tuple[list[tupl
 
 
 def split_holdout(spec: str | Path, n: int) -> tuple[list[Path], list[Path]]:
-    """(files to train on, files held aside): `n` evenly spaced files, always leaving one to train on."""
+    """(files to train on, files held aside): `n` evenly spaced files, at most half of them (the 5 bundled
+    photos keep 3 to train on, not 1)."""
     files = find_images(spec)
-    k = min(n, len(files) - 1)
+    k = min(n, len(files) // 2)
     if k <= 0:
         return files, []
     held = sorted({min(len(files) - 1, int((i + 0.5) * len(files) / k)) for i in range(k)})
@@ -119,7 +120,7 @@ class Evaluator:
         self._effl0: nn.Module | None = None
         self.style_targets: dict[str, Tensor] | None = None
         if style is not None:
-            self.style_targets = M.gram_targets(self.vgg_feats(style, tuple(cast(Extractor, self.vgg).style_layers)))
+            self.style_targets = self._mean_grams(style)
         self.domain_feats = self.pooled(domain) if domain is not None else None
 
     @property
@@ -136,8 +137,19 @@ class Evaluator:
 
     @torch.no_grad()
     def vgg_feats(self, x: Tensor, layers: tuple[str, ...]) -> dict[str, Tensor]:
-        parts = [self.vgg(c.to(self.device), layers) for c in x.split(self.batch)]
-        return {k: torch.cat([p[k].float() for p in parts]) for k in layers}
+        """Features of a few images (one batch's worth); `score` reduces each batch before the next."""
+        return {k: v.float() for k, v in self.vgg(x.to(self.device), layers).items()}
+
+    @torch.no_grad()
+    def _mean_grams(self, style: Tensor) -> dict[str, Tensor]:
+        """The style images' mean Gram matrix per layer, one batch at a time (all their feature maps at once
+        took 10 GB for 150 style images)."""
+        layers = tuple(cast(Extractor, self.vgg).style_layers)
+        sums: dict[str, Tensor] = {}
+        for c in style.split(self.batch):
+            for k, g in M.gram_targets(self.vgg_feats(c, layers)).items():
+                sums[k] = sums.get(k, 0) + g * c.shape[0]
+        return {k: v / style.shape[0] for k, v in sums.items()}
 
     @torch.no_grad()
     def pooled(self, x: Tensor) -> Tensor:
@@ -154,28 +166,43 @@ class Evaluator:
         produced `outputs` in order), FID/KID (with a real side and 2+ outputs), paired (with `reference`,
         aligned with `outputs[ref_index]`, or with `outputs` when `ref_index` is None)."""
         out: dict[str, float] = {}
-        style_l = tuple(cast(Extractor, self.vgg).style_layers) if self.style_targets is not None else ()
-        content_l = tuple(cast(Extractor, self.vgg).content_layers) if content is not None else ()
+        vgg = cast(Extractor, self.vgg)
+        style_l = tuple(vgg.style_layers) if self.style_targets is not None else ()
+        content_l = tuple(vgg.content_layers) if content is not None else ()
         layers = tuple(dict.fromkeys(style_l + content_l))
-        feats = self.vgg_feats(outputs, layers) if layers else {}
-        if self.style_targets is not None:
-            out["style_gram"] = float(M.gram_distance({k: feats[k] for k in style_l}, self.style_targets).mean())
-        if content is not None:
-            if content.shape != outputs.shape:
-                raise UsageError(f"outputs {tuple(outputs.shape)} and inputs {tuple(content.shape)} differ in shape.")
-            cf = self.vgg_feats(content, content_l)
-            out["content_feat"] = float(M.feature_distance({k: feats[k] for k in content_l}, cf).mean())
-            out["content_ssim"] = float(M.ssim(outputs, content).mean())
+        if content is not None and content.shape != outputs.shape:
+            raise UsageError(f"outputs {tuple(outputs.shape)} and inputs {tuple(content.shape)} differ in shape.")
+        per_image: dict[str, list[Tensor]] = {}  # every distance is per image: reduced batch by batch
+        for i in range(0, outputs.shape[0], self.batch) if layers else ():
+            o = outputs[i:i + self.batch]
+            feats = self.vgg_feats(o, layers)
+            if self.style_targets is not None:
+                per_image.setdefault("style_gram", []).append(
+                    M.gram_distance({k: feats[k] for k in style_l}, self.style_targets))
+            if content is not None:
+                c = content[i:i + self.batch]
+                cf = self.vgg_feats(c, content_l)
+                per_image.setdefault("content_feat", []).append(
+                    M.feature_distance({k: feats[k] for k in content_l}, cf))
+                per_image.setdefault("content_ssim", []).append(M.ssim(o, c))
+        fid_kid: dict[str, float] = {}
         if self.domain_feats is not None and self.domain_feats.shape[0] >= 2 and outputs.shape[0] >= 2:
-            out |= M.fid_kid(self.domain_feats, self.pooled(outputs))
+            fid_kid = M.fid_kid(self.domain_feats, self.pooled(outputs))
         if reference is not None:
             sel = outputs if ref_index is None else outputs[list(ref_index)]
             if reference.shape != sel.shape:
                 raise UsageError(f"references {tuple(reference.shape)} and outputs {tuple(sel.shape)} differ in shape.")
             pl = self.perceptual_layers()
-            out["ref_ssim"] = float(M.ssim(sel, reference).mean())
-            out["ref_l1"] = float(M.l1(sel, reference).mean())
-            out["ref_perceptual"] = float(M.perceptual_distance(self.vgg_feats(sel, pl), self.vgg_feats(reference, pl)).mean())
+            for i in range(0, sel.shape[0], self.batch):
+                a, b = sel[i:i + self.batch], reference[i:i + self.batch]
+                per_image.setdefault("ref_ssim", []).append(M.ssim(a, b))
+                per_image.setdefault("ref_l1", []).append(M.l1(a, b))
+                per_image.setdefault("ref_perceptual", []).append(
+                    M.perceptual_distance(self.vgg_feats(a, pl), self.vgg_feats(b, pl)))
+        mean = {k: float(torch.cat([v.flatten().cpu() for v in vs]).mean()) for k, vs in per_image.items()}
+        out |= {k: mean[k] for k in ("style_gram", "content_feat", "content_ssim") if k in mean}
+        out |= fid_kid
+        out |= {k: mean[k] for k in ("ref_ssim", "ref_l1", "ref_perceptual") if k in mean}
         return out
 
 

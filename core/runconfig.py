@@ -60,7 +60,7 @@ class TrainConfig:
     num_samples: int = 8  # images in each sample grid
     eval_every: int = 0  # steps between evaluations (core/evaluate.py), logged as eval/... (0 = off)
     eval_metric: str = "style_gram"  # the metric best.safetensors is kept by (see core/metrics.py METRICS)
-    eval_holdout: int = 4  # content images held aside for evaluation, not trained on (image generators)
+    eval_holdout: int = 4  # content images held aside for evaluation, not trained on (image generators; at most half)
 
     def __post_init__(self) -> None:
         checks = [("size", self.size >= 8, "at least 8"), ("batch", self.batch >= 1, "at least 1"),

@@ -100,6 +100,28 @@ def test_gram_distance_is_zero_for_the_style_image_itself_and_grows_with_noise(v
     assert strictly_increasing(d), d
 
 
+def test_evaluator_scores_batch_by_batch_as_all_at_once(reg: Registry, vgg: torch.nn.Module,
+                                                        photos: torch.Tensor) -> None:
+    """The evaluator reduces every batch before the next (memory); its scores are those of the whole set."""
+    from stylezoo.core.evaluate import Evaluator
+
+    out, content, style = noisy(photos[:5], 0.2), photos[:5], photos[6:11]
+    ev = Evaluator(style=style, registry=reg, batch=2)
+    got = ev.score(out, content=content, reference=photos[6:8], ref_index=[0, 3])
+    layers, cl = tuple(vgg.style_layers), tuple(vgg.content_layers)
+    pl = ev.perceptual_layers()
+    with torch.no_grad():
+        t = M.gram_targets(vgg(style, layers))
+        f = vgg(out, tuple(dict.fromkeys(layers + cl)))
+        want = {"style_gram": float(M.gram_distance(f, t).mean()),
+                "content_feat": float(M.feature_distance(f, {k: v for k, v in vgg(content, cl).items()}).mean()),
+                "content_ssim": float(M.ssim(out, content).mean()),
+                "ref_ssim": float(M.ssim(out[[0, 3]], photos[6:8]).mean()),
+                "ref_perceptual": float(M.perceptual_distance(vgg(out[[0, 3]], pl), vgg(photos[6:8], pl)).mean())}
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+
+
 def test_content_and_perceptual_distances_are_zero_for_identity_and_grow_with_noise(
         vgg: torch.nn.Module, photos: torch.Tensor) -> None:
     x, c, p = photos[:4], tuple(vgg.content_layers), M.PERCEPTUAL_LAYERS
@@ -174,13 +196,15 @@ def test_references_are_matched_by_stem_and_missing_ones_reported(tmp_path: Path
         match_by_stem(content, tmp_path / "r")
 
 
-def test_holdout_keeps_at_least_one_image_to_train_on(tmp_path: Path) -> None:
-    for i in range(6):
-        _png(tmp_path / f"{i}.png", 40 * i)
+def test_holdout_takes_at_most_half_of_the_images(tmp_path: Path) -> None:
+    for i in range(12):
+        _png(tmp_path / f"{i}.png", 20 * i)
     train, held = split_holdout(tmp_path, 2)
-    assert len(held) == 2 and len(train) == 4 and not set(train) & set(held)
+    assert len(held) == 2 and len(train) == 10 and not set(train) & set(held)
     train, held = split_holdout(tmp_path, 10)
-    assert len(train) == 1 and len(held) == 5
+    assert len(train) == 6 and len(held) == 6  # not 2 to train on and 10 held
+    train, held = split_holdout(SAMPLES / "content", 4)  # the bundled photos: 3 still train, not 1
+    assert len(train) == 3 and len(held) == 2
     assert split_holdout(tmp_path / "0.png", 4) == ([tmp_path / "0.png"], [])
 
 
