@@ -262,7 +262,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     elif g.family == "image" and content is None and d.content:
         content = d.content
         notes.append(f"content from the run's config ({content}): training images, not held out")
-    if style is None and (d.style or d.data):
+    if style is None and (d.style or (g.family == "image" and d.data)):  # a noise run's data is its real side
         style = d.style or d.data
         notes.append(f"style from the run's config ({style})")
     if g.family == "noise" and data is None:
@@ -295,7 +295,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
             raise DataError(f"No content image has a reference of the same file name in {reference}.")
         ref_index = [i for i, _ in pairs]
         ref = torch.stack([load_tensor(p, size) for _, p in pairs])
-    st = style_images(style, min(2 * size, 512)) if style and g.family == "image" else None
+    st = style_images(style, min(2 * size, 512)) if style else None  # noise generators too (faces-dcgan-gram)
     domain = domain_images(real_spec, outputs.shape[-1], n) if real_spec else None
     ev = Evaluator(style=st, domain=domain, device=device, registry=reg)
     m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)
@@ -341,7 +341,8 @@ class RunEval:
             n = domain.shape[0] if domain is not None else tr.t.num_samples
             g = torch.Generator().manual_seed(tr.t.seed + 1234)
             self.inputs = torch.randn(max(n, 2), cast(int, tr.c.gen.latent_dim), generator=g)
-            st = None
+            # a style the samples are pulled toward (faces-dcgan-gram): scored as for image generators
+            st = style_images(d.style, tr.t.style_size or min(2 * size, 512)) if d.style else None
         self.evaluator = Evaluator(style=st, domain=domain, device=tr.device, registry=tr.reg)
         self.warned = False
 

@@ -96,8 +96,24 @@ def test_noise_generators_are_scored_against_the_real_images(reg: Registry, tmp_
                            "data": {"data": str(SAMPLES / "style")}}, losses=["tv"])
     Trainer(rc, tmp_path, registry=reg).fit()
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert set(k for k in row if k.startswith("eval/")) == {"eval/fid_effl0", "eval/kid_effl0", "eval/kid_effl0_std"}
+    assert {"eval/fid_effl0", "eval/kid_effl0", "eval/kid_effl0_std"} <= set(k for k in row if k.startswith("eval/"))
     assert ckpt.read_meta(tmp_path / "best.safetensors")["eval"]["fid_effl0"] == row["eval/fid_effl0"]
+
+
+def test_noise_generators_pulled_toward_a_style_are_scored_on_it(reg: Registry, tmp_path: Path) -> None:
+    """faces-dcgan-gram's set-up: a noise generator with a style image gets style_gram, in-run and in eval."""
+    from stylezoo.core.evaluate import evaluate_checkpoint
+
+    style = str(SAMPLES / "style" / "starry_night.jpg")
+    rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none",
+                           "train": {**TRAIN, "steps": 1, "eval_every": 1},
+                           "data": {"data": str(SAMPLES / "content"), "style": style}}, losses=["tv"])
+    last = Trainer(rc, tmp_path, registry=reg).fit()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert isinstance(row["eval/style_gram"], float) and "eval/fid_effl0" in row
+    res = evaluate_checkpoint(last, size=32, num=4, registry=reg)
+    assert isinstance(res.metrics["style_gram"], float) and "fid_effl0" in res.metrics
+    assert any("style from the run's config" in n for n in res.notes)
 
 
 def test_report_is_one_self_contained_file(run: Path) -> None:
