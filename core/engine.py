@@ -184,6 +184,9 @@ class Trainer:
                                          short=short)
             if self.family == NOISE and self.real is None and self.content is not None:
                 self.real = self.content
+            if self.family == NOISE and d.content and d.data and d.content != d.data and self.rank == 0:
+                log.warning("%s makes images from noise and learns them from --data (%s); --content %s is not "
+                            "used: give --data %s to learn those images", self.rc.gen, d.data, d.content, d.content)
         self.style_images: Tensor | None = None
         self.style_files: list[Path] = []
         self.fixed_input: Tensor

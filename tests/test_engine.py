@@ -467,3 +467,23 @@ def test_loss_terms_are_summed_in_name_order_whatever_order_they_were_given(reg:
     assert list(rc.losses) == ["loss/tv", "loss/gram", "loss/content"]
     tr = Trainer(rc, tmp_path, registry=reg)
     assert list(tr.g_terms) == ["loss/content", "loss/gram", "loss/tv"]
+
+
+def test_a_noise_generator_says_when_content_is_not_what_it_learns(reg: Registry, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """faces-dcgan-gram sets data = the bundled photos; --content FACES alone would be ignored in silence."""
+    from stylezoo.core.runconfig import SAMPLES
+
+    run = {"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none", "train": TINY,
+           "set": {"gen": {"channels": 8, "latent_dim": 16}, "disc": {"channels": 8}},
+           "data": {"data": str(SAMPLES / "content"), "content": str(SAMPLES / "style")}}
+    with caplog.at_level("WARNING"):
+        tr = Trainer(resolve(reg, cli=run, losses=["tv"]), tmp_path / "a", registry=reg)
+    assert "--content" in caplog.text and "give --data" in caplog.text
+    assert tr.real is not None
+    assert all(f.parent == SAMPLES / "content" for f in tr.real.files)  # it learns --data, as it said
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        Trainer(resolve(reg, cli={**run, "data": {"data": str(SAMPLES / "content")}}, losses=["tv"]), tmp_path / "b",
+                registry=reg)
+    assert "--content" not in caplog.text
