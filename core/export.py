@@ -118,7 +118,23 @@ def format_of(out: str | Path, fmt: str | None) -> str:
     fmt = fmt.lower()
     if fmt not in FORMATS:
         raise UsageError(f"Unknown export format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    implied = SUFFIXES.get(Path(out).suffix.lower())
+    if implied is not None and implied != fmt:  # a TorchScript archive named .onnx would fool every loader
+        raise UsageError(f"{Path(out).name!r} is named like a {implied} file but --format is {fmt}: change one of "
+                         "them.")
     return fmt
+
+
+def require_exporters(fmt: str) -> None:
+    """The packages an export in `fmt` needs, checked before any work (a UsageError naming the install)."""
+    import importlib.util
+
+    if fmt != "onnx":
+        return
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+                         "installed: pip install 'stylezoo[export]' (or use --format torchscript).")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -470,6 +486,7 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
         raise UsageError(f"--tolerance must be > 0, got {tolerance}.")
     if fmt == "onnx" and opset < 17:
         raise UsageError(f"opset {opset} is too old: use 17 or newer.")
+    require_exporters(fmt)
     loaded = load_generator(checkpoint, device="cpu", registry=registry, ema=ema)
     module = loaded.module.eval().float()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -238,5 +238,19 @@ def test_refusals(tmp_path: Path) -> None:
         ex.format_of(tmp_path / "m.xyz", None)
     with pytest.raises(UsageError, match="Unknown export format"):
         ex.format_of(tmp_path / "m.onnx", "tflite")
+    with pytest.raises(UsageError, match="named like a onnx file but --format is torchscript"):
+        ex.format_of(tmp_path / "m.onnx", "torchscript")
+    assert ex.format_of(tmp_path / "m.bin", "torchscript") == "torchscript"  # a suffix that implies nothing
     assert ex.auto_tolerance(0.0) == ex.DEFAULT_TOLERANCE and ex.auto_tolerance(1e-3) == pytest.approx(4e-3)
     assert ex.parity_sizes(16) == [(64, 64), (96, 128)] and ex.parity_sizes(128) == [(128, 128), (128, 256)]
+
+
+def test_onnx_export_without_its_packages_names_the_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without onnxruntime the export used to fail its 'parity check' (ModuleNotFoundError as a mismatch)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(UsageError, match=r"needs onnxruntime, which is not installed: pip install 'stylezoo\[export\]'"):
+        ex.require_exporters("onnx")
+    ex.require_exporters("torchscript")  # needs nothing beyond torch
