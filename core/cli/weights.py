@@ -42,7 +42,7 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-reada
     table = Table(title=f"stylezoo weights (cache: {W.cache_dir()})")
     for col in ("name", "component", "installed", "size", "licence", "source"):
         table.add_column(col, overflow="fold")
-    style = {"installed": "[green]yes[/]", "corrupt": "[red]corrupt: pull --force[/]",
+    style = {"installed": "[green]yes[/]", "corrupt": "[red]corrupt: pull again[/]",
              "package only": "[yellow]package only (converts on first use)[/]", "missing": "[dim]no[/]"}
     for r in rows:
         table.add_row(r["name"], r["component"], style[r["state"]], f"{r['size'] / 1e6:.1f} MB", r["licence"],
