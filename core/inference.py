@@ -199,12 +199,14 @@ class Stylizer:
 
     @classmethod
     def load(cls, checkpoint: str | Path, device: str | torch.device = "auto", precision: str = "auto", *,
-             backend: str = "auto", registry: Registry | None = None, ema: bool = True) -> Stylizer:
+             backend: str = "auto", registry: Registry | None = None, ema: bool = True,
+             keep_freed_memory: bool = True) -> Stylizer:
         """Load a checkpoint file or a run directory's newest checkpoint; no other settings needed.
 
-        `ema`: use the generator's weight average when the run kept one (train.ema), else the raw weights."""
+        `ema`: use the generator's weight average when the run kept one (train.ema), else the raw weights.
+        `keep_freed_memory`: as in the constructor."""
         return cls(load_generator(checkpoint, device="cpu", registry=registry, ema=ema), device=device, precision=precision,
-                   backend=backend)
+                   backend=backend, keep_freed_memory=keep_freed_memory)
 
     def use_onnxruntime(self, *, required: bool = True) -> bool:
         """Run through ONNX Runtime from now on: export to ONNX (a temporary file) and check parity first.

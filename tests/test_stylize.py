@@ -431,3 +431,14 @@ def test_a_device_that_is_not_here_is_not_blamed_on_the_checkpoint(image_run: Pa
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and "CUDA, which is not available" in r.output, r.output
     assert "corrupt" not in r.output and "Traceback" not in r.output
+
+
+def test_load_passes_keep_freed_memory_on(image_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylezoo.core import cpu_memory
+
+    calls: list[int] = []
+    monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    Stylizer.load(image_run, device="cpu", keep_freed_memory=False)
+    assert calls == []
+    Stylizer.load(image_run, device="cpu")
+    assert calls == [1]

@@ -21,7 +21,7 @@ def stylize_cmd(
     batch: Annotated[int, typer.Option("--batch", help="Run up to this many same-size images at once.")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or auto (see benchmarks/inference.py).")] = "auto",
-    backend: Annotated[str, typer.Option("--backend", help="torch, onnxruntime or auto (onnxruntime for 16+ images).")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="torch, onnxruntime or auto (onnxruntime for 16+ images when the precision is fp32; auto precision is bf16 on CPUs with fast bfloat16, which stays on torch).")] = "auto",
     ext: Annotated[Optional[str], typer.Option("--ext", help="Output format for a folder, e.g. png (default: the input's).")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Noise generators: how many samples to write.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Noise generators: the same seed gives the same images.")] = 0,
