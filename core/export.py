@@ -81,6 +81,8 @@ class ParityReport:
     composition: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     exporter: str = ""
+    # image generators: height and width must be multiples of this (pad, run, crop back, as stylize does)
+    size_multiple: int = 1
 
     @property
     def max_abs_diff(self) -> float:
@@ -515,6 +517,7 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
                               "step": loaded.meta.get("step")}
         report.versions = _versions()
         report.exporter = exporter
+        report.size_multiple = int(getattr(module, "size_multiple", 1)) if loaded.family == "image" else 1
         if not report.passed:
             raise ParityError(
                 f"The {fmt} export of {loaded.name} does not match the PyTorch model: {report.summary()}; "

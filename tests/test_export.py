@@ -225,6 +225,7 @@ def test_cli_export_prints_and_stores_the_difference(checkpoints: dict[str, Path
     assert "parity ok" in r.output and "max abs diff" in r.output
     record = json.loads(ex.parity_path(out).read_text())
     assert record["format"] == "torchscript" and record["tolerance"] == 1e-3
+    assert record["size_multiple"] > 1 and f"multiples of {record['size_multiple']}" in " ".join(r.output.split())
 
 
 def test_refusals(tmp_path: Path) -> None:

@@ -41,6 +41,10 @@ def export_cmd(
     con.print(table)
     con.print(f"[green]parity ok[/]: {escape(report.summary())}")
     con.print(f"wrote {escape(str(out))} and {escape(str(parity_path(out)))}")
+    if report.size_multiple > 1:
+        con.print(f"[yellow]note:[/] {escape(report.generator)} is built for heights and widths that are multiples of "
+                  f"{report.size_multiple}; pad other sizes (reflection) and crop the output back, as `stylezoo "
+                  "stylize` does (gen/unet's export fails on other sizes). parity.json records it as size_multiple.")
 
 
 def register(app: typer.Typer) -> None:
