@@ -235,17 +235,20 @@ def run_dir_of(path: Path) -> Path | None:
 def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: str | None = None,
                         reference: str | None = None, data: str | None = None, size: int = 256, num: int = 64,
                         device: str = "cpu", registry: Registry | None = None, seed: int = 0,
-                        ema: bool = True) -> EvalResult:
+                        ema: bool = True, style_label: Sequence[str] | None = None) -> EvalResult:
     """Evaluate the generator of a checkpoint (or a run's newest one) on `content` (restyled, centre-cropped
     to `size`), against `style` (Gram), `data` (the real side of FID/KID; default: the style images) and
     `reference` (paired, by file stem). Sets not given come from the run's config: then they are training
-    images, not held out, and a note says so."""
+    images, not held out, and a note says so. A reference-guided generator (gen/adain) given `style` is
+    conditioned on it, and a label-conditioned one (gen/cin) on `style_label`, as `stylezoo stylize --style`
+    / `--style-label` would; otherwise they run unconditioned (their mean training style)."""
     from .inference import load_generator
     from .runconfig import DataConfig
 
     if size < 16:
         raise UsageError(f"--size must be at least 16, got {size}.")
     reg = registry or default_registry()
+    given_style = style
     g = load_generator(spec, device=device, registry=reg, ema=ema)
     run_data = DataConfig(**{k: v for k, v in g.meta.get("run", {}).get("data", {}).items()
                              if k in DataConfig.__dataclass_fields__})
@@ -274,7 +277,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
         if not content:
             raise UsageError("Give the images to restyle with --content DIR.")
         x, files = load_folder(content, size)
-        outputs = generate(g.module, x, device=device)
+        outputs = _conditioned(g, x, device, given_style, style_label, notes)
         real_spec = data or style
         n = x.shape[0]
     else:
@@ -300,6 +303,26 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     ev = Evaluator(style=st, domain=domain, device=device, registry=reg)
     m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)
     return EvalResult(m, g.path, int(g.meta.get("step", 0)), n, missing, notes, evaluated_on)
+
+
+def _conditioned(g: Any, x: Tensor, device: str, style: str | None, labels: Sequence[str] | None,
+                 notes: list[str]) -> Tensor:
+    """The generator's outputs for `x`: conditioned as stylize would be when a style / labels are given."""
+    from .images import find_images
+    from .inference import Stylizer
+
+    st = Stylizer(g, device=device, precision="fp32", backend="torch", keep_freed_memory=False)
+    use_style = bool(style) and st.takes_style
+    if labels:
+        st.set_labels(list(labels))  # a UsageError for generators without labels
+        notes.append(f"outputs for the style label(s) {', '.join(labels)}")
+    if use_style:
+        assert style is not None
+        st.set_style(find_images(style))
+        notes.append(f"outputs conditioned on --style {style}, as `stylezoo stylize --style` restyles")
+    if not labels and not use_style:
+        return generate(g.module, x, device=device)
+    return torch.cat([st.forward(c).float().cpu() for c in x.split(8)])
 
 
 # -- during training ------------------------------------------------------------------------------------------

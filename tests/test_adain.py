@@ -282,3 +282,19 @@ def test_weight_average_shares_the_frozen_encoder_and_keeps_the_default_style(re
     assert tr.ema.module.has_default_style()  # buffers follow the trained generator
     st = Stylizer.load(tmp_path, device="cpu", registry=reg)
     assert st.loaded.averaged and st.module.has_default_style()
+
+
+def test_eval_conditions_on_the_style_it_is_given(trained, reg: Registry) -> None:
+    """`eval --style X` scores what `stylize --style X` makes, not the mean training style."""
+    from stylezoo.core.evaluate import Evaluator, evaluate_checkpoint, load_folder
+
+    _, out = trained
+    content = str(SAMPLES / "content")
+    a, b = (evaluate_checkpoint(out, content=content, style=str(SAMPLES / "style" / f), size=32, registry=reg)
+            for f in ("the_scream.jpg", "great_wave.jpg"))
+    assert a.metrics["content_feat"] != b.metrics["content_feat"]  # different outputs, not only other targets
+    assert any("conditioned on --style" in n for n in a.notes)
+    st = Stylizer.load(out, device="cpu", precision="fp32").set_style([SAMPLES / "style" / "the_scream.jpg"])
+    x, _ = load_folder(content, 32)
+    want = Evaluator(registry=reg).score(st(x), content=x)["content_feat"]
+    assert a.metrics["content_feat"] == pytest.approx(want, rel=1e-5)

@@ -180,6 +180,16 @@ def test_training_learns_the_folder_labels_and_stylize_picks_them(reg: Registry,
                                    "--size", "32", "--style-label", "sea:0.5", "--style-label", "swirl:0.5", "-q"])
     assert res.exit_code == 0, res.output and (tmp_path / "o.png").is_file()
 
+    # eval scores the label asked for, as stylize would restyle (unconditioned: the labels' mix)
+    from stylezoo.core.evaluate import evaluate_checkpoint
+
+    scores = {lab: evaluate_checkpoint(out, content=str(CONTENT), size=32, registry=reg, style_label=[lab])
+              for lab in ("sea", "swirl")}
+    assert scores["sea"].metrics["content_feat"] != scores["swirl"].metrics["content_feat"]
+    assert any("style label(s) sea" in n for n in scores["sea"].notes)
+    with pytest.raises(UsageError, match="Unknown style label 'oil'"):
+        evaluate_checkpoint(out, content=str(CONTENT), size=32, registry=reg, style_label=["oil"])
+
     # resuming on style folders whose labels changed is refused
     shutil.copytree(labelled / "sea", labelled / "zebra")
     with pytest.raises(DataError, match="differ from the run's"):

@@ -27,6 +27,7 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not append the results to the run's eval.jsonl.")] = False,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
+    style_label: Annotated[Optional[list[str]], typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize. Reference-guided ones (adain) are conditioned on --style.")] = None,
 ) -> None:
     """Score a generator: style (Gram) and content distances, SSIM, FID/KID on EfficientNet-Lite0 features,
     and paired distances with --reference. Results are appended to the run's eval.jsonl."""
@@ -37,7 +38,7 @@ def eval_cmd(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     dev = str(pick_device(device))
     res = evaluate_checkpoint(checkpoint, content=content, style=style, reference=reference, data=data,
-                              size=size, num=num, device=dev, ema=ema)
+                              size=size, num=num, device=dev, ema=ema, style_label=style_label)
     record = res.record()
     run = run_dir_of(res.checkpoint)
     if run is not None and not no_log:
