@@ -294,7 +294,7 @@ def launch(nproc: int, args: Sequence[str]) -> int:
 
 
 def _report_failures(e: Any, tmp: Path) -> int:
-    """Each distinct worker error once, on stderr; the exit code of the first failure (rank 0's if it failed)."""
+    """Each distinct worker error once, on stderr; the exit code of the first failure (the root cause)."""
     from rich.console import Console
     from rich.markup import escape
 
@@ -311,6 +311,8 @@ def _report_failures(e: Any, tmp: Path) -> int:
                 con.print(f"[bold red]error:[/] (rank {rank}) {escape(msg)}")
             continue
         f = e.failures[rank]
+        if f.exitcode < 0 and rank != e.get_first_failure()[0]:
+            continue  # stopped by torchrun's signal after another rank failed first: nothing of its own to say
         how = f"signal {f.signal_name()}" if f.exitcode < 0 else f"exit code {f.exitcode}"
         log = tmp / f"rank{rank}.log"
         tail = log.read_text(errors="replace").splitlines()[-12:] if log.is_file() else []
