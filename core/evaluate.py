@@ -272,6 +272,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
         data = d.data or d.content or None
     evaluated_on = {"size": size, "content": content, "style": style, "reference": reference, "data": data,
                     "weights": "ema" if g.averaged else "raw"}
+    if style_label:
+        evaluated_on["style_label"] = list(style_label)
     missing: list[str] = []
     if g.family == "image":
         if not content:
