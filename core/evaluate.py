@@ -270,7 +270,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
         notes.append(f"style from the run's config ({style})")
     if g.family == "noise" and data is None:
         data = d.data or d.content or None
-    evaluated_on = {"size": size, "content": content, "style": style, "reference": reference, "data": data,
+    evaluated_on: dict[str, Any] = {"size": size, "content": content, "style": style, "reference": reference, "data": data,
                     "weights": "ema" if g.averaged else "raw"}
     if style_label:
         evaluated_on["style_label"] = list(style_label)
