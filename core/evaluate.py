@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt
 from . import metrics as M
 from .data import ImageSet
-from .errors import CheckpointError, DataError, UsageError
+from .errors import CheckpointError, DataError, StylezooError, UsageError
 from .images import find_images, load_tensor
 from .kinds import Extractor
 from .registry import Registry, default_registry
@@ -265,9 +265,12 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     elif g.family == "image" and content is None and d.content:
         content = d.content
         notes.append(f"content from the run's config ({content}): training images, not held out")
-    if style is None and (d.style or (g.family == "image" and d.data)):  # a noise run's data is its real side
-        style = d.style or d.data
-        notes.append(f"style from the run's config ({style})")
+    # a noise run's data is its real side, and its style image counts only when a style loss used it
+    if style is None:
+        own = d.style if g.family == "image" or _uses_style(reg, g.meta) else ""
+        style = own or (d.data if g.family == "image" else "") or None
+        if style:
+            notes.append(f"style from the run's config ({style})")
     if g.family == "noise" and data is None:
         data = d.data or d.content or None
     evaluated_on: dict[str, Any] = {"size": size, "content": content, "style": style, "reference": reference, "data": data,
@@ -305,6 +308,18 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     ev = Evaluator(style=st, domain=domain, device=device, registry=reg)
     m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)
     return EvalResult(m, g.path, int(g.meta.get("step", 0)), n, missing, notes, evaluated_on)
+
+
+def _uses_style(reg: Registry, meta: dict[str, Any]) -> bool:
+    """Whether a run's loss terms matched style statistics (a term whose class `needs` "style")."""
+    for name in meta.get("run", {}).get("losses", {}):
+        try:
+            factory = reg.get(name).factory
+        except StylezooError:
+            continue
+        if "style" in getattr(factory, "needs", frozenset()):
+            return True
+    return False
 
 
 def _conditioned(g: Any, x: Tensor, device: str, style: str | None, labels: Sequence[str] | None,
@@ -366,8 +381,10 @@ class RunEval:
             n = domain.shape[0] if domain is not None else tr.t.num_samples
             g = torch.Generator().manual_seed(tr.t.seed + 1234)
             self.inputs = torch.randn(max(n, 2), cast(int, tr.c.gen.latent_dim), generator=g)
-            # a style the samples are pulled toward (faces-dcgan-gram): scored as for image generators
-            st = style_images(d.style, tr.t.style_size or min(2 * size, 512)) if d.style else None
+            # a style the samples are pulled toward (faces-dcgan-gram): scored as for image generators; only
+            # when a style loss uses it (a plain DCGAN run still carries the default recipe's style image)
+            st = style_images(d.style, tr.t.style_size or min(2 * size, 512)) \
+                if d.style and tr.style_images is not None else None
         self.evaluator = Evaluator(style=st, domain=domain, device=tr.device, registry=tr.reg)
         self.warned = False
 

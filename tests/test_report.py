@@ -96,7 +96,8 @@ def test_noise_generators_are_scored_against_the_real_images(reg: Registry, tmp_
                            "data": {"data": str(SAMPLES / "style")}}, losses=["tv"])
     Trainer(rc, tmp_path, registry=reg).fit()
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert {"eval/fid_effl0", "eval/kid_effl0", "eval/kid_effl0_std"} <= set(k for k in row if k.startswith("eval/"))
+    # the default recipe's style image rides along in the config, but no style loss used it: no style_gram
+    assert set(k for k in row if k.startswith("eval/")) == {"eval/fid_effl0", "eval/kid_effl0", "eval/kid_effl0_std"}
     assert ckpt.read_meta(tmp_path / "best.safetensors")["eval"]["fid_effl0"] == row["eval/fid_effl0"]
 
 
@@ -105,15 +106,22 @@ def test_noise_generators_pulled_toward_a_style_are_scored_on_it(reg: Registry, 
     from stylezoo.core.evaluate import evaluate_checkpoint
 
     style = str(SAMPLES / "style" / "starry_night.jpg")
-    rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none",
+    rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "vgg16", "gp": "none",
                            "train": {**TRAIN, "steps": 1, "eval_every": 1},
-                           "data": {"data": str(SAMPLES / "content"), "style": style}}, losses=["tv"])
+                           "data": {"data": str(SAMPLES / "content"), "style": style}},
+                 losses=["gram"], sets=["feat.weights=random"])
     last = Trainer(rc, tmp_path, registry=reg).fit()
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert isinstance(row["eval/style_gram"], float) and "eval/fid_effl0" in row
     res = evaluate_checkpoint(last, size=32, num=4, registry=reg)
     assert isinstance(res.metrics["style_gram"], float) and "fid_effl0" in res.metrics
     assert any("style from the run's config" in n for n in res.notes)
+    # the same run without a style loss: the style image in its config is not what it aimed at
+    rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none",
+                           "train": {**TRAIN, "steps": 1, "sample_every": 0},
+                           "data": {"data": str(SAMPLES / "content"), "style": style}}, losses=["tv"])
+    plain = evaluate_checkpoint(Trainer(rc, tmp_path / "plain", registry=reg).fit(), size=32, num=4, registry=reg)
+    assert "style_gram" not in plain.metrics and "fid_effl0" in plain.metrics
 
 
 def test_report_is_one_self_contained_file(run: Path) -> None:
