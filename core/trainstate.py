@@ -43,7 +43,8 @@ def run_meta(tr: Trainer) -> dict[str, Any]:
     ema = {"ema": {"decay": tr.ema.decay, "updates": tr.ema.updates}} if tr.ema is not None else {}
     run = tr.rc.to_dict()
     run["train"] = {**run["train"], "steps": tr.t.steps, "epochs": 0.0}  # the length it trains for, epochs resolved
-    return ema | {"run": run, "configs": tr.c.configs, "step": tr.step, "family": tr.family,
+    bad = {"bad_steps": tr.bad_steps} if tr.bad_steps else {}  # a streak of NaN steps goes on across a resume
+    return ema | bad | {"run": run, "configs": tr.c.configs, "step": tr.step, "family": tr.family,
                   "composition": {r: getattr(tr.rc, r) for r in ROLES} | {"losses": list(tr.rc.losses)},
                   "versions": versions, "plugins": plugins}
 
@@ -92,6 +93,8 @@ def load_run_state(tr: Trainer, path: Path) -> None:
     for key, opt in opts:
         ckpt.load_optimizer_state(opt, ckpt.section(tensors, key), optim.get(key, {}))
     tr.step = int(meta["step"])
+    bad = meta.get("bad_steps", 0)
+    tr.bad_steps = bad if isinstance(bad, int) and not isinstance(bad, bool) and bad >= 0 else 0
     if tr.ema is not None:
         if has_ema:
             tr.ema.updates = int(meta.get("ema", {}).get("updates", tr.step))

@@ -487,3 +487,17 @@ def test_a_noise_generator_says_when_content_is_not_what_it_learns(reg: Registry
         Trainer(resolve(reg, cli={**run, "data": {"data": str(SAMPLES / "content")}}, losses=["tv"]), tmp_path / "b",
                 registry=reg)
     assert "--content" not in caplog.text
+
+
+def test_a_streak_of_bad_steps_goes_on_across_a_resume(reg: Registry, tmp_path: Path) -> None:
+    """Otherwise a run stopped and resumed in the middle of NaN steps would get max_bad_steps more chances."""
+    tr = Trainer(tiny(reg, IMAGE), tmp_path, registry=reg)
+    tr.train_step(0)
+    tr.step, tr.bad_steps = 1, 2
+    tr.save_checkpoint(keep=False)
+    assert ckpt.read_meta(tmp_path / "last.safetensors")["bad_steps"] == 2
+    again = Trainer(tiny(reg, IMAGE), tmp_path / "again", registry=reg, resume_from=tmp_path / "last.safetensors")
+    assert again.bad_steps == 2
+    tr.bad_steps = 0
+    tr.save_checkpoint(keep=False)  # no streak: nothing stored, old checkpoints read as 0
+    assert "bad_steps" not in ckpt.read_meta(tmp_path / "last.safetensors")
