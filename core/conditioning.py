@@ -139,9 +139,11 @@ class Conditioning:
         return torch.tensor([self.label_of[Path(f)] for f in files], dtype=torch.long)
 
     # -- per step --------------------------------------------------------------------------------------------
-    def draw(self, tr: Trainer, step: int, real: Tensor | None) -> tuple[dict[str, Any], dict[str, Any], Tensor | None]:
-        """(generator kwargs, discriminator kwargs, real images) for a step."""
-        b, seed, per = tr.t.batch, tr.t.seed, tr.t.batch // tr.world
+    def draw(self, tr: Trainer, step: int, real: Tensor | None,
+             seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any], Tensor | None]:
+        """(generator kwargs, discriminator kwargs, real images) for a step; seed the run's by default."""
+        b, per = tr.t.batch, tr.t.batch // tr.world
+        seed = tr.t.seed if seed is None else seed
         if self.kind == STYLE:
             assert self.style_set is not None
             style = tr._mf(self.style_set.batch(step, b, seed, rank=tr.rank, world=tr.world))

@@ -367,12 +367,12 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
-    def batch(self, step: int) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """(content, real, generator input) for a step; pure function of (seed, step).
+    def batch(self, step: int, seed: int | None = None) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """(content, real, generator input) for a step; pure function of (seed, step), seed the run's by default.
 
         With paired data: (inputs, targets, inputs); the targets are the discriminator's real images.
         """
-        b, seed = self.t.batch, self.t.seed
+        b, seed = self.t.batch, self.t.seed if seed is None else seed
         if self.pairs is not None:
             x, y = self.pairs.batch(step, b, seed, rank=self.rank, world=self.world)
             x = self._mf(x)
@@ -389,6 +389,41 @@ class Trainer:
         assert content is not None
         return content, real, content
 
+    def _extra_d_batch(self, step: int, j: int) -> tuple[Tensor | None, Tensor | None, Tensor, dict[str, Any]]:
+        """(content, real, fake, D kwargs) for extra update j >= 1 of `train.d_steps`: its own images and fakes."""
+        seed = _seed(self.t.seed, 17, j)  # another draw of the same step; every rank agrees on it
+        t_data = time.perf_counter()
+        content, real, gin = self.batch(step, seed)
+        self.data_s += time.perf_counter() - t_data
+        gcond, dlabel, real = self.cond.draw(self, step, real, seed)
+        with torch.no_grad(), self.autocast():
+            fake = self.gen_fwd(gin, **gcond)
+        return content, real, fake, ({"condition": content} if self.cond_disc else {}) | dlabel
+
+    def _d_update(self, step: int, logs: dict[str, Tensor], content: Tensor | None, real: Tensor | None,
+                  fake: Tensor, dcond: dict[str, Any]) -> None:
+        """One discriminator update on (real, fake); its figures go into `logs`."""
+        c = self.c
+        assert real is not None and c.disc is not None and self.opt_d is not None
+        self._fake = fake  # for naming the generator if this update goes bad
+        with self.autocast():
+            lr_, lf = self._judge(real, fake, dcond)
+        parts = {"d_adv": cast(AdversarialLoss, c.adv).d_loss(lr_.float(), lf.float())}
+        ctx = StepContext(fake=fake, real=real, content=content, target=real if self.pairs is not None else None,
+                          paired=self.family == IMAGE, logits_real=lr_.float(), logits_fake=lf.float(), step=step)
+        for n, t in self.d_terms.items():  # .to: a plugin's constant term may come back on the CPU
+            parts[n] = t.weight * t(ctx).to(fake.device)
+        if c.gp is not None:
+            parts[self.rc.gp] = c.gp(c.disc, real, fake, **dcond)
+        loss_d = cast(Tensor, sum(parts.values()))
+        self.opt_d.zero_grad(set_to_none=True)
+        if self._backward("discriminator", loss_d, parts, c.disc, logs):
+            self.opt_d.step()
+        logs.update({f"d/{k}": v for k, v in parts.items()})
+        logs["d/loss"] = loss_d
+        logs["d/real"] = lr_.float().mean()
+        logs["d/fake"] = lf.float().mean()
+
     def train_step(self, step: int) -> dict[str, float]:
         """One discriminator update then one generator update; returns the logged figures."""
         torch.manual_seed(_seed(self.t.seed, 11, step, self.rank))  # penalties' noise, dropout
@@ -403,32 +438,14 @@ class Trainer:
         dcond |= dlabel
         logs: dict[str, Tensor] = {}  # turned into floats at the end of the step, in one device sync
         c = self.c
+        train_d = c.disc is not None and c.adv is not None and self.opt_d is not None
+        for j in range(1, self.t.d_steps if train_d else 1):  # extra critic updates, each on a fresh batch
+            self._d_update(step, logs, *self._extra_d_batch(step, j))
         with self.autocast():
             fake = self.gen_fwd(gin, **gcond)
         self._fake = fake.detach()  # for naming the generator when a step goes bad (checked only then)
-        # ---- discriminator
-        if c.disc is not None and c.adv is not None and self.opt_d is not None:
-            assert real is not None
-            for _ in range(self.t.d_steps):
-                with self.autocast():
-                    lr_, lf = self._judge(real, fake.detach(), dcond)
-                parts = {"d_adv": cast(AdversarialLoss, c.adv).d_loss(lr_.float(), lf.float())}
-                ctx = StepContext(fake=fake.detach(), real=real, content=content, target=target,
-                                  paired=self.family == IMAGE, logits_real=lr_.float(),
-                                  logits_fake=lf.float(), step=step)
-                for n, t in self.d_terms.items():  # .to: a plugin's constant term may come back on the CPU
-                    parts[n] = t.weight * t(ctx).to(fake.device)
-                if c.gp is not None:
-                    parts[self.rc.gp] = c.gp(c.disc, real, fake.detach(), **dcond)
-                loss_d = cast(Tensor, sum(parts.values()))
-                self.opt_d.zero_grad(set_to_none=True)
-                ok = self._backward("discriminator", loss_d, parts, c.disc, logs)
-                if ok:
-                    self.opt_d.step()
-                logs.update({f"d/{k}": v for k, v in parts.items()})
-                logs["d/loss"] = loss_d
-                logs["d/real"] = lr_.float().mean()
-                logs["d/fake"] = lf.float().mean()
+        if train_d:  # ---- discriminator: the last update sees the batch the generator then trains on
+            self._d_update(step, logs, content, real, fake.detach(), dcond)
         # ---- generator
         feats: dict[str, dict[str, Tensor]] = {}
         with self.autocast():

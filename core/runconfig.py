@@ -34,7 +34,7 @@ class TrainConfig:
     # fraction of the steps, at the end, over which both learning rates fall linearly towards 0
     # (pix2pix decays over its second half: 0.5); 0 = constant
     lr_decay: float = 0.0
-    d_steps: int = 1  # discriminator updates per generator update
+    d_steps: int = 1  # discriminator updates per generator update, each on its own batch of images and fakes
     # decay of an exponential moving average of the generator's weights (0.999 averages about the last
     # 1000 steps); samples, evaluation, stylize and export then use the average. 0 = off
     ema: float = 0.0

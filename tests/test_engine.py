@@ -3,6 +3,7 @@ resume equivalence, checkpoints that load with no flags, composition errors, the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tomllib
 from collections.abc import Callable
@@ -501,3 +502,26 @@ def test_a_streak_of_bad_steps_goes_on_across_a_resume(reg: Registry, tmp_path: 
     tr.bad_steps = 0
     tr.save_checkpoint(keep=False)  # no streak: nothing stored, old checkpoints read as 0
     assert "bad_steps" not in ckpt.read_meta(tmp_path / "last.safetensors")
+
+
+@pytest.mark.parametrize("base", [NOISE, IMAGE], ids=["noise", "image"])
+def test_each_extra_discriminator_update_draws_its_own_batch(reg: Registry, tmp_path: Path, base: dict) -> None:
+    rc = tiny(reg, base, sets=["train.d_steps=3"])
+    tr = Trainer(rc, tmp_path, registry=reg)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    judge = tr._judge
+    tr._judge = lambda real, fake, cond: (seen.append((real.clone(), fake.clone())), judge(real, fake, cond))[1]
+    d_before = [p.detach().clone() for p in tr.c.disc.parameters()]
+    tr.train_step(0)
+    assert len(seen) == 3
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not torch.equal(seen[a][0], seen[b][0]), "two critic updates saw the same real images"
+            assert not torch.equal(seen[a][1], seen[b][1]), "two critic updates saw the same fakes"
+    # the last update is on the step's own batch, the one the generator then trains on
+    assert torch.equal(seen[-1][0], tr.batch(0)[1])
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, tr.c.disc.parameters()))
+    seen.clear()
+    tr.t = dataclasses.replace(tr.t, d_steps=1)
+    tr.train_step(1)
+    assert len(seen) == 1 and torch.equal(seen[0][0], tr.batch(1)[1])
