@@ -250,6 +250,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     reg = registry or default_registry()
     given_style = style
     g = load_generator(spec, device=device, registry=reg, ema=ema)
+    if style_label and g.family == "noise":
+        raise UsageError(f"{g.name} makes images from noise and has no style labels; drop --style-label.")
     run_data = DataConfig(**{k: v for k, v in g.meta.get("run", {}).get("data", {}).items()
                              if k in DataConfig.__dataclass_fields__})
     d = run_data.resolved()

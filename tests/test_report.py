@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from stylezoo.core import checkpoint as ckpt
 from stylezoo.core.cli import app
 from stylezoo.core.engine import Trainer
+from stylezoo.core.errors import UsageError
 from stylezoo.core.report import build_report, image_sources, pick_grids
 from stylezoo.core.registry import Registry
 from stylezoo.core.runconfig import SAMPLES, resolve
@@ -122,6 +123,9 @@ def test_noise_generators_pulled_toward_a_style_are_scored_on_it(reg: Registry, 
                            "data": {"data": str(SAMPLES / "content"), "style": style}}, losses=["tv"])
     plain = evaluate_checkpoint(Trainer(rc, tmp_path / "plain", registry=reg).fit(), size=32, num=4, registry=reg)
     assert "style_gram" not in plain.metrics and "fid_effl0" in plain.metrics
+    # noise generators have no labels: asking for one is refused, not silently ignored
+    with pytest.raises(UsageError, match="--style-label"):
+        evaluate_checkpoint(last, size=32, num=4, registry=reg, style_label=["oil"])
 
 
 def test_report_is_one_self_contained_file(run: Path) -> None:
