@@ -357,13 +357,19 @@ def validate(reg: Registry, rc: RunConfig) -> None:
             raise CompositionError(f"--adv {rc.adv} needs a discriminator: add --disc patch (or --adv none).")
     elif rc.disc:
         raise CompositionError(f"--disc {rc.disc} needs an adversarial loss: add --adv lsgan (or --disc none).")
-    for name in [rc.gp, *rc.losses]:
+    # `--gp none` (no penalty component) is held to gp/none's card: a WGAN critic needs some penalty
+    gp = rc.gp or ("gp/none" if rc.adv and "gp/none" in reg.names(kind="gp") else "")
+    for name in [gp, *rc.losses]:
         if not name or (name == "gp/none" and not rc.adv):
             continue
         compat = reg.get(name).card.get("compatible")
         if compat and not rc.adv and name.startswith("gp/"):
             raise CompositionError(f"{name} penalises the discriminator; this run has none (add --disc and --adv).")
         if compat and rc.adv and rc.adv not in compat:
+            if name == "gp/none":
+                fits = [reg.get(n).short for n in reg.names(kind="gp") if n != name
+                        and rc.adv in (reg.get(n).card.get("compatible") or (rc.adv,))]
+                raise CompositionError(f"{rc.adv} needs a gradient penalty, not gp/none: add --gp {' or --gp '.join(fits)}.")
             raise CompositionError(f"{name} is not valid with {rc.adv}; it works with {', '.join(compat)}.")
     family = reg.get(rc.gen).card.get("family") or getattr(reg.get(rc.gen).factory, "family", None)
     paired = validate_pairs(reg, rc, family)

@@ -156,6 +156,8 @@ def test_newest_valid_checkpoint_skips_a_torn_file(reg: Registry, tmp_path: Path
     ({"adv": "gram"}, ["tv"], CompositionError, "not an adversarial loss"),
     ({}, ["bce"], CompositionError, "--adv"),
     ({"gen": "dcgn"}, ["tv"], UnknownComponentError, "gen/dcgan"),
+    ({"adv": "wgan", "gp": "none"}, ["tv"], CompositionError, "needs a gradient penalty, not gp/none: add --gp dragan"),
+    ({"adv": "wgan", "gp": "gp/none"}, ["tv"], CompositionError, "needs a gradient penalty, not gp/none: add --gp dragan"),
 ])
 def test_bad_compositions_are_refused_before_work(reg: Registry, over: dict, losses: list[str], err: type,
                                                    fragment: str) -> None:
