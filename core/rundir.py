@@ -133,13 +133,16 @@ def newest_valid_checkpoint(run_dir: Path, *, to: str = "resume") -> Path:
 
 RUN_FILES = ("config.toml", "last.safetensors", "best.safetensors", "metrics.jsonl", "loss.png", "report.html",
              "checkpoints", "samples")  # what a training run writes into its directory
+# what the other commands write there about the run: `eval`'s log, `export`'s default files and parity records
+ABOUT_RUN_FILES = ("eval.jsonl",) + tuple(f"{ck}.{fmt}{rec}" for ck in ("last", "best") for fmt in ("onnx", "torchscript")
+                                          for rec in ("", ".parity.json"))
 
 
 def clear_run(path: Path) -> None:
-    """Delete what a run wrote into `path` (RUN_FILES), leaving anything else there alone."""
+    """Delete what a run, and eval and export about it, wrote into `path`, leaving anything else there alone."""
     import shutil
 
-    for name in RUN_FILES:
+    for name in RUN_FILES + ABOUT_RUN_FILES:
         p = Path(path) / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)

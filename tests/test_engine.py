@@ -272,9 +272,13 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, reg: R
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tiny(reg, NOISE, adv="bce"), out=tmp_path, registry=reg)
     (tmp_path / "notes.txt").write_text("mine")
+    about_old = ["eval.jsonl", "last.onnx", "last.onnx.parity.json", "best.torchscript"]  # eval's and export's
+    for name in about_old:
+        (tmp_path / name).write_text("about the old run")
     r = CliRunner().invoke(app, [*args[:2], "encdec", *args[3:], "--overwrite"])
     assert r.exit_code == 0, r.output
     assert "gen/encdec" in (tmp_path / "config.toml").read_text() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert not [n for n in about_old if (tmp_path / n).exists()]  # the new run's report shows no stale scores
     assert ckpt.read_meta(tmp_path / "last.safetensors")["composition"]["gen"] == "gen/encdec"
     steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 2  # the old run's lines are gone, not appended to

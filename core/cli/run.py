@@ -43,7 +43,7 @@ def run_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="Refuse unreadable images instead of skipping them.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>-<recipe>).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out (its files are deleted first).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out: its files, eval log and default exports are deleted first; other files stay.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, run one step, report; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; log lines instead.")] = False,
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
