@@ -18,3 +18,13 @@ def test_every_test_the_docs_name_exists() -> None:
                if not (ROOT / path).is_file()
                or not re.search(rf"^def {name}\(", (ROOT / path).read_text(encoding="utf-8"), re.M)]
     assert not missing, "documents name tests that do not exist:\n" + "\n".join(missing)
+
+
+def test_the_readme_component_table_lists_every_built_in_component() -> None:
+    from stylezoo.core.registry import Registry
+
+    table = (ROOT / "README.md").read_text(encoding="utf-8").split("| generators |", 1)[1].split("\n\n", 1)[0]
+    built_in = list(Registry(entry_points=False).entries)
+    assert len(built_in) >= 20
+    missing = [n for n in built_in if f"`{n}`" not in table]
+    assert not missing, f"README's component table (Components) leaves out: {missing}"
