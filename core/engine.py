@@ -790,10 +790,11 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
         if resume_from is not None and env.rank == 0:
             assert resume is not None  # resume_from was read from it
             _truncate_metrics(Path(resume) / "metrics.jsonl", int(ckpt.read_meta(resume_from)["step"]))
-        if overwrite and resume is None and out is not None and env.rank == 0 and holds_run(Path(out)):
-            log.warning("--overwrite: deleting the run in %s", out)
-            clear_run(Path(out))
         if out is None:  # rank 0's clock names the run directory for all
             out = D.broadcast_text(str(default_out(rc)), D.local_device(rc.train.device, env))
         trainer = Trainer(rc, out, registry=registry, resume_from=resume_from, progress=progress)
+        # only now that the new run is set up (data, weights, modules): a typo must not cost the old run
+        if overwrite and resume is None and env.rank == 0 and holds_run(Path(out)):
+            log.warning("--overwrite: deleting the run in %s", out)
+            clear_run(Path(out))
         return trainer.fit()

@@ -133,6 +133,8 @@ def newest_valid_checkpoint(run_dir: Path, *, to: str = "resume") -> Path:
 
 RUN_FILES = ("config.toml", "last.safetensors", "best.safetensors", "metrics.jsonl", "loss.png", "report.html",
              "checkpoints", "samples")  # what a training run writes into its directory
+RUN_FOLDER_FILES = {"checkpoints": ("step-*.safetensors", ".step-*.tmp"),  # and, in its folders, only these
+                    "samples": ("step-*.png", "final.png", ".step-*.tmp", ".final.png.*.tmp")}
 # what the other commands write there about the run: `eval`'s log, `export`'s default files and parity records
 ABOUT_RUN_FILES = ("eval.jsonl",) + tuple(f"{ck}.{fmt}{rec}" for ck in ("last", "best") for fmt in ("onnx", "torchscript")
                                           for rec in ("", ".parity.json"))
@@ -144,7 +146,12 @@ def clear_run(path: Path) -> None:
 
     for name in RUN_FILES + ABOUT_RUN_FILES:
         p = Path(path) / name
-        if p.is_dir() and not p.is_symlink():
+        if name in RUN_FOLDER_FILES and p.is_dir() and not p.is_symlink():
+            for f in {f for pattern in RUN_FOLDER_FILES[name] for f in p.glob(pattern)}:
+                f.unlink() if f.is_file() or f.is_symlink() else shutil.rmtree(f)
+            if not any(p.iterdir()):
+                p.rmdir()
+        elif p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
             p.unlink()

@@ -272,6 +272,10 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, reg: R
     with pytest.raises(ConfigError, match="already holds a run"):
         train(tiny(reg, NOISE, adv="bce"), out=tmp_path, registry=reg)
     (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "samples" / "mine.png").write_text("mine")  # a user's file in a run's folder stays too
+    r = CliRunner().invoke(app, [*args, "--data", str(tmp_path / "nowhere"), "--overwrite"])  # a typo
+    assert r.exit_code != 0 and "nowhere" in r.output
+    assert ckpt.read_meta(tmp_path / "last.safetensors")["step"] == 2  # the old run is still there
     about_old = ["eval.jsonl", "last.onnx", "last.onnx.parity.json", "best.torchscript"]  # eval's and export's
     for name in about_old:
         (tmp_path / name).write_text("about the old run")
@@ -279,6 +283,7 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, reg: R
     assert r.exit_code == 0, r.output
     assert "gen/encdec" in (tmp_path / "config.toml").read_text() and (tmp_path / "notes.txt").read_text() == "mine"
     assert not [n for n in about_old if (tmp_path / n).exists()]  # the new run's report shows no stale scores
+    assert (tmp_path / "samples" / "mine.png").read_text() == "mine"
     assert ckpt.read_meta(tmp_path / "last.safetensors")["composition"]["gen"] == "gen/encdec"
     steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 2  # the old run's lines are gone, not appended to
