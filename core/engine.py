@@ -110,6 +110,7 @@ class Trainer:
                  rank: int | None = None, world: int | None = None) -> None:
         self.rc, self.out = rc, Path(out)
         self.reg = registry or default_registry()
+        rc = dataclasses.replace(rc, data=rc.data.absolute())  # config.toml names the images from anywhere
         self.rc = rc = with_labels(self.reg, rc)  # label-conditioned generators learn the style folders' labels
         env = D.current()  # under torchrun: this process's rank and the number of processes
         self.rank = env.rank if rank is None else rank

@@ -8,6 +8,7 @@ The resolved RunConfig is written to the run's config.toml and into every checkp
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,10 +112,25 @@ class DataConfig:
         """True when the run trains on (input, target) pairs."""
         return bool(self.pairs or self.input or self.target)
 
+    def absolute(self) -> DataConfig:
+        """A copy with relative paths and globs made absolute (against the current directory), so that a run's
+        config.toml names the same images wherever it is resumed or evaluated from."""
+        paths: dict[str, Any] = {k: _absolute(getattr(self, k)) for k in _PATH_FIELDS}
+        return dataclasses.replace(self, **paths)
+
     def resolved(self) -> DataConfig:
         values: dict[str, Any] = {f.name: _expand(getattr(self, f.name)) if isinstance(getattr(self, f.name), str)
                                   else getattr(self, f.name) for f in dataclasses.fields(self)}
         return DataConfig(**values)
+
+
+_PATH_FIELDS = ("content", "data", "style", "pairs", "input", "target")
+
+
+def _absolute(spec: str) -> str:
+    if not spec or spec.startswith("samples:"):
+        return spec
+    return os.path.abspath(os.path.expanduser(spec))
 
 
 def _expand(spec: str) -> str:
@@ -302,6 +318,7 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
     layers["losses"] = weights
     layers["set"] = {r: ov for r, ov in sets_.items() if ov or r in ROLES}
     rc = RunConfig.from_dict(layers)
+    rc = dataclasses.replace(rc, data=rc.data.absolute())
     validate(reg, rc)
     # the overrides as their fields' types (config.toml then says channels = 8, not channels = "8")
     rc.set = {role: {k: v for k, v in config_to_dict(component_config(reg, rc, role)).items() if k in ov}

@@ -536,3 +536,32 @@ def test_each_extra_discriminator_update_draws_its_own_batch(reg: Registry, tmp_
     tr.t = dataclasses.replace(tr.t, d_steps=1)
     tr.train_step(1)
     assert len(seen) == 1 and torch.equal(seen[0][0], tr.batch(1)[1])
+
+
+def test_relative_data_paths_are_stored_absolute_so_a_resume_from_elsewhere_trains_on_the_same_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from stylezoo.core.runconfig import SAMPLES
+
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    shutil.copytree(SAMPLES / "content", here / "photos")
+    (elsewhere / "photos").mkdir(parents=True)
+    shutil.copy(SAMPLES / "style" / "starry_night.jpg", elsewhere / "photos")  # same relative name, other images
+    monkeypatch.chdir(here)
+    args = ["run", "--gen", "encdec", "--disc", "none", "--adv", "none", "--feat", "none", "--loss", "tv",
+            "--set", "gen.channels=8", "--set", "gen.n_res=1", "--content", "photos", "--size", "32",
+            "--batch", "2", "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    stored = tomllib.loads((tmp_path / "run" / "config.toml").read_text())["data"]["content"]
+    assert stored == str(here / "photos")
+    monkeypatch.chdir(elsewhere)
+    tr = Trainer(RunConfig.from_dict(tomllib.loads((tmp_path / "run" / "config.toml").read_text())),
+                 tmp_path / "run2")
+    assert tr.content is not None and all(f.parent == here / "photos" for f in tr.content.files)
+    r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path / "run"), "--steps", "3", "--quiet"])
+    assert r.exit_code == 0, r.output
+    # and the Python API makes a hand-built config absolute too
+    rc = RunConfig.from_dict(tomllib.loads((tmp_path / "run" / "config.toml").read_text()))
+    rc = dataclasses.replace(rc, data=dataclasses.replace(rc.data, content="photos"))
+    assert Trainer(rc, tmp_path / "run3").rc.data.content == str(elsewhere / "photos")
