@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +132,7 @@ def find_images(spec: str | Path, *, recursive: bool = True) -> list[Path]:
     if p.is_file():
         return [p]
     if p.is_dir():
-        it: Iterable[Path] = p.rglob("*") if recursive else p.glob("*")
+        it: Iterable[Path] = _walk(p) if recursive else p.glob("*")
         return sorted(f for f in it if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
     import glob
 
@@ -140,6 +140,20 @@ def find_images(spec: str | Path, *, recursive: bool = True) -> list[Path]:
     if hits:
         return [f for f in hits if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
     raise DataError(f"{spec}: no such file or folder. Give an image file, a folder of images or a glob.")
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every file under `root`, following linked folders (each real folder once: a link loop ends)."""
+    import os
+
+    seen: set[str] = set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        yield from (Path(d) / f for f in files)
 
 
 def save_grid(rows: Sequence[Tensor], path: str | Path, *, pad: int = 2) -> Path:

@@ -757,3 +757,19 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(mask)
     assert (tmp_path / "last.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_linked_sub_folders_are_followed_once_and_a_link_loop_ends(tmp_path: Path) -> None:
+    from stylezoo.core.images import find_images
+    from stylezoo.core.runconfig import SAMPLES
+
+    top = tmp_path / "top"
+    top.mkdir()
+    Image.new("RGB", (8, 8)).save(top / "own.png")
+    (top / "more").symlink_to(SAMPLES / "content", target_is_directory=True)  # e.g. a dataset kept elsewhere
+    (top / "again").symlink_to(SAMPLES / "content", target_is_directory=True)  # the same folder twice
+    (top / "loop").symlink_to(top, target_is_directory=True)
+    found = find_images(top)
+    bundled = sorted(p.name for p in (SAMPLES / "content").iterdir() if p.suffix.lower() in (".jpg", ".png"))
+    assert len(bundled) >= 3
+    assert sorted(p.name for p in found) == sorted(["own.png", *bundled])  # each real image once
