@@ -36,7 +36,7 @@ def load_images(files: Sequence[Path], short: int, *, strict: bool = False, what
     bad: list[str] = []
     for f in files:
         try:
-            im = resize_short(open_image(f, short=short), short)
+            im = resize_short(open_image(f, short=short), short, name=f)
         except BadImage as e:
             if strict:
                 raise DataError(f"{e} (refused because of --strict; remove the file or drop --strict).") from None
@@ -91,7 +91,7 @@ class LazyImages:
             if j in self.bad:
                 continue
             try:
-                im = resize_short(open_image(self.files[j], short=self.short), self.short)
+                im = resize_short(open_image(self.files[j], short=self.short), self.short, name=self.files[j])
                 return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
             except BadImage as e:
                 if self.strict:

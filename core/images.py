@@ -104,11 +104,16 @@ def tensor_to_pil(x: Tensor) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
-def resize_short(im: Image.Image, short: int) -> Image.Image:
-    """Resize so the shorter side is `short`, keeping the aspect ratio (high-quality filter)."""
+def resize_short(im: Image.Image, short: int, *, name: str | Path = "an image") -> Image.Image:
+    """Resize so the shorter side is `short`, keeping the aspect ratio (high-quality filter).
+
+    A result over MAX_PIXELS (a thin strip blown up) is a BadImage naming `name`."""
     w, h = im.size
     s = short / min(w, h)
     size = (max(short, round(w * s)), max(short, round(h * s)))
+    if size[0] * size[1] > MAX_PIXELS:  # a thin strip blown up: a few bytes on disk, gigabytes in memory
+        raise BadImage(f"{name}: {w}x{h} would become {size[0]}x{size[1]} (over {MAX_PIXELS} pixels) with its "
+                       f"shorter side at {short} px; refused. Crop it to a less elongated shape first.")
     return im.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0) if size != im.size else im
 
 
@@ -122,7 +127,7 @@ def load_tensor(path: str | Path, size: int | None = None) -> Tensor:
     """Load one image as (3, size, size) in [-1, 1] (shorter side resized, centre crop); any size if None."""
     im = open_image(path)
     if size is not None:
-        im = center_crop(resize_short(im, size), size)
+        im = center_crop(resize_short(im, size, name=path), size)
     return pil_to_tensor(im)
 
 

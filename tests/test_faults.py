@@ -773,3 +773,20 @@ def test_linked_sub_folders_are_followed_once_and_a_link_loop_ends(tmp_path: Pat
     bundled = sorted(p.name for p in (SAMPLES / "content").iterdir() if p.suffix.lower() in (".jpg", ".png"))
     assert len(bundled) >= 3
     assert sorted(p.name for p in found) == sorted(["own.png", *bundled])  # each real image once
+
+
+def test_a_thin_strip_is_refused_before_it_is_blown_up_to_gigabytes(tmp_path: Path) -> None:
+    from stylezoo.core.data import load_images
+    from stylezoo.core.images import MAX_PIXELS, resize_short
+
+    strip, ok = tmp_path / "strip.png", tmp_path / "ok.png"
+    Image.new("RGB", (40000, 1)).save(strip)  # a few hundred bytes; at 128 px it would be 5,120,000 x 128
+    Image.new("RGB", (64, 48)).save(ok)
+    assert strip.stat().st_size < 2000
+    good, kept, bad = load_images([strip, ok], 128)
+    assert kept == [ok] and good[0].shape == (3, 128, 171)
+    assert len(bad) == 1 and "strip.png" in bad[0] and "would become 5120000x128" in bad[0]
+    with pytest.raises(DataError, match="--strict"):
+        load_images([strip, ok], 128, strict=True)
+    assert resize_short(Image.new("RGB", (400, 1)), 64).size == (25600, 64)  # elongated but bounded: kept
+    assert 25600 * 64 < MAX_PIXELS < 5120000 * 128
