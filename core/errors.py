@@ -81,7 +81,7 @@ def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
     typed = word.split("/", 1)[-1]
     close = [short[s] for s in short if len(typed) >= 3 and s.startswith(typed) and s != typed]
     close += [short[c] for c in difflib.get_close_matches(typed, list(short), n=n, cutoff=0.6)]
-    close = list(dict.fromkeys(close))[:n] or difflib.get_close_matches(word, opts, n=n, cutoff=0.6)
+    close = list(dict.fromkeys(close))[:n]  # (not the full names: a shared `loss/` alone looked close)
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

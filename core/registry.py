@@ -239,6 +239,12 @@ class Registry:
                 full = f"{kind}/{name}"
                 if full in entries:
                     return full
+                other = sorted(n for n in entries if n.split("/", 1)[1] == name)
+                if other:  # a real component in the wrong role: say what it is
+                    what_it_is = " and ".join(f"a {KINDS[entries[o].kind]} ({o})" for o in other)
+                    raise UnknownComponentError(
+                        f"{name!r} is {what_it_is}, not a {KINDS[kind]}. "
+                        f"Run `stylezoo list --kind {kind}` to see the {KINDS[kind]}s.")
             else:
                 hits = [n for n in entries if n.split("/", 1)[1] == name]
                 if len(hits) == 1:

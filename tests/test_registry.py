@@ -99,6 +99,19 @@ def test_did_you_mean_compares_names_after_their_kind() -> None:
     assert did_you_mean("vgg", ["feat/vgg16", "feat/vgg19", "feat/efficientnet-lite0"]) == \
         " Did you mean 'feat/vgg16' or 'feat/vgg19'?"
     assert did_you_mean("nosuchfield", ["channels", "out_channels", "n_res"]) == ""
+    # a shared 'loss/' alone is not closeness: nothing here is near 'patch'
+    assert did_you_mean("loss/patch", ["loss/tv", "loss/bce", "loss/wgan", "loss/gram"]) == ""
+
+
+def test_a_real_component_in_the_wrong_role_is_named_for_what_it_is(bare_registry, make_plugin):
+    reg = bare_registry(make_plugin("acme", ["gen/dcgan", "disc/dcgan", "disc/patch", "loss/gram"]))
+    with pytest.raises(UnknownComponentError) as exc:
+        reg.resolve("patch", kind="loss")
+    assert str(exc.value) == ("'patch' is a discriminator (disc/patch), not a loss term. "
+                              "Run `stylezoo list --kind loss` to see the loss terms.")
+    with pytest.raises(UnknownComponentError, match=r"'dcgan' is a discriminator \(disc/dcgan\) and a generator "
+                                                    r"\(gen/dcgan\), not a loss term"):
+        reg.resolve("dcgan", kind="loss")
 
 
 def test_unknown_name_mentions_plugins_that_failed(bare_registry, make_plugin):
