@@ -26,6 +26,39 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def carried(tp: Any) -> bool:
+    """Whether `coerce` and a checkpoint's JSON metadata can carry a field of type `tp`."""
+    origin = get_origin(tp)
+    if tp is Any or tp in _SCALARS:
+        return True
+    if origin is Literal:
+        return all(isinstance(a, _SCALARS) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType, tuple, list):
+        return all(a is Ellipsis or carried(a) for a in get_args(tp))
+    if origin is dict or tp in (dict, list, tuple):
+        args = get_args(tp)
+        return not args or (args[0] is str and carried(args[1]))
+    return False
+
+
+def check_field_types(name: str, cls: type) -> None:
+    """Refuse (ValueError) a config whose hints do not resolve or whose fields --set and checkpoints cannot carry."""
+    try:
+        types_ = field_types(cls)
+    except Exception as e:  # NameError: a type imported only under TYPE_CHECKING, with postponed annotations
+        raise ValueError(f"{name}: the type hints of {cls.__name__} do not resolve ({type(e).__name__}: {e}); "
+                         "import the types its fields use at run time.") from None
+    for field, tp in types_.items():
+        if not carried(tp):
+            raise ValueError(
+                f"{name}: config field {field!r} of {cls.__name__} is a {_tname(tp)}, which --set, config.toml and "
+                "checkpoints cannot carry; use bool, int, float, str, a Literal of those (for an Enum, its values), "
+                "or a tuple, list, dict[str, ...] or Optional of them.")
+
+
 def _parse_scalar(text: str) -> Any:
     import tomllib
 

@@ -23,8 +23,9 @@ from typing import Any
 import pluggy
 from torch import nn
 
-from .config import build_config
-from .errors import DuplicateComponentError, PluginError, UnknownComponentError, UsageError, did_you_mean
+from .config import build_config, check_field_types
+from .errors import (DuplicateComponentError, PluginError, StylezooError, UnknownComponentError, UsageError,
+                     did_you_mean)
 from .hookspecs import PROJECT, Spec
 from .kinds import KINDS
 
@@ -93,6 +94,13 @@ def check_config_class(name: str, config: Any) -> None:
     if missing:
         raise UsageError(f"{name}: config field(s) {', '.join(missing)} of {config.__name__} have no default; every "
                          "field needs one (the component's defaults, shown by `stylezoo info`).")
+    try:
+        check_field_types(name, config)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if name.startswith("loss/") and "weight" not in {f.name for f in dataclasses.fields(config)}:
+        raise UsageError(f"{name}: a loss term's config needs a `weight: float` field (its default weight in the "
+                         "total loss; --loss NAME:W sets it).")
 
 
 def load_registry_toml(path: Path = REGISTRY_TOML) -> dict[str, Any]:
@@ -204,7 +212,11 @@ class Registry:
             obj = loader()
             if self.pm.is_registered(obj):
                 raise UsageError(f"plugin {name!r} is already registered")
-            self.pm.register(obj, name=name)
+            # pluggy names must be unique; two packages may pick the same entry point name (or a built-in's)
+            pm_name = name if self.pm.get_plugin(name) is None else f"{dist or module}:{name}"
+            if self.pm.get_plugin(pm_name) is not None:
+                raise UsageError(f"another plugin is already registered as {name!r} from {dist or module}")
+            self.pm.register(obj, name=pm_name)
             try:
                 # call only this plugin's implementation so one plugin's failure is its own
                 impls = [i for i in self.pm.hook.register_components.get_hookimpls() if i.plugin is obj]
@@ -216,7 +228,7 @@ class Registry:
                 self.pm.unregister(obj)
                 raise
         except Exception as e:  # a broken plugin never takes the zoo down
-            why = " ".join(str(e).split())  # one line: pluggy's validation errors span several
+            why = " ".join(str(e).split())[:500]  # one line: pluggy's validation errors span several
             self.plugins.append(PluginInfo(name, module, dist, version, builtin, error=f"{type(e).__name__}: {why}"))
             return
         assert self._entries is not None
@@ -299,7 +311,16 @@ class Registry:
         """Build a component from its name and config overrides (or a ready config)."""
         entry = self.get(name, kind)
         cfg = config if config is not None else build_config(entry.config, overrides, owner=entry.name)
-        module = entry.factory(cfg)
+        try:
+            module = entry.factory(cfg)
+        except StylezooError:
+            raise
+        except Exception as e:
+            if entry.dist == "stylezoo":  # the built-ins' own failures are bugs: keep their tracebacks
+                raise
+            why = " ".join(str(e).split())[:300]
+            raise PluginError(f"{entry.name} (plugin {entry.plugin!r}{f', {entry.dist}' if entry.dist else ''}) "
+                              f"failed to build: {type(e).__name__}: {why}") from e
         if not isinstance(module, nn.Module):
             raise PluginError(f"{entry.name} (plugin {entry.plugin!r}) built a {type(module).__name__}, not a "
                               "torch.nn.Module; its factory must return the module.")

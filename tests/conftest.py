@@ -47,6 +47,7 @@ def registry() -> Registry:
 class FakeConfig:
     width: int = 4  # channels of the fake conv
     scale: float = 1.0  # must be > 0
+    weight: float = 1.0  # its weight when registered as a loss term
 
     def __post_init__(self) -> None:
         if self.scale <= 0:

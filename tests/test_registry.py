@@ -303,7 +303,7 @@ def test_config_overrides_are_validated(bare_registry, make_plugin, fake_compone
     reg = bare_registry(make_plugin("acme", ["gen/a"]))
     assert reg.build("gen/a", {"width": 8, "scale": "2.5"}).cfg == FakeConfig(width=8, scale=2.5)
     assert reg.build("gen/a").stylezoo_name == "gen/a"
-    with pytest.raises(ConfigError, match=r"Unknown config key 'gen/a\.widht'\. Did you mean 'width'\?"):
+    with pytest.raises(ConfigError, match=r"Unknown config key 'gen/a\.widht'\. Did you mean 'width'"):
         reg.make_config("gen/a", {"widht": 3})
     with pytest.raises(ConfigError, match=r"gen/a\.width: expected an integer, got 'wide'"):
         reg.make_config("gen/a", {"width": "wide"})
@@ -422,3 +422,88 @@ def test_extras_components_build_and_run(registry, images):
         gen(images(1, 30))
     with pytest.raises(ConfigError, match="scales must be in 1..6"):
         registry.build("loss/laplacian", {"scales": 0})
+
+
+# ------------------------------------------------------------------------ plugins that break the rules
+class _Mode(__import__("enum").Enum):
+    FAST = "fast"
+
+
+@dataclass
+class _Inner:
+    k: int = 1
+
+
+@dataclass
+class _EnumConfig:
+    mode: _Mode = _Mode.FAST
+
+
+@dataclass
+class _NestedConfig:
+    inner: _Inner = field(default_factory=_Inner)
+
+
+@dataclass
+class _UnresolvedConfig:
+    where: NotImportedAtRunTime = None  # type: ignore[name-defined]  # noqa: F821  (as under TYPE_CHECKING)
+
+
+@dataclass
+class _NoWeightConfig:
+    scale: float = 1.0
+
+
+@pytest.mark.parametrize("name,config,fragment", [
+    ("gen/enum", _EnumConfig, "config field 'mode' of _EnumConfig is a _Mode, which --set, config.toml and checkpoints "
+                              "cannot carry"),
+    ("gen/nested", _NestedConfig, "config field 'inner' of _NestedConfig is a _Inner"),
+    ("gen/unresolved", _UnresolvedConfig, "the type hints of _UnresolvedConfig do not resolve (NameError"),
+    ("loss/noweight", _NoWeightConfig, "a loss term's config needs a `weight: float` field"),
+])
+def test_a_config_the_engine_cannot_carry_is_refused_when_the_plugin_loads(bare_registry, make_plugin, name, config,
+                                                                          fragment):
+    """Each of these used to register, then fail later with a traceback (at the first checkpoint, or --loss)."""
+    reg = bare_registry(make_plugin("acme", [name], config=config), make_plugin("fine", ["gen/ok"]))
+    assert reg.names() == ["gen/ok"]  # the broken plugin is left out; the others load
+    (failed,) = reg.failures
+    assert failed.name == "acme" and fragment in failed.error and "\n" not in failed.error
+
+
+def test_a_third_party_factory_that_raises_is_one_plugin_error(bare_registry):
+    from stylezoo.core.errors import PluginError
+
+    mod = types.ModuleType("needsdep")
+
+    def factory(cfg):
+        raise ModuleNotFoundError("No module named 'some_missing_optional_dep'")
+
+    @hookimpl
+    def register_components(register):
+        register("gen/needsdep", factory, config=_NoWeightConfig)
+
+    mod.register_components = register_components
+    reg = bare_registry(mod)
+    with pytest.raises(PluginError) as exc:
+        reg.build("gen/needsdep")
+    assert str(exc.value) == ("gen/needsdep (plugin 'needsdep') failed to build: ModuleNotFoundError: No module named "
+                              "'some_missing_optional_dep'")
+    assert isinstance(exc.value.__cause__, ModuleNotFoundError)
+
+
+def test_an_entry_point_named_like_a_built_in_plugin_still_loads(monkeypatch, make_plugin):
+    real = md.entry_points
+    mod = make_plugin("vgg", ["gen/uniquegen"])
+
+    class _EP(_FakeEntryPoint):
+        def load(self) -> object:
+            return mod
+
+    def entry_points(**kw):
+        return [*real(**kw), _EP("vgg", "szb-plug")] if kw.get("group") == "stylezoo" else real(**kw)
+
+    monkeypatch.setattr(registry_mod.md, "entry_points", entry_points)
+    reg = Registry(catalog={"components": {}, "recipes": {}})
+    assert not reg.failures
+    assert "gen/uniquegen" in reg.names() and "feat/vgg16" in reg.names()
+    assert reg.get("gen/uniquegen").dist == "szb-plug"
