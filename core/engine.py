@@ -641,6 +641,20 @@ class Trainer:
         """Load a checkpoint of this composition (weights, optimizers, step); core/trainstate.py."""
         load_run_state(self, path)
 
+    def describe(self) -> str:
+        """One line saying what this run trains, on what, for how long and where it writes."""
+        rc, t = self.rc, self.t
+        parts = [rc.gen]
+        if rc.disc:
+            parts.append(f"{rc.disc} ({', '.join(n for n in (rc.adv, rc.gp) if n)})")
+        if rc.feat:
+            parts.append(rc.feat)
+        terms = ", ".join(f"{n.split('/', 1)[1]} {t_.weight:g}" for n, t_ in sorted(self.c.losses.items()))
+        start = f"from step {self.step} to {t.steps}" if self.resumed_from is not None else f"{t.steps} steps"
+        world = f" x {self.world} processes" if self.world > 1 else ""
+        return (f"{' + '.join(parts)}; losses {terms or 'none'} | {t.size} px, batch {t.batch}, {start} | "
+                f"{self.device}{world}, {'bf16 autocast' if self.amp else 'fp32'} | {self.out}")
+
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> Path:
         """Train until `train.steps`; returns the path of the last checkpoint."""
@@ -649,6 +663,7 @@ class Trainer:
                         "continue it.", self.out, self.step, self.t.steps)
             return self.resumed_from
         if self.rank == 0:
+            log.info("%s %s", "resuming" if self.resumed_from is not None else "training", self.describe())
             self.out.mkdir(parents=True, exist_ok=True)
             write_config(self.out / "config.toml", self.rc)
         log_f = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None

@@ -565,3 +565,18 @@ def test_relative_data_paths_are_stored_absolute_so_a_resume_from_elsewhere_trai
     rc = RunConfig.from_dict(tomllib.loads((tmp_path / "run" / "config.toml").read_text()))
     rc = dataclasses.replace(rc, data=dataclasses.replace(rc.data, content="photos"))
     assert Trainer(rc, tmp_path / "run3").rc.data.content == str(elsewhere / "photos")
+
+
+def test_a_run_says_in_one_line_what_it_trains_on_what_and_where(reg: Registry, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    rc = tiny(reg, NOISE, adv="wgan", gp="r1", losses=["tv:0.5"], sets=["train.precision=fp32"])
+    with caplog.at_level("INFO", logger="stylezoo"):
+        Trainer(rc, tmp_path, registry=reg).fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training ")]
+    assert lines == [f"training gen/dcgan + disc/dcgan (loss/wgan, gp/r1); losses tv 0.5 | 32 px, batch 2, 2 steps | "
+                     f"cpu, fp32 | {tmp_path}"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="stylezoo"):
+        train(resume=tmp_path, steps=3, registry=reg)
+    assert any(r.getMessage().startswith("resuming ") and "from step 2 to 3" in r.getMessage()
+               for r in caplog.records)
