@@ -199,11 +199,22 @@ def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
                 s[role] = {**s.get(role, {}), **ov}
             out["set"] = s
         else:
-            if k in ROLES and v != out.get(k):
+            if k in ROLES and not _same_component(k, v, out.get(k)):
                 # a different component for a role: the lower layers' overrides were for the old one
                 out.get("set", {}).pop(k, None)
             out[k] = v
     return out
+
+
+def _same_component(role: str, a: Any, b: Any) -> bool:
+    """`encdec` and `gen/encdec` in the gen role are the same component (the CLI takes the short form)."""
+
+    def full(name: Any) -> Any:
+        if isinstance(name, str) and name and "/" not in name:
+            return f"{ROLE_KIND[role]}/{name}"
+        return name
+
+    return bool(full(a) == full(b))
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -292,7 +303,9 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
         layers = merge(layers, parse_set(sets))
     # resolve names (short forms allowed) and default loss weights
     for role in ROLES:
-        if layers.get(role) in (None, "none"):
+        if layers.get(role) == "none" and f"{ROLE_KIND[role]}/none" in reg.names(kind=ROLE_KIND[role]):
+            layers[role] = f"{ROLE_KIND[role]}/none"  # `--gp none` is the registered gp/none
+        elif layers.get(role) in (None, "none"):
             layers[role] = ""
         if layers.get(role):
             layers[role] = reg.resolve(layers[role], ROLE_KIND[role])

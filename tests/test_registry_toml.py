@@ -170,3 +170,18 @@ def test_recipe_resolves_as_a_run(full, rname):
     except StylezooError as e:  # pragma: no cover - the message is the point
         pytest.fail(f"recipe {rname}: {e}")
     assert rc.gen == full.resolve(RECIPES[rname]["gen"], "gen")
+
+
+@pytest.mark.parametrize("rname", sorted(RECIPES))
+def test_naming_the_recipes_own_component_short_or_full_keeps_its_settings(full, rname):
+    """`--gen encdec` on a recipe whose gen is gen/encdec is no change: the recipe's `set.gen` stays."""
+    from stylezoo.core.runconfig import resolve
+
+    base = resolve(full, recipe=rname)
+    for role in ROLE_KIND:
+        name = RECIPES[rname].get(role)
+        if not name:
+            continue
+        for form in (name, name.split("/", 1)[-1]):
+            rc = resolve(full, recipe=rname, cli={role: form})
+            assert rc == base, f"recipe {rname}: --{role} {form} changed the run"
