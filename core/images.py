@@ -259,6 +259,15 @@ def restore_mode(y: Tensor, item: InputImage) -> Image.Image:
     return rgb
 
 
+def is_stylezoo_output(path: Path) -> bool:
+    """Whether the image file at `path` was written by stylezoo (its EXIF Software tag says so)."""
+    try:
+        with Image.open(path) as im:
+            return str(im.getexif().get(_SOFTWARE, "")).startswith(OUTPUT_MARK)
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
 def image_format(path: Path) -> str:
     """The PIL format name for a file name's suffix (UsageError when PIL cannot write it)."""
     fmt = Image.registered_extensions().get(path.suffix.lower())
@@ -268,9 +277,20 @@ def image_format(path: Path) -> str:
     return fmt
 
 
+# stylize's outputs say so in their EXIF Software tag, so a later run can tell them from a user's own images
+OUTPUT_MARK = "stylezoo"
+MARKABLE = ("PNG", "JPEG", "WEBP", "TIFF")  # formats whose EXIF Pillow writes (BMP, GIF, PPM keep none)
+_SOFTWARE = 0x0131
+
+
 def encode(im: Image.Image, fmt: str) -> tuple[bytes, str | None]:
-    """`im` encoded as `fmt`; when the format cannot store its mode, a simpler mode and a note saying so."""
-    opts = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}.get(fmt, {})
+    """`im` encoded as `fmt` (marked as stylezoo's output where the format can carry EXIF); when the format
+    cannot store its mode, a simpler mode and a note saying so."""
+    opts: dict[str, object] = dict({"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}.get(fmt, {}))
+    if fmt in MARKABLE:
+        exif = Image.Exif()
+        exif[_SOFTWARE] = OUTPUT_MARK
+        opts = {**opts, "exif": exif.tobytes()}
     cur, note = im, None
     while True:
         buf = io.BytesIO()

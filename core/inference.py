@@ -25,8 +25,8 @@ from . import cpu_memory
 from .checkpoint import atomic_write
 from .errors import CheckpointError, DataError, PluginError, UnknownComponentError, UsageError
 from .images import (
-    InputImage, _to_rgb, encode, find_images, image_format, input_image, open_image, pil_to_tensor, read_item,
-    resize_short, restore_mode, tensor_to_pil,
+    InputImage, _to_rgb, encode, find_images, image_format, input_image, is_stylezoo_output, open_image,
+    pil_to_tensor, read_item, resize_short, restore_mode, tensor_to_pil,
 )
 from .registry import Registry, default_registry
 
@@ -590,7 +590,7 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
     seen: set[Path] = set()
     to_file = bool(out.suffix) and not out.is_dir() and out.suffix.lower() in Image.registered_extensions()
     out_root = None if to_file else out.resolve()
-    inside_out = 0
+    inside: set[Path] = set()  # images the inputs name that lie inside the output folder (not stylized)
     for spec in inputs:
         try:
             files = find_images(spec)
@@ -604,15 +604,15 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
         base = p if p.is_dir() else None if p.is_file() else _glob_base(str(spec))
         for f in files:
             if out_root and f.resolve().is_relative_to(out_root):  # never re-stylize earlier outputs
-                inside_out += 1
+                inside.add(f.resolve())
                 continue
             if f.resolve() in seen:
                 continue
             seen.add(f.resolve())
             rel = f.relative_to(base) if base is not None and f.is_relative_to(base) else Path(f.name)
             found.append((f, rel))
-    if not found and inside_out:
-        raise UsageError(f"All {inside_out} input image(s) are inside the output folder {out}; write elsewhere (-o).")
+    if not found and inside:
+        raise UsageError(f"All {len(inside)} input image(s) are inside the output folder {out}; write elsewhere (-o).")
     if not found:
         why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3]) or "no inputs given"
         raise DataError(f"Nothing to stylize: {why}.")
@@ -636,4 +636,12 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
     for src, dst in pairs:
         if dst.resolve() == src.resolve():
             raise UsageError(f"{dst} would overwrite its own input; write to another folder (-o).")
+        if dst.resolve() in inside and not is_stylezoo_output(dst):
+            # an image of the user's inside the input folder that the output folder also holds: not ours to replace
+            raise UsageError(f"Stylizing {src} would overwrite {dst}, one of your images (not an earlier stylize "
+                             "output); write to a folder outside the inputs (-o), or move that image first.")
+    others = len(inside) - sum(dst.resolve() in inside for _, dst in pairs)
+    if others:
+        report.notes.append(f"{others} image(s) inside the output folder {out} were left out of the inputs "
+                            "(stylize never restyles what lies in its own output folder).")
     return pairs, report

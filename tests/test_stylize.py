@@ -17,7 +17,7 @@ import stylezoo
 from stylezoo.core.cli import app
 from stylezoo.core.engine import Trainer
 from stylezoo.core.errors import CheckpointError, DataError, UsageError
-from stylezoo.core.images import output_mode
+from stylezoo.core.images import is_stylezoo_output, output_mode
 from stylezoo.core.inference import Stylizer, pad_to_multiple, plan_outputs
 from stylezoo.core.registry import Registry
 from stylezoo.core.runconfig import resolve
@@ -442,3 +442,35 @@ def test_load_passes_keep_freed_memory_on(image_run: Path, monkeypatch: pytest.M
     assert calls == []
     Stylizer.load(image_run, device="cpu")
     assert calls == [1]
+
+
+def test_a_users_image_in_the_output_sub_folder_is_never_overwritten(image_run: Path, tmp_path: Path) -> None:
+    """photos/out/a.png is the user's, not an earlier output: stylizing photos/ into photos/out refuses to replace it."""
+    d = tmp_path / "photos"
+    (d / "out").mkdir(parents=True)
+    Image.fromarray(_rgb(20, 20, 1)).save(d / "a.png")
+    Image.fromarray(_rgb(20, 20, 2)).save(d / "out" / "a.png")
+    Image.fromarray(_rgb(20, 20, 3)).save(d / "out" / "b.png")
+    before = (d / "out" / "a.png").read_bytes()
+    st = Stylizer.load(image_run, device="cpu")
+    with pytest.raises(UsageError, match="one of your images"):
+        st.stylize_files([d], d / "out")
+    assert (d / "out" / "a.png").read_bytes() == before
+    # outputs are marked, so re-running into a fresh sub-folder replaces only stylize's own output
+    assert is_stylezoo_output(st.stylize_files([d / "a.png"], d / "new").written[0])
+    assert not is_stylezoo_output(d / "a.png")
+    report = st.stylize_files([d / "a.png", d / "new"], d / "new")
+    assert [p.name for p in report.written] == ["a.png"]
+    # and the user's own images left out of the inputs are named in a note, not dropped silently
+    (d / "out" / "a.png").unlink()
+    report = st.stylize_files([d], d / "out")
+    assert any("left out of the inputs" in n for n in report.notes), report.notes
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tif"])
+def test_every_markable_output_format_carries_the_stylezoo_mark(ext: str, tmp_path: Path) -> None:
+    from stylezoo.core.images import encode, image_format
+
+    p = tmp_path / f"x.{ext}"
+    p.write_bytes(encode(Image.fromarray(_rgb(8, 8, 0)), image_format(p))[0])
+    assert is_stylezoo_output(p)
