@@ -614,12 +614,12 @@ class Trainer:
         from .images import save_grid
 
         if self.cond.kind != "none":  # content | style | output, or content and a row per label
-            return save_grid(self.cond.sample_rows(self), self.out / "samples" / f"{name}.png")
+            return save_grid(self.cond.sample_rows(self), self.out / "samples" / f"{name}.png", step=self.step)
         out = self.samples()
         rows = [self.fixed_input, out] if self.family == IMAGE else [out]
         if self.fixed_target is not None:
             rows.append(self.fixed_target)  # input | output | true target
-        return save_grid(rows, self.out / "samples" / f"{name}.png")
+        return save_grid(rows, self.out / "samples" / f"{name}.png", step=self.step)
 
     def meta(self) -> dict[str, Any]:
         """The metadata that rebuilds this run (core/trainstate.py)."""

@@ -161,8 +161,13 @@ def _walk(root: Path) -> Iterator[Path]:
         yield from (Path(d) / f for f in files)
 
 
-def save_grid(rows: Sequence[Tensor], path: str | Path, *, pad: int = 2) -> Path:
-    """Save rows of images ([-1, 1], each (N, 3, H, W) with equal N) as one PNG grid, atomically."""
+GRID_STEP_KEY = "stylezoo:step"  # the PNG text chunk that says which training step a sample grid shows
+
+
+def save_grid(rows: Sequence[Tensor], path: str | Path, *, pad: int = 2, step: int | None = None) -> Path:
+    """Save rows of images ([-1, 1], each (N, 3, H, W) with equal N) as one PNG grid, atomically; `step`
+    (the training step shown) goes into its metadata, read back by `grid_step`."""
+    from PIL.PngImagePlugin import PngInfo
     from torchvision.utils import make_grid
 
     from .checkpoint import atomic_write
@@ -172,8 +177,21 @@ def save_grid(rows: Sequence[Tensor], path: str | Path, *, pad: int = 2) -> Path
     grid = make_grid((batch.clamp(-1, 1) + 1) / 2, nrow=nrow, padding=pad, pad_value=1.0)
     arr = (grid * 255).round().byte().permute(1, 2, 0).numpy()
     path = Path(path)
-    atomic_write(path, lambda tmp: Image.fromarray(arr, "RGB").save(tmp, format="PNG"))
+    info = PngInfo()
+    if step is not None:
+        info.add_text(GRID_STEP_KEY, str(int(step)))
+    atomic_write(path, lambda tmp: Image.fromarray(arr, "RGB").save(tmp, format="PNG", pnginfo=info))
     return path
+
+
+def grid_step(path: str | Path) -> int | None:
+    """The training step a grid written by `save_grid` shows (None when it does not say, or is unreadable)."""
+    try:
+        with Image.open(path) as im:
+            raw = getattr(im, "text", {}).get(GRID_STEP_KEY)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return int(raw) if isinstance(raw, str) and raw.isdigit() else None
 
 
 # ---------------------------------------------------------------- stylized images back in their source's mode

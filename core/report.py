@@ -22,6 +22,7 @@ from typing import Any
 
 from . import checkpoint as ckpt
 from .errors import CheckpointError, UsageError
+from .images import grid_step
 from .metrics import METRICS
 
 REPORT = "report.html"
@@ -269,15 +270,21 @@ def samples_section(run: Path, family: str, step: int) -> tuple[str, str]:
     """(grids over time, final samples beside their inputs) as HTML."""
     sd = run / "samples"
     grids = pick_grids(list(sd.glob("step-*.png")))
-    over = [figure(p.read_bytes(), f"step {step_of(p)}") for p in grids]
+    over = [(step_of(p), figure(p.read_bytes(), f"step {step_of(p)}")) for p in grids]
     final = sd / "final.png"
-    if final.is_file() and not (grids and step_of(grids[-1]) == step):  # else it is the last grid again
-        over.append(figure(final.read_bytes(), f"final (step {step})"))
-    over_time = f'<div class="grids">{"".join(over)}</div>' if over else '<p class="empty">No sample grids.</p>'
+    # final.png says which step it shows: after an interrupted resume it is older than the checkpoint's `step`
+    fstep = grid_step(final) if final.is_file() else None
+    when = "" if fstep is None else f" (step {fstep})" if fstep == step else \
+        f" (step {fstep}, older than the checkpoint's step {step}: the run was stopped before it ended)"
+    if final.is_file() and (fstep is None or fstep not in {s for s, _ in over}):  # else a grid shows it already
+        over.append((step if fstep is None else fstep, figure(final.read_bytes(), f"final{when}")))
+    over.sort(key=lambda sf: sf[0])
+    figs = "".join(f for _, f in over)
+    over_time = f'<div class="grids">{figs}</div>' if over else '<p class="empty">No sample grids.</p>'
     side = []
     if final.is_file():
         what = "top row: inputs, row below: outputs (then targets, for paired data)" if family == "image" else "samples"
-        side.append(figure(final.read_bytes(), f"final samples on training inputs — {what}"))
+        side.append(figure(final.read_bytes(), f"final samples on training inputs{when} — {what}"))
     held = sd / "eval.png"
     if held.is_file():
         what = "top row: held-aside inputs, bottom row: outputs" if family == "image" else "evaluation samples"

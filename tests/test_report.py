@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import io
 import json
 import re
@@ -209,3 +210,21 @@ def test_report_states_the_median_speed_and_data_wait() -> None:
     assert speed_line(rows) == ("<p>Median of 3 logged steps: <b>20.0 images/s</b>, 200 ms per step, of which "
                                 "50.0 ms waiting for images (25%).</p>")
     assert "No timed steps" in speed_line(rows[:1])
+
+
+def test_final_samples_are_labelled_with_the_step_they_show(run: Path, tmp_path: Path) -> None:
+    """After an interrupted resume, final.png is the earlier run's: the report says so instead of relabelling it."""
+    import torch
+
+    from stylezoo.core.images import grid_step, save_grid
+
+    assert grid_step(run / "samples" / "final.png") == 3 and grid_step(run / "samples" / "step-0000002.png") == 2
+    assert "final samples on training inputs (step 3)" in build_report(run)
+    copy = shutil.copytree(run, tmp_path / "run")
+    save_grid([torch.zeros(2, 3, 8, 8)], copy / "samples" / "final.png", step=1)
+    page = build_report(copy)
+    assert html.escape("final samples on training inputs (step 1, older than the checkpoint's step 3") in page
+    assert "final samples on training inputs (step 3)" not in page
+    save_grid([torch.zeros(2, 3, 8, 8)], copy / "samples" / "final.png")  # a grid that does not say its step
+    assert grid_step(copy / "samples" / "final.png") is None
+    assert "final samples on training inputs — " in build_report(copy)
