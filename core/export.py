@@ -83,6 +83,7 @@ class ParityReport:
     exporter: str = ""
     # image generators: height and width must be multiples of this (pad, run, crop back, as stylize does)
     size_multiple: int = 1
+    weights: str = ""  # "ema": the checkpoint's moving average (the default); "raw": --no-ema or none saved
 
     @property
     def max_abs_diff(self) -> float:
@@ -517,6 +518,7 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
                               "step": loaded.meta.get("step")}
         report.versions = _versions()
         report.exporter = exporter
+        report.weights = "ema" if loaded.averaged else "raw"
         report.size_multiple = int(getattr(module, "size_multiple", 1)) if loaded.family == "image" else 1
         if not report.passed:
             raise ParityError(

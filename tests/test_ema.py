@@ -134,6 +134,11 @@ def test_cli_no_ema_gives_the_raw_weights(reg: Registry, tmp_path: Path) -> None
                                  "--device", "cpu", "--json", "--no-log", "--no-ema"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout[r.stdout.index("{"):])["weights"] == "raw"
+    for flag, weights in (("--ema", "ema"), ("--no-ema", "raw")):  # the export's parity record says which
+        out = tmp_path / f"g{flag}.ts"
+        r = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "-o", str(out), flag])
+        assert r.exit_code == 0, r.output
+        assert json.loads(out.with_name(out.name + ".parity.json").read_text())["weights"] == weights
 
 
 def test_resuming_an_averaged_run_with_ema_off_is_refused(reg: Registry, tmp_path: Path) -> None:
