@@ -10,6 +10,8 @@ named `fid_effl0`/`kid_effl0` and are not comparable with published Inception FI
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import warnings
 from collections.abc import Mapping
@@ -116,16 +118,24 @@ def luminance(x: Tensor) -> Tensor:
     return (u * w).sum(1, keepdim=True)
 
 
+SSIM_MIN_SIDE = 6  # torchmetrics reflect-pads by the window's radius (5), which must stay under the side
+
+
 def ssim(a: Tensor, b: Tensor) -> Tensor:
-    """Per image (N,): torchmetrics' SSIM (Gaussian 11x11, sigma 1.5) between the luminances of a and b."""
+    """Per image (N,): torchmetrics' SSIM (Gaussian 11x11, sigma 1.5, reflect-padded so borders count)
+    between the luminances of a and b, computed in float32 whatever autocast is on."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     if a.shape != b.shape:
         raise UsageError(f"SSIM needs images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
-    side = min(a.shape[-2:])
-    k = 11 if side >= 11 else (side if side % 2 else side - 1)  # tiny images: the largest odd kernel that fits
-    out = structural_similarity_index_measure(luminance(a), luminance(b), data_range=1.0, reduction="none",
-                                              kernel_size=k)
+    if min(a.shape[-2:]) < SSIM_MIN_SIDE:
+        raise UsageError(f"SSIM needs images of at least {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} px (its 11x11 window is "
+                         f"reflect-padded by 5 px), got {tuple(a.shape[-2:])}; score at a larger --size.")
+    # the Gaussian window's size follows from sigma (torchmetrics ignores kernel_size when it is Gaussian)
+    dev = a.device.type
+    off = torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext()
+    with off:  # under bf16 autocast its convolutions would round the local means and variances
+        out = structural_similarity_index_measure(luminance(a), luminance(b), data_range=1.0, reduction="none")
     return cast(Tensor, out).reshape(-1)  # a tuple only with return_full_image or return_contrast_sensitivity
 
 

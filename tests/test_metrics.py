@@ -78,8 +78,19 @@ def test_ssim_is_one_for_identical_images_and_falls_with_noise(photos: torch.Ten
     assert torch.allclose(M.ssim(photos, photos), torch.ones(len(photos)), atol=1e-5)
     means = [float(M.ssim(noisy(photos, s), photos).mean()) for s in (0.05, 0.2, 0.6)]
     assert strictly_increasing(means[::-1]), means
-    tiny = photos[:2, :, :9, :9]  # smaller than SSIM's 11 px window: a smaller odd window is used
+    tiny = photos[:2, :, :6, :6]  # smaller than SSIM's 11 px window still works down to 6 px (reflect padding)
     assert torch.allclose(M.ssim(tiny, tiny), torch.ones(2), atol=1e-5)
+    with pytest.raises(UsageError, match="at least 6x6 px"):  # below that, one line instead of a padding error
+        M.ssim(photos[:2, :, :5, :9], photos[:2, :, :5, :9])
+
+
+def test_ssim_is_computed_in_float32_under_bf16_autocast(photos: torch.Tensor) -> None:
+    """loss/ssim and the eval metric give the float32 value even when called inside the engine's autocast."""
+    a, b = photos, noisy(photos, 0.2)
+    ref = M.ssim(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = M.ssim(a, b)
+    assert got.dtype == torch.float32 and torch.equal(got, ref)
 
 
 def test_l1_has_known_values() -> None:
