@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, SupportsInt, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,85 +24,47 @@ from torch import Tensor, nn
 from . import checkpoint as ckpt
 from .conditioning import Conditioning, with_labels
 from .cpu_memory import keep_freed_memory
-from .data import ImageSet, PairSet, _seed, pair_folders
+from .data import ImageSet, PairSet, _seed
 from .devices import bf16_supported, compile_unavailable, pick_device  # noqa: F401  (pick_device re-exported)
 from . import distributed as D
+from .assembly import (  # noqa: F401  (re-exported: Components, check_batch_split, ... were engine's)
+    IMAGE, NOISE, Components, build_components, check_batch_split, check_gen_size, check_new_out,
+    judges_each_image_alone, place_modules, plan_features, prepare_data,
+)
 from .ema import GeneratorEMA
-from .errors import CompositionError, ConfigError, DataError, PluginError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
 from .layers import grad_in_layout
-from .kinds import AdversarialLoss, Extractor, LossTerm, StepContext
+from .kinds import AdversarialLoss, StepContext
 from .registry import Registry, default_registry
-from .runconfig import ROLES, RunConfig, component_config
+from .runconfig import RunConfig
 from .trainstate import component_names, load_run_state, run_meta, run_state
 from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers live in rundir)
     _StopAtStepEnd, _truncate_metrics, clear_run, default_out, holds_run, iter_metrics, newest_valid_checkpoint, plot_losses,
     resume_config, write_config,
 )
 
-NOISE, IMAGE = "noise", "image"
 log = logging.getLogger("stylezoo")
-
-
-@dataclasses.dataclass
-class Components:
-    """The built modules of a run."""
-
-    gen: nn.Module
-    disc: nn.Module | None
-    feat: nn.Module | None
-    adv: nn.Module | None
-    gp: nn.Module | None
-    losses: dict[str, nn.Module]
-    configs: dict[str, dict[str, Any]]
-
-
-def build_components(reg: Registry, rc: RunConfig) -> Components:
-    """Build every component of a run from its resolved config."""
-    from .config import config_to_dict
-
-    built: dict[str, Any] = {}
-    configs: dict[str, dict[str, Any]] = {}
-    for role in ROLES:
-        name = getattr(rc, role)
-        if not name:
-            built[role] = None
-            continue
-        cfg = component_config(reg, rc, role)
-        configs[role] = config_to_dict(cfg)
-        built[role] = reg.build(name, config=cfg)
-    losses = {}
-    for name in rc.losses:
-        cfg = component_config(reg, rc, name)
-        configs[name] = config_to_dict(cfg)
-        losses[name] = reg.build(name, config=cfg)
-    if built["gp"] is not None and rc.gp == "gp/none":
-        built["gp"] = None
-    return Components(built["gen"], built["disc"], built["feat"], built["adv"], built["gp"], losses, configs)
-
-
-def check_batch_split(batch: int, world: int) -> None:
-    """Refuse a global batch that does not split evenly over `world` processes."""
-    if batch % world:
-        raise ConfigError(f"--batch {batch} does not split over {world} processes: the global batch must be a "
-                          f"multiple of the number of processes (e.g. {world * max(1, batch // world)}).")
-
-
-def check_new_out(out: str | Path) -> None:
-    """Refuse to start a new run in a folder that already holds one (it would mix the two runs' files)."""
-    if holds_run(Path(out)):
-        raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}`, replace it "
-                          "with --overwrite, or give another --out (Python: train(resume=...) / overwrite=True).")
-
-
-def judges_each_image_alone(disc: nn.Module | None) -> bool:
-    """Whether a discriminator declares `per_sample` and holds no batch norm (whose statistics would mix
-    the real and the fake batch if they were judged in one call)."""
-    return disc is not None and bool(getattr(disc, "per_sample", False)) and not any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in disc.modules())
 
 
 class Trainer:
     """Trains one composition. `Trainer(rc).fit()`; the CLI's `stylezoo run` is a thin layer over it."""
+
+    # set while it is built, by core/assembly.py
+    content: ImageSet | None  # the generator's input images (image generators, unpaired data)
+    real: ImageSet | None  # what the discriminator learns as real: the style images, or --data
+    pairs: PairSet | None  # paired data (input, target) instead of content and real
+    fixed_input: Tensor  # the inputs (or noise) the sample grids show, the same all run
+    fixed_target: Tensor | None  # their true targets, for paired data
+    style_images: Tensor | None  # the style images the style targets come from, once per run
+    style_files: list[Path]
+    gen_fwd: Callable[..., Tensor]  # the generator's forward (DDP-wrapped and compiled as asked)
+    disc_fwd: Callable[..., Tensor] | None  # the discriminator's forward on real images (DDP-wrapped)
+    disc_plain: Callable[..., Tensor] | None  # the discriminator's other calls (see place_modules)
+    joint_d: bool  # real and fake judged in one call
+    feat_cl: bool  # the extractor alone runs channels_last
+    g_terms: dict[str, nn.Module]  # loss terms of the generator step, in name order
+    d_terms: dict[str, nn.Module]  # loss terms of the discriminator step
+    layers: dict[str, tuple[str, ...]]  # extractor layers per image batch: fake, content, target, style
 
     def __init__(self, rc: RunConfig, out: str | Path, *, registry: Registry | None = None,
                  resume_from: Path | None = None, progress: Callable[..., Any] | None = None,
@@ -136,9 +97,9 @@ class Trainer:
         self.family = getattr(c.gen, "family", IMAGE)
         # a conditional discriminator judges (input, image) pairs: D(image, condition=input)
         self.cond_disc = c.disc is not None and int(c.configs.get("disc", {}).get("cond_channels", 0) or 0) > 0
-        self._check_gen_size()
-        self._prepare_data()
-        self._place_modules()
+        check_gen_size(self)
+        prepare_data(self)
+        place_modules(self)
         self.ema = GeneratorEMA(c.gen, self.t.ema) if self.t.ema > 0 else None
         self.cond = Conditioning(self)  # style batches or labels for conditional generators
         betas = cast("tuple[float, float]", tuple(self.t.betas))
@@ -150,7 +111,7 @@ class Trainer:
         self.good_steps = 0  # steps whose updates were applied, this session
         self.history: list[dict[str, float]] = []
         self.data_s, self._data_warned = 0.0, False
-        self._plan_features()
+        plan_features(self)
         self._prepare_style_targets()
         self.evaluator = self._make_evaluator()
         self.resumed_from = resume_from
@@ -160,178 +121,6 @@ class Trainer:
             fuse_adam(opt, self.device)
 
     # -- set-up ----------------------------------------------------------------------------------------------
-    def _prepare_data(self) -> None:
-        d, size = self.rc.data.resolved(), self.t.size
-        needs: set[str] = set().union(*(getattr(t, "needs", frozenset()) for t in self.c.losses.values()))
-        self.pairs: PairSet | None = None
-        self.fixed_target: Tensor | None = None
-        if d.paired:
-            self._prepare_pairs(d, size)
-        else:
-            wants = sorted(n for n, t in self.c.losses.items()
-                           if {"target", "feats_target"} & set(getattr(t, "needs", ())))
-            if wants or self.cond_disc:
-                what = ", ".join(wants) or f"{self.rc.disc} with cond_channels > 0"
-                raise CompositionError(f"{what} needs paired data: give --pairs DIR (or --input DIR --target DIR).")
-            short = round(size * d.zoom) if d.zoom else None
-            self.content = ImageSet(self._train_content(d.content), size, what="content", strict=d.strict, stream=1,
-                                    cache_mb=d.cache_mb, short=short) \
-                if (self.family == IMAGE or (d.content and not d.data)) else None
-            real_spec = d.data or (d.style if self.family == IMAGE else d.content)
-            self.real = None
-            if self.c.disc is not None or "feats_content" in needs:
-                if real_spec:
-                    self.real = ImageSet(real_spec, size, what="real", strict=d.strict, stream=2, cache_mb=d.cache_mb,
-                                         short=short)
-            if self.family == NOISE and self.real is None and self.content is not None:
-                self.real = self.content
-            if self.family == NOISE and d.content and d.data and d.content != d.data and self.rank == 0:
-                log.warning("%s makes images from noise and learns them from --data (%s); --content %s is not "
-                            "used: give --data %s to learn those images", self.rc.gen, d.data, d.content, d.content)
-        self.style_images: Tensor | None = None
-        self.style_files: list[Path] = []
-        self.fixed_input: Tensor
-        if "style" in needs:
-            # paired runs with no --style take the style (Gram) targets from the target images
-            spec = d.style or (self.pairs.target_files() if self.pairs is not None else d.data)
-            if not spec:
-                raise DataError("The style losses need style images: give --style FILE_OR_DIR.")
-            ss = self.t.style_size or min(2 * size, 512)
-            st = ImageSet(spec, ss, what="style", strict=d.strict, stream=3, short=ss)
-            self.style_images = st.fixed(len(st))
-            self.style_files = list(st.files)
-        if self.pairs is not None:
-            self.fixed_input, self.fixed_target = self.pairs.fixed(self.t.num_samples)
-        elif self.family == IMAGE:
-            assert self.content is not None
-            self.fixed_input = self.content.fixed(self.t.num_samples)
-        else:
-            g = torch.Generator().manual_seed(_seed(self.t.seed, 99))
-            self.fixed_input = torch.randn(self.t.num_samples, cast(int, self.c.gen.latent_dim), generator=g)
-        epochs = self.t.epochs
-        if epochs > 0:
-            n = len(self.pairs) if self.pairs is not None else \
-                len(self.content) if self.content is not None else len(self.real or [])
-            self.t = dataclasses.replace(self.t, steps=max(1, math.ceil(epochs * n / self.t.batch)))
-
-    def _prepare_pairs(self, d: Any, size: int) -> None:
-        """Paired data: the generator input is the input image, the discriminator's real images the targets."""
-        if self.family != IMAGE:
-            raise CompositionError(f"{self.rc.gen} generates from noise; paired data needs an image generator.")
-        if d.pairs and (d.input or d.target):
-            raise DataError("Give paired data either as --pairs DIR or as --input DIR --target DIR, not both.")
-        if not d.pairs and not (d.input and d.target):
-            raise DataError("Paired data needs both --input DIR and --target DIR (files matched by name).")
-        ignored = [f"--{k} {getattr(d, k)}" for k in ("content", "data") if getattr(d, k)]
-        if ignored:
-            log.warning("paired data: ignoring %s (the pairs' inputs and targets take their place)", ", ".join(ignored))
-        inputs, targets = pair_folders(d.pairs) if d.pairs else (d.input, d.target)
-        self.pairs = PairSet(inputs, targets, size, strict=d.strict, stream=1,
-                             short=round(size * d.zoom) if d.zoom else None)
-        self.content, self.real = None, None
-
-    @torch.no_grad()
-    def _check_gen_size(self) -> None:
-        """Refuse, before any work, a training size the generator cannot take or make (one eval-mode forward)."""
-        gen, size = self.c.gen, self.t.size
-        x = torch.zeros(1, int(cast(SupportsInt, gen.latent_dim))) if self.family == NOISE \
-            else torch.zeros(1, 3, size, size)
-        gen.eval()
-        try:
-            with torch.no_grad():
-                shape = tuple(gen(x).shape)
-        except Exception as e:  # a plugin's own exception types too: one line, not a traceback
-            m = getattr(gen, "size_multiple", None)
-            hint = f", a multiple of {m}" if m and size % m else ""
-            msg = " ".join(str(e).split()) or type(e).__name__
-            raise CompositionError(f"{self.rc.gen} failed on a {tuple(x.shape)} input at --size {size}: "
-                                   f"{type(e).__name__}: {msg}. Try another --size{hint}; if none works, the "
-                                   "generator itself is broken.") from None
-        finally:
-            gen.train()
-        if len(shape) != 4 or shape[1] != 3:
-            raise PluginError(f"{self.rc.gen} returned a {shape} tensor for a {tuple(x.shape)} input: a generator "
-                              "must return RGB images (N, 3, H, W).")
-        if shape != (1, 3, size, size):
-            m = getattr(gen, "size_multiple", None)
-            hint = f" (a multiple of {m})" if m and size % m else ""
-            raise CompositionError(f"{self.rc.gen} cannot train at --size {size}: it makes {shape[-2:]} images "
-                                   f"instead. Choose another --size{hint}.")
-
-    def _place_modules(self) -> None:
-        mf = torch.channels_last if self.channels_last else torch.contiguous_format
-        if self.world > 1:  # batch norm over the global batch, as one process would compute it
-            self.c.gen = D.sync_batch_norm(self.c.gen, self.device)
-            if self.c.disc is not None:
-                self.c.disc = D.sync_batch_norm(self.c.disc, self.device)
-        for m in (self.c.gen, self.c.disc, self.c.feat, self.c.adv, self.c.gp, *self.c.losses.values()):
-            if m is not None:
-                m.to(self.device, memory_format=mf)  # type: ignore[call-overload]  # torch's stub lacks this overload
-        if self.c.feat is not None:
-            self.c.feat.eval()
-            for p in self.c.feat.parameters():
-                p.requires_grad_(False)
-            if self.amp:  # autocast re-casts frozen weights at every call (it caches only trainable ones)
-                self.c.feat.to(torch.bfloat16)
-        # channels_last "extractor": the extractor alone runs channels_last. On the CPU under bf16, oneDNN's
-        # convolutions and pools need no reorders on it: whole steps 4-8% faster (with the Gram reading its
-        # features in place, plugins/perceptual.py), but portrait-painting's style_gram came out 0.010 worse
-        # on average over 12 seeds (worse in 10), so it is not the default. features() hands the gradients back in that layout
-        self.feat_cl = self.c.feat is not None and self.t.channels_last == "extractor"
-        if self.feat_cl:
-            assert self.c.feat is not None
-            self.c.feat.to(memory_format=torch.channels_last)
-        # DDP (when distributed) wraps one forward per backward: the generator's, and the discriminator's call
-        # on real images. D on fakes, the gradient penalty's double backward and the generator step's D call
-        # (D frozen) use the bare module (`disc_plain`, `c.disc`): autograd sums every path's gradient into
-        # D's parameters before DDP's hooks fire, once per parameter, inside the D step's single backward.
-        self.gen_fwd: Callable[..., Tensor] = D.wrap(self.c.gen, self.device)
-        self.disc_fwd: Callable[..., Tensor] | None = None
-        self.disc_plain: Callable[..., Tensor] | None = self.c.disc
-        self.joint_d = judges_each_image_alone(self.c.disc)  # real and fake in one call (see _judge)
-        if self.c.disc is not None:
-            self.disc_fwd = D.wrap(self.c.disc, self.device)
-        if self.t.compile:  # compiles lazily: the first step's time includes it (logged as time/step_s)
-            # dynamic=False: one static graph per input shape; a run has two or three (D sees B and 2B images).
-            # torch's automatic dynamic shapes, switched on when the same module code meets a second image size (a
-            # second Trainer at another --size in one process), failed inside inductor on PatchGAN ("cannot
-            # determine truth value of Relational"), torch 2.14.1
-            compile_ = functools.partial(torch.compile, dynamic=False)
-            self.gen_fwd = compile_(self.gen_fwd)
-            if self.c.disc is not None:
-                self.disc_fwd = compile_(self.disc_fwd)
-                self.disc_plain = self.disc_fwd if self.world == 1 else compile_(self.c.disc)
-        elif self.world == 1:
-            self.disc_plain = self.disc_fwd
-
-    def _plan_features(self) -> None:
-        """Which layers each image batch needs, gathered over all active terms."""
-        # in name order: checkpoints store the losses as a sorted table, so a resumed run sums its terms in
-        # the same order as the run it continues (float sums depend on the order)
-        terms = sorted(self.c.losses.items())
-        self.g_terms = {n: t for n, t in terms if getattr(t, "step", "gen") == "gen"}
-        self.d_terms = {n: t for n, t in terms if getattr(t, "step", "gen") == "disc"}
-        fake: set[str] = set()
-        content: set[str] = set()
-        target: set[str] = set()
-        style: set[str] = set()
-        for t in self.c.losses.values():
-            needs: frozenset[str] = getattr(t, "needs", frozenset())
-            layers = tuple(cast(LossTerm, t).feature_layers(cast(Extractor, self.c.feat))) \
-                if self.c.feat is not None else ()
-            if "feats_fake" in needs:
-                fake.update(layers)
-            if "feats_content" in needs:
-                content.update(layers)
-            if "feats_target" in needs:
-                target.update(layers)
-            if "style" in needs:
-                style.update(layers)
-        order = getattr(self.c.feat, "layer_names", ())
-        key = (lambda n: order.index(n)) if order else (lambda n: n)
-        self.layers = {k: tuple(sorted(v, key=key)) for k, v in
-                       (("fake", fake), ("content", content), ("target", target), ("style", style))}
-
     @torch.no_grad()
     def _prepare_style_targets(self) -> None:
         if self.style_images is None or self.c.feat is None:
