@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,9 +25,10 @@ from . import cpu_memory
 from .checkpoint import atomic_write
 from .errors import CheckpointError, DataError, PluginError, UnknownComponentError, UsageError
 from .images import (
-    InputImage, _to_rgb, encode, find_images, image_format, input_image, is_stylezoo_output, open_image,
-    pil_to_tensor, read_item, resize_short, restore_mode, tensor_to_pil,
+    InputImage, _to_rgb, encode, image_format, input_image, open_image, pil_to_tensor, read_item, resize_short,
+    restore_mode, tensor_to_pil,
 )
+from .outputs import StylizeReport, plan_outputs  # noqa: F401  (re-exported: stylize's file planning)
 from .registry import Registry, default_registry
 
 
@@ -110,15 +111,6 @@ log = logging.getLogger("stylezoo")
 
 
 LARGE_INPUT = 2048  # shorter side in px above which stylize notes that --size would resize first
-
-
-@dataclass
-class StylizeReport:
-    """What `Stylizer.stylize_files` did: files written, inputs skipped (path, why), format notes."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -568,80 +560,3 @@ def _resize_tensor(x: Tensor, size: int) -> Tensor:
     y = F.interpolate(xb.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode="bicubic",
                       antialias=True, align_corners=False).clamp(-1, 1)
     return y[0] if x.dim() == 3 else y
-
-
-def _glob_base(spec: str) -> Path:
-    parts = Path(spec).parts
-    keep = []
-    for p in parts:
-        if any(c in p for c in "*?["):
-            break
-        keep.append(p)
-    return Path(*keep) if keep else Path(".")
-
-
-def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
-                 ext: str | None = None) -> tuple[list[tuple[Path, Path]], StylizeReport]:
-    """(input, output) pairs: outputs keep the input's name (and sub-folders) under `out`, or `out` itself
-    when it has an image suffix and there is one input. Inputs that name nothing go to report.skipped."""
-    out = Path(out)
-    report = StylizeReport()
-    found: list[tuple[Path, Path]] = []
-    seen: set[Path] = set()
-    to_file = bool(out.suffix) and not out.is_dir() and out.suffix.lower() in Image.registered_extensions()
-    out_root = None if to_file else out.resolve()
-    inside: set[Path] = set()  # images the inputs name that lie inside the output folder (not stylized)
-    for spec in inputs:
-        try:
-            files = find_images(spec)
-        except DataError as e:
-            report.skipped.append((str(spec), str(e)))
-            continue
-        if not files:
-            report.skipped.append((str(spec), f"{spec}: no image files (.jpg, .png, ...) found there."))
-            continue
-        p = Path(spec)
-        base = p if p.is_dir() else None if p.is_file() else _glob_base(str(spec))
-        for f in files:
-            if out_root and f.resolve().is_relative_to(out_root):  # never re-stylize earlier outputs
-                inside.add(f.resolve())
-                continue
-            if f.resolve() in seen:
-                continue
-            seen.add(f.resolve())
-            rel = f.relative_to(base) if base is not None and f.is_relative_to(base) else Path(f.name)
-            found.append((f, rel))
-    if not found and inside:
-        raise UsageError(f"All {len(inside)} input image(s) are inside the output folder {out}; write elsewhere (-o).")
-    if not found:
-        why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3]) or "no inputs given"
-        raise DataError(f"Nothing to stylize: {why}.")
-    suffix = f".{ext.lstrip('.')}" if ext else None
-    if to_file:
-        if len(found) > 1:
-            raise UsageError(f"-o {out} names one file but there are {len(found)} images: give a folder instead.")
-        image_format(out)
-        pairs = [(found[0][0], out)]
-    else:
-        pairs, used = [], set()
-        for src, rel in found:
-            dst = out / (rel.with_suffix(suffix) if suffix else rel)
-            k = 1
-            while dst in used:
-                dst = dst.with_name(f"{dst.stem.rsplit('~', 1)[0]}~{k}{dst.suffix}")
-                k += 1
-            used.add(dst)
-            image_format(dst)
-            pairs.append((src, dst))
-    for src, dst in pairs:
-        if dst.resolve() == src.resolve():
-            raise UsageError(f"{dst} would overwrite its own input; write to another folder (-o).")
-        if dst.resolve() in inside and not is_stylezoo_output(dst):
-            # an image of the user's inside the input folder that the output folder also holds: not ours to replace
-            raise UsageError(f"Stylizing {src} would overwrite {dst}, one of your images (not an earlier stylize "
-                             "output); write to a folder outside the inputs (-o), or move that image first.")
-    others = len(inside) - sum(dst.resolve() in inside for _, dst in pairs)
-    if others:
-        report.notes.append(f"{others} image(s) inside the output folder {out} were left out of the inputs "
-                            "(stylize never restyles what lies in its own output folder).")
-    return pairs, report
