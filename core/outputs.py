@@ -43,6 +43,7 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
     to_file = bool(out.suffix) and not out.is_dir() and out.suffix.lower() in Image.registered_extensions()
     out_root = None if to_file else out.resolve()
     inside: set[Path] = set()  # images the inputs name that lie inside the output folder (not stylized)
+    roots: set[Path] = set()  # the folders the inputs come from (a folder, a glob's fixed part, a file's folder)
     for spec in inputs:
         try:
             files = find_images(spec)
@@ -54,6 +55,7 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
             continue
         p = Path(spec)
         base = p if p.is_dir() else None if p.is_file() else _glob_base(str(spec))
+        roots.update({base.resolve()} if base is not None else {f.resolve().parent for f in files})
         for f in files:
             if out_root and f.resolve().is_relative_to(out_root):  # never re-stylize earlier outputs
                 inside.add(f.resolve())
@@ -85,11 +87,12 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
             used.add(dst)
             image_format(dst)
             pairs.append((src, dst))
+    # an output folder among the user's photos may hold their own images: replace only stylize's own outputs
+    among_inputs = out_root is not None and any(out_root.is_relative_to(r) for r in roots)
     for src, dst in pairs:
         if dst.resolve() == src.resolve():
             raise UsageError(f"{dst} would overwrite its own input; write to another folder (-o).")
-        if dst.resolve() in inside and not is_stylezoo_output(dst):
-            # an image of the user's inside the input folder that the output folder also holds: not ours to replace
+        if (dst.resolve() in inside or (among_inputs and dst.is_file())) and not is_stylezoo_output(dst):
             raise UsageError(f"Stylizing {src} would overwrite {dst}, one of your images (not an earlier stylize "
                              "output); write to a folder outside the inputs (-o), or move that image first.")
     others = len(inside) - sum(dst.resolve() in inside for _, dst in pairs)

@@ -461,6 +461,16 @@ def test_a_users_image_in_the_output_sub_folder_is_never_overwritten(image_run: 
     assert not is_stylezoo_output(d / "a.png")
     report = st.stylize_files([d / "a.png", d / "new"], d / "new")
     assert [p.name for p in report.written] == ["a.png"]
+    # the same folder named by a glob, by its files, or written with a suffix find_images does not list
+    mine = d / "out" / "b.jfif"
+    Image.fromarray(_rgb(20, 20, 4)).save(mine, format="JPEG")
+    (d / "b.png").write_bytes((d / "a.png").read_bytes())
+    for inputs, ext in (([str(d / "*.png")], None), ([d / "a.png", d / "b.png"], None), ([d], "jfif")):
+        with pytest.raises(UsageError, match="one of your images"):
+            st.stylize_files(inputs, d / "out", ext=ext)
+    assert (d / "out" / "a.png").read_bytes() == before and not is_stylezoo_output(mine)
+    mine.unlink()
+    (d / "b.png").unlink()
     # and the user's own images left out of the inputs are named in a note, not dropped silently
     (d / "out" / "a.png").unlink()
     report = st.stylize_files([d], d / "out")
