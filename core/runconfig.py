@@ -72,7 +72,11 @@ class TrainConfig:
                   ("epochs", self.epochs >= 0, "0 or positive"), ("max_bad_steps", self.max_bad_steps >= 1, "at least 1"),
                   ("num_samples", self.num_samples >= 1, "at least 1"),
                   ("eval_every", self.eval_every >= 0, "0 (off) or positive"),
-                  ("eval_holdout", self.eval_holdout >= 1, "at least 1")]
+                  ("eval_holdout", self.eval_holdout >= 1, "at least 1"),
+                  ("sample_every", self.sample_every >= 0, "0 (only the final grid) or positive"),
+                  ("ckpt_every", self.ckpt_every >= 0, "0 (only the final checkpoint) or positive"),
+                  ("log_every", self.log_every >= 1, "at least 1"),
+                  ("style_size", self.style_size == 0 or self.style_size >= 8, "0 (automatic) or at least 8")]
         for name, ok, want in checks:
             if not ok:
                 raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)!r}")

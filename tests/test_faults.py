@@ -533,6 +533,10 @@ def test_cli_sizes_the_generator_cannot_produce(tmp_path: Path, gen: str, size: 
     (["--set", "train.max_bad_steps=0"], ["train.max_bad_steps", "at least 1"]),
     (["--set", "train.d_steps=0"], ["train.d_steps"]),
     (["--set", "gen.channels=0"], ["channels", ">= 1"]),
+    (["--set", "train.log_every=0"], ["train.log_every", "at least 1"]),
+    (["--set", "train.ckpt_every=-2"], ["train.ckpt_every"]),
+    (["--set", "train.sample_every=-1"], ["train.sample_every"]),
+    (["--set", "train.style_size=-5"], ["train.style_size", "at least 8"]),
 ])
 def test_cli_out_of_range_hyperparameters_exit_2(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
     r = invoke("run", *TINY, "--data", good_folder(tmp_path / "d", 1), *args, "--out", tmp_path / "run")
