@@ -76,7 +76,11 @@ def check_batch_split(batch: int, world: int) -> None:
 
 def check_new_out(out: str | Path) -> None:
     """Refuse to start a new run in a folder that already holds one (it would mix the two runs' files)."""
-    if holds_run(Path(out)):
+    out = Path(out)
+    if holds_run(out) and not ((out / "last.safetensors").exists() or any((out / "checkpoints").glob("*.safetensors"))):
+        raise ConfigError(f"{out} holds a run that stopped before it saved a checkpoint, so there is nothing to resume: "
+                          "start again with --overwrite, or give another --out (Python: overwrite=True).")
+    if holds_run(out):
         raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}`, replace it "
                           "with --overwrite, or give another --out (Python: train(resume=...) / overwrite=True).")
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -32,7 +33,7 @@ from .assembly import (  # noqa: F401  (re-exported: Components, check_batch_spl
     judges_each_image_alone, place_modules, plan_features, prepare_data,
 )
 from .ema import GeneratorEMA
-from .errors import ConfigError, TrainingDiverged
+from .errors import CompositionError, ConfigError, PluginError, StylezooError, TrainingDiverged
 from .layers import grad_in_layout
 from .kinds import AdversarialLoss, StepContext
 from .registry import Registry, default_registry
@@ -44,6 +45,7 @@ from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers l
 )
 
 log = logging.getLogger("stylezoo")
+ROLE_NAMES = ("gen", "disc", "feat", "adv", "gp")
 
 
 class Trainer:
@@ -320,6 +322,10 @@ class Trainer:
         The gradient norm is logged (grad/gen, grad/disc). Distributed, every rank runs the backward (DDP
         averages gradients inside it) and all take the same decision, so their weights never drift apart.
         """
+        for name, v in parts.items():
+            if v.numel() != 1:
+                raise PluginError(f"{name} returned a tensor of shape {tuple(v.shape)}, not one number: a loss "
+                                  "term's forward must return a scalar (reduce it, e.g. with .mean()).")
         finite = bool(torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in parts.values()])).all()) \
             if parts else True
         norm = None
@@ -379,6 +385,36 @@ class Trainer:
                 f"{self.last_bad}. {kept}. In a new run, lower the learning rate or that loss's weight, or try "
                 "--set train.precision=fp32."
             )
+
+    def _check_last_steps(self) -> None:
+        """At the end: a run none of whose steps trained is an error; bad last steps are a warning."""
+        if not self.bad_steps:
+            return
+        if not self.has_good_weights():
+            raise TrainingDiverged(
+                f"All {self.bad_steps} steps had a NaN/Inf in {self.last_bad}, so no step trained and nothing was "
+                "saved. Lower the learning rate or that loss's weight, or try --set train.precision=fp32.")
+        if self.rank == 0:
+            log.warning("the last %d step(s) had a NaN/Inf in %s; their updates were skipped, so the weights saved "
+                        "are those of step %d", self.bad_steps, self.last_bad, self.step - self.bad_steps)
+
+    def _first_step_error(self, e: Exception) -> StylezooError:
+        """One line for an exception in a run's first step, naming the component it came from (found in the
+        traceback: the outermost frame whose `self` is one of the run's components)."""
+        c = self.c
+        named = {id(m): n for n, m in (("gen", c.gen), ("disc", c.disc), ("feat", c.feat), ("adv", c.adv),
+                                       ("gp", c.gp), *c.losses.items()) if m is not None}
+        who = next((named[id(f.f_locals["self"])] for f, _ in traceback.walk_tb(e.__traceback__)
+                    if id(f.f_locals.get("self")) in named), None)
+        name = getattr(self.rc, who) if who in ROLE_NAMES else who
+        msg = " ".join(str(e).split())[:400] or "no message"
+        if name is None:
+            return StylezooError(f"The first training step failed: {type(e).__name__}: {msg}. The settings given with "
+                                 "--set may not fit together (STYLEZOO_DEBUG=1 shows where it happened).")
+        role = f"{who}." if who in ROLE_NAMES else f"{name}."
+        return CompositionError(f"{name} failed in the first training step: {type(e).__name__}: {msg}. Check the "
+                                f"values given with --set {role}* (`stylezoo info {name}` lists its fields); for a "
+                                "plugin's component, this may be a bug to report to the plugin.")
 
     def has_good_weights(self) -> bool:
         """Whether the weights now are worth saving: some step trained, or they came from a checkpoint."""
@@ -465,7 +501,12 @@ class Trainer:
                 signals.busy = True
                 t0 = time.perf_counter()
                 self._mid_step = True
-                logs = self.train_step(self.step)
+                try:
+                    logs = self.train_step(self.step)
+                except Exception as e:  # the first step of a composition: say which component failed
+                    if self.good_steps or self.bad_steps or isinstance(e, (StylezooError, MemoryError, OSError)):
+                        raise
+                    raise self._first_step_error(e) from e
                 self.step += 1
                 self._mid_step = False
                 dt = time.perf_counter() - t0
@@ -494,6 +535,7 @@ class Trainer:
                 signals.busy = False
                 if signals.pending is not None:
                     raise KeyboardInterrupt
+            self._check_last_steps()
         except TrainingDiverged:
             if self.rank == 0 and self.has_good_weights():
                 self.save_checkpoint(keep=False)

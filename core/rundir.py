@@ -126,7 +126,8 @@ def newest_valid_checkpoint(run_dir: Path, *, to: str = "resume") -> Path:
             why.append(str(e))
     detail = f" ({why[0]})" if why else ""
     if to == "resume":
-        raise CheckpointError(f"No valid checkpoint in {run_dir}: nothing to resume{detail}. Start a new run instead.")
+        raise CheckpointError(f"No valid checkpoint in {run_dir}: nothing to resume{detail}. Start a new run "
+                              "there with --overwrite (Python: overwrite=True), or give another --out.")
     raise CheckpointError(f"No valid checkpoint in {run_dir}{detail}: give a run folder that `stylezoo run` wrote "
                           "(it holds last.safetensors) or a checkpoint file (.safetensors).")
 

@@ -559,7 +559,7 @@ class BlowUpConfig:
     weight: float = 1.0  # multiplies the term
     after: int = 2  # first (0-based) step whose value is bad
     until: int = 1_000_000  # first step that is good again
-    value: str = "nan"  # nan, inf, or grad (a finite value whose gradient is NaN)
+    value: str = "nan"  # nan, inf, grad (a finite value whose gradient is NaN), raise, or vector (not a scalar)
     side: str = "gen"  # which update the term joins: gen or disc
 
 
@@ -584,6 +584,10 @@ class BlowUp(nn.Module):
             return good
         if self.cfg.value == "grad":
             return torch.sqrt((x - x.detach()).abs() + 0.0).mean()  # value 0, gradient NaN
+        if self.cfg.value == "raise":
+            raise KeyError("a bug inside the term")
+        if self.cfg.value == "vector":
+            return (x - x.detach()).mean((1, 2, 3)) + 0.1
         return good * float(self.cfg.value)
 
 
@@ -667,6 +671,53 @@ def test_a_few_bad_steps_are_skipped_and_training_goes_on(tmp_path: Path, blowup
     assert not _same(g[4], g[5])  # and learning resumed
     rows = {json.loads(l)["step"]: json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()}
     assert np.isnan(rows[3]["g/loss/blowup"]) and np.isfinite(rows[5]["g/loss/blowup"])
+
+
+def test_a_short_run_whose_every_step_is_bad_is_not_done(tmp_path: Path, blowup_registry: Registry,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Fewer steps than max_bad_steps, all NaN: an error and nothing saved, not 'done' with untrained weights."""
+    out = tmp_path / "run"
+    r = invoke("run", *TINY, "--loss", "tv", "--loss", "blowup", "--steps", "2", "--data",
+               good_folder(tmp_path / "d", 2), "--set", "loss/blowup.after=0", "--out", out)
+    clean_error(r, 1, "All 2 steps had a NaN/Inf", "loss/blowup", "nothing was saved")
+    assert not (out / "last.safetensors").exists()
+    # bad last steps after good ones: done, the good weights saved, and a warning that says so
+    with caplog.at_level("WARNING", logger="stylezoo"):
+        r = invoke("run", *TINY, "--loss", "tv", "--loss", "blowup", "--steps", "4", "--data",
+                   good_folder(tmp_path / "d", 2), "--set", "loss/blowup.after=2", "--out", tmp_path / "run2")
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "the last 2 step(s) had a NaN/Inf" in said and "those of step 2" in said, said
+
+
+@pytest.mark.parametrize("value,fragments", [
+    ("raise", ["loss/blowup failed in the first training step", "KeyError", "--set loss/blowup.*"]),
+    ("vector", ["loss/blowup returned a tensor of shape (2,)", "scalar"]),
+])
+def test_a_term_that_fails_in_the_first_step_is_named(tmp_path: Path, blowup_registry: Registry, value: str,
+                                                      fragments: list[str]) -> None:
+    r = invoke("run", *TINY, "--loss", "tv", "--loss", "blowup", "--steps", "2", "--data",
+               good_folder(tmp_path / "d", 2), "--set", "loss/blowup.after=0", "--set", f"loss/blowup.value={value}",
+               "--out", tmp_path / "run")
+    clean_error(r, 2 if value == "raise" else 1, *fragments)
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--set", "disc.in_channels=1"], ["disc/patch failed in the first training step", "channels", "--set disc.*"]),
+    (["--set", "disc.num_labels=3"], ["disc/patch failed in the first training step", "num_labels=3"]),
+])
+def test_settings_that_break_a_component_are_one_line_naming_it(tmp_path: Path, args: list[str],
+                                                                 fragments: list[str]) -> None:
+    out = tmp_path / "run"
+    data = good_folder(tmp_path / "d", 2)
+    patch = ["--gen", "encdec", "--disc", "patch", "--adv", "lsgan", "--feat", "none", "--loss", "tv", "--size", "32",
+             "--batch", "2", "--steps", "2", "--quiet", "--set", "gen.channels=8", "--set", "gen.n_res=1",
+             "--set", "disc.channels=8", "--content", data, "--data", data]
+    r = invoke("run", *patch, *args, "--out", out)
+    clean_error(r, 2, *fragments)
+    # the folder it leaves says how to start again instead of sending the user to --resume
+    r = invoke("run", *TINY, "--loss", "tv", "--steps", "2", "--data", data, "--out", out)
+    clean_error(r, 2, "stopped before it saved a checkpoint", "--overwrite")
 
 
 # ------------------------------------------------------------------------------------------ full disk

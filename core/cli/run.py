@@ -142,7 +142,8 @@ def _saved_where(out_dir: Any) -> str:
     except (StylezooError, OSError, KeyError):
         path = step = None
     if path is None:
-        return "stopped before a first step was saved; nothing to resume (start the run again)."
+        return ("stopped before a first step was saved; nothing to resume (start it again with --overwrite, or "
+                "give another --out).")
     return f"the run is saved at step {step} in {path}; continue with `stylezoo run --resume {out_dir}`."
 
 
