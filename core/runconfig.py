@@ -19,6 +19,8 @@ from .errors import CompositionError, ConfigError, UnknownComponentError, did_yo
 from .registry import Registry
 
 ROLES = ("gen", "disc", "feat", "adv", "gp")
+# loss-term fields that name an extractor's layers: a lower layer's values go when the extractor changes
+EXTRACTOR_FIELDS = ("layers", "layer_weights")
 ROLE_KIND = {"gen": "gen", "disc": "disc", "feat": "feat", "adv": "loss", "gp": "gp"}
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
@@ -186,7 +188,8 @@ class RunConfig:
 def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     """Merge a recipe/config-file/CLI layer into a run dict (tables merge key by key; losses replace)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for k in sorted(layer, key=lambda k: k != "losses"):  # a layer's losses first, then its own overrides
+    # a layer's losses first, its components next, then its own overrides (which the components' reset keeps)
+    for k in sorted(layer, key=lambda k: (k != "losses", k == "set")):
         v = layer[k]
         if k == "losses" and isinstance(v, dict):
             # new terms replace the old: the lower layers' overrides of terms no longer in the run go too
@@ -206,6 +209,9 @@ def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
             if k in ROLES and not _same_component(k, v, out.get(k)):
                 # a different component for a role: the lower layers' overrides were for the old one
                 out.get("set", {}).pop(k, None)
+                if k == "feat":  # and the loss terms' layers named the old extractor's layers
+                    out["set"] = {r: {f: x for f, x in o.items() if r in ROLES or f not in EXTRACTOR_FIELDS}
+                                  for r, o in out.get("set", {}).items()}
             out[k] = v
     return out
 

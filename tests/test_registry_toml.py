@@ -185,3 +185,18 @@ def test_naming_the_recipes_own_component_short_or_full_keeps_its_settings(full,
         for form in (name, name.split("/", 1)[-1]):
             rc = resolve(full, recipe=rname, cli={role: form})
             assert rc == base, f"recipe {rname}: --{role} {form} changed the run"
+
+
+def test_another_extractor_drops_the_recipes_layer_names_but_keeps_the_users(full):
+    """The default recipe's Gram layers are VGG's relu names: --feat efficientnet-lite0 starts from its own."""
+    from stylezoo.core.runconfig import component_config, resolve
+
+    vgg = resolve(full, recipe="default")
+    assert component_config(full, vgg, "loss/gram").layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    same = resolve(full, recipe="default", cli={"feat": "vgg16"})
+    assert component_config(full, same, "loss/gram").layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    eff = resolve(full, recipe="default", cli={"feat": "efficientnet-lite0"})
+    assert component_config(full, eff, "loss/gram").layers == () and component_config(full, eff, "loss/content").layers == ()
+    # the same layer's own choice stays, whichever order its keys come in
+    mine = resolve(full, recipe="default", cli={"set": {"loss/gram": {"layers": ["block1"]}}, "feat": "efficientnet-lite0"})
+    assert component_config(full, mine, "loss/gram").layers == ("block1",)
