@@ -7,6 +7,7 @@ batches the uninterrupted run drew, and each distributed rank takes its own slic
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -198,9 +199,14 @@ def style_labels(spec: str | Path) -> tuple[tuple[str, ...], list[Path], list[in
                             "them into a sub-folder (one per style label) or remove them.")
         names = tuple(subs)
         return names, files, [names.index(f.relative_to(root).parts[0]) for f in files]
-    stems = [f.stem for f in files]
-    names = tuple(stems if len(set(stems)) == len(stems) else [f.name for f in files])
-    return names, files, list(range(len(files)))
+    # by stem; where stems repeat (a.jpg, a.png), by file name; where those repeat too (s1/a.jpg, s2/a.jpg from
+    # a glob), by the path below the folder the files share
+    common = Path(os.path.commonpath([f.parent for f in files]))
+    for naming in ([f.stem for f in files], [f.name for f in files],
+                   [f.relative_to(common).as_posix() for f in files]):
+        if len(set(naming)) == len(naming):
+            return tuple(naming), files, list(range(len(files)))
+    return tuple(str(f) for f in files), files, list(range(len(files)))
 
 
 # -- paired data (pix2pix-style): an input image and its target, matched by file stem --------------------------

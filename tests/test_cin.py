@@ -122,6 +122,12 @@ def test_style_labels_from_sub_folders_or_one_per_image(labelled: Path, tmp_path
     shutil.copy(STYLE / "the_scream.jpg", labelled / "loose.jpg")
     with pytest.raises(DataError, match="beside the style sub-folders"):
         style_labels(labelled)
+    # a glob over folders whose files share stems and names: labels by the path the files differ by
+    for sub, name in (("s1", "paint.jpg"), ("s2", "paint.jpg"), ("s2", "paint.png")):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        shutil.copy(STYLE / "the_scream.jpg", tmp_path / sub / name)
+    names, files, _ = style_labels(str(tmp_path / "s*" / "paint.*"))
+    assert sorted(names) == ["s1/paint.jpg", "s2/paint.jpg", "s2/paint.png"]
 
 
 # ---------------------------------------------------------------------------------------------- end to end
