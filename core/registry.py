@@ -282,6 +282,8 @@ class Registry:
 
     def names(self, pattern: str = "*", kind: str | None = None) -> list[str]:
         """Registered names matching a shell-style wildcard (matched against both full and short names)."""
+        if kind is not None and kind not in KINDS:
+            raise UsageError(f"Unknown kind {kind!r}: use one of {', '.join(KINDS)}.{did_you_mean(kind, list(KINDS))}")
         out = []
         for n, e in sorted(self.entries.items()):
             if kind and e.kind != kind:

@@ -74,6 +74,8 @@ def test_real_registry_wildcards(registry):
     discs = registry.names("*gan*", kind="disc")
     assert "disc/dcgan" in discs and all(n.startswith("disc/") and "gan" in n for n in discs)
     assert stylezoo.list_components("loss/*") == registry.names("loss/*")
+    with pytest.raises(UsageError, match="Unknown kind 'generator'.*gen"):  # not a silent []
+        stylezoo.list_components(kind="generator")
 
 
 def test_unknown_name_suggests_and_points_at_the_listing(bare_registry, make_plugin):
