@@ -7,6 +7,7 @@ batches the uninterrupted run drew, and each distributed rank takes its own slic
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -276,7 +277,8 @@ class PairSet:
     """Paired images (input, target) kept in memory; the same crop and flip are applied to both of a pair.
 
     Batches are a pure function of (seed, stream, step) like ImageSet's, so a resumed run repeats them.
-    A target whose size differs from its input is resized to the input's size.
+    A target whose size differs from its input is resized to the input's size (with a warning when that
+    changes its aspect ratio).
     """
 
     def __init__(self, inputs: str | Path, targets: str | Path, size: int, *, strict: bool = False,
@@ -293,10 +295,13 @@ class PairSet:
         self.inputs: list[Tensor] = []
         self.targets: list[Tensor] = []
         self.files: list[tuple[Path, Path]] = []
+        stretched: list[str] = []
         for stem, fi, ft in pairs:
             if fi not in by_in or ft not in by_tg:
                 continue
             x, y = by_in[fi], by_tg[ft]
+            if abs(math.log((y.shape[-1] / y.shape[-2]) / (x.shape[-1] / x.shape[-2]))) > 0.02:
+                stretched.append(stem)  # another aspect ratio: the target is stretched to its input's shape
             if y.shape != x.shape:
                 y = torch.nn.functional.interpolate(y[None].float(), size=tuple(x.shape[-2:]), mode="bicubic",
                                                     align_corners=False, antialias=True)[0].round().clamp(0, 255).byte()
@@ -304,6 +309,10 @@ class PairSet:
             self.inputs.append(x)
             self.targets.append(y)
             self.files.append((fi, ft))
+        if stretched:
+            log.warning("%d pair(s) have a target of another aspect ratio than its input (%s): the targets were "
+                        "stretched to their inputs' shape; crop them alike if that is not what you want",
+                        len(stretched), ", ".join(stretched[:5]) + (" ..." if len(stretched) > 5 else ""))
         bad = bad_in + bad_tg
         if bad:
             shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")

@@ -143,6 +143,20 @@ def test_targets_of_another_size_are_resized_to_their_input(tmp_path: Path) -> N
     assert torch.allclose(y, torch.full_like(y, 200 / 127.5 - 1), atol=1e-2)
 
 
+def test_a_target_of_another_aspect_ratio_is_stretched_with_a_warning(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "photo").mkdir()
+    (tmp_path / "sketch").mkdir()
+    for i, (w, h) in enumerate([(64, 64), (96, 64)]):  # 1: the same shape, twice the size; 2: 3:2, stretched
+        Image.fromarray(np.full((32, 32, 3), 10, np.uint8)).save(tmp_path / "photo" / f"{i}.png")
+        Image.fromarray(np.full((h, w), 200, np.uint8), "L").save(tmp_path / "sketch" / f"{i}.png")
+    with caplog.at_level("WARNING", logger="stylezoo"):
+        ps = PairSet(*pair_folders(tmp_path), 32, short=32)
+    said = [r.getMessage() for r in caplog.records if "aspect ratio" in r.getMessage()]
+    assert len(said) == 1 and "1 pair(s)" in said[0] and "(1)" in said[0], said
+    assert ps.fixed(2)[1].shape == (2, 3, 32, 32)
+
+
 def test_data_zoom_sets_the_scale_jitter(reg: Registry, pairs_dir: Path, tmp_path: Path) -> None:
     """zoom 1: pairs kept at the training size (crops are whole images, as at test time); default: 1.125x."""
     auto = Trainer(resolve(reg, cli=paired(pairs_dir), losses=["l1"]), tmp_path / "a", registry=reg)
