@@ -140,6 +140,8 @@ class _BF16GramMSE(torch.autograd.Function):
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None, None, None]:
         x, d = ctx.saved_tensors
         k = float(g) * 4.0 * ctx.scale / d.numel()
+        if k == 0:  # a weight of 0: oneDNN's baddbmm with alpha 0 and beta 0 returns its uninitialised input
+            return torch.zeros_like(x), None, None, None
         db = d.to(torch.bfloat16)
         a, b = (x, db) if ctx.cl else (db, x)
         return torch.baddbmm(x.new_empty(x.shape), a, b, beta=0.0, alpha=k), None, None, None

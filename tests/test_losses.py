@@ -222,6 +222,18 @@ def test_bf16_gram_has_a_float32_result_and_a_bf16_gradient() -> None:
         dg.float().sum().backward()
 
 
+def test_a_zero_weight_on_the_fused_gram_loss_gives_a_zero_gradient() -> None:
+    """--loss gram:0 (or a layer weight of 0) under bf16: oneDNN's baddbmm with alpha 0 returned its
+    uninitialised buffer as the gradient (NaN or 1e14 at this shape); it must be exactly zero."""
+    from stylezoo.plugins.perceptual import gram_mse
+
+    torch.manual_seed(0)
+    for _ in range(3):
+        f = torch.randn(2, 64, 16, 16).bfloat16().requires_grad_(True)
+        (0 * gram_mse(f, torch.randn(1, 64, 64))).backward()
+        assert f.grad is not None and torch.equal(f.grad, torch.zeros_like(f))
+
+
 @pytest.mark.parametrize("per_sample_target", [False, True])
 def test_gram_mse_matches_mse_of_the_gram_in_value_and_gradient(per_sample_target: bool) -> None:
     """The fused bf16 style loss (one backward product) is the composed one, to float64's reference."""
