@@ -260,6 +260,8 @@ def parse_losses(items: list[str]) -> dict[str, float | None]:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config {p} is a folder: give a TOML file (a run's config.toml, for instance).")
     if not p.is_file():
         raise ConfigError(f"--config {p}: no such file.")
     try:
@@ -267,6 +269,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             layer = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config {p}: not valid TOML ({e}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {p}: not a text file (TOML is UTF-8 text, like a run's config.toml).") from None
     check_layer(layer, f"--config {p}")
     return layer
 
@@ -291,13 +295,31 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
             cli: dict[str, Any] | None = None, sets: list[str] | None = None,
             losses: list[str] | None = None) -> RunConfig:
     """Resolve a run from its layers and validate names, keys, types and the composition before any work."""
-    rname = recipe or "default"
+    file_layer = load_config_file(config_file) if config_file else {}
+    # a config file names the recipe it builds on (a run's own config.toml does): that is its base too
+    file_recipe = file_layer.get("recipe")
+    if recipe and file_recipe and file_recipe != recipe:
+        raise ConfigError(f"--recipe {recipe} and the config file's recipe = {file_recipe!r} ({config_file}) "
+                          "disagree: drop --recipe, or change the file.")
+    rname = recipe or file_recipe or "default"
+
+    def full_names(layer: dict[str, Any]) -> dict[str, Any]:
+        """The layer with its `set` keys for loss terms in full (`gram` -> `loss/gram`), so that a later
+        layer's override of a term replaces an earlier one's whichever form each used."""
+        if not isinstance(layer.get("set"), dict):
+            return layer
+        out: dict[str, Any] = {}
+        for r, ov in layer["set"].items():
+            k = r if r in ROLES else _set_loss_name(reg, r)
+            out[k] = {**out[k], **ov} if k in out and isinstance(ov, dict) else ov
+        return {**layer, "set": out}
+
     layers: dict[str, Any] = {"recipe": rname}
-    layers = merge(layers, {k: v for k, v in reg.recipe(rname).items() if k != "description"})
-    if config_file:
-        layers = merge(layers, load_config_file(config_file))
+    layers = merge(layers, full_names({k: v for k, v in reg.recipe(rname).items() if k != "description"}))
+    if file_layer:
+        layers = merge(layers, full_names(file_layer))
     if cli:
-        layers = merge(layers, cli)
+        layers = merge(layers, full_names(cli))
     if losses:
         parsed = parse_losses(losses)
         layers["losses"] = {k: v for k, v in parsed.items()}
@@ -310,7 +332,7 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
                          for r, ov in dict(layers.get("set", {})).items()
                          if r in ROLES or _set_loss_name(reg, r) in kept}
     if sets:
-        layers = merge(layers, parse_set(sets))
+        layers = merge(layers, full_names(parse_set(sets)))
     # resolve names (short forms allowed) and default loss weights
     for role in ROLES:
         if layers.get(role) == "none" and f"{ROLE_KIND[role]}/none" in reg.names(kind=ROLE_KIND[role]):

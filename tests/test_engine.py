@@ -222,6 +222,26 @@ def test_set_values_are_kept_as_their_fields_types(reg: Registry, tmp_path: Path
     assert again.set == rc.set and again.losses == rc.losses
 
 
+@pytest.mark.parametrize("recipe", ["default", "original", "portrait-sketch"])
+def test_a_runs_own_config_toml_resolves_to_the_same_run(reg: Registry, tmp_path: Path, recipe: str) -> None:
+    """`run --config RUN/config.toml` repeats the run: the file's recipe is its base, not `default`."""
+    from stylezoo.core.rundir import write_config
+
+    rc = resolve(reg, recipe=recipe, cli={"gen": "encdec", "disc": "patch"}, sets=["train.size=32"])
+    write_config(tmp_path / "config.toml", rc)
+    assert resolve(reg, config_file=tmp_path / "config.toml") == rc
+
+
+def test_set_beats_a_config_file_whichever_name_form_each_uses(reg: Registry, tmp_path: Path) -> None:
+    f = tmp_path / "short.toml"
+    f.write_text('[set.gram]\nlayers = ["relu1_1"]\nweight = 3.0\n')
+    for key in ("loss/gram", "gram"):
+        rc = resolve(reg, config_file=f, sets=[f"{key}.weight=7", f"{key}.layers=relu2_1"])
+        assert rc.losses["loss/gram"] == 7.0 and rc.set["loss/gram"]["layers"] == ["relu2_1"], key
+    f.write_text('[set."loss/gram"]\nweight = 3.0\n')
+    assert resolve(reg, config_file=f, sets=["gram.weight=7"]).losses["loss/gram"] == 7.0
+
+
 def test_set_of_an_unknown_role_names_what_roles_exist(reg: Registry) -> None:
     with pytest.raises(ConfigError) as e:
         resolve(reg, cli={**NOISE, "adv": "bce"}, losses=["tv"], sets=["nosuchrole.x=1"])

@@ -467,6 +467,11 @@ def test_cli_unknown_key_in_a_config_file(tmp_path: Path) -> None:
     cfg.write_text('gen = "dcgan"\n[train\n')
     clean_error(invoke("run", "--config", cfg, "--dry-run"), 2, "not valid TOML")
     clean_error(invoke("run", "--config", tmp_path / "missing.toml", "--dry-run"), 2, "no such file")
+    clean_error(invoke("run", "--config", tmp_path, "--dry-run"), 2, "is a folder")
+    cfg.write_bytes(b"\xff\xfe\x00binary")
+    clean_error(invoke("run", "--config", cfg, "--dry-run"), 2, "not a text file")
+    cfg.write_text('recipe = "original"\n')
+    clean_error(invoke("run", "--recipe", "default", "--config", cfg, "--dry-run"), 2, "disagree")
 
 
 @pytest.mark.parametrize("body,fragments", [
