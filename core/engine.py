@@ -37,7 +37,7 @@ from .errors import CompositionError, ConfigError, PluginError, StylezooError, T
 from .layers import grad_in_layout
 from .kinds import AdversarialLoss, StepContext
 from .registry import Registry, default_registry
-from .runconfig import RunConfig
+from .runconfig import RunConfig, checked, with_steps
 from .trainstate import component_names, load_run_state, run_meta, run_state
 from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers live in rundir)
     _StopAtStepEnd, _truncate_metrics, clear_run, default_out, holds_run, iter_metrics, newest_valid_checkpoint, plot_losses,
@@ -73,6 +73,7 @@ class Trainer:
                  rank: int | None = None, world: int | None = None) -> None:
         self.rc, self.out = rc, Path(out)
         self.reg = registry or default_registry()
+        rc = checked(self.reg, rc)  # a RunConfig made in Python may use short names and was never validated
         rc = dataclasses.replace(rc, data=rc.data.absolute())  # config.toml names the images from anywhere
         self.rc = rc = with_labels(self.reg, rc)  # label-conditioned generators learn the style folders' labels
         env = D.current()  # under torchrun: this process's rank and the number of processes
@@ -398,9 +399,9 @@ class Trainer:
             log.warning("the last %d step(s) had a NaN/Inf in %s; their updates were skipped, so the weights saved "
                         "are those of step %d", self.bad_steps, self.last_bad, self.step - self.bad_steps)
 
-    def _first_step_error(self, e: Exception) -> StylezooError:
-        """One line for an exception in a run's first step, naming the component it came from (found in the
-        traceback: the outermost frame whose `self` is one of the run's components)."""
+    def _first_step_error(self, e: Exception) -> StylezooError | None:
+        """One line for an exception raised inside a component in a run's first step, naming it (found in the
+        traceback: the outermost frame whose `self` is one of the run's components); None if none was."""
         c = self.c
         named = {id(m): n for n, m in (("gen", c.gen), ("disc", c.disc), ("feat", c.feat), ("adv", c.adv),
                                        ("gp", c.gp), *c.losses.items()) if m is not None}
@@ -409,8 +410,7 @@ class Trainer:
         name = getattr(self.rc, who) if who in ROLE_NAMES else who
         msg = " ".join(str(e).split())[:400] or "no message"
         if name is None:
-            return StylezooError(f"The first training step failed: {type(e).__name__}: {msg}. The settings given with "
-                                 "--set may not fit together (STYLEZOO_DEBUG=1 shows where it happened).")
+            return None
         role = f"{who}." if who in ROLE_NAMES else f"{name}."
         return CompositionError(f"{name} failed in the first training step: {type(e).__name__}: {msg}. Check the "
                                 f"values given with --set {role}* (`stylezoo info {name}` lists its fields); for a "
@@ -504,9 +504,11 @@ class Trainer:
                 try:
                     logs = self.train_step(self.step)
                 except Exception as e:  # the first step of a composition: say which component failed
-                    if self.good_steps or self.bad_steps or isinstance(e, (StylezooError, MemoryError, OSError)):
+                    blamed = None if self.good_steps or self.bad_steps or \
+                        isinstance(e, (StylezooError, MemoryError, OSError)) else self._first_step_error(e)
+                    if blamed is None:  # later steps, or not raised inside a component: a traceback (a bug)
                         raise
-                    raise self._first_step_error(e) from e
+                    raise blamed from e
                 self.step += 1
                 self._mid_step = False
                 dt = time.perf_counter() - t0
@@ -632,7 +634,7 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
 
         rc = resolve(registry or default_registry())
     if resume is None and steps is not None:  # as `stylezoo run --steps N`: the run's length, epochs or not
-        rc = dataclasses.replace(rc, train=dataclasses.replace(rc.train, steps=steps, epochs=0.0))
+        rc = dataclasses.replace(rc, train=with_steps(rc.train, steps))
     with D.session(rc.train.device) as env:  # under torchrun: join the process group (any process count)
         if resume_from is not None and env.rank == 0:
             assert resume is not None  # resume_from was read from it

@@ -371,6 +371,34 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
     return rc
 
 
+def checked(reg: Registry, rc: RunConfig) -> RunConfig:
+    """A RunConfig built in Python (not by `resolve`) as `resolve` would leave it: names in full
+    (`encdec` -> `gen/encdec`, losses and --set keys too) and the composition validated."""
+    roles: dict[str, str] = {}
+    for role in ROLES:
+        name, kind = getattr(rc, role), ROLE_KIND[role]
+        if name == "none":
+            name = f"{kind}/none" if f"{kind}/none" in reg.names(kind=kind) else ""
+        roles[role] = reg.resolve(name, kind) if name else ""
+    losses = {reg.resolve(n, "loss"): float(w) for n, w in rc.losses.items()}
+    sets: dict[str, dict[str, Any]] = {}
+    for role, ov in rc.set.items():
+        key = role if role in ROLES else _set_loss_name(reg, role)
+        sets[key] = {**sets.get(key, {}), **ov}
+    out = dataclasses.replace(rc, gen=roles["gen"], disc=roles["disc"], feat=roles["feat"], adv=roles["adv"],
+                              gp=roles["gp"], losses=losses, set=sets)
+    validate(reg, out)
+    return out
+
+
+def with_steps(train: TrainConfig, steps: int) -> TrainConfig:
+    """`train` with a new length in steps (`--steps`, which beats epochs); a bad value is a ConfigError."""
+    try:
+        return dataclasses.replace(train, steps=steps, epochs=0.0)
+    except ValueError as e:
+        raise ConfigError(f"--steps {steps}: {e}.") from None
+
+
 def _set_loss_name(reg: Registry, role: str) -> str:
     """The full name of a loss term named in `--set ROLE.FIELD=...`, or an error listing what ROLE can be."""
     try:

@@ -6,7 +6,6 @@ The engine (core/engine.py) writes these while it trains; the CLI, the report an
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from typing import Any
 from . import checkpoint as ckpt
 from .errors import CheckpointError, ConfigError
 from .registry import Registry, default_registry
-from .runconfig import RunConfig, component_config
+from .runconfig import RunConfig, component_config, with_steps
 
 
 class _StopAtStepEnd:
@@ -205,7 +204,7 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     except ConfigError as e:
         raise CheckpointError(f"{path}: its run configuration is not valid here ({e}).") from None
     if steps is not None:  # the new total; a run sized in epochs is sized in steps from here on
-        rc.train = dataclasses.replace(rc.train, steps=steps, epochs=0.0)
+        rc.train = with_steps(rc.train, steps)
     return rc, path
 
 

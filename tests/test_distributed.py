@@ -150,7 +150,7 @@ def test_batch_that_does_not_split_over_the_processes_is_refused(reg: Registry, 
 @pytest.mark.parametrize("extra,code,fragment", [
     (["--batch", "3"], 2, "does not split over 2 processes"),
     (["--content", "/nonexistent/photos"], 1, "no such file or folder"),
-    (["--out", "HOLDS_A_RUN"], 2, "already holds a run"),
+    (["--out", "HOLDS_A_RUN"], 2, "holds a run"),
 ])
 def test_nproc_checks_the_run_before_starting_any_worker(extra: list[str], code: int, fragment: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:

@@ -280,6 +280,34 @@ def test_cli_resume_continues_to_the_new_total(tmp_path: Path) -> None:
     assert ckpt.read_meta(tmp_path / "last.safetensors")["step"] == 4
 
 
+def test_a_bad_new_length_on_resume_is_one_line(tmp_path: Path, reg: Registry) -> None:
+    args = ["run", "--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv",
+            "--size", "32", "--batch", "2", "--steps", "1", "--out", str(tmp_path), "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    for steps in ("0", "-3"):
+        r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path), "--steps", steps, "--quiet"])
+        assert r.exit_code == 2 and "Traceback" not in r.output and "train.steps must be at least 1" in r.output
+    for call in ({"resume": tmp_path}, {"out": tmp_path / "new"}):
+        with pytest.raises(ConfigError, match="at least 1"):
+            train(**call, steps=0, registry=reg)  # type: ignore[arg-type]
+
+
+def test_a_run_config_made_in_python_may_use_short_names(reg: Registry, tmp_path: Path) -> None:
+    """RunConfig(gen="encdec", losses={"tv": 1e-4}) trains as the resolved full names would, and is validated."""
+    from stylezoo.core.runconfig import DataConfig, TrainConfig
+
+    data = DataConfig(content="samples:content", style="samples:style/starry_night.jpg")
+    rc = RunConfig(gen="encdec", disc="patch", adv="lsgan", gp="none", feat="", losses={"tv": 1e-4},
+                   set={"gen": {"channels": 8, "n_res": 1}, "tv": {}}, train=TrainConfig(**TINY), data=data)
+    tr = Trainer(rc, tmp_path / "run", registry=reg)
+    assert (tr.rc.gen, tr.rc.gp, list(tr.rc.losses), list(tr.rc.set)) == ("gen/encdec", "gp/none", ["loss/tv"],
+                                                                       ["gen", "loss/tv"])
+    assert "losses tv 0.0001" in tr.describe()
+    with pytest.raises(CompositionError, match="needs a discriminator"):  # validated as resolve() validates
+        Trainer(RunConfig(gen="encdec", disc="", adv="lsgan", feat="", losses={}, data=data), tmp_path / "x",
+                registry=reg)
+
+
 def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, reg: Registry) -> None:
     args = ["run", "--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv",
             "--size", "32", "--batch", "2", "--steps", "2", "--out", str(tmp_path), "--quiet"]
