@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,6 +291,7 @@ class Stylizer:
         (>= 0, normalised to sum 1; default equal). `alpha`: 0 keeps the content, 1 is the full style.
         `size`: the style images' shorter side is reduced to this first (None: as they are).
         """
+        _check_size(size, "The style size (--style-size, size=)")
         if not self.takes_style:
             raise UsageError(f"{self.name} does not take a style image; only reference-guided generators "
                              "(gen/adain) do." + (f" It knows the labels {', '.join(self.labels)}: use a style label."
@@ -374,6 +376,7 @@ class Stylizer:
         A PIL image comes back RGB (RGBA when the input has alpha); `keep_mode` gives the input's own mode
         (grey in, grey out; see stylezoo.core.images.output_mode).
         """
+        _check_size(size, "size")
         if isinstance(image, Tensor):
             if size is not None:
                 image = _resize_tensor(image, size)
@@ -417,6 +420,7 @@ class Stylizer:
         """
         if batch < 1:
             raise UsageError(f"--batch must be >= 1, got {batch}.")
+        _check_size(size, "--size")
         pairs, report = plan_outputs(inputs, out, ext)
         if (self.requested_backend == "auto" and self._session is None and len(pairs) >= AUTO_ORT_MIN_IMAGES
                 and self.device.type == "cpu" and self.precision == "fp32"):
@@ -533,6 +537,18 @@ def _label_pairs(spec: str | int | Mapping[str, float] | Sequence[str]) -> list[
                 pass
         out.append((str(it), 1.0))
     return out
+
+
+def _check_size(size: int | None, what: str) -> None:
+    """Refuse a resize target that is not a positive whole number of pixels (None: no resizing)."""
+    if size is None:
+        return
+    try:
+        ok = not isinstance(size, bool) and operator.index(size) >= 1  # numpy integers too, not 2.5 or "512"
+    except TypeError:
+        ok = False
+    if not ok:
+        raise UsageError(f"{what} must be a whole number of pixels >= 1 (or None to keep the size), got {size!r}.")
 
 
 def _style_tensor(ref: str | Path | Image.Image | Tensor, size: int | None) -> Tensor:

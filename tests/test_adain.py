@@ -202,6 +202,15 @@ def test_stylize_with_two_references_gives_two_outputs(trained, tmp_path: Path) 
         st.set_style([STYLE / "the_scream.jpg", STYLE / "great_wave.jpg"], [1.0])
     with pytest.raises(UsageError, match="alpha"):
         st.set_style(STYLE / "the_scream.jpg", alpha=1.5)
+    for bad_size in (0, -5, 2.5):  # one line, not ZeroDivisionError or PIL's ValueError
+        with pytest.raises(UsageError, match="style size"):
+            st.set_style(STYLE / "the_scream.jpg", size=bad_size)  # type: ignore[arg-type]
+        with pytest.raises(UsageError, match="size must be a whole number"):
+            st(CONTENT / "chelsea.jpg", size=bad_size)  # type: ignore[arg-type]
+    assert st(x, size=np.int64(40)).shape[-2:] == (40, 40)
+    r = CliRunner().invoke(app, ["stylize", str(out), str(CONTENT / "chelsea.jpg"), "-o", str(tmp_path / "z.png"),
+                                 "--style", str(STYLE / "the_scream.jpg"), "--style-size", "0"])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "style size" in r.output
     with pytest.raises(UsageError, match="no style labels"):
         st.set_labels("starry_night")
     # the CLI: two references mixed with weights and an alpha, same pixels as the API
