@@ -614,19 +614,24 @@ def fuse_adam(opt: torch.optim.Optimizer | None, device: torch.device) -> None:
 
 def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume: str | Path | None = None,
           steps: int | None = None, registry: Registry | None = None,
-          progress: Callable[..., Any] | None = None, overwrite: bool = False) -> Path:
+          progress: Callable[..., Any] | None = None, overwrite: bool = False,
+          data: dict[str, str] | None = None) -> Path:
     """Train a run (or resume one) and return its last checkpoint. Mirrors `stylezoo run`.
 
     `steps` is the run's length, as `--steps` is (it beats `epochs`); when resuming, the new total. A new run
-    refuses an `out` folder that holds a run, unless `overwrite` (then that run's files go first).
+    refuses an `out` folder that holds a run, unless `overwrite` (then that run's files go first). `data`,
+    when resuming: the new place of data that moved since, e.g. {"content": "photos/"} (`--content`).
     """
     resume_from = None
     if resume is not None and rc is not None:
         raise ConfigError("train(): give a RunConfig for a new run or resume=DIR to continue one, not both (a "
                           "resumed run keeps its checkpoint's configuration; only steps= may change).")
     if resume is not None:
-        rc, resume_from = resume_config(resume, steps, registry)
+        rc, resume_from = resume_config(resume, steps, registry, moved=data)
         out = Path(resume)
+    elif data:
+        raise ConfigError("train(data=...) gives moved data a new place when resuming; a new run takes its data "
+                          "in its RunConfig.")
     elif out is not None and not overwrite:
         check_new_out(out)
     if rc is None:

@@ -6,16 +6,21 @@ The engine (core/engine.py) writes these while it trains; the CLI, the report an
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import json
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError, UsageError
 from .registry import Registry, default_registry
-from .runconfig import RunConfig, component_config, with_steps
+from .runconfig import _PATH_FIELDS, RunConfig, _absolute, _expand, component_config, with_steps
+
+log = logging.getLogger("stylezoo")
 
 
 class _StopAtStepEnd:
@@ -187,9 +192,42 @@ def default_out(rc: RunConfig) -> Path:
     return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{rc.recipe}"
 
 
-def resume_config(run_dir: str | Path, steps: int | None = None,
-                  registry: Registry | None = None) -> tuple[RunConfig, Path]:
-    """The RunConfig stored in a run's newest valid checkpoint (optionally with a new total of steps)."""
+def _data_gone(spec: str) -> bool:
+    """Whether a data spec (a file, a folder or a glob; `samples:` names bundled images) names nothing now."""
+    path = _expand(spec)
+    return not (glob.glob(path) if any(c in path for c in "*?[") else Path(path).exists())
+
+
+def relocate_data(rc: RunConfig, run_dir: str | Path, moved: dict[str, str] | None = None) -> RunConfig:
+    """A resumed run's data where it is now: `moved` gives new places ({"content": DIR, ...}) for data that is
+    no longer where the run was trained from. Data still in place cannot change (the run trains on the same
+    images); data that is gone with no new place is refused with the flag that gives it."""
+    moved = {k: v for k, v in (moved or {}).items() if v and _absolute(v) != getattr(rc.data, k, None)}
+    unknown = sorted(set(moved) - set(_PATH_FIELDS))
+    if unknown:
+        raise UsageError(f"Only data paths can move on a resume ({', '.join(_PATH_FIELDS)}), not {', '.join(unknown)}.")
+    d = rc.data
+    for key, new in moved.items():
+        old = getattr(d, key)
+        if not old:
+            raise UsageError(f"--{key} cannot be added to a resumed run: {run_dir} was trained without it.")
+        if not _data_gone(old):
+            raise UsageError(f"--{key} cannot change a resumed run: its images are still at {old}, and a resumed "
+                             "run trains on the same images. To train on others, start a new run (--out DIR).")
+        log.warning("resuming %s with --%s %s: the run's %s (%s) is no longer there", run_dir, key, new, key, old)
+    for key in _PATH_FIELDS:
+        old = getattr(d, key)
+        if old and key not in moved and _data_gone(old):
+            raise DataError(f"{run_dir} was trained on --{key} {old}, which is no longer there: move it back, or "
+                            f"give its new place with `stylezoo run --resume {run_dir} --{key} NEW_PLACE`.")
+    new_data: Any = dataclasses.replace(d, **moved)  # type: ignore[arg-type]  # path fields only, checked above
+    return dataclasses.replace(rc, data=new_data.absolute()) if moved else rc
+
+
+def resume_config(run_dir: str | Path, steps: int | None = None, registry: Registry | None = None, *,
+                  moved: dict[str, str] | None = None) -> tuple[RunConfig, Path]:
+    """The RunConfig stored in a run's newest valid checkpoint (optionally with a new total of steps, and
+    data that moved at `moved`, see `relocate_data`)."""
     path = newest_valid_checkpoint(Path(run_dir))
     meta = ckpt.read_meta(path)
     reg = registry or default_registry()
@@ -205,7 +243,7 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
         raise CheckpointError(f"{path}: its run configuration is not valid here ({e}).") from None
     if steps is not None:  # the new total; a run sized in epochs is sized in steps from here on
         rc.train = with_steps(rc.train, steps)
-    return rc, path
+    return relocate_data(rc, run_dir, moved), path
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

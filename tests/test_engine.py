@@ -615,6 +615,33 @@ def test_relative_data_paths_are_stored_absolute_so_a_resume_from_elsewhere_trai
     assert Trainer(rc, tmp_path / "run3").rc.data.content == str(elsewhere / "photos")
 
 
+def test_a_run_whose_data_moved_resumes_from_its_new_place_and_only_then(tmp_path: Path) -> None:
+    import shutil
+
+    from stylezoo.core.runconfig import SAMPLES
+
+    shutil.copytree(SAMPLES / "content", tmp_path / "photos")
+    run = tmp_path / "run"
+    args = ["run", "--gen", "encdec", "--disc", "none", "--adv", "none", "--feat", "none", "--loss", "tv",
+            "--set", "gen.channels=8", "--set", "gen.n_res=1", "--content", str(tmp_path / "photos"), "--size", "32",
+            "--batch", "2", "--steps", "1", "--out", str(run), "--quiet"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    # still in place: the data cannot change, and a flag it was trained without cannot be added
+    r = CliRunner().invoke(app, ["run", "--resume", str(run), "--steps", "2", "--content", str(SAMPLES / "content")])
+    assert r.exit_code == 2 and "still at" in r.output
+    r = CliRunner().invoke(app, ["run", "--resume", str(run), "--steps", "2", "--pairs", str(SAMPLES / "style")])
+    assert r.exit_code == 2 and "trained without it" in r.output
+    (tmp_path / "photos").rename(tmp_path / "moved")
+    r = CliRunner().invoke(app, ["run", "--resume", str(run), "--steps", "2"])
+    assert r.exit_code == 1 and "no longer there" in r.output and f"--resume {run} --content NEW_PLACE" in r.output
+    r = CliRunner().invoke(app, ["run", "--resume", str(run), "--steps", "2", "--content", str(tmp_path / "moved"),
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert ckpt.read_meta(run / "last.safetensors")["run"]["data"]["content"] == str(tmp_path / "moved")
+    # the Python API agrees
+    assert train(resume=run, steps=3, data={"content": str(tmp_path / "moved")}) == run / "last.safetensors"
+
+
 def test_a_run_says_in_one_line_what_it_trains_on_what_and_where(reg: Registry, tmp_path: Path,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     rc = tiny(reg, NOISE, adv="wgan", gp="r1", losses=["tv:0.5"], sets=["train.precision=fp32"])

@@ -61,6 +61,7 @@ def run_cmd(
     logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     reg = default_registry()
     resume_from = None
+    moved: dict[str, str] = {}
     if overwrite and resume is not None:
         from ..errors import UsageError
 
@@ -68,18 +69,20 @@ def run_cmd(
     if resume is not None:
         given = {f"--{k.rstrip('_').replace('_', '-')}": v for k, v in dict(
             gen=gen, disc=disc, feat=feat, adv=adv, gp=gp, loss=loss, recipe=recipe, config=config, set_=set_,
-            data=data, style=style, content=content, pairs=pairs, input_=input_, target=target, size=size,
-            batch=batch, epochs=epochs, lr=lr, seed=seed, device=device, precision=precision, out=out).items()
-            if v not in (None, [], ())}
+            size=size, batch=batch, epochs=epochs, lr=lr, seed=seed, device=device, precision=precision,
+            out=out).items() if v not in (None, [], ())}
+        # data that moved since the run was trained may be given its new place (rundir.relocate_data)
+        moved = {k: str(v) for k, v in dict(data=data, style=style, content=content, pairs=pairs, input=input_,
+                                            target=target).items() if v is not None}
         if strict:
             given["--strict"] = True
         if given:  # they used to be ignored without a word: the checkpoint's own configuration decides
             from ..errors import UsageError
 
             raise UsageError(f"{', '.join(given)} cannot change a resumed run: --resume continues {resume} as its "
-                             "checkpoint describes it (only --steps, the new total, may be given). To train with "
-                             "other settings, start a new run (--out DIR).")
-        rc, resume_from = resume_config(resume, steps)
+                             "checkpoint describes it (only --steps, the new total, may be given, and the new "
+                             "place of data that moved). To train with other settings, start a new run (--out DIR).")
+        rc, resume_from = resume_config(resume, steps, moved=moved)
     else:
         cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
         train_opts = {k: v for k, v in dict(size=size, batch=batch, steps=steps, epochs=epochs, lr=lr, seed=seed,
@@ -105,7 +108,7 @@ def run_cmd(
     try:
         with StepProgress("train", plain=quiet) as update:
             last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
-                         overwrite=overwrite,
+                         overwrite=overwrite, data=moved if resume is not None else None,
                          progress=(lambda step, total, logs: update(step, total, _fmt(logs))) if env.rank == 0 else None)
         out_dir = last.parent
     except KeyboardInterrupt:
