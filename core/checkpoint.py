@@ -9,12 +9,14 @@ under the final name.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from .errors import CheckpointError
 META_KEY = "stylezoo"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".ckpt", ".bin"}
+EXPORT_SUFFIXES = {".onnx", ".ts", ".torchscript"}  # what `stylezoo export` writes (and .pt, checked inside)
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -129,7 +132,22 @@ def save(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any
     return path
 
 
+def refuse_export(path: Path) -> None:
+    """Refuse an exported model (ONNX, TorchScript) where a checkpoint is wanted, saying what to give instead."""
+    exported = path.suffix.lower() in EXPORT_SUFFIXES or path.with_name(path.name + ".parity.json").is_file()
+    if not exported and path.suffix.lower() == ".pt" and path.is_file() and zipfile.is_zipfile(path):
+        with contextlib.suppress(OSError, zipfile.BadZipFile):
+            with zipfile.ZipFile(path) as z:
+                exported = any("/code/" in n for n in z.namelist())  # TorchScript archives hold their code
+    if exported:
+        raise CheckpointError(
+            f"{path} is an exported model (what `stylezoo export` writes, ONNX or TorchScript), not a checkpoint: "
+            "give the run folder or the .safetensors checkpoint it was exported from. The exported file itself "
+            "runs with onnxruntime or torch.jit.load.")
+
+
 def refuse_pickle(path: Path) -> None:
+    refuse_export(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path} looks like a pickled PyTorch file: stylezoo loads only .safetensors files, because "

@@ -255,3 +255,16 @@ def test_onnx_export_without_its_packages_names_the_install(tmp_path: Path, monk
     with pytest.raises(UsageError, match=r"needs onnxruntime, which is not installed: pip install 'stylezoo\[export\]'"):
         ex.require_exporters("onnx")
     ex.require_exporters("torchscript")  # needs nothing beyond torch
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_an_exported_file_given_as_a_checkpoint_says_what_to_give(exported, tmp_path: Path, fmt: str) -> None:
+    """`stylize model.pt` on stylezoo's own TorchScript export was 'a pickled PyTorch file'; .onnx 'corrupt'."""
+    out, _ = exported("gen/encdec", fmt)
+    alone = tmp_path / f"model{'.pt' if fmt == 'torchscript' else '.onnx'}"  # without its parity record
+    alone.write_bytes(out.read_bytes())
+    for path in (out, alone):
+        with pytest.raises(CheckpointError, match="is an exported model"):
+            load_generator(path)
+        r = CliRunner().invoke(app, ["stylize", str(path), str(tmp_path), "-o", str(tmp_path / "o")])
+        assert r.exit_code == 1 and "exported model" in r.output and "pickled" not in r.output
