@@ -387,6 +387,18 @@ class Trainer:
                 "--set train.precision=fp32."
             )
 
+    def checked_step(self, step: int) -> dict[str, float]:
+        """`train_step`, with an exception raised inside a component in this session's first step reported
+        as one line naming it (fit and `run --dry-run` go through here)."""
+        try:
+            return self.train_step(step)
+        except Exception as e:
+            blamed = None if self.good_steps or self.bad_steps or \
+                isinstance(e, (StylezooError, MemoryError, OSError)) else self._first_step_error(e)
+            if blamed is None:  # later steps, or not raised inside a component: a traceback (a bug)
+                raise
+            raise blamed from e
+
     def _check_last_steps(self) -> None:
         """At the end: a run none of whose steps trained is an error; bad last steps are a warning."""
         if not self.bad_steps:
@@ -501,14 +513,7 @@ class Trainer:
                 signals.busy = True
                 t0 = time.perf_counter()
                 self._mid_step = True
-                try:
-                    logs = self.train_step(self.step)
-                except Exception as e:  # the first step of a composition: say which component failed
-                    blamed = None if self.good_steps or self.bad_steps or \
-                        isinstance(e, (StylezooError, MemoryError, OSError)) else self._first_step_error(e)
-                    if blamed is None:  # later steps, or not raised inside a component: a traceback (a bug)
-                        raise
-                    raise blamed from e
+                logs = self.checked_step(self.step)
                 self.step += 1
                 self._mid_step = False
                 dt = time.perf_counter() - t0

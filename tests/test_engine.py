@@ -259,6 +259,24 @@ def test_cli_dry_run_reports_composition(tmp_path: Path) -> None:
     assert "gen/encdec" in result.output and "parameters" in result.output and "(2, 3, 32, 32)" in result.output
 
 
+def test_cli_dry_run_of_a_resume_starts_from_the_checkpoint(tmp_path: Path) -> None:
+    args = ["run", "--gen", "encdec", "--disc", "patch", "--feat", "none", "--loss", "tv", "--size", "32",
+            "--batch", "2", "--set", "gen.channels=8", "--set", "gen.n_res=1"]
+    assert CliRunner().invoke(app, [*args, "--steps", "2", "--out", str(tmp_path), "--quiet"]).exit_code == 0
+    before = (tmp_path / "last.safetensors").read_bytes()
+    fresh = CliRunner().invoke(app, [*args, "--dry-run"])
+    resumed = CliRunner().invoke(app, ["run", "--resume", str(tmp_path), "--steps", "4", "--dry-run"])
+    assert fresh.exit_code == 0 and resumed.exit_code == 0, resumed.output
+    assert "at step 2" in resumed.output and "resumed from" in resumed.output
+    one_step = [r.output.split("one step:", 1)[1] for r in (fresh, resumed)]
+    assert one_step[0] != one_step[1]  # trained weights, not fresh ones
+    assert (tmp_path / "last.safetensors").read_bytes() == before  # a dry run writes nothing
+    r = CliRunner().invoke(app, [*args, "--batch", "3", "--nproc", "2", "--dry-run"])
+    assert r.exit_code == 2 and "does not split over 2 processes" in r.output
+    r = CliRunner().invoke(app, [*args, "--set", "disc.in_channels=1", "--dry-run"])
+    assert r.exit_code == 2 and "disc/patch failed in the first training step" in r.output and "Traceback" not in r.output
+
+
 def test_cli_unknown_set_key_exits_2_without_traceback() -> None:
     result = CliRunner().invoke(app, ["run", "--set", "gen.chanels=8", "--dry-run"])
     assert result.exit_code == 2

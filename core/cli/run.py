@@ -97,7 +97,11 @@ def run_cmd(
             cli["data"] = data_opts
         rc = resolve(reg, recipe=recipe, config_file=config, cli=cli, sets=list(set_ or []), losses=list(loss or []))
     if dry_run:
-        _dry_run(rc)
+        if nproc is not None and nproc > 1:
+            from ..engine import check_batch_split
+
+            check_batch_split(rc.train.batch, nproc)
+        _dry_run(rc, resume_from)
         return
     if nproc is not None and nproc != 1 and not env.distributed:  # the same command in nproc workers
         _preflight(rc, nproc, out if resume is None and not overwrite else None, resume_from)
@@ -203,7 +207,8 @@ def _sigterm_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _dry_run(rc: Any) -> None:
+def _dry_run(rc: Any, resume_from: Path | None = None) -> None:
+    """Build everything (from the checkpoint when resuming), run one step, print a table; nothing is written."""
     import tempfile
 
     from rich.table import Table
@@ -211,11 +216,12 @@ def _dry_run(rc: Any) -> None:
     from ..engine import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(rc, tmp)
-        gin = tr.batch(0)[2]
-        logs = tr.train_step(0)
+        tr = Trainer(rc, tmp, resume_from=resume_from)
+        gin = tr.batch(tr.step)[2]
+        logs = tr.checked_step(tr.step)
         fake = tr.c.gen(gin)
-    table = Table(title=f"dry run: recipe {rc.recipe}")
+    where = f", resumed from {resume_from} at step {tr.step}" if resume_from is not None else ""
+    table = Table(title=f"dry run: recipe {rc.recipe}{where}")
     for col in ("role", "component", "parameters", "notes"):
         table.add_column(col)
     for role in ("gen", "disc", "feat", "adv", "gp"):
