@@ -77,6 +77,8 @@ def check_batch_split(batch: int, world: int) -> None:
 def check_new_out(out: str | Path) -> None:
     """Refuse to start a new run in a folder that already holds one (it would mix the two runs' files)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for the run (it is created if missing).")
     if holds_run(out) and not ((out / "last.safetensors").exists() or any((out / "checkpoints").glob("*.safetensors"))):
         raise ConfigError(f"{out} holds a run that stopped before it saved a checkpoint, so there is nothing to resume: "
                           "start again with --overwrite, or give another --out (Python: overwrite=True).")

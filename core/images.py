@@ -43,6 +43,8 @@ def open_image(path: str | Path, *, keep_alpha: bool = False, short: int | None 
     decodes in a fraction of the time.
     """
     path = Path(path)
+    if path.is_dir():
+        raise BadImage(f"{path} is a folder: give one image file here.")
     if not path.is_file():
         raise BadImage(f"{path}: no such image file.")
     if path.stat().st_size == 0:

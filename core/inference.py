@@ -325,6 +325,10 @@ class Stylizer:
         for name, weight in pairs:
             idx = labels.index(name) if name in labels else None
             if idx is None:
+                head, colon, tail = name.rpartition(":")
+                if colon and (head in labels or head.isdigit()):
+                    raise UsageError(f"--style-label {name!r}: the weight after ':' must be a number, got {tail!r} "
+                                     f"(e.g. {head}:0.5).")
                 raise UsageError(f"Unknown style label {name!r}: {self.name} knows {', '.join(labels)}.")
             w[idx] += weight
         self._cond = {"label_weights": torch.tensor(_mix_weights(w.tolist(), len(labels), "label"))}

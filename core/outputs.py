@@ -80,6 +80,8 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
         pairs, used = [], set()
         for src, rel in found:
             dst = out / (rel.with_suffix(suffix) if suffix else rel)
+            if not suffix and Image.registered_extensions().get(dst.suffix.lower()) not in Image.SAVE:
+                dst = dst.with_suffix(".png")  # an input named oddly (photo.dat, notes.txt): written as PNG
             k = 1
             while dst in used:
                 dst = dst.with_name(f"{dst.stem.rsplit('~', 1)[0]}~{k}{dst.suffix}")

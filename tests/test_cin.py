@@ -176,6 +176,8 @@ def test_training_learns_the_folder_labels_and_stylize_picks_them(reg: Registry,
     assert (half - a).abs().mean() > 0 and (half - b).abs().mean() > 0
     with pytest.raises(UsageError, match="Unknown style label 'oil'.*sea, swirl"):
         st.set_labels("oil")
+    with pytest.raises(UsageError, match="the weight after ':' must be a number, got 'abc'"):
+        st.set_labels(["sea:abc"])
     with pytest.raises(UsageError, match="does not take a style image"):
         st.set_style(STYLE / "the_scream.jpg")
 

@@ -552,6 +552,10 @@ def test_cli_out_of_range_hyperparameters_exit_2(tmp_path: Path, args: list[str]
 def test_cli_out_inside_a_file_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the run folder should go")
+    clean_error(invoke("run", *TINY, "--steps", "1", "--data", good_folder(tmp_path / "d", 1), "--out", blocker), 2,
+                f"--out {blocker} is a file")
+    with pytest.raises(BadImage, match="is a folder: give one image file"):
+        open_image(tmp_path)
     args = ["run", *TINY, "--steps", "1", "--data", good_folder(tmp_path / "d", 1), "--out", blocker / "run"]
     clean_error(invoke(*args), 1, str(blocker))
     monkeypatch.setenv("STYLEZOO_DEBUG", "1")

@@ -477,6 +477,17 @@ def test_a_users_image_in_the_output_sub_folder_is_never_overwritten(image_run: 
     assert any("left out of the inputs" in n for n in report.notes), report.notes
 
 
+def test_inputs_with_suffixes_no_image_format_has_are_written_as_png(image_run: Path, tmp_path: Path) -> None:
+    """photo.dat (a PNG) comes out as photo.png; notes.txt is skipped as not an image, not 'cannot write .txt'."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(_rgb(20, 20, 1)).save(tmp_path / "in" / "photo.dat", format="PNG")
+    (tmp_path / "in" / "notes.txt").write_text("hello")
+    st = Stylizer.load(image_run, device="cpu")
+    report = st.stylize_files([tmp_path / "in" / "photo.dat", tmp_path / "in" / "notes.txt"], tmp_path / "out")
+    assert [p.name for p in report.written] == ["photo.png"]
+    assert len(report.skipped) == 1 and "not an image" in report.skipped[0][1]
+
+
 @pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tif"])
 def test_every_markable_output_format_carries_the_stylezoo_mark(ext: str, tmp_path: Path) -> None:
     from stylezoo.core.images import encode, image_format
