@@ -48,7 +48,7 @@ def load_images(files: Sequence[Path], short: int, *, strict: bool = False, what
         kept.append(f)
     if bad and warn:
         shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-        log.warning("skipped %d unreadable file(s) in the %s images: %s", len(bad), what, shown)
+        log.warning("skipped %d file(s) in the %s images that cannot be used: %s", len(bad), what, shown)
     return good, kept, bad
 
 
@@ -99,7 +99,7 @@ class LazyImages:
                 if self.strict:
                     raise DataError(f"{e} (refused because of --strict; remove the file or drop --strict).") from None
                 self.bad.add(j)
-                log.warning("skipped an unreadable %s image: %s", self.what, e)
+                log.warning("skipped a %s image that cannot be used: %s", self.what, e)
         raise DataError(f"None of the {len(self.files)} {self.what} images could be read; see the warnings above.")
 
     def prefetch(self, indices: Sequence[int]) -> None:
@@ -316,7 +316,7 @@ class PairSet:
         bad = bad_in + bad_tg
         if bad:
             shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-            log.warning("skipped %d pair(s) with an unreadable image: %s", len(bad), shown)
+            log.warning("skipped %d pair(s) with an image that cannot be used: %s", len(bad), shown)
         if not self.inputs:
             raise DataError(f"None of the {len(pairs)} pairs could be read ({inputs}, {targets}); "
                             "see the warnings above.")

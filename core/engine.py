@@ -49,7 +49,7 @@ ROLE_NAMES = ("gen", "disc", "feat", "adv", "gp")
 
 
 class Trainer:
-    """Trains one composition. `Trainer(rc).fit()`; the CLI's `stylezoo run` is a thin layer over it."""
+    """Trains one composition. `Trainer(rc, out).fit()`; the CLI's `stylezoo run` is a thin layer over it."""
 
     # set while it is built, by core/assembly.py
     content: ImageSet | None  # the generator's input images (image generators, unpaired data)

@@ -520,6 +520,8 @@ def test_a_length_in_steps_beats_epochs_and_resume_can_extend_an_epoch_run(reg: 
         t = resolve(reg, recipe="portrait-sketch", **kw).train
         assert (t.steps, t.epochs) == (7, 0), kw
     assert resolve(reg, recipe="portrait-sketch", cli={"train": {"epochs": 2}}).train.epochs == 2
+    r = CliRunner().invoke(app, ["run", "--steps", "3", "--epochs", "4", "--dry-run"])  # --epochs was dropped silently
+    assert r.exit_code == 2 and "not both" in r.output
     noise = {"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none",
              "set": {"gen": {"channels": 8, "latent_dim": 16}, "disc": {"channels": 8}},
              "train": {**TINY, "epochs": 1}, "data": {"data": "samples:content"}}

@@ -84,6 +84,10 @@ def run_cmd(
                              "place of data that moved). To train with other settings, start a new run (--out DIR).")
         rc, resume_from = resume_config(resume, steps, moved=moved)
     else:
+        if steps is not None and epochs is not None:
+            from ..errors import UsageError
+
+            raise UsageError("Give the run's length as --steps or as --epochs, not both (--steps would win).")
         cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
         train_opts = {k: v for k, v in dict(size=size, batch=batch, steps=steps, epochs=epochs, lr=lr, seed=seed,
                                              device=device, precision=precision).items() if v is not None}
