@@ -8,6 +8,7 @@ The extractors are the real offline weights (`make weights`), as the metrics use
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,11 @@ def test_eval_cli_prints_json_and_appends_to_the_runs_eval_log(tiny_run: Path, t
     assert r.exit_code == 0, r.output
     assert "style_gram" in r.stdout and "lower" in r.stdout
     assert len((tiny_run / "eval.jsonl").read_text().splitlines()) == len(lines) + 1
+    # a checkpoint copied out of its run: scored, and it says where the results were not logged
+    alone = tmp_path / "alone.safetensors"
+    shutil.copy(step, alone)
+    r = CliRunner().invoke(app, ["eval", str(alone), "--size", str(SIZE), "--device", "cpu"])
+    assert r.exit_code == 0 and "not logged" in r.output and "not inside a run folder" in r.output, r.output
 
 
 def test_eval_cli_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:

@@ -54,6 +54,9 @@ def eval_cmd(
         err.print(f"[yellow]note:[/] {escape(note)}")
     if run is not None and not no_log:
         err.print(f"appended to {run / 'eval.jsonl'}")
+    elif run is None and not no_log:
+        err.print(f"not logged: {res.checkpoint} is not inside a run folder (no eval.jsonl to append to); "
+                  "--json prints the results to keep")
 
 
 def print_table(record: dict[str, Any]) -> None:
