@@ -234,4 +234,5 @@ def test_metadata_with_random_values_of_the_wrong_type(tmp_path: Path, reg: Regi
             r = outcome(door, StylezooError)
             seen[r] = seen.get(r, 0) + 1
     assert seen.get("CheckpointError", 0) > 60 and seen.get("ok", 0) > 0, seen
-    assert set(seen) <= {"ok", "CheckpointError", "ConfigError", "TrainingDiverged"}, seen
+    # DataError: a data path swapped for junk names nothing, and resume says the run's data is gone
+    assert set(seen) <= {"ok", "CheckpointError", "ConfigError", "DataError", "TrainingDiverged"}, seen
