@@ -132,9 +132,20 @@ def save(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any
     return path
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file starts with its header's length (8 bytes, little-endian) and then the JSON header."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def refuse_export(path: Path) -> None:
     """Refuse an exported model (ONNX, TorchScript) where a checkpoint is wanted, saying what to give instead."""
-    exported = path.suffix.lower() in EXPORT_SUFFIXES or path.with_name(path.name + ".parity.json").is_file()
+    exported = path.suffix.lower() in EXPORT_SUFFIXES or (
+        path.with_name(path.name + ".parity.json").is_file() and not _looks_like_safetensors(path))
     if not exported and path.suffix.lower() == ".pt" and path.is_file() and zipfile.is_zipfile(path):
         with contextlib.suppress(OSError, zipfile.BadZipFile):
             with zipfile.ZipFile(path) as z:

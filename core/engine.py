@@ -393,8 +393,10 @@ class Trainer:
         try:
             return self.train_step(step)
         except Exception as e:
-            blamed = None if self.good_steps or self.bad_steps or \
-                isinstance(e, (StylezooError, MemoryError, OSError)) else self._first_step_error(e)
+            out_of_memory = isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(e) \
+                or "not enough memory" in str(e)  # a size or batch too large, not a component's settings
+            blamed = None if self.good_steps or self.bad_steps or out_of_memory or \
+                isinstance(e, (StylezooError, OSError)) else self._first_step_error(e)
             if blamed is None:  # later steps, or not raised inside a component: a traceback (a bug)
                 raise
             raise blamed from e
@@ -413,14 +415,15 @@ class Trainer:
 
     def _first_step_error(self, e: Exception) -> StylezooError | None:
         """One line for an exception raised inside a component in a run's first step, naming it (found in the
-        traceback: the outermost frame whose `self` is one of the run's components); None if none was."""
+        traceback: the innermost frame whose `self` is one of the run's components); None if none was."""
         c = self.c
         named = {id(m): n for n, m in (("gen", c.gen), ("disc", c.disc), ("feat", c.feat), ("adv", c.adv),
                                        ("gp", c.gp), *c.losses.items()) if m is not None}
-        who = next((named[id(f.f_locals["self"])] for f, _ in traceback.walk_tb(e.__traceback__)
+        # the innermost: a penalty or a loss that calls the discriminator blames the discriminator's own fault
+        who = next((named[id(f.f_locals["self"])] for f, _ in reversed(list(traceback.walk_tb(e.__traceback__)))
                     if id(f.f_locals.get("self")) in named), None)
         name = getattr(self.rc, who) if who in ROLE_NAMES else who
-        msg = " ".join(str(e).split())[:400] or "no message"
+        msg = " ".join(str(e).split())[:400].rstrip(".") or "no message"
         if name is None:
             return None
         role = f"{who}." if who in ROLE_NAMES else f"{name}."

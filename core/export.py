@@ -484,6 +484,9 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
     from .inference import load_generator
 
     out = Path(out)
+    if out.suffix.lower() == ".safetensors":
+        raise UsageError(f"-o {out}: .safetensors is the checkpoint format; name the export .onnx or .ts (it would "
+                         "replace a checkpoint with a model that cannot be resumed or loaded as one).")
     fmt = format_of(out, fmt)
     if tolerance is not None and not tolerance > 0:
         raise UsageError(f"--tolerance must be > 0, got {tolerance}.")

@@ -412,7 +412,7 @@ class Stylizer:
     # -- many files ------------------------------------------------------------------------------------------
     def stylize_files(self, inputs: Sequence[str | Path], out: str | Path, *, size: int | None = None,
                       batch: int = 1, ext: str | None = None, strict: bool = False, keep_mode: bool = False,
-                      progress: Callable[[Path, bool], None] | None = None,
+                      overwrite: bool = False, progress: Callable[[Path, bool], None] | None = None,
                       on_skip: Callable[[str, str], None] | None = None) -> StylizeReport:
         """Restyle image files, folders (recursively) and globs into `out` (a folder, or a file for one input).
 
@@ -425,7 +425,7 @@ class Stylizer:
         if batch < 1:
             raise UsageError(f"--batch must be >= 1, got {batch}.")
         _check_size(size, "--size")
-        pairs, report = plan_outputs(inputs, out, ext)
+        pairs, report = plan_outputs(inputs, out, ext, overwrite=overwrite)
         if (self.requested_backend == "auto" and self._session is None and len(pairs) >= AUTO_ORT_MIN_IMAGES
                 and self.device.type == "cpu" and self.precision == "fp32"):
             self.use_onnxruntime(required=False)

@@ -32,8 +32,8 @@ def _glob_base(spec: str) -> Path:
     return Path(*keep) if keep else Path(".")
 
 
-def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
-                 ext: str | None = None) -> tuple[list[tuple[Path, Path]], StylizeReport]:
+def plan_outputs(inputs: Sequence[str | Path], out: str | Path, ext: str | None = None, *,
+                 overwrite: bool = False) -> tuple[list[tuple[Path, Path]], StylizeReport]:
     """(input, output) pairs: outputs keep the input's name (and sub-folders) under `out`, or `out` itself
     when it has an image suffix and there is one input. Inputs that name nothing go to report.skipped."""
     out = Path(out)
@@ -94,9 +94,12 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path,
     for src, dst in pairs:
         if dst.resolve() == src.resolve():
             raise UsageError(f"{dst} would overwrite its own input; write to another folder (-o).")
-        if (dst.resolve() in inside or (among_inputs and dst.is_file())) and not is_stylezoo_output(dst):
-            raise UsageError(f"Stylizing {src} would overwrite {dst}, one of your images (not an earlier stylize "
-                             "output); write to a folder outside the inputs (-o), or move that image first.")
+        if not overwrite and (dst.resolve() in inside or (among_inputs and dst.is_file())) \
+                and not is_stylezoo_output(dst):
+            raise UsageError(f"Stylizing {src} would overwrite {dst}, an image stylize did not mark as its own output "
+                             "(one of yours, an output of an older stylezoo, or a BMP/GIF/PPM output, which cannot "
+                             "carry the mark); write to another folder (-o), or give --overwrite "
+                             "(Python: overwrite=True) to replace it.")
     others = len(inside) - sum(dst.resolve() in inside for _, dst in pairs)
     if others:
         report.notes.append(f"{others} image(s) inside the output folder {out} were left out of the inputs "

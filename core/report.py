@@ -276,7 +276,8 @@ def samples_section(run: Path, family: str, step: int) -> tuple[str, str]:
     fstep = grid_step(final) if final.is_file() else None
     when = "" if fstep is None else f" (step {fstep})" if fstep == step else \
         f" (step {fstep}, older than the checkpoint's step {step}: the run was stopped before it ended)"
-    if final.is_file() and (fstep is None or fstep not in {s for s, _ in over}):  # else a grid shows it already
+    shown = {s for s, _ in over}  # a grid already shows final.png's step (runs before the step chunk: `step`)
+    if final.is_file() and (fstep if fstep is not None else step) not in shown:
         over.append((step if fstep is None else fstep, figure(final.read_bytes(), f"final{when}")))
     over.sort(key=lambda sf: sf[0])
     figs = "".join(f for _, f in over)

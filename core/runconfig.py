@@ -388,6 +388,9 @@ def checked(reg: Registry, rc: RunConfig) -> RunConfig:
     out = dataclasses.replace(rc, gen=roles["gen"], disc=roles["disc"], feat=roles["feat"], adv=roles["adv"],
                               gp=roles["gp"], losses=losses, set=sets)
     validate(reg, out)
+    # the overrides as their fields' types, as resolve() leaves them ("8" -> 8)
+    out.set = {role: {k: v for k, v in config_to_dict(component_config(reg, out, role)).items() if k in ov}
+               if ov and (role not in ROLES or getattr(out, role)) else ov for role, ov in out.set.items()}
     return out
 
 

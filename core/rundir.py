@@ -195,14 +195,16 @@ def default_out(rc: RunConfig) -> Path:
 def _data_gone(spec: str) -> bool:
     """Whether a data spec (a file, a folder or a glob; `samples:` names bundled images) names nothing now."""
     path = _expand(spec)
-    return not (glob.glob(path) if any(c in path for c in "*?[") else Path(path).exists())
+    if Path(path).exists():  # a real file or folder, even one with [brackets] in its name
+        return False
+    return not (any(c in path for c in "*?[") and glob.glob(path, recursive=True))
 
 
 def relocate_data(rc: RunConfig, run_dir: str | Path, moved: dict[str, str] | None = None) -> RunConfig:
     """A resumed run's data where it is now: `moved` gives new places ({"content": DIR, ...}) for data that is
     no longer where the run was trained from. Data still in place cannot change (the run trains on the same
     images); data that is gone with no new place is refused with the flag that gives it."""
-    moved = {k: v for k, v in (moved or {}).items() if v and _absolute(v) != getattr(rc.data, k, None)}
+    moved = {k: str(v) for k, v in (moved or {}).items() if v and _absolute(str(v)) != getattr(rc.data, k, None)}
     unknown = sorted(set(moved) - set(_PATH_FIELDS))
     if unknown:
         raise UsageError(f"Only data paths can move on a resume ({', '.join(_PATH_FIELDS)}), not {', '.join(unknown)}.")

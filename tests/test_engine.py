@@ -316,8 +316,9 @@ def test_a_run_config_made_in_python_may_use_short_names(reg: Registry, tmp_path
 
     data = DataConfig(content="samples:content", style="samples:style/starry_night.jpg")
     rc = RunConfig(gen="encdec", disc="patch", adv="lsgan", gp="none", feat="", losses={"tv": 1e-4},
-                   set={"gen": {"channels": 8, "n_res": 1}, "tv": {}}, train=TrainConfig(**TINY), data=data)
+                   set={"gen": {"channels": "8", "n_res": 1}, "tv": {}}, train=TrainConfig(**TINY), data=data)
     tr = Trainer(rc, tmp_path / "run", registry=reg)
+    assert tr.rc.set["gen"] == {"channels": 8, "n_res": 1}  # typed as resolve() types them
     assert (tr.rc.gen, tr.rc.gp, list(tr.rc.losses), list(tr.rc.set)) == ("gen/encdec", "gp/none", ["loss/tv"],
                                                                        ["gen", "loss/tv"])
     assert "losses tv 0.0001" in tr.describe()
@@ -658,8 +659,12 @@ def test_a_run_whose_data_moved_resumes_from_its_new_place_and_only_then(tmp_pat
                                  "--quiet"])
     assert r.exit_code == 0, r.output
     assert ckpt.read_meta(run / "last.safetensors")["run"]["data"]["content"] == str(tmp_path / "moved")
-    # the Python API agrees
-    assert train(resume=run, steps=3, data={"content": str(tmp_path / "moved")}) == run / "last.safetensors"
+    # the Python API agrees (paths as Path or str)
+    assert train(resume=run, steps=3, data={"content": tmp_path / "moved"}) == run / "last.safetensors"  # type: ignore[dict-item]
+    # a folder whose name holds glob characters is a folder, not a pattern that matches nothing
+    (tmp_path / "moved").rename(tmp_path / "photos [2023]")
+    train(resume=run, steps=4, data={"content": str(tmp_path / "photos [2023]")})
+    assert train(resume=run, steps=5) == run / "last.safetensors"
 
 
 def test_a_run_says_in_one_line_what_it_trains_on_what_and_where(reg: Registry, tmp_path: Path,

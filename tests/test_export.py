@@ -266,5 +266,7 @@ def test_an_exported_file_given_as_a_checkpoint_says_what_to_give(exported, tmp_
     for path in (out, alone):
         with pytest.raises(CheckpointError, match="is an exported model"):
             load_generator(path)
+    with pytest.raises(UsageError, match="checkpoint format"):  # it used to replace the checkpoint itself
+        ex.export(tmp_path / "x.safetensors", fmt, tmp_path / "last.safetensors")
         r = CliRunner().invoke(app, ["stylize", str(path), str(tmp_path), "-o", str(tmp_path / "o")])
         assert r.exit_code == 1 and "exported model" in r.output and "pickled" not in r.output

@@ -595,6 +595,8 @@ class BlowUp(nn.Module):
             return torch.sqrt((x - x.detach()).abs() + 0.0).mean()  # value 0, gradient NaN
         if self.cfg.value == "raise":
             raise KeyError("a bug inside the term")
+        if self.cfg.value == "oom":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         if self.cfg.value == "vector":
             return (x - x.detach()).mean((1, 2, 3)) + 0.1
         return good * float(self.cfg.value)
@@ -697,6 +699,15 @@ def test_a_short_run_whose_every_step_is_bad_is_not_done(tmp_path: Path, blowup_
     assert r.exit_code == 0, r.output
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "the last 2 step(s) had a NaN/Inf" in said and "those of step 2" in said, said
+
+
+def test_running_out_of_memory_is_not_blamed_on_a_components_settings(tmp_path: Path,
+                                                                       blowup_registry: Registry) -> None:
+    r = invoke("run", *TINY, "--loss", "tv", "--loss", "blowup", "--steps", "2", "--data",
+               good_folder(tmp_path / "d", 2), "--set", "loss/blowup.after=0", "--set", "loss/blowup.value=oom",
+               "--out", tmp_path / "run")
+    assert isinstance(r.exception, RuntimeError) and "out of memory" in str(r.exception)
+    assert "--set loss/blowup" not in r.output
 
 
 @pytest.mark.parametrize("value,fragments", [

@@ -453,7 +453,7 @@ def test_a_users_image_in_the_output_sub_folder_is_never_overwritten(image_run: 
     Image.fromarray(_rgb(20, 20, 3)).save(d / "out" / "b.png")
     before = (d / "out" / "a.png").read_bytes()
     st = Stylizer.load(image_run, device="cpu")
-    with pytest.raises(UsageError, match="one of your images"):
+    with pytest.raises(UsageError, match="did not mark as its own"):
         st.stylize_files([d], d / "out")
     assert (d / "out" / "a.png").read_bytes() == before
     # outputs are marked, so re-running into a fresh sub-folder replaces only stylize's own output
@@ -466,11 +466,19 @@ def test_a_users_image_in_the_output_sub_folder_is_never_overwritten(image_run: 
     Image.fromarray(_rgb(20, 20, 4)).save(mine, format="JPEG")
     (d / "b.png").write_bytes((d / "a.png").read_bytes())
     for inputs, ext in (([str(d / "*.png")], None), ([d / "a.png", d / "b.png"], None), ([d], "jfif")):
-        with pytest.raises(UsageError, match="one of your images"):
+        with pytest.raises(UsageError, match="did not mark as its own"):
             st.stylize_files(inputs, d / "out", ext=ext)
     assert (d / "out" / "a.png").read_bytes() == before and not is_stylezoo_output(mine)
     mine.unlink()
     (d / "b.png").unlink()
+    # --overwrite (Python: overwrite=True) replaces what stylize cannot tell apart: a user's image, an older
+    # stylezoo's output, or a GIF/BMP output, which cannot carry the mark (a re-run into the same folder)
+    assert [p.name for p in st.stylize_files([d / "a.png"], d / "gif", ext="gif").written] == ["a.gif"]
+    with pytest.raises(UsageError, match="BMP/GIF/PPM"):
+        st.stylize_files([d / "a.png"], d / "gif", ext="gif")
+    r = CliRunner().invoke(app, ["stylize", str(image_run), str(d / "a.png"), "-o", str(d / "gif"), "--ext", "gif",
+                                 "--overwrite", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
     # and the user's own images left out of the inputs are named in a note, not dropped silently
     (d / "out" / "a.png").unlink()
     report = st.stylize_files([d], d / "out")

@@ -26,6 +26,7 @@ def stylize_cmd(
     num: Annotated[int, typer.Option("--num", "-n", help="Noise generators: how many samples to write.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Noise generators: the same seed gives the same images.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse (write nothing) if any input is unreadable.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing images in the output folder even when stylize cannot tell they are its own (it never replaces a user's image without this).")] = False,
     keep_mode: Annotated[bool, typer.Option("--keep-mode", help="Write each image in its input's mode (grey in, grey out; palette, CMYK, 16-bit) instead of colour.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     style: Annotated[Optional[list[str]], typer.Option("--style", help="Reference-guided generators (adain): a style image; repeat to mix several.")] = None,
@@ -81,10 +82,10 @@ def stylize_cmd(
 
     from ..inference import plan_outputs
 
-    total = len(plan_outputs(inputs, out, ext)[0]) if not quiet else 0
+    total = len(plan_outputs(inputs, out, ext, overwrite=overwrite)[0]) if not quiet else 0
     with _Bar(total, quiet or total < 2, "stylize") as bar:
         report = st.stylize_files(inputs, out, size=size, batch=batch, ext=ext, strict=strict, keep_mode=keep_mode,
-                                  progress=bar.advance, on_skip=on_skip)
+                                  overwrite=overwrite, progress=bar.advance, on_skip=on_skip)
     for note in report.notes:
         err.print(f"[yellow]note:[/] {escape(note)}")
     where = report.written[0] if len(report.written) == 1 else out
