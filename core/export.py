@@ -488,6 +488,11 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
         raise UsageError(f"-o {out}: .safetensors is the checkpoint format; name the export .onnx or .ts (it would "
                          "replace a checkpoint with a model that cannot be resumed or loaded as one).")
     fmt = format_of(out, fmt)
+    if out.is_dir():
+        raise UsageError(f"-o {out} is a folder: give the exported file's name, e.g. {out / ('model' + '.onnx')}.")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(f"-o {out}: {blocker} is a file, not a folder.")
     if tolerance is not None and not tolerance > 0:
         raise UsageError(f"--tolerance must be > 0, got {tolerance}.")
     if fmt == "onnx" and opset < 17:

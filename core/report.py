@@ -115,9 +115,14 @@ def eval_groups(metrics_rows: Sequence[dict[str, Any]], evals: Sequence[dict[str
         groups.append(("during training, on the held-aside images", rows))
     by_inputs: dict[str, list[tuple[str, dict[str, float]]]] = {}
     for e in evals:
-        keys = ("content", "style", "reference", "data", "size")
-        title = "stylezoo eval, " + ", ".join(f"{k} {e[k]}" for k in keys if e.get(k) not in (None, ""))
+        # scores are comparable only on the same inputs, style label included; the weights are named per row
+        keys = ("content", "style", "style_label", "reference", "data", "size")
+        title = "stylezoo eval, " + ", ".join(
+            f"{k.replace('_', ' ')} {' + '.join(map(str, e[k])) if isinstance(e[k], list) else e[k]}"
+            for k in keys if e.get(k) not in (None, "", []))
         label = f"{Path(str(e.get('checkpoint', '?'))).name}: step {e.get('step', '?')}, {e.get('n', '?')} images"
+        if e.get("weights"):
+            label += f", {'weight average' if e['weights'] == 'ema' else 'raw weights'}"
         by_inputs.setdefault(title, []).append((label, dict(e.get("metrics", {}))))
     return groups + list(by_inputs.items())
 

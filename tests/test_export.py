@@ -268,5 +268,11 @@ def test_an_exported_file_given_as_a_checkpoint_says_what_to_give(exported, tmp_
             load_generator(path)
     with pytest.raises(UsageError, match="checkpoint format"):  # it used to replace the checkpoint itself
         ex.export(tmp_path / "x.safetensors", fmt, tmp_path / "last.safetensors")
+    # a bad output path is refused before the export's work, naming what is wrong
+    (tmp_path / "dir.onnx").mkdir()
+    with pytest.raises(UsageError, match="is a folder"):
+        ex.export(out, "onnx", tmp_path / "dir.onnx")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        ex.export(out, "onnx", alone / "x.onnx")
         r = CliRunner().invoke(app, ["stylize", str(path), str(tmp_path), "-o", str(tmp_path / "o")])
         assert r.exit_code == 1 and "exported model" in r.output and "pickled" not in r.output

@@ -270,6 +270,9 @@ def test_eval_cli_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:
     assert r.exit_code != 0 and "same file name" in r.output
     r = CliRunner().invoke(app, ["eval", str(tiny_run), "--size", "8", "--device", "cpu"])
     assert r.exit_code == 2 and "--size" in r.output
+    for num in ("0", "-3"):  # was a traceback, or an empty result logged with exit 0
+        r = CliRunner().invoke(app, ["eval", str(tiny_run), "--num", num, "--device", "cpu"])
+        assert r.exit_code == 2 and "--num must be >= 1" in r.output and "Traceback" not in r.output
 
 
 def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Path) -> None:

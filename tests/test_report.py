@@ -147,14 +147,17 @@ def test_report_is_one_self_contained_file(run: Path) -> None:
 
 def test_report_cli_rebuilds_and_shows_eval_results(run: Path, tmp_path: Path) -> None:
     copy = shutil.copytree(run, tmp_path / "run")
-    (copy / "eval.jsonl").write_text(json.dumps({"checkpoint": str(copy / "last.safetensors"), "step": 3, "n": 5,
-                                                 "content": "photos", "size": 32,
-                                                 "metrics": {"ref_ssim": 0.4321, "fid_effl0": 12.5}}) + "\n")
+    rec = {"checkpoint": str(copy / "last.safetensors"), "step": 3, "n": 5, "content": "photos", "size": 32,
+           "metrics": {"ref_ssim": 0.4321, "fid_effl0": 12.5}}
+    (copy / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        rec, rec | {"weights": "raw"}, rec | {"weights": "ema"}, rec | {"style_label": ["sea"]})))
     (copy / "report.html").unlink()
     r = CliRunner().invoke(app, ["report", str(copy)])
     assert r.exit_code == 0, r.output
     page = (copy / "report.html").read_text()
     assert "stylezoo eval, content photos, size 32" in page and "0.4321" in page
+    assert "raw weights" in page and "weight average" in page  # rows of one table told apart
+    assert "stylezoo eval, content photos, style label sea, size 32" in page  # another label: another table
     r = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert r.exit_code == 2 and "not a run directory" in r.output
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+
+from ..errors import UsageError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -35,6 +37,8 @@ def eval_cmd(
     from ..devices import pick_device
     from ..evaluate import evaluate_checkpoint, run_dir_of
 
+    if num < 1:
+        raise UsageError(f"--num must be >= 1, got {num}.")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     dev = str(pick_device(device))
     res = evaluate_checkpoint(checkpoint, content=content, style=style, reference=reference, data=data,
