@@ -200,10 +200,12 @@ def _data_gone(spec: str) -> bool:
     return not (any(c in path for c in "*?[") and glob.glob(path, recursive=True))
 
 
-def relocate_data(rc: RunConfig, run_dir: str | Path, moved: dict[str, str] | None = None) -> RunConfig:
+def relocate_data(rc: RunConfig, run_dir: str | Path, moved: dict[str, str] | None = None, *,
+                  warn: bool = True) -> RunConfig:
     """A resumed run's data where it is now: `moved` gives new places ({"content": DIR, ...}) for data that is
     no longer where the run was trained from. Data still in place cannot change (the run trains on the same
-    images); data that is gone with no new place is refused with the flag that gives it."""
+    images); data that is gone with no new place is refused with the flag that gives it. `warn`: log a line
+    per moved path (off for a check whose caller resumes later and says it then)."""
     moved = {k: str(v) for k, v in (moved or {}).items() if v and _absolute(str(v)) != getattr(rc.data, k, None)}
     unknown = sorted(set(moved) - set(_PATH_FIELDS))
     if unknown:
@@ -216,7 +218,8 @@ def relocate_data(rc: RunConfig, run_dir: str | Path, moved: dict[str, str] | No
         if not _data_gone(old):
             raise UsageError(f"--{key} cannot change a resumed run: its images are still at {old}, and a resumed "
                              "run trains on the same images. To train on others, start a new run (--out DIR).")
-        log.warning("resuming %s with --%s %s: the run's %s (%s) is no longer there", run_dir, key, new, key, old)
+        if warn:
+            log.warning("resuming %s with --%s %s: the run's %s (%s) is no longer there", run_dir, key, new, key, old)
     for key in _PATH_FIELDS:
         old = getattr(d, key)
         if old and key not in moved and _data_gone(old):
@@ -227,9 +230,9 @@ def relocate_data(rc: RunConfig, run_dir: str | Path, moved: dict[str, str] | No
 
 
 def resume_config(run_dir: str | Path, steps: int | None = None, registry: Registry | None = None, *,
-                  moved: dict[str, str] | None = None) -> tuple[RunConfig, Path]:
+                  moved: dict[str, str] | None = None, warn: bool = True) -> tuple[RunConfig, Path]:
     """The RunConfig stored in a run's newest valid checkpoint (optionally with a new total of steps, and
-    data that moved at `moved`, see `relocate_data`)."""
+    data that moved at `moved`, see `relocate_data`, which `warn`s about it)."""
     path = newest_valid_checkpoint(Path(run_dir))
     meta = ckpt.read_meta(path)
     reg = registry or default_registry()
@@ -245,7 +248,7 @@ def resume_config(run_dir: str | Path, steps: int | None = None, registry: Regis
         raise CheckpointError(f"{path}: its run configuration is not valid here ({e}).") from None
     if steps is not None:  # the new total; a run sized in epochs is sized in steps from here on
         rc.train = with_steps(rc.train, steps)
-    return relocate_data(rc, run_dir, moved), path
+    return relocate_data(rc, run_dir, moved, warn=warn), path
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

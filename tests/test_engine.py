@@ -636,7 +636,8 @@ def test_relative_data_paths_are_stored_absolute_so_a_resume_from_elsewhere_trai
     assert Trainer(rc, tmp_path / "run3").rc.data.content == str(elsewhere / "photos")
 
 
-def test_a_run_whose_data_moved_resumes_from_its_new_place_and_only_then(tmp_path: Path) -> None:
+def test_a_run_whose_data_moved_resumes_from_its_new_place_and_only_then(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     import shutil
 
     from stylezoo.core.runconfig import SAMPLES
@@ -655,9 +656,14 @@ def test_a_run_whose_data_moved_resumes_from_its_new_place_and_only_then(tmp_pat
     (tmp_path / "photos").rename(tmp_path / "moved")
     r = CliRunner().invoke(app, ["run", "--resume", str(run), "--steps", "2"])
     assert r.exit_code == 1 and "no longer there" in r.output and f"--resume {run} --content NEW_PLACE" in r.output
-    r = CliRunner().invoke(app, ["run", "--resume", str(run), "--steps", "2", "--content", str(tmp_path / "moved"),
-                                 "--quiet"])
-    assert r.exit_code == 0, r.output
+    for dry in (["--dry-run"], []):  # the warning that the data moved, once (it was printed twice)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="stylezoo"):
+            r = CliRunner().invoke(app, ["run", "--resume", str(run), "--steps", "2", "--content",
+                                         str(tmp_path / "moved"), "--quiet", *dry])
+        assert r.exit_code == 0, r.output
+        said = [m for m in caplog.messages if "is no longer there" in m]
+        assert len(said) == 1 and str(tmp_path / "moved") in said[0], said
     assert ckpt.read_meta(run / "last.safetensors")["run"]["data"]["content"] == str(tmp_path / "moved")
     # the Python API agrees (paths as Path or str)
     assert train(resume=run, steps=3, data={"content": tmp_path / "moved"}) == run / "last.safetensors"  # type: ignore[dict-item]

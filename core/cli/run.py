@@ -82,7 +82,9 @@ def run_cmd(
             raise UsageError(f"{', '.join(given)} cannot change a resumed run: --resume continues {resume} as its "
                              "checkpoint describes it (only --steps, the new total, may be given, and the new "
                              "place of data that moved). To train with other settings, start a new run (--out DIR).")
-        rc, resume_from = resume_config(resume, steps, moved=moved)
+        # checked here, before any work; train() (here or in --nproc's workers) reads it again and says then
+        # that data moved, so the warning prints once: here only for a dry run, which calls no train()
+        rc, resume_from = resume_config(resume, steps, moved=moved, warn=dry_run)
     else:
         if steps is not None and epochs is not None:
             from ..errors import UsageError
