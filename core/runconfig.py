@@ -295,6 +295,7 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
             cli: dict[str, Any] | None = None, sets: list[str] | None = None,
             losses: list[str] | None = None) -> RunConfig:
     """Resolve a run from its layers and validate names, keys, types and the composition before any work."""
+    _check_length_given_once(cli or {}, sets or [])
     file_layer = load_config_file(config_file) if config_file else {}
     # a config file names the recipe it builds on (a run's own config.toml does): that is its base too
     file_recipe = file_layer.get("recipe")
@@ -369,6 +370,17 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
     rc.set = {role: {k: v for k, v in config_to_dict(component_config(reg, rc, role)).items() if k in ov}
               for role, ov in rc.set.items()}
     return rc
+
+
+def _check_length_given_once(cli: dict[str, Any], sets: list[str]) -> None:
+    """Refuse a run's length given on the command line both in steps and in epochs through --set (`--steps` with
+    `--set train.epochs=E` let the epochs win without a word), as `stylezoo run` refuses --steps with --epochs."""
+    flags, set_train = dict(cli.get("train") or {}), parse_set(sets).get("train", {})
+    given = [f"--set train.{k}" if k in set_train else f"--{k}" for k in ("steps", "epochs")
+             if k in set_train or k in flags]
+    if set_train.keys() & {"steps", "epochs"} and len(given) == 2:
+        raise ConfigError(f"Give the run's length as --steps or as --epochs, not both ({given[0]} and {given[1]} "
+                          "were given).")
 
 
 def checked(reg: Registry, rc: RunConfig) -> RunConfig:

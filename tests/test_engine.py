@@ -538,6 +538,19 @@ def test_a_length_in_steps_beats_epochs_and_resume_can_extend_an_epoch_run(reg: 
     assert ckpt.read_meta(train(rc, out=tmp_path / "api", steps=3, registry=reg))["step"] == 3
 
 
+def test_a_length_given_both_ways_on_the_command_line_is_refused_set_or_flag(reg: Registry) -> None:
+    """--steps with --set train.epochs (or any mix of the flags and --set) let epochs win without a word."""
+    for kw in ({"cli": {"train": {"steps": 3}}, "sets": ["train.epochs=4"]},
+               {"cli": {"train": {"epochs": 4}}, "sets": ["train.steps=3"]},
+               {"sets": ["train.steps=3", "train.epochs=4"]}):
+        with pytest.raises(ConfigError, match="not both"):
+            resolve(reg, recipe="portrait-sketch", **kw)  # type: ignore[arg-type]
+    r = CliRunner().invoke(app, ["run", "--steps", "3", "--set", "train.epochs=4", "--dry-run"])
+    assert r.exit_code == 2 and "not both" in r.output and "--set train.epochs" in r.output, r.output
+    t = resolve(reg, recipe="portrait-sketch", cli={"train": {"steps": 3}}, sets=["train.lr=1e-4"]).train
+    assert (t.steps, t.epochs) == (3, 0)  # other --set train.* values still go with --steps
+
+
 def test_loss_terms_are_summed_in_name_order_whatever_order_they_were_given(reg: Registry, tmp_path: Path) -> None:
     """Checkpoints keep the losses as a sorted table; summing in that order makes a resumed run add its terms
     in the same order as the run it continues."""
