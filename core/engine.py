@@ -496,11 +496,19 @@ class Trainer:
                 f"{self.device}{world}, {'bf16 autocast' if self.amp else 'fp32'} | {self.out}")
 
     # -- the loop --------------------------------------------------------------------------------------------
+    def nothing_to_train(self, run: Path | None = None) -> bool:
+        """Whether a resumed run is already at its `train.steps` (then logged, naming `run`, by default the
+        output folder, and what to do); fit and `run --dry-run` train nothing then."""
+        if self.resumed_from is None or self.step < self.t.steps:
+            return False
+        log.warning("%s is already at step %d (of --steps %d): nothing to train; give a larger --steps to "
+                    "continue it.", run or self.out, self.step, self.t.steps)
+        return True
+
     def fit(self) -> Path:
         """Train until `train.steps`; returns the path of the last checkpoint."""
-        if self.resumed_from is not None and self.step >= self.t.steps:  # write nothing: the run is as it was
-            log.warning("%s is already at step %d (of --steps %d): nothing to train; give a larger --steps to "
-                        "continue it.", self.out, self.step, self.t.steps)
+        if self.nothing_to_train():  # write nothing: the run is as it was
+            assert self.resumed_from is not None
             return self.resumed_from
         if self.rank == 0:
             log.info("%s %s", "resuming" if self.resumed_from is not None else "training", self.describe())

@@ -377,6 +377,12 @@ def test_resume_at_its_total_trains_nothing_writes_nothing_and_says_so(tmp_path:
             assert train(resume=tmp_path, steps=steps, registry=reg) == last
         assert "nothing to train" in caplog.text and "larger --steps" in caplog.text
         caplog.clear()
+    for steps in ("1", "2"):  # a dry run of it says the same and runs no step either
+        with caplog.at_level("WARNING", logger="stylezoo"):
+            r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path), "--steps", steps, "--dry-run"])
+        assert r.exit_code == 0 and "one step" not in r.output, r.output
+        assert f"{tmp_path} is already at step 2" in caplog.text and "nothing to train" in caplog.text
+        caplog.clear()
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()} == before
     assert ckpt.read_meta(last)["step"] == 2
     with pytest.raises(ConfigError, match="not both"):

@@ -107,7 +107,7 @@ def run_cmd(
             from ..engine import check_batch_split
 
             check_batch_split(rc.train.batch, nproc)
-        _dry_run(rc, resume_from)
+        _dry_run(rc, resume_from, resume)
         return
     if nproc is not None and nproc != 1 and not env.distributed:  # the same command in nproc workers
         _preflight(rc, nproc, out if resume is None and not overwrite else None, resume_from)
@@ -213,8 +213,9 @@ def _sigterm_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _dry_run(rc: Any, resume_from: Path | None = None) -> None:
-    """Build everything (from the checkpoint when resuming), run one step, print a table; nothing is written."""
+def _dry_run(rc: Any, resume_from: Path | None = None, run: Path | None = None) -> None:
+    """Build everything (from the checkpoint of the run `run` when resuming), run one step, print a table;
+    nothing is written. A resume already at its --steps runs no step: it says so, as the real one does."""
     import tempfile
 
     from rich.table import Table
@@ -223,6 +224,8 @@ def _dry_run(rc: Any, resume_from: Path | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(rc, tmp, resume_from=resume_from)
+        if tr.nothing_to_train(run):
+            return
         gin = tr.batch(tr.step)[2]
         logs = tr.checked_step(tr.step)
         fake = tr.c.gen(gin)
