@@ -257,7 +257,7 @@ class Trainer:
             if c.disc is not None and c.adv is not None:
                 c.disc.requires_grad_(False)
                 assert self.disc_plain is not None
-                logits_fake = self.disc_plain(fake, **dcond)
+                logits_fake = self._logits(self.disc_plain(fake, **dcond))
                 c.disc.requires_grad_(True)
         ctx = StepContext(fake=fake, real=real, content=content if self.family == IMAGE else real, target=target,
                           paired=self.family == IMAGE, feats=feats, step=step, cond=self.cond.step_cond(self, gcond),
@@ -290,8 +290,18 @@ class Trainer:
         if (self.joint_d and real.shape[1:] == fake.shape[1:]
                 and all(isinstance(v, Tensor) and v.shape[:1] == (n,) for v in cond.values())):
             both = self.disc_fwd(torch.cat([real, fake]), **{k: torch.cat([v, v]) for k, v in cond.items()})
+            both = self._logits(both)
             return both[:n], both[n:]
-        return self.disc_fwd(real, **cond), self.disc_plain(fake, **cond)
+        return self._logits(self.disc_fwd(real, **cond)), self._logits(self.disc_plain(fake, **cond))
+
+    def _logits(self, out: Tensor) -> Tensor:
+        """The discriminator's output, refused unless it is one logit per image or a one-channel patch map: the
+        adversarial losses average whatever they get, so (N, 2) logits would train with the wrong meaning."""
+        if out.ndim >= 2 and out.shape[1] != 1:
+            raise PluginError(f"{self.rc.disc} returned a tensor of shape {tuple(out.shape)}: a discriminator returns "
+                              "one logit per image, (N,) or (N, 1), or a one-channel patch map (N, 1, h, w); its last "
+                              "layer should have one output channel (a bug to report to the plugin).")
+        return out
 
     def lr_factor(self, step: int) -> float:
         """The learning-rate multiplier at `step`: 1, then a linear fall over the last `lr_decay` of the steps."""

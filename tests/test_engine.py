@@ -468,6 +468,56 @@ def test_a_generator_that_cannot_make_training_images_is_named_before_work(forwa
     assert ("--size" in str(e.value)) == (err != "PluginError")  # a channel error is not blamed on the size
 
 
+def _registry_with_disc(name: str, head: Callable[[torch.Tensor], torch.Tensor]) -> Registry:
+    """The built-ins plus one inline plugin registering a discriminator `name` whose output is head(2-channel map)."""
+    import dataclasses
+    import types
+
+    from stylezoo.core.hookspecs import hookimpl
+
+    @dataclasses.dataclass
+    class Cfg:
+        size: int = 32
+
+    class Disc(torch.nn.Module):
+        def __init__(self, cfg: Cfg) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 3, stride=4)
+
+        def forward(self, image: torch.Tensor, **cond: object) -> torch.Tensor:
+            return head(self.conv(image))
+
+    plug = types.ModuleType(name.replace("/", "_"))
+
+    @hookimpl
+    def register_components(register):
+        register(name, Disc, config=Cfg)
+
+    plug.register_components = register_components
+    return Registry(plugins=(plug,), entry_points=False)
+
+
+@pytest.mark.parametrize("head,shape", [
+    (lambda y: y.mean((2, 3)), "(2, 2)"),  # two logits per image: trained as if each were an image's
+    (lambda y: y, "(2, 2, 8, 8)"),  # a two-channel patch map
+    (lambda y: y[:, :1], None), (lambda y: y[:, :1].mean((2, 3)), None), (lambda y: y[:, 0].mean((1, 2)), None),
+], ids=["n2", "n2hw", "n1hw", "n1", "n"])
+def test_a_discriminator_with_more_than_one_logit_channel_is_refused_naming_it(head, shape: str | None,
+                                                                              tmp_path: Path) -> None:
+    from stylezoo.core.errors import PluginError
+
+    reg = _registry_with_disc("disc/two", head)
+    rc = resolve(reg, cli={**IMAGE, "disc": "disc/two", "set": {"gen": IMAGE["set"]["gen"]}}, losses=["tv"])
+    tr = Trainer(rc, tmp_path, registry=reg)
+    if shape is None:  # one logit per image, (N,) or (N, 1), or a one-channel patch map: trains
+        assert tr.fit().is_file()
+        return
+    with pytest.raises(PluginError) as e:
+        tr.fit()
+    assert "disc/two" in str(e.value) and shape in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "last.safetensors").exists()
+
+
 def test_a_generator_making_nan_is_named_and_no_checkpoint_is_claimed(tmp_path: Path) -> None:
     from stylezoo.core.errors import TrainingDiverged
 
