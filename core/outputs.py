@@ -35,7 +35,9 @@ def _glob_base(spec: str) -> Path:
 def plan_outputs(inputs: Sequence[str | Path], out: str | Path, ext: str | None = None, *,
                  overwrite: bool = False) -> tuple[list[tuple[Path, Path]], StylizeReport]:
     """(input, output) pairs: outputs keep the input's name (and sub-folders) under `out`, or `out` itself
-    when it has an image suffix and there is one input. Inputs that name nothing go to report.skipped."""
+    when it has an image suffix and there is one input. Inputs that name nothing go to report.skipped.
+    Images found in a folder or by a glob that carry stylize's mark (earlier outputs) are left out, with a
+    note; an input that names such a file itself is stylized."""
     out = Path(out)
     report = StylizeReport()
     found: list[tuple[Path, Path]] = []
@@ -44,6 +46,7 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path, ext: str | None 
     out_root = None if to_file else out.resolve()
     inside: set[Path] = set()  # images the inputs name that lie inside the output folder (not stylized)
     roots: set[Path] = set()  # the folders the inputs come from (a folder, a glob's fixed part, a file's folder)
+    marked: set[Path] = set()  # earlier outputs found in a folder or by a glob (not stylized unless named)
     for spec in inputs:
         try:
             files = find_images(spec)
@@ -62,11 +65,18 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path, ext: str | None 
                 continue
             if f.resolve() in seen:
                 continue
+            if not p.is_file() and is_stylezoo_output(f):  # found by walking, not named: an earlier output
+                marked.add(f.resolve())
+                continue
             seen.add(f.resolve())
             rel = f.relative_to(base) if base is not None and f.is_relative_to(base) else Path(f.name)
             found.append((f, rel))
+    marked -= seen  # named as a file too: the user asked for it
     if not found and inside:
         raise UsageError(f"All {len(inside)} input image(s) are inside the output folder {out}; write elsewhere (-o).")
+    if not found and marked:
+        raise UsageError(f"All {len(marked)} image(s) found are stylezoo's own outputs (EXIF Software: stylezoo), "
+                         "which stylize skips in folders and globs: name such a file itself to stylize it again.")
     if not found:
         why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3]) or "no inputs given"
         raise DataError(f"Nothing to stylize: {why}.")
@@ -100,6 +110,9 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path, ext: str | None 
                              "(one of yours, an output of an older stylezoo, or a BMP/GIF/PPM output, which cannot "
                              "carry the mark); write to another folder (-o), or give --overwrite "
                              "(Python: overwrite=True) to replace it.")
+    if marked:
+        report.notes.append(f"skipped {len(marked)} image(s) found among the inputs that stylezoo wrote (earlier "
+                            "outputs, EXIF Software: stylezoo); name such a file itself to stylize it again.")
     others = len(inside) - sum(dst.resolve() in inside for _, dst in pairs)
     if others:
         report.notes.append(f"{others} image(s) inside the output folder {out} were left out of the inputs "

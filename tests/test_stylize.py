@@ -485,6 +485,28 @@ def test_a_users_image_in_the_output_sub_folder_is_never_overwritten(image_run: 
     assert any("left out of the inputs" in n for n in report.notes), report.notes
 
 
+def test_earlier_outputs_in_an_input_folder_are_skipped_unless_named(image_run: Path, tmp_path: Path) -> None:
+    """album/ -o album/out1, then album/ -o album/out2: the second run restyled out1's outputs too (a third run
+    restyled those again). Marked images found in a folder or by a glob are skipped; one named is stylized."""
+    d = tmp_path / "album"
+    (d / "day1").mkdir(parents=True)
+    Image.fromarray(_rgb(20, 20, 1)).save(d / "day1" / "a.png")
+    st = Stylizer.load(image_run, device="cpu")
+    assert len(st.stylize_files([d], d / "out1").written) == 1
+    for inputs in ([d], [str(d / "**" / "*.png")]):
+        report = st.stylize_files(inputs, d / "out2")
+        assert [p.relative_to(d / "out2").as_posix() for p in report.written] == ["day1/a.png"], inputs
+        assert [n for n in report.notes if "skipped 1 image(s)" in n and "Software: stylezoo" in n], report.notes
+    r = CliRunner().invoke(app, ["stylize", str(image_run), str(d), "-o", str(d / "out3"), "--device", "cpu", "-q"])
+    assert r.exit_code == 0 and r.output.count("skipped 2 image(s)") == 1, r.output  # out1/a.png, out2/day1/a.png
+    assert sorted(p.relative_to(d / "out3").as_posix() for p in (d / "out3").rglob("*.png")) == ["day1/a.png"]
+    # an output named as an input file is what the user asked for: stylized again
+    assert st.stylize_files([d / "out1" / "day1" / "a.png"], tmp_path / "again.png").written == [tmp_path / "again.png"]
+    with pytest.raises(UsageError, match="stylezoo's own outputs"):  # a folder of outputs alone: say why, not 'none'
+        st.stylize_files([d / "out1"], tmp_path / "x")
+    assert "earlier" in CliRunner().invoke(app, ["stylize", "--help"]).output
+
+
 def test_inputs_with_suffixes_no_image_format_has_are_written_as_png(image_run: Path, tmp_path: Path) -> None:
     """photo.dat (a PNG) comes out as photo.png; notes.txt is skipped as not an image, not 'cannot write .txt'."""
     (tmp_path / "in").mkdir()

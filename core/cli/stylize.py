@@ -15,7 +15,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def stylize_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory (its newest checkpoint).")],
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive) or globs.")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive) or globs. Images in folders and globs that stylize wrote (earlier outputs, marked in their EXIF) are skipped; name such a file itself to stylize it again.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (names and sub-folders kept), or a file for one input.")] = Path("stylized"),
     size: Annotated[Optional[int], typer.Option("--size", help="Resize the shorter side to this first (default: keep the input size).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Run up to this many same-size images at once.")] = 1,
@@ -42,6 +42,8 @@ def stylize_cmd(
     back), EXIF orientation and alpha channel. They are colour (RGB, RGBA with alpha), grey inputs included:
     --keep-mode writes each in its input's mode instead (see stylezoo.core.images.output_mode).
     Unreadable inputs are skipped with a warning; the exit status is non-zero only if nothing was written.
+    Earlier outputs (EXIF Software: stylezoo) found in input folders or globs are skipped with a note; an
+    input that names such a file itself is stylized again.
     Reference-guided models take --style REF (repeat with --style-weight to mix, --alpha for strength);
     label-conditioned models take --style-label NAME (or NAME:WEIGHT, repeated, to mix styles).
     """
