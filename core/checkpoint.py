@@ -42,7 +42,10 @@ def atomic_write(path: Path, write: Any) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise (no_space_error(path) if e.errno in NO_SPACE else _as_error_of(path, e)) from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -54,6 +57,9 @@ def atomic_write(path: Path, write: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
         if e.errno in NO_SPACE:
             raise no_space_error(path) from None
+        if tmp in {os.fsdecode(f) for f in (e.filename, e.filename2) if isinstance(f, (str, bytes, os.PathLike))}:
+            # the temporary file is ours, not a name the user knows
+            raise _as_error_of(path, e) from None
         raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -70,6 +76,11 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}  # disk full, quota exceeded
+
+
+def _as_error_of(path: Path, e: OSError) -> OSError:
+    """An error about an atomic write's temporary file as one about `path` (the CLI prints the path given)."""
+    return OSError(e.errno, f"Cannot be written ({e.strerror or type(e).__name__})", str(path))
 
 
 def _umask() -> int:

@@ -507,6 +507,19 @@ def test_earlier_outputs_in_an_input_folder_are_skipped_unless_named(image_run: 
     assert "earlier" in CliRunner().invoke(app, ["stylize", "--help"]).output
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, a folder no one can create files in")
+def test_an_output_path_that_cannot_be_written_is_named_not_its_temporary_file(image_run: Path, tmp_path: Path) -> None:
+    Image.fromarray(_rgb(20, 20, 1)).save(tmp_path / "a.png")
+    for out in ("/proc/x.png", "/proc/self/x.png"):  # the error named /proc/.x.png.PID-XXXX.tmp
+        r = CliRunner().invoke(app, ["stylize", str(image_run), str(tmp_path / "a.png"), "-o", out, "--device", "cpu",
+                                     "-q"])
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert f"Cannot be written (No such file or directory): {out}." in r.output and ".tmp" not in r.output, r.output
+    with pytest.raises(OSError) as e:  # the Python API's error names it too
+        Stylizer.load(image_run, device="cpu").stylize_files([tmp_path / "a.png"], "/proc/x.png")
+    assert e.value.filename == "/proc/x.png" and e.value.filename2 is None
+
+
 def test_inputs_with_suffixes_no_image_format_has_are_written_as_png(image_run: Path, tmp_path: Path) -> None:
     """photo.dat (a PNG) comes out as photo.png; notes.txt is skipped as not an image, not 'cannot write .txt'."""
     (tmp_path / "in").mkdir()
