@@ -81,7 +81,18 @@ def test_list_wildcard():
     assert [r["name"] for r in rows("vgg*")] == stylezoo.list_components("vgg*")
     out = invoke("list", "gen/*").stdout
     assert "gen/dcgan" in out and "gen/pixelshuffle" in out and "disc/" not in out and "loss/" not in out
-    assert rows("no-such-thing*") == []
+    assert rows("no-such-thing*") == []  # JSON: an empty list is an answer a script can use
+
+
+def test_list_with_no_match_says_so_instead_of_an_empty_table():
+    none = invoke("list", "nothing*", ok=False)
+    assert none.exit_code == 2 and "Traceback" not in none.output
+    assert "No component or recipe matches 'nothing*'" in none.stderr and "stylezoo list" in none.stderr
+    assert none.stdout == ""
+    kind = invoke("list", "--kind", "loss", "dcgan", ok=False)
+    assert kind.exit_code == 2 and "No loss matches 'dcgan'" in kind.stderr
+    assert "stylezoo list --kind loss" in kind.stderr
+    assert "gen/dcgan" in invoke("list", "dcgan").stdout  # with matches: unchanged
 
 
 def test_list_kind_filter():

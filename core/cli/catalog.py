@@ -28,7 +28,8 @@ def list_cmd(
     kind: Annotated[Optional[str], typer.Option("--kind", "-k", help=f"One of {', '.join(KINDS)}, recipe.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List registered components and recipes."""
+    """List registered components and recipes. A pattern that matches nothing is an error (exit 2); with
+    --json it prints []."""
     import fnmatch
 
     if kind is not None and kind not in KINDS and kind != "recipe":
@@ -48,6 +49,10 @@ def list_cmd(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
+    if not rows:
+        what, see = (f"{kind}", f"stylezoo list --kind {kind}") if kind else ("component or recipe", "stylezoo list")
+        failed = f" ({len(reg.failures)} plugin(s) failed to load: see `stylezoo plugins`)" if reg.failures else ""
+        raise UsageError(f"No {what} matches {pattern!r}{failed}. Run `{see}` to see them all.")
     table = Table(title="stylezoo components" if kind != "recipe" else "stylezoo recipes")
     for col in ("name", "kind", "description", "plugin"):
         table.add_column(col, overflow="fold")
