@@ -10,13 +10,15 @@ different machines or loads say little, and one machine drifts between runs too 
 2-core box): a change that moves the plain and naive loops as much as the engine is drift. The last
 column, each variant's speed over the plain fp32 loop of its own run (interleaved in one process), is free
 of that drift: it moves only when the engine's code does. With --fail-slower F, exits 1 when a cell is slower by more than
-the fraction F beyond noise (a regression check between two runs on one machine).
+the fraction F beyond noise (a regression check between two runs on one machine). A file that is missing or is
+not a speed result is refused in one line on stderr, with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,37 @@ from rich.console import Console
 from rich.table import Table
 
 MACHINE_KEYS = ("cpu", "gpu", "device", "torch", "torch_threads", "commit")
+
+
+class BadResult(ValueError):
+    """A results file that cannot be compared: missing, not JSON, or not what benchmarks/speed.py writes."""
+
+
+VARIANT_KEYS = ("samples_s", "step_ms", "images_per_s")
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A speed.json, checked for every field `compare` and `main` read; BadResult (one line) otherwise."""
+    def bad(why: str) -> BadResult:
+        return BadResult(f"{path}: {why}; give two bench-results/speed.json files written by `make bench`.")
+
+    try:
+        result = json.loads(path.read_text())
+    except OSError as e:
+        raise bad(f"cannot be read ({e.strerror or type(e).__name__})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"is not JSON ({e})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("machine"), dict) \
+            or not isinstance(result.get("cells"), list):
+        raise bad("has no 'machine' and 'cells'")
+    for c in result["cells"]:
+        if not isinstance(c, dict) or not all(k in c for k in ("recipe", "size", "batch")) \
+                or not isinstance(c.get("variants"), dict):
+            raise bad("has a cell without recipe, size, batch and variants")
+        for name, v in c["variants"].items():
+            if not isinstance(v, dict) or not all(k in v for k in VARIANT_KEYS) or not v["samples_s"]:
+                raise bad(f"variant {name!r} of {c['recipe']} {c['size']}px lacks one of {', '.join(VARIANT_KEYS)}")
+    return result
 
 
 def _cells(result: dict[str, Any]) -> dict[tuple[str, int, str], dict[str, Any]]:
@@ -55,12 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fail-slower", type=float, metavar="F",
                     help="exit 1 when a cell is slower by more than this fraction, beyond noise")
     args = ap.parse_args(argv)
-    old, new = (json.loads(p.read_text()) for p in (args.old, args.new))
+    try:
+        old, new = load(args.old), load(args.new)
+    except BadResult as e:
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
+        return 2
     con = Console(width=160)
     for label, r in (("old", old), ("new", new)):
         m = r["machine"]
         con.print(f"{label}: " + ", ".join(f"{k} {m[k]}" for k in MACHINE_KEYS if m.get(k) is not None)
-                  + f"; load average {m['loadavg_start'][0]:.1f} at the start")
+                  + (f"; load average {m['loadavg_start'][0]:.1f} at the start" if m.get("loadavg_start") else ""))
     differs = [k for k in MACHINE_KEYS[:-1] if old["machine"].get(k) != new["machine"].get(k)]
     if differs:
         con.print(f"[yellow]The runs differ in {', '.join(differs)}: compare with care.[/]")

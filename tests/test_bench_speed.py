@@ -141,3 +141,22 @@ def test_compare_flags_only_changes_beyond_both_runs_noise(tmp_path: Path, capsy
     assert compare.main([str(old), str(new), "--fail-slower", "0.2"]) == 0
     out = capsys.readouterr().out
     assert "commit aaa" in out and "commit bbb" in out and "slower" in out
+
+
+def test_compare_refuses_unreadable_results_in_one_line(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from stylezoo.benchmarks import compare
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_result([0.1, 0.1, 0.1], "aaa")))
+    cell = _result([0.1], "bbb")
+    del cell["cells"][0]["variants"]["engine"]["samples_s"]
+    bad = {"missing.json": None, "empty.json": "{}", "list.json": "[]", "junk.json": "not json {",
+           "cell.json": json.dumps(cell)}
+    for name, text in bad.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        for argv in ([str(tmp_path / name), str(good)], [str(good), str(tmp_path / name)]):
+            assert compare.main(argv) == 2, name
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "Traceback" not in err, err
+            assert f"error: {tmp_path / name}" in err and "speed.json" in err, err
