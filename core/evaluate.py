@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("stylezoo")
 STYLE_FEAT, DIST_FEAT = "feat/vgg16", "feat/efficientnet-lite0"
 BEST = "best.safetensors"
+DEFAULT_SIZE = 256  # the side `stylezoo eval` restyles at, without --size
 
 
 # -- running a generator --------------------------------------------------------------------------------------
@@ -233,25 +234,32 @@ def run_dir_of(path: Path) -> Path | None:
 
 
 def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: str | None = None,
-                        reference: str | None = None, data: str | None = None, size: int = 256, num: int = 64,
-                        device: str = "cpu", registry: Registry | None = None, seed: int = 0,
+                        reference: str | None = None, data: str | None = None, size: int | None = None,
+                        num: int = 64, device: str = "cpu", registry: Registry | None = None, seed: int = 0,
                         ema: bool = True, style_label: Sequence[str] | None = None) -> EvalResult:
     """Evaluate the generator of a checkpoint (or a run's newest one) on `content` (restyled, centre-cropped
-    to `size`), against `style` (Gram), `data` (the real side of FID/KID; default: the style images) and
-    `reference` (paired, by file stem). Sets not given come from the run's config: then they are training
-    images, not held out, and a note says so. A reference-guided generator (gen/adain) given `style` is
+    to `size`, default 256), against `style` (Gram), `data` (the real side of FID/KID; default: the style
+    images) and `reference` (paired, by file stem). Sets not given come from the run's config: then they are
+    training images, not held out, and a note says so. A reference-guided generator (gen/adain) given `style` is
     conditioned on it, and a label-conditioned one (gen/cin) on `style_label`, as `stylezoo stylize --style`
-    / `--style-label` would; otherwise they run unconditioned (their mean training style)."""
+    / `--style-label` would; otherwise they run unconditioned (their mean training style).
+
+    Style images are taken at twice the scored side (at most 512). A noise generator is scored at its own
+    output size with the run's `train.style_size` when set, as its in-run evaluation is; it takes no
+    `content`, and a `size` other than its own is refused."""
     from .inference import load_generator
     from .runconfig import DataConfig
 
-    if size < 16:
+    if size is not None and size < 16:
         raise UsageError(f"--size must be at least 16, got {size}.")
     reg = registry or default_registry()
     given_style = style
     g = load_generator(spec, device=device, registry=reg, ema=ema)
     if style_label and g.family == "noise":
         raise UsageError(f"{g.name} makes images from noise and has no style labels; drop --style-label.")
+    if content and g.family == "noise":
+        raise UsageError(f"{g.name} makes images from noise and restyles no --content; drop it (the real images "
+                         "FID/KID compare with are --data).")
     run_data = DataConfig(**{k: v for k, v in g.meta.get("run", {}).get("data", {}).items()
                              if k in DataConfig.__dataclass_fields__})
     d = run_data.resolved()
@@ -275,24 +283,32 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
             notes.append(f"style from the run's config ({style})")
     if g.family == "noise" and data is None:
         data = d.data or d.content or None
-    evaluated_on: dict[str, Any] = {"size": size, "content": content, "style": style, "reference": reference, "data": data,
-                    "weights": "ema" if g.averaged else "raw"}
-    if style_label:
-        evaluated_on["style_label"] = list(style_label)
     missing: list[str] = []
     if g.family == "image":
         if not content:
             raise UsageError("Give the images to restyle with --content DIR.")
-        x, files = load_folder(content, size)
+        side = DEFAULT_SIZE if size is None else size
+        x, files = load_folder(content, side)
         outputs = _conditioned(g, x, device, given_style, style_label, notes)
         real_spec = data or style
         n = x.shape[0]
+        style_side = min(2 * side, 512)
     else:
         gen = torch.Generator().manual_seed(seed)
         x, files = None, []
         outputs = generate(g.module, torch.randn(num, cast(int, g.module.latent_dim), generator=gen), device=device)
+        side = int(outputs.shape[-1])
+        if size is not None and size != side:
+            raise UsageError(f"--size {size}: {g.name} makes {side} px images from noise and is scored at that "
+                             "size, as in training; drop --size.")
         real_spec = data
         n = num
+        # as RunEval: the run's train.style_size, else twice the generator's size
+        style_side = int(g.meta.get("run", {}).get("train", {}).get("style_size", 0) or 0) or min(2 * side, 512)
+    evaluated_on: dict[str, Any] = {"size": side, "content": content, "style": style, "reference": reference,
+                                    "data": data, "weights": "ema" if g.averaged else "raw"}
+    if style_label:
+        evaluated_on["style_label"] = list(style_label)
     ref = ref_index = None
     if reference:
         if g.family != "image":
@@ -304,8 +320,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
         if not pairs:
             raise DataError(f"No content image has a reference of the same file name in {reference}.")
         ref_index = [i for i, _ in pairs]
-        ref = torch.stack([load_tensor(p, size) for _, p in pairs])
-    st = style_images(style, min(2 * size, 512)) if style else None  # noise generators too (faces-dcgan-gram)
+        ref = torch.stack([load_tensor(p, side) for _, p in pairs])
+    st = style_images(style, style_side) if style else None  # noise generators too (faces-dcgan-gram)
     domain = domain_images(real_spec, outputs.shape[-1], n) if real_spec else None
     ev = Evaluator(style=st, domain=domain, device=device, registry=reg)
     m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)

@@ -294,3 +294,36 @@ def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Pat
     assert res.missing_reference == [] and res.n == 4
     assert {"ref_ssim", "ref_l1", "ref_perceptual", "fid_effl0", "style_gram"} <= set(res.metrics)
     assert any("training pairs" in n for n in res.notes)
+
+
+def test_eval_of_a_noise_generator_scores_at_its_own_size_as_training_does(reg: Registry, tmp_path: Path) -> None:
+    from stylezoo.core import checkpoint as ckpt
+    from stylezoo.core.evaluate import Evaluator, evaluate_checkpoint, generate, style_images
+    from stylezoo.core.inference import load_generator
+
+    style = str(SAMPLES / "style" / "starry_night.jpg")
+    rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "vgg16", "gp": "none",
+                           "train": {"size": SIZE, "batch": 2, "steps": 1, "sample_every": 0, "num_samples": 2},
+                           "data": {"data": str(SAMPLES / "content"), "style": style}},
+                 losses=["gram"], sets=["feat.weights=random"])
+    last = Trainer(rc, tmp_path / "run", registry=reg).fit()
+    g = load_generator(last)
+    outputs = generate(g.module, torch.randn(4, g.module.latent_dim, generator=torch.Generator().manual_seed(0)))
+
+    def gram_at(side: int) -> float:
+        return Evaluator(style=style_images(style, side), registry=reg).score(outputs)["style_gram"]
+
+    # the in-run evaluation's style side: twice the generator's 32 px (or train.style_size), whatever --size says
+    res = evaluate_checkpoint(last, num=4, registry=reg)
+    assert res.metrics["style_gram"] == pytest.approx(gram_at(2 * SIZE), rel=1e-5)
+    assert res.inputs["size"] == SIZE and res.inputs["content"] is None
+    assert evaluate_checkpoint(last, num=4, size=SIZE, registry=reg).metrics == res.metrics
+    tensors, meta = ckpt.load(last)
+    meta["run"]["train"]["style_size"] = 48
+    ckpt.save(tmp_path / "style48.safetensors", tensors, meta)
+    res = evaluate_checkpoint(tmp_path / "style48.safetensors", num=4, registry=reg)
+    assert res.metrics["style_gram"] == pytest.approx(gram_at(48), rel=1e-5)
+    # a size or content it cannot use is refused in one line, not recorded as if used
+    for args, what in ((["--size", "64"], "--size 64"), (["--content", str(SAMPLES / "content")], "--content")):
+        r = CliRunner().invoke(app, ["eval", str(last), "--num", "2", "--device", "cpu", "--no-log", *args])
+        assert r.exit_code == 2 and what in r.output and "noise" in r.output and "Traceback" not in r.output, r.output

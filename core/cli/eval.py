@@ -19,11 +19,11 @@ err = Console(stderr=True, highlight=False)
 
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or a run directory (its newest).")],
-    content: Annotated[Optional[str], typer.Option("--content", help="Images to restyle (default: the run's).")] = None,
+    content: Annotated[Optional[str], typer.Option("--content", help="Images to restyle (default: the run's). Image generators only.")] = None,
     style: Annotated[Optional[str], typer.Option("--style", help="Style image(s): FILE or DIR (default: the run's).")] = None,
     reference: Annotated[Optional[str], typer.Option("--reference", help="Paired references, matched to --content by file name.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="The real side of FID/KID (default: --style; noise generators and paired runs: the run's real/target images).")] = None,
-    size: Annotated[int, typer.Option("--size", help="Side of the evaluated images (shorter side resized, centre crop).")] = 256,
+    size: Annotated[Optional[int], typer.Option("--size", help="Side of the restyled images (shorter side resized, centre crop; style images at twice it, at most 512). Default 256. Noise generators are scored at their own size, as in training: leave it out.", show_default=False)] = None,
     num: Annotated[int, typer.Option("--num", help="Samples to draw from a noise generator.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
@@ -32,7 +32,10 @@ def eval_cmd(
     style_label: Annotated[Optional[list[str]], typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize. Reference-guided ones (adain) are conditioned on --style.")] = None,
 ) -> None:
     """Score a generator: style (Gram) and content distances, SSIM, FID/KID on EfficientNet-Lite0 features,
-    and paired distances with --reference. Results are appended to the run's eval.jsonl."""
+    and paired distances with --reference. Results are appended to the run's eval.jsonl.
+
+    A noise generator (dcgan) draws --num samples at its own size (another --size is refused) and takes no
+    --content; its style images are taken as its in-run evaluation takes them, so the scores compare."""
     from ..checkpoint import atomic_write
     from ..devices import pick_device
     from ..evaluate import evaluate_checkpoint, run_dir_of
