@@ -264,14 +264,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
                              if k in DataConfig.__dataclass_fields__})
     d = run_data.resolved()
     notes: list[str] = []
-    if g.family == "image" and content is None and getattr(d, "paired", False):
-        from .data import pair_folders
-
-        inputs, targets = pair_folders(d.pairs) if d.pairs else (Path(d.input), Path(d.target))
-        content, reference = str(inputs), reference or str(targets)
-        data = data or str(targets)  # the target domain is what outputs should look like
-        style = style or d.style or str(targets)  # as the engine takes its Gram targets
-        notes.append(f"content and references from the run's pairs ({inputs}, {targets}): training pairs")
+    if g.family == "image" and getattr(d, "paired", False):
+        content, reference, data, style = _paired_sets(d, content, reference, data, style, notes)
     elif g.family == "image" and content is None and d.content:
         content = d.content
         notes.append(f"content from the run's config ({content}): training images, not held out")
@@ -326,6 +320,35 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     ev = Evaluator(style=st, domain=domain, device=device, registry=reg)
     m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)
     return EvalResult(m, g.path, int(g.meta.get("step", 0)), n, missing, notes, evaluated_on)
+
+
+def _paired_sets(d: Any, content: str | None, reference: str | None, data: str | None, style: str | None,
+                 notes: list[str]) -> tuple[str | None, str | None, str | None, str | None]:
+    """(content, reference, data, style) of a paired run: its inputs and targets without --content; its
+    targets, the domain the outputs should look like, as the real side and the Gram targets either way."""
+    from .data import pair_folders
+
+    if content is None:
+        inputs, targets = pair_folders(d.pairs) if d.pairs else (Path(d.input), Path(d.target))
+        notes.append(f"content and references from the run's pairs ({inputs}, {targets}): training pairs")
+        return str(inputs), reference or str(targets), data or str(targets), style or d.style or str(targets)
+    if reference is None:
+        notes.append("no paired metrics: give --reference DIR with the targets of --content's images (same file names)")
+    style = style or d.style or None
+    if data and style:
+        return content, reference, data, style
+    try:
+        target_dir = str(pair_folders(d.pairs)[1] if d.pairs else d.target)
+        found = bool(find_images(target_dir))
+    except DataError:
+        found = False
+    if not found:
+        notes.append(f"the run's target images ({d.pairs or d.target}) are gone: give --data and --style to "
+                     "score FID/KID and style")
+        return content, reference, data, style
+    what = " and ".join(w for w, given in (("FID/KID", data), ("style", style)) if not given)
+    notes.append(f"{what} against the run's target images ({target_dir}): training images, not held out")
+    return content, reference, data or target_dir, style or target_dir
 
 
 def _uses_style(reg: Registry, meta: dict[str, Any]) -> bool:

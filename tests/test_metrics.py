@@ -294,6 +294,18 @@ def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Pat
     assert res.missing_reference == [] and res.n == 4
     assert {"ref_ssim", "ref_l1", "ref_perceptual", "fid_effl0", "style_gram"} <= set(res.metrics)
     assert any("training pairs" in n for n in res.notes)
+    # other photos given: still scored against the run's targets (FID/KID, Gram), as without --content
+    (tmp_path / "held").mkdir()
+    for f in sorted((SAMPLES / "content").iterdir())[-2:]:
+        shutil.copy(f, tmp_path / "held" / f.name)
+    res = evaluate_checkpoint(tmp_path / "run", content=str(tmp_path / "held"), size=SIZE)
+    assert res.inputs["data"] == res.inputs["style"] == str(tmp_path / "pairs" / "sketch")
+    assert {"fid_effl0", "kid_effl0", "style_gram", "content_feat"} <= set(res.metrics) and res.n == 2
+    assert res.inputs["reference"] is None and any("--reference" in n for n in res.notes)
+    # and with their own references, the paired metrics too
+    res = evaluate_checkpoint(tmp_path / "run", content=str(tmp_path / "pairs" / "photo"), size=SIZE,
+                              reference=str(tmp_path / "pairs" / "sketch"))
+    assert {"ref_ssim", "fid_effl0", "style_gram"} <= set(res.metrics)
 
 
 def test_eval_of_a_noise_generator_scores_at_its_own_size_as_training_does(reg: Registry, tmp_path: Path) -> None:
