@@ -114,14 +114,16 @@ class Evaluator:
     """Scores generated images. Style targets and the real side's features are computed once, here."""
 
     def __init__(self, *, style: Tensor | None = None, domain: Tensor | None = None,
-                 device: torch.device | str = "cpu", registry: Registry | None = None, batch: int = 8) -> None:
+                 device: torch.device | str = "cpu", registry: Registry | None = None, batch: int = 8,
+                 style_weights: Tensor | None = None) -> None:
+        """`style_weights` (S,): the style target is the Grams' weighted mean (a label mix), not their mean."""
         self.device, self.batch = torch.device(device), batch
         self.reg = registry or default_registry()
         self._vgg: nn.Module | None = None
         self._effl0: nn.Module | None = None
         self.style_targets: dict[str, Tensor] | None = None
         if style is not None:
-            self.style_targets = self._mean_grams(style)
+            self.style_targets = self._mean_grams(style, style_weights)
         self.domain_feats = self.pooled(domain) if domain is not None else None
 
     @property
@@ -142,15 +144,19 @@ class Evaluator:
         return {k: v.float() for k, v in self.vgg(x.to(self.device), layers).items()}
 
     @torch.no_grad()
-    def _mean_grams(self, style: Tensor) -> dict[str, Tensor]:
-        """The style images' mean Gram matrix per layer, one batch at a time (all their feature maps at once
-        took 10 GB for 150 style images)."""
+    def _mean_grams(self, style: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
+        """The style images' mean Gram matrix per layer (weighted by `weights`, normalised), one batch at a time
+        (all their feature maps at once took 10 GB for 150 style images)."""
         layers = tuple(cast(Extractor, self.vgg).style_layers)
+        if weights is not None and (weights.shape != style.shape[:1] or (weights < 0).any() or not weights.sum() > 0):
+            raise UsageError(f"style weights {tuple(weights.shape)} must be >= 0, one per style image, with a "
+                             "positive sum.")
+        w = None if weights is None else (weights.double() / weights.double().sum()).split(self.batch)
         sums: dict[str, Tensor] = {}
-        for c in style.split(self.batch):
-            for k, g in M.gram_targets(self.vgg_feats(c, layers)).items():
-                sums[k] = sums.get(k, 0) + g * c.shape[0]
-        return {k: v / style.shape[0] for k, v in sums.items()}
+        for i, c in enumerate(style.split(self.batch)):
+            for k, g in M.gram_targets(self.vgg_feats(c, layers), None if w is None else w[i]).items():
+                sums[k] = sums.get(k, 0) + (g * c.shape[0] if w is None else g)
+        return {k: v / style.shape[0] if w is None else v for k, v in sums.items()}
 
     @torch.no_grad()
     def pooled(self, x: Tensor) -> Tensor:
@@ -283,13 +289,13 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
             raise UsageError("Give the images to restyle with --content DIR.")
         side = DEFAULT_SIZE if size is None else size
         x, files = load_folder(content, side)
-        outputs = _conditioned(g, x, device, given_style, style_label, notes)
+        outputs, label_weights = _conditioned(g, x, device, given_style, style_label, notes)
         real_spec = data or style
         n = x.shape[0]
         style_side = min(2 * side, 512)
     else:
         gen = torch.Generator().manual_seed(seed)
-        x, files = None, []
+        x, files, label_weights = None, [], None
         outputs = generate(g.module, torch.randn(num, cast(int, g.module.latent_dim), generator=gen), device=device)
         side = int(outputs.shape[-1])
         if size is not None and size != side:
@@ -315,9 +321,13 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
             raise DataError(f"No content image has a reference of the same file name in {reference}.")
         ref_index = [i for i, _ in pairs]
         ref = torch.stack([load_tensor(p, side) for _, p in pairs])
-    st = style_images(style, style_side) if style else None  # noise generators too (faces-dcgan-gram)
+    st = sw = None
+    if style and label_weights is not None:
+        st, sw = _label_style(style, style_side, tuple(getattr(g.module, "labels", ())), label_weights, notes)
+    elif style:
+        st = style_images(style, style_side)  # noise generators too (faces-dcgan-gram)
     domain = domain_images(real_spec, outputs.shape[-1], n) if real_spec else None
-    ev = Evaluator(style=st, domain=domain, device=device, registry=reg)
+    ev = Evaluator(style=st, domain=domain, device=device, registry=reg, style_weights=sw)
     m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)
     return EvalResult(m, g.path, int(g.meta.get("step", 0)), n, missing, notes, evaluated_on)
 
@@ -363,9 +373,34 @@ def _uses_style(reg: Registry, meta: dict[str, Any]) -> bool:
     return False
 
 
+def _label_style(spec: str, side: int, labels: tuple[str, ...], weights: Tensor,
+                 notes: list[str]) -> tuple[Tensor, Tensor | None]:
+    """Style images for a label mix (L,): those of the labels weighted above 0, each weighing its label's
+    weight over its label's image count, as training's per-label Gram targets (the mean of each label's
+    images). A style set not labelled as the generator is (another --style) counts as one style."""
+    from .data import style_labels
+
+    names, files, ys = style_labels(spec)
+    if names != labels:
+        notes.append(f"style_gram against all of --style {spec}: its labels are not the generator's "
+                     f"({', '.join(labels)})")
+        return style_images(spec, side), None
+    label_of = dict(zip(files, ys))
+    st = ImageSet([f for f in files if weights[label_of[f]] > 0], side, what="style", short=side)
+    y = torch.tensor([label_of[f] for f in st.files])
+    counts = torch.bincount(y, minlength=len(names))
+    empty = [names[i] for i in range(len(names)) if weights[i] > 0 and counts[i] == 0]
+    if empty:
+        raise DataError(f"style label(s) {', '.join(empty)} have no readable image in {spec}; fix or remove them.")
+    mix = ", ".join(f"{names[i]} {float(weights[i]):.3g}" for i in range(len(names)) if weights[i] > 0)
+    notes.append(f"style_gram against the images of the label(s) {mix} in {spec}")
+    return st.fixed(len(st)), weights.double()[y] / counts[y]
+
+
 def _conditioned(g: Any, x: Tensor, device: str, style: str | None, labels: Sequence[str] | None,
-                 notes: list[str]) -> Tensor:
-    """The generator's outputs for `x`: conditioned as stylize would be when a style / labels are given."""
+                 notes: list[str]) -> tuple[Tensor, Tensor | None]:
+    """The generator's outputs for `x`, conditioned as stylize would be when a style / labels are given, and
+    the label mix (L,) when labels were."""
     from .images import find_images
     from .inference import Stylizer
 
@@ -379,8 +414,8 @@ def _conditioned(g: Any, x: Tensor, device: str, style: str | None, labels: Sequ
         st.set_style(find_images(style))
         notes.append(f"outputs conditioned on --style {style}, as `stylezoo stylize --style` restyles")
     if not labels and not use_style:
-        return generate(g.module, x, device=device)
-    return torch.cat([st.forward(c).float().cpu() for c in x.split(8)])
+        return generate(g.module, x, device=device), None
+    return torch.cat([st.forward(c).float().cpu() for c in x.split(8)]), st.label_weights
 
 
 # -- during training ------------------------------------------------------------------------------------------

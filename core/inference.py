@@ -334,6 +334,12 @@ class Stylizer:
         self._cond = {"label_weights": torch.tensor(_mix_weights(w.tolist(), len(labels), "label"))}
         return self
 
+    @property
+    def label_weights(self) -> Tensor | None:
+        """The label mix (L,) `set_labels` chose, summing to 1; None before one was set."""
+        w = self._cond.get("label_weights")
+        return None if w is None else cast(Tensor, w).clone()
+
     def condition_note(self) -> str | None:
         """What a conditional generator uses when no style or label was set (None when one was, or none is needed)."""
         if self._cond:

@@ -70,11 +70,15 @@ def better(name: str, new: float, old: float | None) -> bool:
 
 
 # -- hand-written distances on the project's extractors -------------------------------------------------------
-def gram_targets(style_feats: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The mean Gram matrix (1, C, C) of the style images at each layer, as the Gram loss uses it."""
+def gram_targets(style_feats: Mapping[str, Tensor], weights: Tensor | None = None) -> dict[str, Tensor]:
+    """The mean Gram matrix (1, C, C) of the style images at each layer, as the Gram loss uses it; with
+    `weights` (N,), their weighted sum instead."""
     from stylezoo.plugins.perceptual import gram
 
-    return {k: gram(v).mean(0, keepdim=True) for k, v in style_feats.items()}
+    if weights is None:
+        return {k: gram(v).mean(0, keepdim=True) for k, v in style_feats.items()}
+    return {k: (gram(v) * weights.to(v.device, torch.float32).view(-1, 1, 1)).sum(0, keepdim=True)
+            for k, v in style_feats.items()}
 
 
 def gram_distance(feats: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:

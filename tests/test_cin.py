@@ -221,6 +221,37 @@ def test_a_flat_style_folder_gives_one_label_per_image(reg: Registry, tmp_path: 
     assert torch.isfinite(torch.tensor(logs["g/loss/gram"]))
 
 
+def test_eval_scores_a_style_label_against_that_labels_images(reg: Registry, labelled: Path, tmp_path: Path) -> None:
+    from stylezoo.core.evaluate import Evaluator, evaluate_checkpoint, load_folder, style_images
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = resolve(reg, cli={"gen": "cin", "disc": "", "adv": "", "feat": "vgg16", "train": {**TINY, "steps": 1},
+                               "data": {"content": str(CONTENT), "style": str(labelled)},
+                               "set": {"gen": SMALL["gen"], "feat": SMALL["feat"]}}, losses=["gram:1000"])
+        Trainer(rc, tmp_path / "run", registry=reg).fit()
+    (tmp_path / "photos").mkdir()
+    shutil.copy(CONTENT / "chelsea.jpg", tmp_path / "photos")
+    x, _ = load_folder(tmp_path / "photos", 32)
+    st = Stylizer.load(tmp_path / "run", device="cpu", precision="fp32", backend="torch", registry=reg)
+
+    def grams(*files: str) -> dict[str, torch.Tensor]:
+        targets = Evaluator(style=style_images([labelled / f for f in files], 64), registry=reg).style_targets
+        assert targets is not None
+        return targets
+
+    sea, swirl = grams("sea/great_wave.jpg"), grams("swirl/starry_night.jpg", "swirl/the_scream.jpg")
+    for labels, target in ((["sea"], sea), (["swirl"], swirl),
+                           (["sea:0.25", "swirl:0.75"], {k: 0.25 * sea[k] + 0.75 * swirl[k] for k in sea})):
+        ev = Evaluator(registry=reg)
+        ev.style_targets = target
+        want = ev.score(st.set_labels(labels)(x))["style_gram"]
+        res = evaluate_checkpoint(tmp_path / "run", content=str(tmp_path / "photos"), size=32, registry=reg,
+                                  style_label=labels)
+        assert res.metrics["style_gram"] == pytest.approx(want, rel=1e-4), labels
+    assert any("sea 0.25, swirl 0.75" in n and "style_gram" in n for n in res.notes), res.notes
+
+
 def test_export_takes_label_weights_as_an_input_and_passes_parity(reg: Registry, tmp_path: Path) -> None:
     import numpy as np
     import onnxruntime as ort

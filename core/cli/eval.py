@@ -29,7 +29,7 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not append the results to the run's eval.jsonl.")] = False,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
-    style_label: Annotated[Optional[list[str]], typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize. Reference-guided ones (adain) are conditioned on --style.")] = None,
+    style_label: Annotated[Optional[list[str]], typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize; style_gram is then against those labels' style images. Reference-guided ones (adain) are conditioned on --style.")] = None,
 ) -> None:
     """Score a generator: style (Gram) and content distances, SSIM, FID/KID on EfficientNet-Lite0 features,
     and paired distances with --reference. Results are appended to the run's eval.jsonl.
