@@ -204,6 +204,65 @@ class MaxPool2d(nn.MaxPool2d):
         return k == (2, 2) and s == (2, 2) and p == (0, 0) and d == (1, 1) and not self.return_indices
 
 
+# input width below which a 2x nearest upsampling on the CPU copies into strided slices (see upsample_nearest)
+NEAREST_MAX_WIDTH = 64
+
+
+def upsample_nearest(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """F.interpolate(x, size, mode="nearest"); on the CPU, an exact 2x of a contiguous map narrower than
+    NEAREST_MAX_WIDTH is written as strided slices, and its gradient sums 2x2 blocks.
+
+    aten's CPU kernel is slow on narrow maps and fast from 64 columns on (2 threads, forward / backward,
+    ms): float32 4x128x32x32 6.90 / 1.50 against 0.66 / 0.37 here, 4x64x32x32 2.90 / 0.65 against
+    0.22 / 0.15; bfloat16 4x128x32x32 4.50 / 1.08 against 0.32 / 0.53; but float32 4x64x64x64 1.37 by aten
+    against 3.15 as slices. Same values (a copy); the gradient adds the same four terms, in another order.
+    In a default-recipe bf16 step at 64 px (torch.profiler, 3 steps) the upsampling went from 3.47 to 0.86 ms
+    (backward unchanged, 0.9 ms); whole steps, medians of 30 interleaved: 219.8 -> 216.9 ms (bf16),
+    345.2 -> 341.6 ms (fp32 steps, 20 each), about 1%.
+    """
+    h, w = x.shape[-2:]
+    if (x.device.type == "cpu" and x.dim() == 4 and tuple(size) == (2 * h, 2 * w) and w < NEAREST_MAX_WIDTH
+            and x.is_contiguous() and _eager()):  # channels_last keeps aten's kernel (and its layout)
+        return cast(Tensor, _Nearest2x.apply(x))
+    return F.interpolate(x, size=tuple(size), mode="nearest")
+
+
+class Upsample(nn.Upsample):
+    """nn.Upsample; an exact 2x nearest upsampling goes through `upsample_nearest`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        sf = self.scale_factor
+        if (self.mode == "nearest" and self.size is None and x.dim() == 4
+                and (sf == 2 or (isinstance(sf, tuple) and all(f == 2 for f in sf)))):
+            return upsample_nearest(x, (2 * x.shape[-2], 2 * x.shape[-1]))
+        return super().forward(x)
+
+
+class _Nearest2x(torch.autograd.Function):
+    """2x nearest upsampling of (N, C, H, W); the backward is `sum_blocks` (differentiable again)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        out = x.new_empty(n, c, 2 * h, 2 * w)
+        out[..., 0::2, 0::2] = x
+        out[..., 0::2, 1::2] = x
+        out[..., 1::2, :] = out[..., 0::2, :]
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> Tensor:
+        return sum_blocks(g)
+
+
+def sum_blocks(g: Tensor) -> Tensor:
+    """(N, C, 2H, 2W) -> (N, C, H, W): the sum of each 2x2 block, rows first (the gradient of `_Nearest2x`)."""
+    n, c, hh, ww = g.shape
+    rows = g.reshape(n, c, hh // 2, 2, ww)
+    r = (rows[:, :, :, 0] + rows[:, :, :, 1]).view(n, c, hh // 2, ww // 2, 2)
+    return r[..., 0] + r[..., 1]
+
+
 class _GradInFormat(torch.autograd.Function):
     """Identity; the backward hands the gradient on in the memory format given to the forward."""
 

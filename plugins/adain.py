@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from stylezoo.core.errors import CompositionError, ConfigError
 from stylezoo.core.hookspecs import hookimpl
 from stylezoo.core.kinds import Extractor, StepContext
-from stylezoo.core.layers import ReflectionPad2d
+from stylezoo.core.layers import ReflectionPad2d, Upsample
 
 EPS = 1e-5
 
@@ -91,7 +91,7 @@ def mirror_decoder(features: nn.Sequential, upto: int) -> tuple[nn.Sequential, i
             mods += _reflect_conv(m.out_channels, m.in_channels)
             mods.append(nn.ReLU())
         elif isinstance(m, nn.MaxPool2d):
-            mods.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            mods.append(Upsample(scale_factor=2, mode="nearest"))
             factor *= 2
         elif not isinstance(m, nn.ReLU):
             raise ConfigError("gen/adain mirrors VGG-style encoders (convs, ReLUs, max-pools); "

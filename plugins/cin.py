@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.layers import ReflectionPad2d
+from stylezoo.core.layers import ReflectionPad2d, upsample_nearest
 from stylezoo.plugins.encdec import _conv
 
 
@@ -152,7 +152,7 @@ class CINGenerator(nn.Module):
         for block in self.res:
             x = block(x, w)
         for up, like in zip(self.up, reversed(levels)):
-            x = up(F.interpolate(x, size=like.shape[-2:], mode="nearest"), w)
+            x = up(upsample_nearest(x, like.shape[-2:]), w)
         if self.cfg.residual:  # tanh(head + atanh(input)): the identity when the head outputs zero
             return torch.tanh(self.head[:-1](x) + torch.atanh(inp.clamp(-0.995, 0.995)))
         return self.head(x)

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.layers import ReflectionPad2d
+from stylezoo.core.layers import ReflectionPad2d, upsample_nearest
 
 
 @dataclass
@@ -77,7 +76,7 @@ class Up(nn.Module):
         self.body = nn.Sequential(*_conv(c_in, c_out, 3, padding=padding), *_norm_relu(c_out))
 
     def forward(self, x: Tensor, like: Tensor) -> Tensor:
-        return self.body(F.interpolate(x, size=like.shape[-2:], mode="nearest"))
+        return self.body(upsample_nearest(x, like.shape[-2:]))
 
 
 class EncDecGenerator(nn.Module):

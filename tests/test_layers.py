@@ -249,3 +249,40 @@ def test_grad_in_layout_is_the_identity_with_a_channels_last_gradient() -> None:
     assert torch.equal(got, ref)
     plain = torch.randn(2, 8, 6, 6, requires_grad=True)
     assert L.grad_in_layout(plain) is plain  # contiguous tensors are not wrapped
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 8, 16, 31), (2, 4, 8, 64), (1, 2, 1, 1)])
+def test_upsample_nearest_is_interpolate_with_aten_s_gradient(shape: tuple, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=dtype)
+    size = (2 * shape[2], 2 * shape[3])
+    fast = shape[3] < L.NEAREST_MAX_WIDTH
+    got, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = L.upsample_nearest(got, size)
+    y_ref = F.interpolate(ref, size=size, mode="nearest")
+    assert torch.equal(y, y_ref) and y.dtype == dtype
+    assert (type(y.grad_fn).__name__ == "_Nearest2xBackward") == fast
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    tol = 0 if dtype == torch.float32 else 1e-2  # bf16: four terms summed in another order, each sum rounded
+    torch.testing.assert_close(got.grad, ref.grad, rtol=tol, atol=tol * 4 + 1e-6)
+
+
+def test_upsample_nearest_falls_back_where_the_fast_path_does_not_apply() -> None:
+    x = torch.randn(1, 2, 5, 7, requires_grad=True)
+    for size, xin in (((11, 15), x), ((10, 14), x.transpose(2, 3).contiguous().transpose(2, 3)),
+                      ((10, 14), x.contiguous(memory_format=torch.channels_last))):
+        y = L.upsample_nearest(xin, size)  # not 2x, not contiguous, channels_last: aten's kernel and layout
+        assert type(y.grad_fn).__name__ != "_Nearest2xBackward"
+        assert torch.equal(y, F.interpolate(xin, size=size, mode="nearest"))
+    assert L.upsample_nearest(x.detach(), (10, 14)).grad_fn is None
+
+
+def test_upsample_nearest_differentiates_again_and_the_module_matches_nn_upsample() -> None:
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: L.upsample_nearest(t, (6, 8)), (x,))
+    z = torch.randn(2, 3, 8, 8)
+    assert torch.equal(L.Upsample(scale_factor=2, mode="nearest")(z), nn.Upsample(scale_factor=2, mode="nearest")(z))
+    assert torch.equal(L.Upsample(scale_factor=3)(z), nn.Upsample(scale_factor=3)(z))  # other factors: stock
