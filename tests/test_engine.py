@@ -419,9 +419,6 @@ def test_lr_decay_falls_linearly_over_the_last_steps(reg: Registry, tmp_path: Pa
 def _registry_with_gen(name: str, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Registry:
     """The built-ins plus one inline plugin registering an image generator `name` whose output is forward(x, w)."""
     import dataclasses
-    import types
-
-    from stylezoo.core.hookspecs import hookimpl
 
     @dataclasses.dataclass
     class Cfg:
@@ -437,11 +434,20 @@ def _registry_with_gen(name: str, forward: Callable[[torch.Tensor, torch.Tensor]
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return forward(x, self.w)
 
+    return _one_component_registry(name, Gen, Cfg)
+
+
+def _one_component_registry(name: str, cls: type, cfg: type) -> Registry:
+    """The built-ins plus one inline plugin registering `cls` (config `cfg`) as `name`."""
+    import types
+
+    from stylezoo.core.hookspecs import hookimpl
+
     plug = types.ModuleType(name.replace("/", "_"))
 
     @hookimpl
     def register_components(register):
-        register(name, Gen, config=Cfg)
+        register(name, cls, config=cfg)
 
     plug.register_components = register_components
     return Registry(plugins=(plug,), entry_points=False)
@@ -471,9 +477,6 @@ def test_a_generator_that_cannot_make_training_images_is_named_before_work(forwa
 def _registry_with_disc(name: str, head: Callable[[torch.Tensor], torch.Tensor]) -> Registry:
     """The built-ins plus one inline plugin registering a discriminator `name` whose output is head(2-channel map)."""
     import dataclasses
-    import types
-
-    from stylezoo.core.hookspecs import hookimpl
 
     @dataclasses.dataclass
     class Cfg:
@@ -487,14 +490,7 @@ def _registry_with_disc(name: str, head: Callable[[torch.Tensor], torch.Tensor])
         def forward(self, image: torch.Tensor, **cond: object) -> torch.Tensor:
             return head(self.conv(image))
 
-    plug = types.ModuleType(name.replace("/", "_"))
-
-    @hookimpl
-    def register_components(register):
-        register(name, Disc, config=Cfg)
-
-    plug.register_components = register_components
-    return Registry(plugins=(plug,), entry_points=False)
+    return _one_component_registry(name, Disc, Cfg)
 
 
 @pytest.mark.parametrize("head,shape", [
