@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .core.registry import Entry, Registry
+    from stylezoo.core.components.registry import Entry, Registry
 
 
 def registry() -> Registry:
     """The process-wide registry (built-ins plus installed plugins), loaded on first use."""
-    from .core.registry import default_registry
+    from stylezoo.core.components.registry import default_registry
 
     return default_registry()
 
@@ -43,10 +43,10 @@ def build(name: str, **overrides: Any) -> Any:
 def __getattr__(name: str) -> Any:
     # Heavier API pieces import torch; load them only when asked for.
     lazy = {
-        "train": ("stylezoo.core.engine", "train"),
-        "RunConfig": ("stylezoo.core.runconfig", "RunConfig"),
-        "load_generator": ("stylezoo.core.inference", "load_generator"),
-        "Stylizer": ("stylezoo.core.inference", "Stylizer"),
+        "train": ("stylezoo.core.training.engine", "train"),
+        "RunConfig": ("stylezoo.core.runs.runconfig", "RunConfig"),
+        "load_generator": ("stylezoo.core.use.inference", "load_generator"),
+        "Stylizer": ("stylezoo.core.use.inference", "Stylizer"),
         "StylezooError": ("stylezoo.core.errors", "StylezooError"),  # what every user-facing error derives from
     }
     if name in lazy:

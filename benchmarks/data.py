@@ -5,7 +5,7 @@
 
 Trains one recipe twice on the same photos: with the decoded images cached in memory (the default for sets
 under `data.cache_mb`) and with a `data.cache_mb` budget below the photos' size (above the style
-images'), which decodes each drawn photo in worker threads while the previous step trains (core/data.py, LazyImages). Per variant: the median step time, the median wait for the
+images'), which decodes each drawn photo in worker threads while the previous step trains (core/files/data.py, LazyImages). Per variant: the median step time, the median wait for the
 step's images inside it (the Trainer's time/data_s), and, for scale, what decoding one batch takes when
 nothing else runs. Without --content the photos are the bundled samples enlarged to `--side` pixels and
 saved as JPEG (camera-sized files, so decoding costs what it costs on real data). The variants run in
@@ -27,10 +27,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from stylezoo.core.engine import Trainer
-from stylezoo.core.images import find_images
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import SAMPLES, resolve
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.files.images import find_images
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import SAMPLES, resolve
 
 
 def make_photos(out: Path, n: int, side: int) -> list[Path]:
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-results/data.json")
     args = ap.parse_args(argv)
     if args.full_decode:
-        from stylezoo.core import images
+        from stylezoo.core.files import images
 
         images.DRAFT_MARGIN = 1 << 30
     args.batch_probe = 4

@@ -23,7 +23,7 @@ Rows per recipe:
   random crops of the style painting (as `stylezoo eval` does), content metrics against the input faces.
 - faces-dcgan-gram (noise to image): `--samples` images from fixed noise (default: as many as held-out
   faces). FID/KID are measured against the held-out real faces; there are no content metrics.
-- Gatys reference: the optimisation-based transfer (core/transfer.py: L-BFGS, strong-Wolfe line search,
+- Gatys reference: the optimisation-based transfer (core/use/transfer.py: L-BFGS, strong-Wolfe line search,
   style weight `--gatys-style-weight`, VGG16 default layers) of each held-out face toward the same style
   image at the recipe's size, with `--gatys-steps` iterations (default 12, fewer than `stylezoo transfer`'s
   100: measured here at about 0.6 s per iteration and face at 128 px and 0.15 s at 64 px, so both recipes'
@@ -99,7 +99,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def recipe_family(reg: Any, name: str, sets: list[str]) -> str:
     """"image" or "noise": the family of the recipe's generator (resolved with the recipe's own data)."""
-    from stylezoo.core.runconfig import resolve
+    from stylezoo.core.runs.runconfig import resolve
 
     rc = resolve(reg, recipe=name, sets=sets)
     entry = reg.get(rc.gen)
@@ -108,7 +108,7 @@ def recipe_family(reg: Any, name: str, sets: list[str]) -> str:
 
 def face_files(data: Path) -> dict[str, list[Path]]:
     """{face set: sorted image files} for the face sets present under DATA/faces."""
-    from stylezoo.core.images import find_images
+    from stylezoo.core.files.images import find_images
 
     return {s: find_images(data / "faces" / s) for s in FACE_SETS if (data / "faces" / s).is_dir()}
 
@@ -173,7 +173,7 @@ def train_for(trainer: Any, seconds: float, log_every_s: float = 30.0, max_steps
 def gatys(extractor: nn.Module, faces: Tensor, style: Tensor, steps: int, style_weight: float,
           device: torch.device) -> tuple[Tensor, float]:
     """Each face restyled by core/transfer.optimise toward `style`: (outputs on the CPU, seconds taken)."""
-    from stylezoo.core.transfer import TransferConfig, optimise
+    from stylezoo.core.use.transfer import TransferConfig, optimise
 
     for p in extractor.parameters():  # only the pixels are optimised
         p.requires_grad_(False)
@@ -190,7 +190,7 @@ def gatys(extractor: nn.Module, faces: Tensor, style: Tensor, steps: int, style_
 
 def load_faces(files: list[Path], size: int) -> Tensor:
     """(N, 3, size, size) in [-1, 1]: shorter side resized, centre crop, as the engine's fixed batches."""
-    from stylezoo.core.images import load_tensor
+    from stylezoo.core.files.images import load_tensor
 
     return torch.stack([load_tensor(f, size) for f in files])
 
@@ -198,10 +198,10 @@ def load_faces(files: list[Path], size: int) -> Tensor:
 def run_recipe(name: str, args: argparse.Namespace, train_files: list[Path], test_files: list[Path],
                run_dir: Path, grid_path: Path, reg: Any) -> dict[str, Any]:
     """Train one face recipe for the budget, score it, its Gatys reference and the identity; save its grid."""
-    from stylezoo.core.engine import Trainer
-    from stylezoo.core.evaluate import Evaluator, domain_images, generate, style_images
-    from stylezoo.core.images import save_grid
-    from stylezoo.core.runconfig import resolve
+    from stylezoo.core.training.engine import Trainer
+    from stylezoo.core.evaluation.evaluate import Evaluator, domain_images, generate, style_images
+    from stylezoo.core.files.images import save_grid
+    from stylezoo.core.runs.runconfig import resolve
 
     family = recipe_family(reg, name, recipe_sets(args.sets, name))
     with tempfile.TemporaryDirectory(prefix="quality_faces-") as tmp:
@@ -277,7 +277,7 @@ def print_table(name: str, res: dict[str, Any], minutes: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from stylezoo.core.metrics import METRICS
+    from stylezoo.core.ops.metrics import METRICS
 
     cols = [c for c in COLUMNS if any(c in r for r in res["rows"].values())]
     image = res["family"] == "image"
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quality_faces: skipped: no faces at {args.data / 'faces' / FACE_SETS[0]} (the development faces "
               "are research-only and not bundled; give --data DIR holding faces/celeba_hq and faces/codeformer)")
         return 0
-    from stylezoo.core.metrics import METRICS
-    from stylezoo.core.registry import default_registry
+    from stylezoo.core.ops.metrics import METRICS
+    from stylezoo.core.components.registry import default_registry
 
     reg = default_registry()
     unknown = [r for r in args.recipes if r not in reg.recipes()]

@@ -125,7 +125,7 @@ def evaluate(trainer: Any, data: Path, stems: list[str], size: int, raw: bool = 
 
     The generator is the one `stylezoo stylize` would load: the weight average when the recipe keeps one
     (train.ema), else the trained weights; `raw=True` scores the trained weights regardless."""
-    from stylezoo.core.images import find_images, load_tensor
+    from stylezoo.core.files.images import find_images, load_tensor
 
     photos = {f.stem: f for f in find_images(data / "photo")}
     sketches = {f.stem: f for f in find_images(data / "sketch")}
@@ -144,7 +144,7 @@ def evaluate(trainer: Any, data: Path, stems: list[str], size: int, raw: bool = 
 
 def save_pairs_grid(res: dict[str, Any], n: int, path: Path) -> Path:
     """One row per held-out pair: input | output | true sketch."""
-    from stylezoo.core.images import save_grid
+    from stylezoo.core.files.images import save_grid
 
     n = min(n, res["x"].shape[0])
     side = res["out"].shape[-1]
@@ -164,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from stylezoo.core.data import match_pairs
-    from stylezoo.core.engine import Trainer
-    from stylezoo.core.registry import default_registry
-    from stylezoo.core.runconfig import resolve
+    from stylezoo.core.files.data import match_pairs
+    from stylezoo.core.training.engine import Trainer
+    from stylezoo.core.components.registry import default_registry
+    from stylezoo.core.runs.runconfig import resolve
 
     pairs = match_pairs(data / "photo", data / "sketch")
     train_stems, test_stems = split([s for s, _, _ in pairs], args.holdout, args.split_seed)

@@ -1,11 +1,11 @@
-"""Tiny feature maps under bfloat16: oneDNN's convolution against core/layers.py's matrix product.
+"""Tiny feature maps under bfloat16: oneDNN's convolution against core/ops/layers.py's matrix product.
 
     python -m stylezoo.benchmarks.small_convs [--repeats 15] [--all-matmul]
 
 Forward plus backward (input and weight gradients) of the U-Net/DCGAN layer shapes, batch 4, kernel 4,
-stride 2, each as the stock layer and as stylezoo.core.layers' subclass, under CPU bfloat16 autocast and in
+stride 2, each as the stock layer and as stylezoo.core.ops.layers' subclass, under CPU bfloat16 autocast and in
 float32 (where the subclass is the stock layer). Calls are interleaved; medians in ms. The numbers in
-core/layers.py's docstring come from this table.
+core/ops/layers.py's docstring come from this table.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from stylezoo.core import layers as L
+from stylezoo.core.ops import layers as L
 
 # (kind, batch, in channels, side, out channels)
 SHAPES = [("conv", 4, 512, 4, 512), ("conv", 4, 512, 2, 512), ("conv", 4, 256, 8, 512), ("conv", 4, 128, 16, 256),
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m stylezoo.benchmarks.small_convs", description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--all-matmul", action="store_true",
-                    help="time the matrix product for every shape, past core/layers.py's thresholds")
+                    help="time the matrix product for every shape, past core/ops/layers.py's thresholds")
     args = ap.parse_args(argv)
     if args.all_matmul:
         L.CONV_MAX_POSITIONS = L.CONVT_MAX_POSITIONS = 1 << 30

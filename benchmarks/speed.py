@@ -56,10 +56,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from stylezoo.benchmarks.train_loops import NaiveLoop, PlainLoop
-from stylezoo.core.devices import bf16_supported, pick_device
-from stylezoo.core.engine import Trainer
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import RunConfig, resolve
+from stylezoo.core.runtime.devices import bf16_supported, pick_device
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import RunConfig, resolve
 
 # name -> (registry recipe, CLI layer on top)
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -355,7 +355,7 @@ def inference_latency(reg: Registry, sizes: list[int], repeats: int,
 
 def _stylizer(gen: torch.nn.Module, name: str, family: str, device: torch.device) -> Any:
     """The Stylizer `stylezoo stylize` would build around `gen` (precision auto)."""
-    from stylezoo.core.inference import LoadedGenerator, Stylizer
+    from stylezoo.core.use.inference import LoadedGenerator, Stylizer
 
     return Stylizer(LoadedGenerator(module=gen, name=name, family=family, meta={}, path=Path(name)), device=device)
 
@@ -528,7 +528,7 @@ def print_tables(result: dict[str, Any]) -> None:
               "interleaved steps in one process; absolute figures follow the machine's load. conv+mm: the time "
               "spent inside convolutions and matrix products alone (CPU), and the MFU of the step if nothing "
               "else took time."
-              + (" malloc keeps freed memory for every variant (core/cpu_memory.py)." if m.get("keeps_freed_memory")
+              + (" malloc keeps freed memory for every variant (core/runtime/cpu_memory.py)." if m.get("keeps_freed_memory")
                  else ""))
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stylezoo.core.engine import IMAGE, Trainer
-from stylezoo.core.kinds import StepContext
+from stylezoo.core.training.engine import IMAGE, Trainer
+from stylezoo.core.components.kinds import StepContext
 from stylezoo.plugins.perceptual import gram
 
 

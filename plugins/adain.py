@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylezoo.core.errors import CompositionError, ConfigError
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.kinds import Extractor, StepContext
-from stylezoo.core.layers import ReflectionPad2d, Upsample
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import Extractor, StepContext
+from stylezoo.core.ops.layers import ReflectionPad2d, Upsample
 
 EPS = 1e-5
 
@@ -118,13 +118,13 @@ class AdaINGenerator(nn.Module):
 
     family: ClassVar[str] = "image"
     needs_style: ClassVar[bool] = True  # the engine passes a batch of style images as `style=`
-    # inputs an exported model takes besides the content image, and what they hold (core/export.py)
+    # inputs an exported model takes besides the content image, and what they hold (core/use/export.py)
     export_conditions: ClassVar[tuple[tuple[str, str], ...]] = (
         ("style", "images"), ("style_weights", "weights"), ("alpha", "scalar"))
 
     def __init__(self, cfg: AdaINConfig) -> None:
         super().__init__()
-        from stylezoo.core.registry import default_registry
+        from stylezoo.core.components.registry import default_registry
 
         self.cfg = cfg
         reg = default_registry()

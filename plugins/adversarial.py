@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.kinds import Extractor, StepContext
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import Extractor, StepContext
 
 
 def _check_weight(weight: float) -> None:

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.layers import ReflectionPad2d, upsample_nearest
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.ops.layers import ReflectionPad2d, upsample_nearest
 from stylezoo.plugins.encdec import _conv
 
 

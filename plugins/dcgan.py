@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.layers import Conv2d, ConvTranspose2d
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.ops.layers import Conv2d, ConvTranspose2d
 
 GEN_SIZES = (32, 64, 128, 256)
 DISC_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)

@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.layers import ReflectionPad2d, upsample_nearest
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.ops.layers import ReflectionPad2d, upsample_nearest
 
 
 @dataclass

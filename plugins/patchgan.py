@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from stylezoo.core.hookspecs import hookimpl
+from stylezoo.core.components.hookspecs import hookimpl
 
 
 def patch_sides(side: int, n_layers: int) -> list[int]:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stylezoo.core.hookspecs import hookimpl
+from stylezoo.core.components.hookspecs import hookimpl
 
 ADVERSARIAL = ("loss/bce", "loss/lsgan", "loss/hinge", "loss/wgan")
 

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from stylezoo.core.errors import CompositionError, ConfigError, DataError
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.kinds import Extractor, StepContext
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import Extractor, StepContext
 
 STD_EPS = 1e-5
 

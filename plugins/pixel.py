@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.kinds import Extractor, StepContext
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import Extractor, StepContext
 
 
 @dataclass
@@ -101,7 +101,7 @@ class SSIMLoss(Reconstruction):
     "Loss Functions for Image Restoration with Neural Networks", mix L1 and SSIM for the same reason)."""
 
     def distance(self, fake: Tensor, target: Tensor) -> Tensor:
-        from stylezoo.core.metrics import ssim
+        from stylezoo.core.ops.metrics import ssim
 
         return 1.0 - ssim(fake, target).mean()
 

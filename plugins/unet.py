@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.layers import Conv2d, ConvTranspose2d, Dropout
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.ops.layers import Conv2d, ConvTranspose2d, Dropout
 
 NORMS = ("instance", "batch")
 MAX_DEPTH = 8

@@ -21,11 +21,11 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from stylezoo.core import weights as W
+from stylezoo.core.files import weights as W
 from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.kinds import frozen
-from stylezoo.core.layers import MaxPool2d
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import frozen
+from stylezoo.core.ops.layers import MaxPool2d
 
 BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 WIDTHS = (64, 128, 256, 512, 512)
@@ -65,7 +65,7 @@ def vgg_layers(arch: str, ceil_mode: bool) -> tuple[nn.Sequential, tuple[str, ..
 
 
 class VGGExtractor(nn.Module):
-    """Frozen VGG features; input RGB in [-1, 1] (core/kinds.py), converted here to the weights' convention."""
+    """Frozen VGG features; input RGB in [-1, 1] (core/components/kinds.py), converted here to the weights' convention."""
 
     arch: ClassVar[str] = "vgg16"
     default_set: ClassVar[str | None] = "vgg16-hed"

@@ -25,8 +25,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from stylezoo.core.hookspecs import hookimpl  # noqa: E402
-from stylezoo.core.registry import Registry  # noqa: E402
+from stylezoo.core.components.hookspecs import hookimpl  # noqa: E402
+from stylezoo.core.components.registry import Registry  # noqa: E402
 
 EMPTY_CATALOG: dict[str, Any] = {"components": {}, "recipes": {}}
 

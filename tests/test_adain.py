@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylezoo.core import weights as W
+from stylezoo.core.files import weights as W
 from stylezoo.core.cli import app
-from stylezoo.core.engine import Trainer
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import CompositionError, UsageError
-from stylezoo.core.images import load_tensor
-from stylezoo.core.inference import Stylizer, load_generator
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import resolve
+from stylezoo.core.files.images import load_tensor
+from stylezoo.core.use.inference import Stylizer, load_generator
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import resolve
 from stylezoo.plugins.adain import adain, channel_stats, mix
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -258,7 +258,7 @@ def test_composition_errors(reg: Registry, tmp_path: Path) -> None:
 def test_export_takes_the_style_as_an_input_and_passes_parity(trained, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from stylezoo.core.export import export, sample_photos
+    from stylezoo.core.use.export import export, sample_photos
 
     _, out = trained
     report = export(out, "onnx", tmp_path / "adain.onnx")
@@ -295,7 +295,7 @@ def test_weight_average_shares_the_frozen_encoder_and_keeps_the_default_style(re
 
 def test_eval_conditions_on_the_style_it_is_given(trained, reg: Registry) -> None:
     """`eval --style X` scores what `stylize --style X` makes, not the mean training style."""
-    from stylezoo.core.evaluate import Evaluator, evaluate_checkpoint, load_folder
+    from stylezoo.core.evaluation.evaluate import Evaluator, evaluate_checkpoint, load_folder
 
     _, out = trained
     content = str(SAMPLES / "content")

@@ -78,7 +78,7 @@ def test_kernel_seconds_counts_only_convolutions_and_matrix_products() -> None:
 
 def test_conditional_and_noise_generators_time_what_stylize_runs() -> None:
     """Their "stylize" column is the Stylizer itself (condition set), not a stand-in eager forward."""
-    from stylezoo.core.registry import default_registry
+    from stylezoo.core.components.registry import default_registry
 
     reg = default_registry()
     for name, row in (("gen/cin", speed._conditional_latency(reg, "gen/cin", [32], 1)["sizes"]["32"]),
@@ -94,7 +94,7 @@ def test_latency_helpers_take_a_device() -> None:
     """The CUDA path of the inference table runs the same helpers with a device (cpu here)."""
     import torch
 
-    from stylezoo.core.registry import default_registry
+    from stylezoo.core.components.registry import default_registry
 
     reg = default_registry()
     row = speed._conditional_latency(reg, "gen/encdec", [32], 1, torch.device("cpu"))["sizes"]["32"]

@@ -14,13 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stylezoo.core.cli import app
-from stylezoo.core.data import style_labels
-from stylezoo.core.engine import Trainer
+from stylezoo.core.files.data import style_labels
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import DataError, UsageError
-from stylezoo.core.images import load_tensor
-from stylezoo.core.inference import Stylizer, load_generator
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import resolve
+from stylezoo.core.files.images import load_tensor
+from stylezoo.core.use.inference import Stylizer, load_generator
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import resolve
 from stylezoo.plugins.cin import CondInstanceNorm
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -189,7 +189,7 @@ def test_training_learns_the_folder_labels_and_stylize_picks_them(reg: Registry,
     assert res.exit_code == 0, res.output and (tmp_path / "o.png").is_file()
 
     # eval scores the label asked for, as stylize would restyle (unconditioned: the labels' mix)
-    from stylezoo.core.evaluate import evaluate_checkpoint
+    from stylezoo.core.evaluation.evaluate import evaluate_checkpoint
 
     scores = {lab: evaluate_checkpoint(out, content=str(CONTENT), size=32, registry=reg, style_label=[lab])
               for lab in ("sea", "swirl")}
@@ -201,7 +201,7 @@ def test_training_learns_the_folder_labels_and_stylize_picks_them(reg: Registry,
     # resuming on style folders whose labels changed is refused
     shutil.copytree(labelled / "sea", labelled / "zebra")
     with pytest.raises(DataError, match="differ from the run's"):
-        from stylezoo.core.engine import train
+        from stylezoo.core.training.engine import train
 
         train(resume=out, steps=3, registry=reg)
 
@@ -222,7 +222,7 @@ def test_a_flat_style_folder_gives_one_label_per_image(reg: Registry, tmp_path: 
 
 
 def test_eval_scores_a_style_label_against_that_labels_images(reg: Registry, labelled: Path, tmp_path: Path) -> None:
-    from stylezoo.core.evaluate import Evaluator, evaluate_checkpoint, load_folder, style_images
+    from stylezoo.core.evaluation.evaluate import Evaluator, evaluate_checkpoint, load_folder, style_images
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -256,9 +256,9 @@ def test_export_takes_label_weights_as_an_input_and_passes_parity(reg: Registry,
     import numpy as np
     import onnxruntime as ort
 
-    from stylezoo.core import checkpoint as ckpt
-    from stylezoo.core.config import config_to_dict
-    from stylezoo.core.export import export, sample_photos
+    from stylezoo.core.files import checkpoint as ckpt
+    from stylezoo.core.components.config import config_to_dict
+    from stylezoo.core.use.export import export, sample_photos
 
     gen = perturbed(reg)
     path = tmp_path / "cin.safetensors"

@@ -15,10 +15,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import stylezoo
-from stylezoo.core import registry as registry_mod
+from stylezoo.core.components import registry as registry_mod
 from stylezoo.core.cli import app, catalog
 from stylezoo.core.errors import UnknownComponentError
-from stylezoo.core.registry import Registry
+from stylezoo.core.components.registry import Registry
 from stylezoo.plugins import BUILTINS
 
 runner = CliRunner()

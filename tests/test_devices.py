@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylezoo.core import checkpoint as ckpt
-from stylezoo.core.devices import bf16_supported
-from stylezoo.core.engine import Trainer, train
+from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.runtime.devices import bf16_supported
+from stylezoo.core.training.engine import Trainer, train
 from stylezoo.core.errors import TrainingDiverged
-from stylezoo.core.inference import Stylizer
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import resolve
+from stylezoo.core.use.inference import Stylizer
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 SMALL = {"gen": {"channels": 8, "n_res": 1}, "disc": {"n_layers": 2, "channels": 8}}

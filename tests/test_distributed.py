@@ -16,12 +16,12 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from stylezoo.core import checkpoint as ckpt
-from stylezoo.core import distributed as D
-from stylezoo.core.engine import Trainer, train
+from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.runtime import distributed as D
+from stylezoo.core.training.engine import Trainer, train
 from stylezoo.core.errors import ConfigError
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import RunConfig, resolve
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import RunConfig, resolve
 
 pytestmark = pytest.mark.slow
 
@@ -210,7 +210,7 @@ def test_a_worker_crash_is_shown_with_its_own_output(tmp_path: Path) -> None:
     (site / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
-        "    import stylezoo.core.engine as E\n"
+        "    import stylezoo.core.training.engine as E\n"
         "    def boom(self, step):\n"
         "        raise RuntimeError('boom on rank 1')\n"
         "    E.Trainer.train_step = boom\n")

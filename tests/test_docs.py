@@ -21,7 +21,7 @@ def test_every_test_the_docs_name_exists() -> None:
 
 
 def test_the_readme_component_table_lists_every_built_in_component() -> None:
-    from stylezoo.core.registry import Registry
+    from stylezoo.core.components.registry import Registry
 
     table = (ROOT / "README.md").read_text(encoding="utf-8").split("| generators |", 1)[1].split("\n\n", 1)[0]
     built_in = list(Registry(entry_points=False).entries)

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from stylezoo.core import checkpoint as ckpt
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.ema import GeneratorEMA, ema_decay
-from stylezoo.core.engine import Trainer, train
+from stylezoo.core.training.ema import GeneratorEMA, ema_decay
+from stylezoo.core.training.engine import Trainer, train
 from stylezoo.core.errors import CheckpointError, ConfigError
-from stylezoo.core.inference import Stylizer, load_generator
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import resolve
+from stylezoo.core.use.inference import Stylizer, load_generator
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 4, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 IMAGE = {"gen": "encdec", "disc": "patch", "feat": "", "gp": "none", "train": TINY,
@@ -119,7 +119,7 @@ def test_switching_ema_on_at_resume_starts_from_the_loaded_weights(reg: Registry
 def test_cli_no_ema_gives_the_raw_weights(reg: Registry, tmp_path: Path) -> None:
     Trainer(image_rc(reg, ema=0.5), tmp_path / "run", registry=reg).fit()
     img = tmp_path / "in.png"
-    from stylezoo.core.images import tensor_to_pil
+    from stylezoo.core.files.images import tensor_to_pil
 
     tensor_to_pil(torch.rand(3, 32, 32) * 2 - 1).save(img)
     outs = {}

@@ -14,13 +14,13 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from stylezoo.core import checkpoint as ckpt
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.engine import Trainer, newest_valid_checkpoint, train
+from stylezoo.core.training.engine import Trainer, newest_valid_checkpoint, train
 from stylezoo.core.errors import CompositionError, ConfigError, UnknownComponentError
-from stylezoo.core.inference import load_generator
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import RunConfig, resolve
+from stylezoo.core.use.inference import load_generator
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import RunConfig, resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 NOISE = {"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none", "train": TINY}
@@ -182,7 +182,7 @@ def test_bad_overrides_are_refused_before_work(reg: Registry, sets: list[str], f
 
 def test_set_weight_of_a_loss_is_the_last_word(reg: Registry) -> None:
     """`--set loss/NAME.weight` wins over --loss NAME:W, which wins over a lower layer's weight."""
-    from stylezoo.core.runconfig import component_config
+    from stylezoo.core.runs.runconfig import component_config
 
     base = {**NOISE, "adv": "bce"}
     for losses, sets, want in ((["tv:2"], ["loss/tv.weight=5"], 5.0), (["tv"], ["tv.weight=5"], 5.0),
@@ -210,7 +210,7 @@ def test_config_file_with_its_own_losses_drops_the_recipes_overrides_of_other_te
 
 
 def test_set_values_are_kept_as_their_fields_types(reg: Registry, tmp_path: Path) -> None:
-    from stylezoo.core.rundir import write_config
+    from stylezoo.core.runs.rundir import write_config
 
     rc = resolve(reg, recipe="default", sets=["gen.channels=8", "gram.layers=relu1_1,relu2_1", "adv.weight=0.2"])
     assert rc.set["gen"]["channels"] == 8 and rc.set["loss/gram"]["layers"] == ["relu1_1", "relu2_1"]
@@ -225,7 +225,7 @@ def test_set_values_are_kept_as_their_fields_types(reg: Registry, tmp_path: Path
 @pytest.mark.parametrize("recipe", ["default", "original", "portrait-sketch"])
 def test_a_runs_own_config_toml_resolves_to_the_same_run(reg: Registry, tmp_path: Path, recipe: str) -> None:
     """`run --config RUN/config.toml` repeats the run: the file's recipe is its base, not `default`."""
-    from stylezoo.core.rundir import write_config
+    from stylezoo.core.runs.rundir import write_config
 
     rc = resolve(reg, recipe=recipe, cli={"gen": "encdec", "disc": "patch"}, sets=["train.size=32"])
     write_config(tmp_path / "config.toml", rc)
@@ -312,7 +312,7 @@ def test_a_bad_new_length_on_resume_is_one_line(tmp_path: Path, reg: Registry) -
 
 def test_a_run_config_made_in_python_may_use_short_names(reg: Registry, tmp_path: Path) -> None:
     """RunConfig(gen="encdec", losses={"tv": 1e-4}) trains as the resolved full names would, and is validated."""
-    from stylezoo.core.runconfig import DataConfig, TrainConfig
+    from stylezoo.core.runs.runconfig import DataConfig, TrainConfig
 
     data = DataConfig(content="samples:content", style="samples:style/starry_night.jpg")
     rc = RunConfig(gen="encdec", disc="patch", adv="lsgan", gp="none", feat="", losses={"tv": 1e-4},
@@ -441,7 +441,7 @@ def _one_component_registry(name: str, cls: type, cfg: type) -> Registry:
     """The built-ins plus one inline plugin registering `cls` (config `cfg`) as `name`."""
     import types
 
-    from stylezoo.core.hookspecs import hookimpl
+    from stylezoo.core.components.hookspecs import hookimpl
 
     plug = types.ModuleType(name.replace("/", "_"))
 
@@ -618,7 +618,7 @@ def test_loss_terms_are_summed_in_name_order_whatever_order_they_were_given(reg:
 def test_a_noise_generator_says_when_content_is_not_what_it_learns(reg: Registry, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """faces-dcgan-gram sets data = the bundled photos; --content FACES alone would be ignored in silence."""
-    from stylezoo.core.runconfig import SAMPLES
+    from stylezoo.core.runs.runconfig import SAMPLES
 
     run = {"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none", "train": TINY,
            "set": {"gen": {"channels": 8, "latent_dim": 16}, "disc": {"channels": 8}},
@@ -676,7 +676,7 @@ def test_relative_data_paths_are_stored_absolute_so_a_resume_from_elsewhere_trai
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    from stylezoo.core.runconfig import SAMPLES
+    from stylezoo.core.runs.runconfig import SAMPLES
 
     here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
     shutil.copytree(SAMPLES / "content", here / "photos")
@@ -705,7 +705,7 @@ def test_a_run_whose_data_moved_resumes_from_its_new_place_and_only_then(tmp_pat
                                                                         caplog: pytest.LogCaptureFixture) -> None:
     import shutil
 
-    from stylezoo.core.runconfig import SAMPLES
+    from stylezoo.core.runs.runconfig import SAMPLES
 
     shutil.copytree(SAMPLES / "content", tmp_path / "photos")
     run = tmp_path / "run"

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from stylezoo.core.data import ImageSet
-from stylezoo.core.engine import Trainer
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import SAMPLES, resolve
+from stylezoo.core.files.data import ImageSet
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import SAMPLES, resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 IMAGE = {"gen": "encdec", "disc": "patch", "feat": "", "gp": "none", "train": TINY,
@@ -109,7 +109,7 @@ def test_bf16_training_step_with_gradient_penalty_stays_finite(reg: Registry, tm
 
 
 def test_precision_auto_picks_bf16_where_supported(reg: Registry, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    from stylezoo.core import engine
+    from stylezoo.core.training import engine
 
     rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "precision": "auto"}}, losses=["tv"])
     monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
@@ -125,7 +125,7 @@ def test_fused_adam_is_used_and_matches_the_stock_loop(reg: Registry, tmp_path: 
     a = [nn.Parameter(torch.randn(64, 32)) for _ in range(3)]
     b = [nn.Parameter(p.detach().clone()) for p in a]
     fused, stock = torch.optim.Adam(a, lr=1e-2, betas=(0.5, 0.999)), torch.optim.Adam(b, lr=1e-2, betas=(0.5, 0.999))
-    from stylezoo.core.engine import fuse_adam
+    from stylezoo.core.training.engine import fuse_adam
 
     fuse_adam(fused, torch.device("cpu"))
     for _ in range(3):
@@ -140,7 +140,7 @@ def test_fused_adam_is_used_and_matches_the_stock_loop(reg: Registry, tmp_path: 
 
 def test_checkpoint_from_an_unfused_optimizer_resumes(reg: Registry, tmp_path: Path) -> None:
     """Runs saved before fused Adam (param groups with fused=None) still resume, and then run fused."""
-    from stylezoo.core.engine import train
+    from stylezoo.core.training.engine import train
 
     rc = resolve(reg, cli=IMAGE, losses=["tv"])
     tr = Trainer(rc, tmp_path, registry=reg)
@@ -211,7 +211,7 @@ def test_lazy_decoding_draws_the_same_batches(tmp_path: Path) -> None:
 
 
 def test_lazy_decoding_decodes_an_image_drawn_twice_in_a_batch_once(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    from stylezoo.core.data import LazyImages
+    from stylezoo.core.files.data import LazyImages
 
     one = ImageSet(str(SAMPLES / "style" / "starry_night.jpg"), 32, cache_mb=0)
     assert one.lazy and len(one) == 1
@@ -229,7 +229,7 @@ def test_large_jpegs_decode_at_a_reduced_scale_that_keeps_the_resized_pixels(tmp
     import numpy as np
     from PIL import Image
 
-    from stylezoo.core.images import DRAFT_MARGIN, open_image, resize_short
+    from stylezoo.core.files.images import DRAFT_MARGIN, open_image, resize_short
 
     rng = np.random.default_rng(0)
     smooth = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
@@ -356,7 +356,7 @@ def test_compile_without_a_cxx_compiler_is_one_clear_line(tmp_path: Path, monkey
 
 _FAULTS = """
 import resource, sys, torch
-from stylezoo.core.cpu_memory import keep_freed_memory
+from stylezoo.core.runtime.cpu_memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.ones(1)
@@ -386,7 +386,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_reallocated_tensors() -> Non
 
 def test_trainer_keeps_freed_memory_on_the_cpu_unless_switched_off(reg: Registry, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import stylezoo.core.engine as engine
+    import stylezoo.core.training.engine as engine
 
     calls: list[int] = []
     monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(1) or True)
@@ -398,7 +398,7 @@ def test_trainer_keeps_freed_memory_on_the_cpu_unless_switched_off(reg: Registry
 
 
 def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.core import cpu_memory
+    from stylezoo.core.runtime import cpu_memory
 
     monkeypatch.setattr(cpu_memory.platform, "libc_ver", lambda: ("", ""))
     monkeypatch.setattr(cpu_memory.ctypes, "CDLL", lambda *a: pytest.fail("libc must not be touched"))
@@ -429,7 +429,7 @@ def test_per_sample_discriminator_judges_real_and_fake_in_one_call(reg: Registry
 
 def test_discriminators_without_per_sample_or_with_batch_norm_are_called_per_batch(
         reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.core.engine import judges_each_image_alone
+    from stylezoo.core.training.engine import judges_each_image_alone
     from stylezoo.plugins.patchgan import PatchDiscriminator
 
     class PerSample(nn.Sequential):
@@ -467,7 +467,7 @@ def test_slow_data_is_logged_and_named_with_its_fix(reg: Registry, tmp_path: Pat
     import logging
     import time
 
-    from stylezoo.core.data import LazyImages
+    from stylezoo.core.files.data import LazyImages
 
     slow = LazyImages._decode
 

@@ -31,15 +31,15 @@ from PIL import Image
 from torch import Tensor, nn
 from typer.testing import CliRunner, Result
 
-import stylezoo.core.registry as registry_mod
-from stylezoo.core import checkpoint as ckpt
+import stylezoo.core.components.registry as registry_mod
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.data import ImageSet
+from stylezoo.core.files.data import ImageSet
 from stylezoo.core.errors import CheckpointError, DataError
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.images import BadImage, load_tensor, open_image
-from stylezoo.core.kinds import StepContext
-from stylezoo.core.registry import Registry
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.files.images import BadImage, load_tensor, open_image
+from stylezoo.core.components.kinds import StepContext
+from stylezoo.core.components.registry import Registry
 
 # a tiny noise-family composition: a run of a few steps takes a second or two
 TINY = ["--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv", "--size", "32",
@@ -320,7 +320,7 @@ def test_cli_trains_on_images_smaller_than_the_training_size(tmp_path: Path) -> 
 @pytest.mark.parametrize("trained", [False, True])
 def test_interrupted_run_says_what_it_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained: bool) -> None:
     """Ctrl-C or SIGTERM: the message names the checkpoint to resume from, or says there is none yet."""
-    import stylezoo.core.engine as engine
+    import stylezoo.core.training.engine as engine
 
     real = engine.train
 
@@ -835,8 +835,8 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
 
 
 def test_linked_sub_folders_are_followed_once_and_a_link_loop_ends(tmp_path: Path) -> None:
-    from stylezoo.core.images import find_images
-    from stylezoo.core.runconfig import SAMPLES
+    from stylezoo.core.files.images import find_images
+    from stylezoo.core.runs.runconfig import SAMPLES
 
     top = tmp_path / "top"
     top.mkdir()
@@ -851,8 +851,8 @@ def test_linked_sub_folders_are_followed_once_and_a_link_loop_ends(tmp_path: Pat
 
 
 def test_a_thin_strip_is_refused_before_it_is_blown_up_to_gigabytes(tmp_path: Path) -> None:
-    from stylezoo.core.data import load_images
-    from stylezoo.core.images import MAX_PIXELS, resize_short
+    from stylezoo.core.files.data import load_images
+    from stylezoo.core.files.images import MAX_PIXELS, resize_short
 
     strip, ok = tmp_path / "strip.png", tmp_path / "ok.png"
     Image.new("RGB", (40000, 1)).save(strip)  # a few hundred bytes; at 128 px it would be 5,120,000 x 128

@@ -29,13 +29,13 @@ from PIL import Image
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from stylezoo.core import checkpoint as ckpt
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.engine import Trainer, newest_valid_checkpoint, train
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.kinds import StepContext
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import resolve
+from stylezoo.core.training.engine import Trainer, newest_valid_checkpoint, train
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import StepContext
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import resolve
 
 STEPS = 24
 ARGS = ["--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv", "--size", "32",

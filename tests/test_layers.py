@@ -1,4 +1,4 @@
-"""core/layers.py: the bfloat16 matrix-product path for tiny feature maps matches the stock layers."""
+"""core/ops/layers.py: the bfloat16 matrix-product path for tiny feature maps matches the stock layers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stylezoo.core import layers as L
+from stylezoo.core.ops import layers as L
 
 
 def _pair(cls: type, stock: type, *args: object, **kw: object) -> tuple[nn.Module, nn.Module]:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from stylezoo.core.errors import CompositionError, ConfigError, DataError
-from stylezoo.core.kinds import AdversarialLoss, LossTerm, Penalty, StepContext
-from stylezoo.core.registry import Registry
+from stylezoo.core.components.kinds import AdversarialLoss, LossTerm, Penalty, StepContext
+from stylezoo.core.components.registry import Registry
 from stylezoo.plugins.adversarial import BCE, LSGAN, WGAN, AdvConfig, BCEConfig, Entropy, EntropyConfig, Hinge
 from stylezoo.plugins.penalties import R1, WGANGP, Dragan, DraganConfig, NoPenalty, NoPenaltyConfig, PenaltyConfig
 from stylezoo.plugins.perceptual import (

@@ -17,14 +17,14 @@ from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from typer.testing import CliRunner
 
-from stylezoo.core import metrics as M
+from stylezoo.core.ops import metrics as M
 from stylezoo.core.cli import app
-from stylezoo.core.engine import Trainer
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import ConfigError, DataError, UsageError
-from stylezoo.core.evaluate import domain_images, match_by_stem, split_holdout
-from stylezoo.core.images import find_images
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import SAMPLES, resolve
+from stylezoo.core.evaluation.evaluate import domain_images, match_by_stem, split_holdout
+from stylezoo.core.files.images import find_images
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import SAMPLES, resolve
 
 SIZE = 32
 
@@ -115,7 +115,7 @@ def test_gram_distance_is_zero_for_the_style_image_itself_and_grows_with_noise(v
 def test_evaluator_scores_batch_by_batch_as_all_at_once(reg: Registry, vgg: torch.nn.Module,
                                                         photos: torch.Tensor) -> None:
     """The evaluator reduces every batch before the next (memory); its scores are those of the whole set."""
-    from stylezoo.core.evaluate import Evaluator
+    from stylezoo.core.evaluation.evaluate import Evaluator
 
     out, content, style = noisy(photos[:5], 0.2), photos[:5], photos[6:11]
     ev = Evaluator(style=style, registry=reg, batch=2)
@@ -276,7 +276,7 @@ def test_eval_cli_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Path) -> None:
-    from stylezoo.core.evaluate import evaluate_checkpoint
+    from stylezoo.core.evaluation.evaluate import evaluate_checkpoint
 
     for side in ("photo", "sketch"):
         (tmp_path / "pairs" / side).mkdir(parents=True)
@@ -309,9 +309,9 @@ def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Pat
 
 
 def test_eval_of_a_noise_generator_scores_at_its_own_size_as_training_does(reg: Registry, tmp_path: Path) -> None:
-    from stylezoo.core import checkpoint as ckpt
-    from stylezoo.core.evaluate import Evaluator, evaluate_checkpoint, generate, style_images
-    from stylezoo.core.inference import load_generator
+    from stylezoo.core.files import checkpoint as ckpt
+    from stylezoo.core.evaluation.evaluate import Evaluator, evaluate_checkpoint, generate, style_images
+    from stylezoo.core.use.inference import load_generator
 
     style = str(SAMPLES / "style" / "starry_night.jpg")
     rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "vgg16", "gp": "none",

@@ -14,11 +14,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stylezoo.core.cli import app
-from stylezoo.core.data import PairSet, match_pairs, pair_folders
-from stylezoo.core.engine import Trainer, train
+from stylezoo.core.files.data import PairSet, match_pairs, pair_folders
+from stylezoo.core.training.engine import Trainer, train
 from stylezoo.core.errors import CompositionError, ConfigError, DataError
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import resolve
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 SETS = {"gen": {"channels": 8}, "disc": {"n_layers": 2, "channels": 8, "cond_channels": 3}}

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import stylezoo
-from stylezoo.core import registry as registry_mod
-from stylezoo.core.config import build_config
+from stylezoo.core.components import registry as registry_mod
+from stylezoo.core.components.config import build_config
 from stylezoo.core.errors import (
     ConfigError,
     DuplicateComponentError,
@@ -21,9 +21,9 @@ from stylezoo.core.errors import (
     UnknownComponentError,
     UsageError,
 )
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.kinds import StepContext
-from stylezoo.core.registry import Registry
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import StepContext
+from stylezoo.core.components.registry import Registry
 
 
 # ------------------------------------------------------------------------------------------ lookup
@@ -381,7 +381,7 @@ def test_stylezoo_plugins_env_limits_entry_points(monkeypatch):
 
 
 def test_a_checkpoint_needing_a_plugin_left_out_by_stylezoo_plugins_says_so(monkeypatch):
-    from stylezoo.core.checkpoint import missing_component
+    from stylezoo.core.files.checkpoint import missing_component
 
     catalog = {"components": {}, "recipes": {}}
     monkeypatch.setenv("STYLEZOO_PLUGINS", "")

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from stylezoo.core.config import build_config, config_to_dict
+from stylezoo.core.components.config import build_config, config_to_dict
 from stylezoo.core.errors import StylezooError
-from stylezoo.core.registry import Entry, Registry, load_registry_toml
+from stylezoo.core.components.registry import Entry, Registry, load_registry_toml
 
 CATALOG = load_registry_toml()
 CARDS: dict[str, dict[str, Any]] = CATALOG["components"]
@@ -153,7 +153,7 @@ def test_recipe_names_registered_components_and_valid_fields(full, rname):
 
 @pytest.mark.parametrize("rname", sorted(RECIPES))
 def test_recipe_train_and_data_are_valid(rname):
-    runconfig = pytest.importorskip("stylezoo.core.runconfig")
+    runconfig = pytest.importorskip("stylezoo.core.runs.runconfig")
     recipe = RECIPES[rname]
     build_config(runconfig.TrainConfig, recipe.get("train", {}), owner="train")
     data = build_config(runconfig.DataConfig, recipe.get("data", {}), owner="data").resolved()
@@ -164,7 +164,7 @@ def test_recipe_train_and_data_are_valid(rname):
 
 @pytest.mark.parametrize("rname", sorted(RECIPES))
 def test_recipe_resolves_as_a_run(full, rname):
-    runconfig = pytest.importorskip("stylezoo.core.runconfig")
+    runconfig = pytest.importorskip("stylezoo.core.runs.runconfig")
     try:
         rc = runconfig.resolve(full, recipe=rname)
     except StylezooError as e:  # pragma: no cover - the message is the point
@@ -175,7 +175,7 @@ def test_recipe_resolves_as_a_run(full, rname):
 @pytest.mark.parametrize("rname", sorted(RECIPES))
 def test_naming_the_recipes_own_component_short_or_full_keeps_its_settings(full, rname):
     """`--gen encdec` on a recipe whose gen is gen/encdec is no change: the recipe's `set.gen` stays."""
-    from stylezoo.core.runconfig import resolve
+    from stylezoo.core.runs.runconfig import resolve
 
     base = resolve(full, recipe=rname)
     for role in ROLE_KIND:
@@ -189,7 +189,7 @@ def test_naming_the_recipes_own_component_short_or_full_keeps_its_settings(full,
 
 def test_another_extractor_drops_the_recipes_layer_names_but_keeps_the_users(full):
     """The default recipe's Gram layers are VGG's relu names: --feat efficientnet-lite0 starts from its own."""
-    from stylezoo.core.runconfig import component_config, resolve
+    from stylezoo.core.runs.runconfig import component_config, resolve
 
     vgg = resolve(full, recipe="default")
     assert component_config(full, vgg, "loss/gram").layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1")

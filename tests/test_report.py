@@ -21,13 +21,13 @@ import pytest
 from PIL import Image, ImageStat
 from typer.testing import CliRunner
 
-from stylezoo.core import checkpoint as ckpt
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.engine import Trainer
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import UsageError
-from stylezoo.core.report import build_report, image_sources, pick_grids
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import SAMPLES, resolve
+from stylezoo.core.evaluation.report import build_report, image_sources, pick_grids
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import SAMPLES, resolve
 
 TRAIN = {"size": 32, "batch": 2, "steps": 3, "sample_every": 1, "ckpt_every": 0, "log_every": 10, "num_samples": 2,
          "eval_every": 2, "eval_holdout": 2}
@@ -105,7 +105,7 @@ def test_noise_generators_are_scored_against_the_real_images(reg: Registry, tmp_
 
 def test_noise_generators_pulled_toward_a_style_are_scored_on_it(reg: Registry, tmp_path: Path) -> None:
     """faces-dcgan-gram's set-up: a noise generator with a style image gets style_gram, in-run and in eval."""
-    from stylezoo.core.evaluate import evaluate_checkpoint
+    from stylezoo.core.evaluation.evaluate import evaluate_checkpoint
 
     style = str(SAMPLES / "style" / "starry_night.jpg")
     rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "vgg16", "gp": "none",
@@ -205,7 +205,7 @@ def test_report_renders_in_a_headless_browser(run: Path, tmp_path: Path) -> None
 
 
 def test_report_states_the_median_speed_and_data_wait() -> None:
-    from stylezoo.core.report import speed_line
+    from stylezoo.core.evaluation.report import speed_line
 
     rows = [{"step": 1, "time/step_s": 9.0, "time/data_s": 5.0, "time/images_per_s": 0.4},  # set-up: left out
             *({"step": s, "time/step_s": 0.2, "time/data_s": 0.05, "time/images_per_s": 20.0} for s in (2, 3, 4)),
@@ -219,7 +219,7 @@ def test_final_samples_are_labelled_with_the_step_they_show(run: Path, tmp_path:
     """After an interrupted resume, final.png is the earlier run's: the report says so instead of relabelling it."""
     import torch
 
-    from stylezoo.core.images import grid_step, save_grid
+    from stylezoo.core.files.images import grid_step, save_grid
 
     assert grid_step(run / "samples" / "final.png") == 3 and grid_step(run / "samples" / "step-0000002.png") == 2
     assert "final samples on training inputs (step 3)" in build_report(run)

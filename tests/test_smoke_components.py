@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from stylezoo.core.errors import ConfigError
-from stylezoo.core.kinds import NEEDS, StepContext
-from stylezoo.core.registry import Registry
+from stylezoo.core.components.kinds import NEEDS, StepContext
+from stylezoo.core.components.registry import Registry
 from stylezoo.plugins import BUILTINS
 
 REGISTRY = Registry()

@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 import stylezoo
 from stylezoo.core.cli import app
-from stylezoo.core.engine import Trainer
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import CheckpointError, DataError, UsageError
-from stylezoo.core.images import is_stylezoo_output, output_mode
-from stylezoo.core.inference import Stylizer, pad_to_multiple, plan_outputs
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import resolve
+from stylezoo.core.files.images import is_stylezoo_output, output_mode
+from stylezoo.core.use.inference import Stylizer, pad_to_multiple, plan_outputs
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "num_samples": 2}
 
@@ -155,7 +155,7 @@ def test_pil_and_tensor_inputs(image_run: Path) -> None:
 
 
 def test_precision_option(image_run: Path) -> None:
-    from stylezoo.core.devices import bf16_supported
+    from stylezoo.core.runtime.devices import bf16_supported
 
     x = torch.from_numpy(_rgb(32, 40, 9)).permute(2, 0, 1).float() / 127.5 - 1
     auto = Stylizer.load(image_run, device="cpu", precision="auto")
@@ -181,7 +181,7 @@ def test_precision_option(image_run: Path) -> None:
 
 def test_noise_generator_samples_through_a_bf16_copy(noise_ckpt: Path) -> None:
     """Autocast was 6x slower than float32 for 16 DCGAN samples; the bfloat16 copy is faster than both."""
-    from stylezoo.core.devices import bf16_supported
+    from stylezoo.core.runtime.devices import bf16_supported
 
     if not bf16_supported(torch.device("cpu")):
         pytest.skip("this CPU has no bfloat16 support")
@@ -199,7 +199,7 @@ def test_noise_generator_samples_through_a_bf16_copy(noise_ckpt: Path) -> None:
 
 
 def test_conditional_generators_keep_autocast_under_bf16(reg: Registry) -> None:
-    from stylezoo.core.inference import LoadedGenerator
+    from stylezoo.core.use.inference import LoadedGenerator
 
     for name in ("gen/adain", "gen/cin"):
         g = reg.build(name, {"channels": 8} if name == "gen/cin" else {"weights": "random"})
@@ -327,7 +327,7 @@ def test_modes_padding_and_top_level_api() -> None:
 
 
 def test_encode_falls_back_when_format_cannot_store_mode() -> None:
-    from stylezoo.core.images import encode
+    from stylezoo.core.files.images import encode
 
     data, note = encode(Image.new("I;16", (4, 4), 1000), "JPEG")
     assert note and Image.open(io.BytesIO(data)).mode == "L"
@@ -336,7 +336,7 @@ def test_encode_falls_back_when_format_cannot_store_mode() -> None:
 
 
 def test_auto_precision_gives_way_to_onnxruntime_fp32_but_explicit_bf16_does_not(image_run: Path) -> None:
-    from stylezoo.core.devices import bf16_supported
+    from stylezoo.core.runtime.devices import bf16_supported
 
     st = Stylizer.load(image_run, device="cpu", backend="auto")  # precision auto
     assert st.use_onnxruntime(required=False) and (st.backend, st.precision) == ("onnxruntime", "fp32")
@@ -347,8 +347,8 @@ def test_auto_precision_gives_way_to_onnxruntime_fp32_but_explicit_bf16_does_not
 
 
 def test_stylizer_keeps_freed_memory_on_the_cpu_unless_asked_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.core import cpu_memory
-    from stylezoo.core.inference import LoadedGenerator, Stylizer
+    from stylezoo.core.runtime import cpu_memory
+    from stylezoo.core.use.inference import LoadedGenerator, Stylizer
 
     calls: list[int] = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or True)
@@ -378,7 +378,7 @@ class _Broken(torch.nn.Module):
                                           ("gray", "must return RGB images")])
 def test_stylize_refuses_output_that_cannot_be_an_image(how: str, fragment: str, tmp_path: Path) -> None:
     from stylezoo.core.errors import PluginError
-    from stylezoo.core.inference import LoadedGenerator
+    from stylezoo.core.use.inference import LoadedGenerator
 
     st = Stylizer(LoadedGenerator(_Broken(how), "gen/broken", "image", {}, Path("-")), precision="fp32")
     with pytest.raises(PluginError, match=fragment) as e:
@@ -394,7 +394,7 @@ def test_stylize_refuses_output_that_cannot_be_an_image(how: str, fragment: str,
 
 
 def test_stylize_refuses_tensors_that_are_not_images_in_the_unit_range() -> None:
-    from stylezoo.core.inference import LoadedGenerator
+    from stylezoo.core.use.inference import LoadedGenerator
 
     st = Stylizer(LoadedGenerator(torch.nn.Identity(), "gen/x", "image", {}, Path("-")), precision="fp32")
     x = torch.rand(3, 16, 16) * 2 - 1
@@ -408,8 +408,8 @@ def test_stylize_refuses_tensors_that_are_not_images_in_the_unit_range() -> None
 
 def test_stylize_notes_when_large_inputs_ran_at_full_resolution(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.core import inference
-    from stylezoo.core.inference import LoadedGenerator
+    from stylezoo.core.use import inference
+    from stylezoo.core.use.inference import LoadedGenerator
 
     monkeypatch.setattr(inference, "LARGE_INPUT", 20)  # a 40x30 photo stands for a 4000x3000 one
     st = Stylizer(LoadedGenerator(torch.nn.Identity(), "gen/x", "image", {}, Path("-")), precision="fp32")
@@ -434,7 +434,7 @@ def test_a_device_that_is_not_here_is_not_blamed_on_the_checkpoint(image_run: Pa
 
 
 def test_load_passes_keep_freed_memory_on(image_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.core import cpu_memory
+    from stylezoo.core.runtime import cpu_memory
 
     calls: list[int] = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or True)
@@ -533,7 +533,7 @@ def test_inputs_with_suffixes_no_image_format_has_are_written_as_png(image_run: 
 
 @pytest.mark.parametrize("ext", ["png", "jpg", "webp", "tif"])
 def test_every_markable_output_format_carries_the_stylezoo_mark(ext: str, tmp_path: Path) -> None:
-    from stylezoo.core.images import encode, image_format
+    from stylezoo.core.files.images import encode, image_format
 
     p = tmp_path / f"x.{ext}"
     p.write_bytes(encode(Image.fromarray(_rgb(8, 8, 0)), image_format(p))[0])

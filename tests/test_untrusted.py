@@ -27,16 +27,16 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
-import stylezoo.core.registry as registry_mod
-from stylezoo.core import checkpoint as ckpt
+import stylezoo.core.components.registry as registry_mod
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.engine import Trainer, train
+from stylezoo.core.training.engine import Trainer, train
 from stylezoo.core.errors import CheckpointError, WeightsError
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.inference import load_generator
-from stylezoo.core.registry import Registry
-from stylezoo.core.runconfig import RunConfig, resolve
-from stylezoo.core.weights import load_local
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.use.inference import load_generator
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.runs.runconfig import RunConfig, resolve
+from stylezoo.core.files.weights import load_local
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 1, "log_every": 1, "num_samples": 2}
@@ -184,15 +184,15 @@ UNPICKLERS = {"torch.load", "torch.serialization.load", "torch.jit.load", "pickl
 
 
 # (file, call) pairs allowed to deserialise, and why
-ALLOWED = {("core/weights.py", "torch.load"),  # weights_only=True, once, converting a package's weights
-           ("core/export.py", "torch.jit.load")}  # parity check of the TorchScript file it has just written
+ALLOWED = {("core/files/weights.py", "torch.load"),  # weights_only=True, once, converting a package's weights
+           ("core/use/export.py", "torch.jit.load")}  # parity check of the TorchScript file it has just written
 
 
 def test_the_only_torch_load_is_the_weights_only_conversion() -> None:
-    """No package source unpickles: the single torch.load is core/weights.py's weights_only=True conversion
+    """No package source unpickles: the single torch.load is core/files/weights.py's weights_only=True conversion
     (and export re-reads only the TorchScript file it has just written). Tests may unpickle their own data."""
     files = _sources(include_tests=False)
-    assert ROOT / "core" / "weights.py" in files and len(files) > 30
+    assert ROOT / "core" / "files" / "weights.py" in files and len(files) > 30
     calls: list[tuple[str, int, str, ast.Call]] = []
     for f in files:
         tree = ast.parse(f.read_text(), str(f))

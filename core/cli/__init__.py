@@ -52,7 +52,7 @@ class _Group(TyperGroup):
 def _note_for_launcher(message: str) -> None:
     """A worker of `stylezoo run --nproc N` leaves its error for the launcher, which reports it once."""
     if os.environ.get("STYLEZOO_LAUNCH_DIR"):
-        from ..distributed import note_worker_error
+        from ..runtime.distributed import note_worker_error
 
         note_worker_error(message)
 

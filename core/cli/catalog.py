@@ -10,15 +10,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import describe_fields
+from ..components.config import describe_fields
 from ..errors import UsageError
-from ..kinds import KINDS
+from ..components.kinds import KINDS
 
 out = Console(highlight=False)
 
 
 def _registry():  # noqa: ANN202 - imported lazily so `stylezoo --help` stays fast
-    from ..registry import default_registry
+    from ..components.registry import default_registry
 
     return default_registry()
 

@@ -1,4 +1,4 @@
-"""`stylezoo eval CHECKPOINT_OR_RUN_DIR`: score a trained generator (a thin layer over core/evaluate.py)."""
+"""`stylezoo eval CHECKPOINT_OR_RUN_DIR`: score a trained generator (a thin layer over core/evaluation/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def eval_cmd(
 
     A noise generator (dcgan) draws --num samples at its own size (another --size is refused) and takes no
     --content; its style images are taken as its in-run evaluation takes them, so the scores compare."""
-    from ..checkpoint import atomic_write
-    from ..devices import pick_device
-    from ..evaluate import evaluate_checkpoint, run_dir_of
+    from ..files.checkpoint import atomic_write
+    from ..runtime.devices import pick_device
+    from ..evaluation.evaluate import evaluate_checkpoint, run_dir_of
 
     if num < 1:
         raise UsageError(f"--num must be >= 1, got {num}.")
@@ -67,7 +67,7 @@ def eval_cmd(
 
 
 def print_table(record: dict[str, Any]) -> None:
-    from ..metrics import METRICS
+    from ..ops.metrics import METRICS
 
     table = Table(title=f"eval: {escape(record['checkpoint'])} (step {record['step']}, {record['n']} images)")
     for col in ("metric", "value", "better", "what it measures"):

@@ -23,8 +23,8 @@ def export_cmd(
     The file appears only if the exported model's outputs match the PyTorch generator's within --tolerance
     on two input sizes; the measured differences are printed and stored in FILE.parity.json.
     """
-    from ..export import export, format_of, parity_path
-    from ..inference import checkpoint_path
+    from ..use.export import export, format_of, parity_path
+    from ..use.inference import checkpoint_path
 
     if out is None:
         kind = fmt.lower() if fmt else "onnx"

@@ -1,4 +1,4 @@
-"""`stylezoo run`: train a composition picked by name (a thin layer over stylezoo.core.engine)."""
+"""`stylezoo run`: train a composition picked by name (a thin layer over stylezoo.core.training.engine)."""
 
 from __future__ import annotations
 
@@ -49,11 +49,11 @@ def run_cmd(
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
 ) -> None:
     """Train a GAN-based style-transfer model from components picked by name."""
-    from .. import distributed as D
-    from ..engine import Trainer, train
-    from ..rundir import default_out, resume_config
-    from ..registry import default_registry
-    from ..runconfig import resolve
+    from ..runtime import distributed as D
+    from ..training.engine import Trainer, train
+    from ..runs.rundir import default_out, resume_config
+    from ..components.registry import default_registry
+    from ..runs.runconfig import resolve
 
     env = D.from_env()  # under torchrun: this worker's rank; only rank 0 shows progress and reports
     D.quiet_worker_output()  # started by --nproc: ranks other than 0 write to files the launcher reads on failure
@@ -104,7 +104,7 @@ def run_cmd(
         rc = resolve(reg, recipe=recipe, config_file=config, cli=cli, sets=list(set_ or []), losses=list(loss or []))
     if dry_run:
         if nproc is not None and nproc > 1:
-            from ..engine import check_batch_split
+            from ..training.engine import check_batch_split
 
             check_batch_split(rc.train.batch, nproc)
         _dry_run(rc, resume_from, resume)
@@ -145,9 +145,9 @@ def run_cmd(
 
 def _saved_where(out_dir: Any) -> str:
     """What an interrupted run left to resume from, for the message after Ctrl-C or SIGTERM."""
-    from ..checkpoint import read_meta
+    from ..files.checkpoint import read_meta
     from ..errors import StylezooError
-    from ..rundir import newest_valid_checkpoint
+    from ..runs.rundir import newest_valid_checkpoint
 
     try:
         path = newest_valid_checkpoint(Path(out_dir)) if out_dir else None
@@ -167,8 +167,8 @@ def _preflight(rc: Any, nproc: int, out: Path | None, resume_from: Path | None) 
     import dataclasses
     import tempfile
 
-    from ..devices import pick_device
-    from ..engine import Trainer, check_batch_split, check_new_out
+    from ..runtime.devices import pick_device
+    from ..training.engine import Trainer, check_batch_split, check_new_out
 
     if nproc < 1:
         from ..errors import ConfigError
@@ -220,7 +220,7 @@ def _dry_run(rc: Any, resume_from: Path | None = None, run: Path | None = None) 
 
     from rich.table import Table
 
-    from ..engine import Trainer
+    from ..training.engine import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(rc, tmp, resume_from=resume_from)

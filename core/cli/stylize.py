@@ -40,7 +40,7 @@ def stylize_cmd(
 
     Outputs keep each input's size (any size works: it is padded to the generator's multiple and cropped
     back), EXIF orientation and alpha channel. They are colour (RGB, RGBA with alpha), grey inputs included:
-    --keep-mode writes each in its input's mode instead (see stylezoo.core.images.output_mode).
+    --keep-mode writes each in its input's mode instead (see stylezoo.core.files.images.output_mode).
     Unreadable inputs are skipped with a warning; the exit status is non-zero only if nothing was written.
     Earlier outputs (EXIF Software: stylezoo) found in input folders or globs are skipped with a note; an
     input that names such a file itself is stylized again.
@@ -48,7 +48,7 @@ def stylize_cmd(
     label-conditioned models take --style-label NAME (or NAME:WEIGHT, repeated, to mix styles).
     """
     from ..errors import UsageError
-    from ..inference import Stylizer
+    from ..use.inference import Stylizer
 
     if size is not None and size < 1:
         raise UsageError(f"--size must be >= 1, got {size}.")
@@ -82,7 +82,7 @@ def stylize_cmd(
     def on_skip(path: str, why: str) -> None:
         err.print(f"[yellow]warning:[/] skipped {escape(why)}")
 
-    from ..inference import plan_outputs
+    from ..use.inference import plan_outputs
 
     total = len(plan_outputs(inputs, out, ext, overwrite=overwrite)[0]) if not quiet else 0
     with _Bar(total, quiet or total < 2, "stylize") as bar:

@@ -44,8 +44,8 @@ def transfer_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Repaint CONTENT in the style of STYLE by optimising its pixels (the quality reference)."""
-    from ..checkpoint import atomic_write
-    from ..transfer import transfer
+    from ..files.checkpoint import atomic_write
+    from ..use.transfer import transfer
 
     options: dict[str, Any] = dict(feat=feat, feat_set=_feat_overrides(sets or []), size=size, steps=steps,
                                    style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
@@ -54,7 +54,7 @@ def transfer_cmd(
            ".tiff": "TIFF"}.get(out.suffix.lower())
     if fmt is None:
         raise UsageError(f"--out {out}: use an image suffix (.png, .jpg, .webp, .bmp, .tif).")
-    from ..registry import default_registry
+    from ..components.registry import default_registry
 
     # build the extractor before the progress bar starts, so a weights error prints on its own
     extractor = default_registry().build(feat, options.pop("feat_set"), kind="feat")

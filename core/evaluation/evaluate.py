@@ -1,4 +1,4 @@
-"""Evaluate a generator: style, content, distribution and paired metrics (core/metrics.py) on image sets.
+"""Evaluate a generator: style, content, distribution and paired metrics (core/ops/metrics.py) on image sets.
 
 `evaluate_checkpoint` serves `stylezoo eval`; `RunEval` serves the engine (every `train.eval_every` steps on
 content images held aside from training, keeping `best.safetensors` by `train.eval_metric`). The metric
@@ -18,17 +18,17 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint as ckpt
-from . import metrics as M
-from .data import ImageSet
-from .errors import CheckpointError, DataError, StylezooError, UsageError
-from .images import find_images, load_tensor
-from .kinds import Extractor
-from .registry import Registry, default_registry
-from .trainstate import run_state
+from ..files import checkpoint as ckpt
+from ..ops import metrics as M
+from ..files.data import ImageSet
+from ..errors import CheckpointError, DataError, StylezooError, UsageError
+from ..files.images import find_images, load_tensor
+from ..components.kinds import Extractor
+from ..components.registry import Registry, default_registry
+from ..training.trainstate import run_state
 
 if TYPE_CHECKING:
-    from .engine import Trainer
+    from ..training.engine import Trainer
 
 log = logging.getLogger("stylezoo")
 STYLE_FEAT, DIST_FEAT = "feat/vgg16", "feat/efficientnet-lite0"
@@ -253,8 +253,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     Style images are taken at twice the scored side (at most 512). A noise generator is scored at its own
     output size with the run's `train.style_size` when set, as its in-run evaluation is; it takes no
     `content`, and a `size` other than its own is refused."""
-    from .inference import load_generator
-    from .runconfig import DataConfig
+    from ..use.inference import load_generator
+    from ..runs.runconfig import DataConfig
 
     if size is not None and size < 16:
         raise UsageError(f"--size must be at least 16, got {size}.")
@@ -336,7 +336,7 @@ def _paired_sets(d: Any, content: str | None, reference: str | None, data: str |
                  notes: list[str]) -> tuple[str | None, str | None, str | None, str | None]:
     """(content, reference, data, style) of a paired run: its inputs and targets without --content; its
     targets, the domain the outputs should look like, as the real side and the Gram targets either way."""
-    from .data import pair_folders
+    from ..files.data import pair_folders
 
     if content is None:
         inputs, targets = pair_folders(d.pairs) if d.pairs else (Path(d.input), Path(d.target))
@@ -378,7 +378,7 @@ def _label_style(spec: str, side: int, labels: tuple[str, ...], weights: Tensor,
     """Style images for a label mix (L,): those of the labels weighted above 0, each weighing its label's
     weight over its label's image count, as training's per-label Gram targets (the mean of each label's
     images). A style set not labelled as the generator is (another --style) counts as one style."""
-    from .data import style_labels
+    from ..files.data import style_labels
 
     names, files, ys = style_labels(spec)
     if names != labels:
@@ -401,8 +401,8 @@ def _conditioned(g: Any, x: Tensor, device: str, style: str | None, labels: Sequ
                  notes: list[str]) -> tuple[Tensor, Tensor | None]:
     """The generator's outputs for `x`, conditioned as stylize would be when a style / labels are given, and
     the label mix (L,) when labels were."""
-    from .images import find_images
-    from .inference import Stylizer
+    from ..files.images import find_images
+    from ..use.inference import Stylizer
 
     st = Stylizer(g, device=device, precision="fp32", backend="torch", keep_freed_memory=False)
     use_style = bool(style) and st.takes_style
@@ -466,7 +466,7 @@ class RunEval:
 
     def __call__(self, tr: Trainer) -> dict[str, float]:
         """Score the generator now; save `best.safetensors` when `eval_metric` improved. Returns eval/ logs."""
-        from .images import save_grid
+        from ..files.images import save_grid
 
         outputs = generate(tr.infer_gen, self.inputs, device=tr.device)
         m = self.evaluator.score(outputs, content=self.inputs if self.image else None, reference=self.reference)

@@ -20,10 +20,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint as ckpt
-from .errors import CheckpointError, UsageError
-from .images import grid_step
-from .metrics import METRICS
+from ..files import checkpoint as ckpt
+from ..errors import CheckpointError, UsageError
+from ..files.images import grid_step
+from ..ops.metrics import METRICS
 
 REPORT = "report.html"
 MAX_GRIDS = 8  # sample grids over time shown (evenly spaced, plus the final one)
@@ -166,8 +166,8 @@ def eval_section(groups: Sequence[tuple[str, Sequence[tuple[str, dict[str, float
 
 # -- plots -----------------------------------------------------------------------------------------------------------
 def loss_plot(metrics_path: Path) -> bytes | None:
-    """The engine's loss curves (core/engine.py plot_losses) as PNG bytes; its loss.png when up to date."""
-    from .rundir import plot_losses
+    """The engine's loss curves (core/training/engine.py plot_losses) as PNG bytes; its loss.png when up to date."""
+    from ..runs.rundir import plot_losses
 
     png = metrics_path.parent / "loss.png"
     if png.is_file() and metrics_path.is_file() and png.stat().st_mtime >= metrics_path.stat().st_mtime:

@@ -22,24 +22,24 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint as ckpt
+from ..files import checkpoint as ckpt
 from .conditioning import Conditioning, with_labels
-from .cpu_memory import keep_freed_memory
-from .data import ImageSet, PairSet, _seed
-from .devices import bf16_supported, compile_unavailable, pick_device  # noqa: F401  (pick_device re-exported)
-from . import distributed as D
+from ..runtime.cpu_memory import keep_freed_memory
+from ..files.data import ImageSet, PairSet, _seed
+from ..runtime.devices import bf16_supported, compile_unavailable, pick_device  # noqa: F401  (pick_device re-exported)
+from ..runtime import distributed as D
 from .assembly import (  # noqa: F401  (re-exported: Components, check_batch_split, ... were engine's)
     IMAGE, NOISE, Components, build_components, check_batch_split, check_gen_size, check_new_out,
     judges_each_image_alone, place_modules, plan_features, prepare_data,
 )
 from .ema import GeneratorEMA
-from .errors import CompositionError, ConfigError, PluginError, StylezooError, TrainingDiverged
-from .layers import grad_in_layout
-from .kinds import AdversarialLoss, StepContext
-from .registry import Registry, default_registry
-from .runconfig import RunConfig, checked, with_steps
+from ..errors import CompositionError, ConfigError, PluginError, StylezooError, TrainingDiverged
+from ..ops.layers import grad_in_layout
+from ..components.kinds import AdversarialLoss, StepContext
+from ..components.registry import Registry, default_registry
+from ..runs.runconfig import RunConfig, checked, with_steps
 from .trainstate import component_names, load_run_state, run_meta, run_state
-from .rundir import (  # noqa: F401  (re-exported: the engine's public helpers live in rundir)
+from ..runs.rundir import (  # noqa: F401  (re-exported: the engine's public helpers live in rundir)
     _StopAtStepEnd, _truncate_metrics, clear_run, default_out, holds_run, iter_metrics, newest_valid_checkpoint, plot_losses,
     resume_config, write_config,
 )
@@ -51,7 +51,7 @@ ROLE_NAMES = ("gen", "disc", "feat", "adv", "gp")
 class Trainer:
     """Trains one composition. `Trainer(rc, out).fit()`; the CLI's `stylezoo run` is a thin layer over it."""
 
-    # set while it is built, by core/assembly.py
+    # set while it is built, by core/training/assembly.py
     content: ImageSet | None  # the generator's input images (image generators, unpaired data)
     real: ImageSet | None  # what the discriminator learns as real: the style images, or --data
     pairs: PairSet | None  # paired data (input, target) instead of content and real
@@ -89,7 +89,7 @@ class Trainer:
         self.channels_last = (self.device.type == "cuda") if cl == "auto" else cl is True
         self.progress = progress
         if self.device.type == "cpu" and self.t.keep_freed_memory:
-            keep_freed_memory()  # no page faults per step (core/cpu_memory.py)
+            keep_freed_memory()  # no page faults per step (core/runtime/cpu_memory.py)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # training shapes are fixed: cuDNN times its algorithms once
         prec = self.t.precision
@@ -461,7 +461,7 @@ class Trainer:
         return out.float().cpu()
 
     def save_samples(self, name: str) -> Path:
-        from .images import save_grid
+        from ..files.images import save_grid
 
         if self.cond.kind != "none":  # content | style | output, or content and a row per label
             return save_grid(self.cond.sample_rows(self), self.out / "samples" / f"{name}.png", step=self.step)
@@ -472,7 +472,7 @@ class Trainer:
         return save_grid(rows, self.out / "samples" / f"{name}.png", step=self.step)
 
     def meta(self) -> dict[str, Any]:
-        """The metadata that rebuilds this run (core/trainstate.py)."""
+        """The metadata that rebuilds this run (core/training/trainstate.py)."""
         return run_meta(self)
 
     def names(self) -> list[str]:
@@ -488,7 +488,7 @@ class Trainer:
         return last
 
     def load_state(self, path: Path) -> None:
-        """Load a checkpoint of this composition (weights, optimizers, step); core/trainstate.py."""
+        """Load a checkpoint of this composition (weights, optimizers, step); core/training/trainstate.py."""
         load_run_state(self, path)
 
     def describe(self) -> str:
@@ -587,13 +587,13 @@ class Trainer:
             self._write_report()
         return last
 
-    # -- evaluation and report hooks (the logic lives in core/evaluate.py and core/report.py) ------------------
+    # -- evaluation and report hooks (the logic lives in core/evaluation/evaluate.py and core/evaluation/report.py) ------------------
     def _train_content(self, spec: str) -> Any:
         """The content files to train on: with `eval_every`, `eval_holdout` of them are held aside."""
         self.eval_files: list[Path] = []
         if not self.t.eval_every or self.family != IMAGE:
             return spec
-        from .evaluate import split_holdout
+        from ..evaluation.evaluate import split_holdout
 
         train, self.eval_files = split_holdout(spec, self.t.eval_holdout)
         if self.eval_files and len(self.eval_files) < self.t.eval_holdout and self.rank == 0:
@@ -604,7 +604,7 @@ class Trainer:
     def _make_evaluator(self) -> Any:
         if not self.t.eval_every or self.rank != 0:
             return None
-        from .evaluate import RunEval
+        from ..evaluation.evaluate import RunEval
 
         return RunEval(self)
 
@@ -616,7 +616,7 @@ class Trainer:
         return True
 
     def _write_report(self) -> None:
-        from .report import write_report
+        from ..evaluation.report import write_report
 
         try:
             write_report(self.out)
@@ -661,7 +661,7 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
     elif out is not None and not overwrite:
         check_new_out(out)
     if rc is None:
-        from .runconfig import resolve
+        from ..runs.runconfig import resolve
 
         rc = resolve(registry or default_registry())
     if resume is None and steps is not None:  # as `stylezoo run --steps N`: the run's length, epochs or not

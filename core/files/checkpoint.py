@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 META_KEY = "stylezoo"
 FORMAT_VERSION = 1
@@ -244,7 +244,7 @@ def plugin_hint(meta: Mapping[str, Any], name: str) -> str | None:
 
 def require_components(meta: Mapping[str, Any], registry: Any, path: Path) -> None:
     """Refuse a checkpoint naming components no installed plugin provides, saying which plugin to install."""
-    from .errors import UnknownComponentError
+    from ..errors import UnknownComponentError
 
     comp, run = meta.get("composition", {}), meta.get("run", {})
     names = [v for k, v in [*comp.items(), *run.items()]

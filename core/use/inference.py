@@ -21,16 +21,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from . import checkpoint as ckpt
-from . import cpu_memory
-from .checkpoint import atomic_write
-from .errors import CheckpointError, DataError, PluginError, UnknownComponentError, UsageError
-from .images import (
+from ..files import checkpoint as ckpt
+from ..runtime import cpu_memory
+from ..files.checkpoint import atomic_write
+from ..errors import CheckpointError, DataError, PluginError, UnknownComponentError, UsageError
+from ..files.images import (
     InputImage, _to_rgb, encode, image_format, input_image, open_image, pil_to_tensor, read_item, resize_short,
     restore_mode, tensor_to_pil,
 )
 from .outputs import StylizeReport, plan_outputs  # noqa: F401  (re-exported: stylize's file planning)
-from .registry import Registry, default_registry
+from ..components.registry import Registry, default_registry
 
 
 @dataclass
@@ -49,7 +49,7 @@ def checkpoint_path(spec: str | Path) -> Path:
     """A checkpoint file, or the newest valid checkpoint of a run directory."""
     p = Path(spec)
     if p.is_dir():
-        from .rundir import newest_valid_checkpoint
+        from ..runs.rundir import newest_valid_checkpoint
 
         return newest_valid_checkpoint(p, to="load")
     return p
@@ -74,8 +74,8 @@ def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
         entry = reg.get(name)
     except UnknownComponentError:
         raise ckpt.missing_component(path, name, _dist_of(meta, name), reg) from None
-    from .config import build_config
-    from .errors import ConfigError
+    from ..components.config import build_config
+    from ..errors import ConfigError
 
     try:
         config: Any = build_config(entry.config, cfg, owner=name)
@@ -120,12 +120,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise UsageError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
     if precision == "auto":
         if AUTO_PRECISION == "bf16-where-fast":
-            from .devices import bf16_supported
+            from ..runtime.devices import bf16_supported
 
             return "bf16" if bf16_supported(device) else "fp32"
         return AUTO_PRECISION
     if precision == "bf16":
-        from .devices import bf16_supported
+        from ..runtime.devices import bf16_supported
 
         if not bf16_supported(device):
             raise UsageError(f"bfloat16 is not supported on {device} here; use --precision fp32.")
@@ -133,7 +133,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _device(spec: str | torch.device) -> torch.device:
-    from .devices import pick_device
+    from ..runtime.devices import pick_device
 
     return pick_device(spec if isinstance(spec, str) else str(spec))
 
@@ -166,7 +166,7 @@ class Stylizer:
     on this CPU and a few 8-bit levels off fp32; else fp32). backend: "torch", "onnxruntime" (exported and parity-checked at
     load) or "auto" (PyTorch, switching to ONNX Runtime for batches of AUTO_ORT_MIN_IMAGES files or more).
     keep_freed_memory: on the CPU, have glibc's malloc keep freed memory for reuse (process-wide,
-    core/cpu_memory.py): a 512 px gen/encdec call took 271 instead of 515 ms in float32 here.
+    core/runtime/cpu_memory.py): a 512 px gen/encdec call took 271 instead of 515 ms in float32 here.
     """
 
     def __init__(self, loaded: LoadedGenerator, *, device: str | torch.device = "cpu", precision: str = "auto",
@@ -384,7 +384,7 @@ class Stylizer:
         """Restyle one image; `size` resizes the shorter side first. PIL or path in: PIL out; tensor in: tensor out.
 
         A PIL image comes back RGB (RGBA when the input has alpha); `keep_mode` gives the input's own mode
-        (grey in, grey out; see stylezoo.core.images.output_mode).
+        (grey in, grey out; see stylezoo.core.files.images.output_mode).
         """
         _check_size(size, "size")
         if isinstance(image, Tensor):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .errors import DataError, UsageError
-from .images import find_images, image_format, is_stylezoo_output
+from ..errors import DataError, UsageError
+from ..files.images import find_images, image_format, is_stylezoo_output
 
 
 @dataclass

@@ -11,7 +11,7 @@ def pick_device(spec: str) -> torch.device:
     """`auto` = cuda when available, else cpu; anything else as torch.device reads it (cpu, cuda:1 ...).
 
     A device that is unknown or not present here is a UsageError saying what to give instead."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

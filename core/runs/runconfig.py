@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import build_config, config_to_dict
-from .errors import CompositionError, ConfigError, UnknownComponentError, did_you_mean
-from .registry import Registry
+from ..components.config import build_config, config_to_dict
+from ..errors import CompositionError, ConfigError, UnknownComponentError, did_you_mean
+from ..components.registry import Registry
 
 ROLES = ("gen", "disc", "feat", "adv", "gp")
 # loss-term fields that name an extractor's layers: a lower layer's values go when the extractor changes
 EXTRACTOR_FIELDS = ("layers", "layer_weights")
 ROLE_KIND = {"gen": "gen", "disc": "disc", "feat": "feat", "adv": "loss", "gp": "gp"}
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 
 
 @dataclass
@@ -52,7 +52,7 @@ class TrainConfig:
     channels_last: bool | Literal["auto", "extractor"] = "auto"
     compile: bool = False  # torch.compile the generator and discriminator
     # CPU: glibc's malloc keeps freed memory for reuse instead of returning it, so steps do not page-fault
-    # their tensors back in (core/cpu_memory.py; 5-20% faster steps here). Process-wide; off = glibc's default
+    # their tensors back in (core/runtime/cpu_memory.py; 5-20% faster steps here). Process-wide; off = glibc's default
     keep_freed_memory: bool = True
     device: str = "auto"  # auto = cuda when available, else cpu
     sample_every: int = 50  # steps between sample grids (0 = only the final one)
@@ -61,8 +61,8 @@ class TrainConfig:
     max_bad_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient before the run stops
     style_size: int = 0  # side for style images when computing style targets (0 = 2 * size, max 512)
     num_samples: int = 8  # images in each sample grid
-    eval_every: int = 0  # steps between evaluations (core/evaluate.py), logged as eval/... (0 = off)
-    eval_metric: str = "style_gram"  # the metric best.safetensors is kept by (see core/metrics.py METRICS)
+    eval_every: int = 0  # steps between evaluations (core/evaluation/evaluate.py), logged as eval/... (0 = off)
+    eval_metric: str = "style_gram"  # the metric best.safetensors is kept by (see core/ops/metrics.py METRICS)
     eval_holdout: int = 4  # content images held aside for evaluation, not trained on (image generators; at most half)
 
     def __post_init__(self) -> None:
@@ -84,7 +84,7 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)!r}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be in [0, 1), got {self.betas}")
-        from .metrics import METRICS
+        from ..ops.metrics import METRICS
 
         ranked = [k for k, m in METRICS.items() if m.direction is not None]
         if self.eval_metric not in ranked:

@@ -1,7 +1,7 @@
 """Reading and writing images robustly: EXIF orientation, every PIL mode, bad files, decompression bombs;
 and stylized images written back in colour with their source's alpha and file format (or, asked, its mode).
 
-Everything returns float tensors in [-1, 1] (the project's image convention, core/kinds.py) or PIL images.
+Everything returns float tensors in [-1, 1] (the project's image convention, core/components/kinds.py) or PIL images.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from .errors import DataError, UsageError
+from ..errors import DataError, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".pgm", ".ppm"}
 MAX_PIXELS = 64_000_000  # larger declared sizes are refused as possible decompression bombs

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import checkpoint as ckpt
+from ..files import checkpoint as ckpt
 from .ema import GeneratorEMA
-from .errors import CheckpointError
-from .runconfig import ROLES
+from ..errors import CheckpointError
+from ..runs.runconfig import ROLES
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -33,7 +33,7 @@ def component_names(tr: Trainer) -> list[str]:
 def run_meta(tr: Trainer) -> dict[str, Any]:
     """The metadata that rebuilds the run: composition, configs, step, versions, plugin packages."""
     import stylezoo
-    from .registry import _dist_version
+    from ..components.registry import _dist_version
 
     names = component_names(tr)
     versions = {"stylezoo": stylezoo.__version__, "torch": torch.__version__}

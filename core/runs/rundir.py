@@ -1,7 +1,7 @@
 """What a run directory holds and how it is read back: config.toml, metrics.jsonl, loss.png, the checkpoint
 a run resumes from, and the signal guard that lets a step finish before a run stops.
 
-The engine (core/engine.py) writes these while it trains; the CLI, the report and `stylize` read them.
+The engine (core/training/engine.py) writes these while it trains; the CLI, the report and `stylize` read them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint as ckpt
-from .errors import CheckpointError, ConfigError, DataError, UsageError
-from .registry import Registry, default_registry
+from ..files import checkpoint as ckpt
+from ..errors import CheckpointError, ConfigError, DataError, UsageError
+from ..components.registry import Registry, default_registry
 from .runconfig import _PATH_FIELDS, RunConfig, _absolute, _expand, component_config, with_steps
 
 log = logging.getLogger("stylezoo")

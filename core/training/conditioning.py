@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor
 
-from .data import ImageSet, _seed, style_labels
-from .errors import CompositionError, DataError
-from .registry import Registry
-from .runconfig import RunConfig
+from ..files.data import ImageSet, _seed, style_labels
+from ..errors import CompositionError, DataError
+from ..components.registry import Registry
+from ..runs.runconfig import RunConfig
 
 if TYPE_CHECKING:
     from .engine import Trainer

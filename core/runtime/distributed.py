@@ -3,7 +3,7 @@
 A run is distributed when it is started by `torchrun` (or `stylezoo run --nproc N`, which starts torchrun):
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous (MASTER_ADDR/MASTER_PORT) in each worker's
 environment; `session()` joins the process group from there (gloo on CPU, NCCL on CUDA) and leaves it
-at the end. Each rank draws its slice of the global batch (core/data.py), gradients are averaged by DDP,
+at the end. Each rank draws its slice of the global batch (core/files/data.py), gradients are averaged by DDP,
 logged scalars are averaged across ranks, and only rank 0 writes files.
 """
 
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ import pluggy
 from torch import nn
 
 from .config import build_config, check_field_types
-from .errors import (DuplicateComponentError, PluginError, StylezooError, UnknownComponentError, UsageError,
+from ..errors import (DuplicateComponentError, PluginError, StylezooError, UnknownComponentError, UsageError,
                      did_you_mean)
 from .hookspecs import PROJECT, Spec
 from .kinds import KINDS
 
 ENTRY_POINT_GROUP = "stylezoo"
-REGISTRY_TOML = Path(__file__).resolve().parent.parent / "registry.toml"
+REGISTRY_TOML = Path(__file__).resolve().parents[2] / "registry.toml"
 LIST_HINT = "Run `stylezoo list` to see what exists."
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from ..errors import DataError
 from .images import BadImage, center_crop, find_images, open_image, resize_short
 
 log = logging.getLogger("stylezoo")

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from .errors import ConfigError, TrainingDiverged
-from .images import open_image, pil_to_tensor, tensor_to_pil
-from .kinds import Extractor, StepContext
+from ..errors import ConfigError, TrainingDiverged
+from ..files.images import open_image, pil_to_tensor, tensor_to_pil
+from ..components.kinds import Extractor, StepContext
 
 ImageLike = str | Path | Image.Image | Tensor
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, {"style": ..., "content": ...})
@@ -195,15 +195,15 @@ def transfer(content: ImageLike, style: ImageLike, *, extractor: Extractor | Non
     `options` are TransferConfig fields (size, steps, style_weight, optimizer, ...). A ready `extractor`
     replaces `feat`/`feat_set`.
     """
-    from .config import build_config
+    from ..components.config import build_config
 
     cfg = build_config(TransferConfig, options, owner="transfer")
-    from .devices import pick_device
+    from ..runtime.devices import pick_device
 
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     if extractor is None:
-        from .registry import default_registry
+        from ..components.registry import default_registry
 
         reg = registry or default_registry()
         extractor = reg.build(cfg.feat, cfg.feat_set, kind="feat")

@@ -1,7 +1,7 @@
 """Quality metrics for generated images: style, content, distribution distance and paired distances.
 
 What is written here by hand is only what no library has: Gram and feature distances on the project's own
-extractors (core/kinds.py Extractor). SSIM, FID and KID are torchmetrics'. Every function takes images in
+extractors (core/components/kinds.py Extractor). SSIM, FID and KID are torchmetrics'. Every function takes images in
 [-1, 1] (the project's convention) or features, and returns one value per image where that makes sense.
 
 FID and KID are computed on EfficientNet-Lite0's pooled 1280-d features, not Inception's, so they are
@@ -21,8 +21,8 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 
-from .errors import UsageError, did_you_mean
-from .kinds import to_unit
+from ..errors import UsageError, did_you_mean
+from ..components.kinds import to_unit
 
 Direction = Literal["min", "max"]
 

@@ -1,6 +1,6 @@
 """Assembling a run before its first step: the components built from the resolved config, the data, the
 modules placed on the device (precision, memory format, DDP, torch.compile) and the plan of which
-extractor layers each image batch needs. `Trainer.__init__` (core/engine.py) calls these in order.
+extractor layers each image batch needs. `Trainer.__init__` (core/training/engine.py) calls these in order.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any, SupportsInt, cast
 import torch
 from torch import nn
 
-from . import distributed as D
-from .data import ImageSet, PairSet, _seed, pair_folders
-from .errors import CompositionError, ConfigError, DataError, PluginError
-from .kinds import Extractor, LossTerm
-from .registry import Registry
-from .rundir import holds_run
-from .runconfig import ROLES, RunConfig, component_config
+from ..runtime import distributed as D
+from ..files.data import ImageSet, PairSet, _seed, pair_folders
+from ..errors import CompositionError, ConfigError, DataError, PluginError
+from ..components.kinds import Extractor, LossTerm
+from ..components.registry import Registry
+from ..runs.rundir import holds_run
+from ..runs.runconfig import ROLES, RunConfig, component_config
 
 if TYPE_CHECKING:
     from .engine import Trainer
@@ -45,7 +45,7 @@ class Components:
 
 def build_components(reg: Registry, rc: RunConfig) -> Components:
     """Build every component of a run from its resolved config."""
-    from .config import config_to_dict
+    from ..components.config import config_to_dict
 
     built: dict[str, Any] = {}
     configs: dict[str, dict[str, Any]] = {}

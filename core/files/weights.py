@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import atomic_write, refuse_pickle
-from .errors import CheckpointError, UnknownWeightsError, WeightsError, did_you_mean
+from ..errors import CheckpointError, UnknownWeightsError, WeightsError, did_you_mean
 
 log = logging.getLogger("stylezoo.weights")
 T = TypeVar("T")
@@ -78,7 +78,7 @@ class WeightSet:
 def weight_sets(catalog: Mapping[str, Any] | None = None) -> dict[str, WeightSet]:
     """Every weight set described in registry.toml (or in the given catalog mapping)."""
     if catalog is None:
-        from .registry import load_registry_toml
+        from ..components.registry import load_registry_toml
 
         catalog = load_registry_toml()
     out = {}

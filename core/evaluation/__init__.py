@@ -1,0 +1,1 @@
+"""Evaluating generators and the run report."""

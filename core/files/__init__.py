@@ -1,0 +1,1 @@
+"""Files: images, training data, checkpoints (safetensors) and pretrained weights."""

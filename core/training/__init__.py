@@ -1,0 +1,1 @@
+"""The training engine: assembling a run, the step, the loop, checkpoints of its state."""
