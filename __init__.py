@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from stylezoo.core.components.registry import Entry, Registry
@@ -45,8 +45,8 @@ def __getattr__(name: str) -> Any:
     lazy = {
         "train": ("stylezoo.core.training.engine", "train"),
         "RunConfig": ("stylezoo.core.runs.runconfig", "RunConfig"),
-        "load_generator": ("stylezoo.core.use.inference", "load_generator"),
-        "Stylizer": ("stylezoo.core.use.inference", "Stylizer"),
+        "load_generator": ("stylezoo.core.use.stylizer", "load_generator"),
+        "Stylizer": ("stylezoo.core.use.stylizer", "Stylizer"),
         "StylezooError": ("stylezoo.core.errors", "StylezooError"),  # what every user-facing error derives from
     }
     if name in lazy:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from stylezoo.core.runtime.cpu_memory import keep_freed_memory
 from stylezoo.core.use.export import SAMPLES, ort_session, write_onnx
 from stylezoo.core.files.images import center_crop, open_image, pil_to_tensor, resize_short
-from stylezoo.core.use.inference import Stylizer, load_generator
+from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.core.components.registry import Registry
 
 Fn = Callable[[Tensor], Tensor]
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         default = Stylizer.load(args.checkpoint, device="cpu", registry=reg)
     else:
         model = reg.build(args.gen).eval()
-        from stylezoo.core.use.inference import LoadedGenerator
+        from stylezoo.core.use.stylizer import LoadedGenerator
 
         default = Stylizer(LoadedGenerator(model, args.gen, getattr(model, "family", "image"), {}, Path("-")),
                            device="cpu")

@@ -355,7 +355,7 @@ def inference_latency(reg: Registry, sizes: list[int], repeats: int,
 
 def _stylizer(gen: torch.nn.Module, name: str, family: str, device: torch.device) -> Any:
     """The Stylizer `stylezoo stylize` would build around `gen` (precision auto)."""
-    from stylezoo.core.use.inference import LoadedGenerator, Stylizer
+    from stylezoo.core.use.stylizer import LoadedGenerator, Stylizer
 
     return Stylizer(LoadedGenerator(module=gen, name=name, family=family, meta={}, path=Path(name)), device=device)
 

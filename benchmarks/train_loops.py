@@ -11,7 +11,7 @@ from torch import Tensor
 
 from stylezoo.core.training.engine import IMAGE, Trainer
 from stylezoo.core.components.kinds import StepContext
-from stylezoo.plugins.perceptual import gram
+from stylezoo.core.ops.stats import gram
 
 
 class PlainLoop:

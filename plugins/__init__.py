@@ -1,21 +1,6 @@
 """Built-in components. Each module here is an ordinary pluggy plugin, exactly like a third-party one.
 
-To add a built-in: write its module (one file per model family) with a `register_components` hook,
-add the module to BUILTINS, and describe it in registry.toml.
+The registry loads them by module name from `BUILTIN_PLUGINS` in core/components/registry.py (core never
+imports this package); to add a built-in, write its module (one file per model family) with a
+`register_components` hook, list it there, and describe its components in registry.toml.
 """
-
-BUILTINS: tuple[str, ...] = (
-    "stylezoo.plugins.dcgan",
-    "stylezoo.plugins.encdec",
-    "stylezoo.plugins.unet",
-    "stylezoo.plugins.adain",
-    "stylezoo.plugins.cin",
-    "stylezoo.plugins.patchgan",
-    "stylezoo.plugins.vgg",
-    "stylezoo.plugins.timm_features",
-    "stylezoo.plugins.efficientnet",
-    "stylezoo.plugins.adversarial",
-    "stylezoo.plugins.perceptual",
-    "stylezoo.plugins.pixel",
-    "stylezoo.plugins.penalties",
-)

@@ -20,7 +20,7 @@ from stylezoo.core.cli import app
 from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import CompositionError, UsageError
 from stylezoo.core.files.images import load_tensor
-from stylezoo.core.use.inference import Stylizer, load_generator
+from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import resolve
 from stylezoo.plugins.adain import adain, channel_stats, mix

@@ -18,7 +18,7 @@ from stylezoo.core.files.data import style_labels
 from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import DataError, UsageError
 from stylezoo.core.files.images import load_tensor
-from stylezoo.core.use.inference import Stylizer, load_generator
+from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import resolve
 from stylezoo.plugins.cin import CondInstanceNorm

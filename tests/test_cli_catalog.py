@@ -19,7 +19,7 @@ from stylezoo.core.components import registry as registry_mod
 from stylezoo.core.cli import app, catalog
 from stylezoo.core.errors import UnknownComponentError
 from stylezoo.core.components.registry import Registry
-from stylezoo.plugins import BUILTINS
+from stylezoo.core.components.registry import BUILTIN_PLUGINS as BUILTINS
 
 runner = CliRunner()
 

@@ -17,7 +17,7 @@ from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.runtime.devices import bf16_supported
 from stylezoo.core.training.engine import Trainer, train
 from stylezoo.core.errors import TrainingDiverged
-from stylezoo.core.use.inference import Stylizer
+from stylezoo.core.use.stylizer import Stylizer
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import resolve
 

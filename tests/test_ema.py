@@ -15,7 +15,7 @@ from stylezoo.core.cli import app
 from stylezoo.core.training.ema import GeneratorEMA, ema_decay
 from stylezoo.core.training.engine import Trainer, train
 from stylezoo.core.errors import CheckpointError, ConfigError
-from stylezoo.core.use.inference import Stylizer, load_generator
+from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import resolve
 

@@ -18,7 +18,7 @@ from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
 from stylezoo.core.training.engine import Trainer, newest_valid_checkpoint, train
 from stylezoo.core.errors import CompositionError, ConfigError, UnknownComponentError
-from stylezoo.core.use.inference import load_generator
+from stylezoo.core.use.stylizer import load_generator
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import RunConfig, resolve
 

@@ -19,7 +19,7 @@ from stylezoo.core.use import export as ex
 from stylezoo.core.cli import app
 from stylezoo.core.components.config import config_to_dict
 from stylezoo.core.errors import CheckpointError, UsageError
-from stylezoo.core.use.inference import load_generator
+from stylezoo.core.use.stylizer import load_generator
 from stylezoo.core.components.registry import Registry
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated upstream, still asked for

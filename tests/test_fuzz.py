@@ -25,7 +25,7 @@ from stylezoo.core.files.data import ImageSet
 from stylezoo.core.training.engine import Trainer, resume_config
 from stylezoo.core.errors import CheckpointError, DataError, StylezooError
 from stylezoo.core.files.images import BadImage, open_image
-from stylezoo.core.use.inference import load_generator
+from stylezoo.core.use.stylizer import load_generator
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import RunConfig, resolve
 

@@ -16,8 +16,9 @@ from stylezoo.core.components.registry import Registry
 from stylezoo.plugins.adversarial import BCE, LSGAN, WGAN, AdvConfig, BCEConfig, Entropy, EntropyConfig, Hinge
 from stylezoo.plugins.penalties import R1, WGANGP, Dragan, DraganConfig, NoPenalty, NoPenaltyConfig, PenaltyConfig
 from stylezoo.plugins.perceptual import (
-    Content, ContentConfig, GramConfig, GramStyle, MomentsConfig, MomentStyle, gram, moments,
+    Content, ContentConfig, GramConfig, GramStyle, MomentsConfig, MomentStyle,
 )
+from stylezoo.core.ops.stats import gram, moments
 
 LN2 = math.log(2.0)
 BIG = 50.0
@@ -196,7 +197,7 @@ def test_gram_is_float32_and_finite_under_bf16_autocast() -> None:
 
 
 def test_bf16_gram_has_a_float32_result_and_a_bf16_gradient() -> None:
-    """bfloat16 features multiply on oneDNN's bf16 path but sum and return in float32 (plugins/perceptual.py)."""
+    """bfloat16 features multiply on oneDNN's bf16 path but sum and return in float32 (core/ops/stats.py)."""
     torch.manual_seed(0)
     f = torch.randn(3, 16, 8, 8).relu().bfloat16().requires_grad_(True)
     f64 = f.detach().double().requires_grad_(True)
@@ -225,7 +226,7 @@ def test_bf16_gram_has_a_float32_result_and_a_bf16_gradient() -> None:
 def test_a_zero_weight_on_the_fused_gram_loss_gives_a_zero_gradient() -> None:
     """--loss gram:0 (or a layer weight of 0) under bf16: oneDNN's baddbmm with alpha 0 returned its
     uninitialised buffer as the gradient (NaN or 1e14 at this shape); it must be exactly zero."""
-    from stylezoo.plugins.perceptual import gram_mse
+    from stylezoo.core.ops.stats import gram_mse
 
     torch.manual_seed(0)
     for _ in range(3):
@@ -237,7 +238,7 @@ def test_a_zero_weight_on_the_fused_gram_loss_gives_a_zero_gradient() -> None:
 @pytest.mark.parametrize("per_sample_target", [False, True])
 def test_gram_mse_matches_mse_of_the_gram_in_value_and_gradient(per_sample_target: bool) -> None:
     """The fused bf16 style loss (one backward product) is the composed one, to float64's reference."""
-    from stylezoo.plugins.perceptual import gram_mse
+    from stylezoo.core.ops.stats import gram_mse
 
     torch.manual_seed(1)
     f = torch.randn(3, 16, 5, 7).relu().bfloat16().requires_grad_(True)  # 35 positions: no power-of-2 luck
@@ -273,9 +274,9 @@ def test_bf16_gram_of_channels_last_features_is_the_contiguous_one_without_copie
     same Gram and loss, and gradients that come back channels_last, with no layout copy either way."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from stylezoo.plugins import perceptual
+    from stylezoo.core.ops import stats
 
-    if not perceptual._bf16_fp32_matmul.available():
+    if not stats._bf16_fp32_matmul.available():
         pytest.skip("this torch has no bf16 matmul switch: the float32 Gram is used")
     torch.manual_seed(2)
     base = torch.randn(3, 16, 5, 7).relu().bfloat16()
@@ -291,7 +292,7 @@ def test_bf16_gram_of_channels_last_features_is_the_contiguous_one_without_copie
                                torch.ops.aten._unsafe_view.default)
             return func(*args, **(kwargs or {}))
 
-    for fn in (lambda f: gram(f).square().sum(), lambda f: perceptual.gram_mse(f, target)):
+    for fn in (lambda f: gram(f).square().sum(), lambda f: stats.gram_mse(f, target)):
         ref_f = base.clone().requires_grad_(True)
         ref = fn(ref_f)
         ref.backward()
@@ -306,18 +307,18 @@ def test_bf16_gram_of_channels_last_features_is_the_contiguous_one_without_copie
         assert torch.allclose(cl_f.grad.float(), ref_f.grad.float(), rtol=1e-2, atol=1e-3)
 
 def test_bf16_gram_falls_back_to_float32_on_a_torch_without_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.plugins import perceptual
+    from stylezoo.core.ops import stats
 
-    monkeypatch.setattr(perceptual._BF16Gram, "apply", lambda *a: pytest.fail("bf16 path taken"))
-    monkeypatch.setattr(perceptual._BF16GramMSE, "apply", lambda *a: pytest.fail("bf16 path taken"))
+    monkeypatch.setattr(stats._BF16Gram, "apply", lambda *a: pytest.fail("bf16 path taken"))
+    monkeypatch.setattr(stats._BF16GramMSE, "apply", lambda *a: pytest.fail("bf16 path taken"))
     monkeypatch.setattr(torch.backends, "mkldnn", types.SimpleNamespace())  # no matmul switch, as in torch 2.4
-    assert not perceptual._bf16_fp32_matmul.available()
+    assert not stats._bf16_fp32_matmul.available()
     f = torch.randn(2, 4, 3, 3).bfloat16()
     x = f.double().reshape(2, 4, 9)
     want = torch.bmm(x, x.transpose(1, 2)) / 36
     got = gram(f)
     assert got.dtype == torch.float32 and torch.allclose(got.double(), want, rtol=1e-6)
-    loss = perceptual.gram_mse(f, torch.zeros(1, 4, 4))
+    loss = stats.gram_mse(f, torch.zeros(1, 4, 4))
     assert torch.allclose(loss.double(), (want ** 2).mean(), rtol=1e-6)
 
 

@@ -311,7 +311,7 @@ def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Pat
 def test_eval_of_a_noise_generator_scores_at_its_own_size_as_training_does(reg: Registry, tmp_path: Path) -> None:
     from stylezoo.core.files import checkpoint as ckpt
     from stylezoo.core.evaluation.evaluate import Evaluator, evaluate_checkpoint, generate, style_images
-    from stylezoo.core.use.inference import load_generator
+    from stylezoo.core.use.stylizer import load_generator
 
     style = str(SAMPLES / "style" / "starry_night.jpg")
     rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "vgg16", "gp": "none",

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from stylezoo.core.errors import ConfigError
 from stylezoo.core.components.kinds import NEEDS, StepContext
 from stylezoo.core.components.registry import Registry
-from stylezoo.plugins import BUILTINS
+from stylezoo.core.components.registry import BUILTIN_PLUGINS as BUILTINS
 
 REGISTRY = Registry()
 NAMES = REGISTRY.names()

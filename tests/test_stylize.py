@@ -18,7 +18,7 @@ from stylezoo.core.cli import app
 from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import CheckpointError, DataError, UsageError
 from stylezoo.core.files.images import is_stylezoo_output, output_mode
-from stylezoo.core.use.inference import Stylizer, pad_to_multiple, plan_outputs
+from stylezoo.core.use.stylizer import Stylizer, pad_to_multiple, plan_outputs
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import resolve
 
@@ -199,7 +199,7 @@ def test_noise_generator_samples_through_a_bf16_copy(noise_ckpt: Path) -> None:
 
 
 def test_conditional_generators_keep_autocast_under_bf16(reg: Registry) -> None:
-    from stylezoo.core.use.inference import LoadedGenerator
+    from stylezoo.core.use.stylizer import LoadedGenerator
 
     for name in ("gen/adain", "gen/cin"):
         g = reg.build(name, {"channels": 8} if name == "gen/cin" else {"weights": "random"})
@@ -348,7 +348,7 @@ def test_auto_precision_gives_way_to_onnxruntime_fp32_but_explicit_bf16_does_not
 
 def test_stylizer_keeps_freed_memory_on_the_cpu_unless_asked_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
     from stylezoo.core.runtime import cpu_memory
-    from stylezoo.core.use.inference import LoadedGenerator, Stylizer
+    from stylezoo.core.use.stylizer import LoadedGenerator, Stylizer
 
     calls: list[int] = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or True)
@@ -378,7 +378,7 @@ class _Broken(torch.nn.Module):
                                           ("gray", "must return RGB images")])
 def test_stylize_refuses_output_that_cannot_be_an_image(how: str, fragment: str, tmp_path: Path) -> None:
     from stylezoo.core.errors import PluginError
-    from stylezoo.core.use.inference import LoadedGenerator
+    from stylezoo.core.use.stylizer import LoadedGenerator
 
     st = Stylizer(LoadedGenerator(_Broken(how), "gen/broken", "image", {}, Path("-")), precision="fp32")
     with pytest.raises(PluginError, match=fragment) as e:
@@ -394,7 +394,7 @@ def test_stylize_refuses_output_that_cannot_be_an_image(how: str, fragment: str,
 
 
 def test_stylize_refuses_tensors_that_are_not_images_in_the_unit_range() -> None:
-    from stylezoo.core.use.inference import LoadedGenerator
+    from stylezoo.core.use.stylizer import LoadedGenerator
 
     st = Stylizer(LoadedGenerator(torch.nn.Identity(), "gen/x", "image", {}, Path("-")), precision="fp32")
     x = torch.rand(3, 16, 16) * 2 - 1
@@ -408,8 +408,8 @@ def test_stylize_refuses_tensors_that_are_not_images_in_the_unit_range() -> None
 
 def test_stylize_notes_when_large_inputs_ran_at_full_resolution(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.core.use import inference
-    from stylezoo.core.use.inference import LoadedGenerator
+    from stylezoo.core.use import stylizer as inference
+    from stylezoo.core.use.stylizer import LoadedGenerator
 
     monkeypatch.setattr(inference, "LARGE_INPUT", 20)  # a 40x30 photo stands for a 4000x3000 one
     st = Stylizer(LoadedGenerator(torch.nn.Identity(), "gen/x", "image", {}, Path("-")), precision="fp32")

@@ -33,7 +33,7 @@ from stylezoo.core.cli import app
 from stylezoo.core.training.engine import Trainer, train
 from stylezoo.core.errors import CheckpointError, WeightsError
 from stylezoo.core.components.hookspecs import hookimpl
-from stylezoo.core.use.inference import load_generator
+from stylezoo.core.use.stylizer import load_generator
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import RunConfig, resolve
 from stylezoo.core.files.weights import load_local
@@ -469,7 +469,7 @@ def test_cli_plugin_taking_a_registered_name_is_refused_naming_both(monkeypatch:
 
 def test_cli_plugin_failing_at_import_is_reported_and_the_zoo_still_trains(tmp_path: Path, data_dir: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.plugins import BUILTINS
+    from stylezoo.core.components.registry import BUILTIN_PLUGINS as BUILTINS
 
     (tmp_path / "szt_boom_at_import.py").write_text("raise RuntimeError('boom at import')\n")
     monkeypatch.syspath_prepend(str(tmp_path))

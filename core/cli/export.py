@@ -24,7 +24,7 @@ def export_cmd(
     on two input sizes; the measured differences are printed and stored in FILE.parity.json.
     """
     from ..use.export import export, format_of, parity_path
-    from ..use.inference import checkpoint_path
+    from ..use.stylizer import checkpoint_path
 
     if out is None:
         kind = fmt.lower() if fmt else "onnx"

@@ -48,7 +48,7 @@ def stylize_cmd(
     label-conditioned models take --style-label NAME (or NAME:WEIGHT, repeated, to mix styles).
     """
     from ..errors import UsageError
-    from ..use.inference import Stylizer
+    from ..use.stylizer import Stylizer
 
     if size is not None and size < 1:
         raise UsageError(f"--size must be >= 1, got {size}.")
@@ -82,7 +82,7 @@ def stylize_cmd(
     def on_skip(path: str, why: str) -> None:
         err.print(f"[yellow]warning:[/] skipped {escape(why)}")
 
-    from ..use.inference import plan_outputs
+    from ..use.stylizer import plan_outputs
 
     total = len(plan_outputs(inputs, out, ext, overwrite=overwrite)[0]) if not quiet else 0
     with _Bar(total, quiet or total < 2, "stylize") as bar:

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from ..ops.ranges import IMAGE_RANGE, from_unit, to_unit
+
 KINDS: dict[str, str] = {
     "gen": "generator",
     "disc": "discriminator",
@@ -22,7 +24,6 @@ KINDS: dict[str, str] = {
     "loss": "loss term",
     "gp": "gradient penalty",
 }
-IMAGE_RANGE = (-1.0, 1.0)
 
 
 @runtime_checkable
@@ -131,16 +132,6 @@ def frozen(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
-
-
-def to_unit(x: Tensor) -> Tensor:
-    """[-1, 1] images to [0, 1]."""
-    return (x.clamp(-1, 1) + 1) * 0.5
-
-
-def from_unit(x: Tensor) -> Tensor:
-    """[0, 1] images to [-1, 1]."""
-    return x * 2 - 1
 
 
 __all__ = [

@@ -30,6 +30,24 @@ from .hookspecs import PROJECT, Spec
 from .kinds import KINDS
 
 ENTRY_POINT_GROUP = "stylezoo"
+# The built-in plugins, loaded by module name like any plugin (core never imports them). To add one: write
+# its module in plugins/ (one file per model family) with a `register_components` hook, list it here and
+# describe its components in registry.toml.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "stylezoo.plugins.dcgan",
+    "stylezoo.plugins.encdec",
+    "stylezoo.plugins.unet",
+    "stylezoo.plugins.adain",
+    "stylezoo.plugins.cin",
+    "stylezoo.plugins.patchgan",
+    "stylezoo.plugins.vgg",
+    "stylezoo.plugins.timm_features",
+    "stylezoo.plugins.efficientnet",
+    "stylezoo.plugins.adversarial",
+    "stylezoo.plugins.perceptual",
+    "stylezoo.plugins.pixel",
+    "stylezoo.plugins.penalties",
+)
 REGISTRY_TOML = Path(__file__).resolve().parents[2] / "registry.toml"
 LIST_HINT = "Run `stylezoo list` to see what exists."
 
@@ -125,9 +143,7 @@ class Registry:
         plugins: Iterable[object] = (),
         catalog: Mapping[str, Any] | None = None,
     ) -> None:
-        from stylezoo.plugins import BUILTINS
-
-        self._builtin_modules = tuple(BUILTINS if builtins is None else builtins)
+        self._builtin_modules = tuple(BUILTIN_PLUGINS if builtins is None else builtins)
         self._use_entry_points = entry_points
         self._extra = list(plugins)
         self._catalog = dict(catalog) if catalog is not None else None

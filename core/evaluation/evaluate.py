@@ -253,7 +253,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     Style images are taken at twice the scored side (at most 512). A noise generator is scored at its own
     output size with the run's `train.style_size` when set, as its in-run evaluation is; it takes no
     `content`, and a `size` other than its own is refused."""
-    from ..use.inference import load_generator
+    from ..use.stylizer import load_generator
     from ..runs.runconfig import DataConfig
 
     if size is not None and size < 16:
@@ -402,7 +402,7 @@ def _conditioned(g: Any, x: Tensor, device: str, style: str | None, labels: Sequ
     """The generator's outputs for `x`, conditioned as stylize would be when a style / labels are given, and
     the label mix (L,) when labels were."""
     from ..files.images import find_images
-    from ..use.inference import Stylizer
+    from ..use.stylizer import Stylizer
 
     st = Stylizer(g, device=device, precision="fp32", backend="torch", keep_freed_memory=False)
     use_style = bool(style) and st.takes_style

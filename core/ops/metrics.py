@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError, did_you_mean
-from ..components.kinds import to_unit
+from .ranges import to_unit
+from .stats import gram
 
 Direction = Literal["min", "max"]
 
@@ -73,8 +74,6 @@ def better(name: str, new: float, old: float | None) -> bool:
 def gram_targets(style_feats: Mapping[str, Tensor], weights: Tensor | None = None) -> dict[str, Tensor]:
     """The mean Gram matrix (1, C, C) of the style images at each layer, as the Gram loss uses it; with
     `weights` (N,), their weighted sum instead."""
-    from stylezoo.plugins.perceptual import gram
-
     if weights is None:
         return {k: gram(v).mean(0, keepdim=True) for k, v in style_feats.items()}
     return {k: (gram(v) * weights.to(v.device, torch.float32).view(-1, 1, 1)).sum(0, keepdim=True)
@@ -83,8 +82,6 @@ def gram_targets(style_feats: Mapping[str, Tensor], weights: Tensor | None = Non
 
 def gram_distance(feats: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
     """Per image (N,): ||G(x) - G_style||_F / ||G_style||_F at each layer, averaged over the layers."""
-    from stylezoo.plugins.perceptual import gram
-
     per_layer = []
     for name, t in targets.items():
         g = gram(feats[name])

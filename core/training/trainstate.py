@@ -32,11 +32,11 @@ def component_names(tr: Trainer) -> list[str]:
 
 def run_meta(tr: Trainer) -> dict[str, Any]:
     """The metadata that rebuilds the run: composition, configs, step, versions, plugin packages."""
-    import stylezoo
+    from ..version import __version__
     from ..components.registry import _dist_version
 
     names = component_names(tr)
-    versions = {"stylezoo": stylezoo.__version__, "torch": torch.__version__}
+    versions = {"stylezoo": __version__, "torch": torch.__version__}
     for d in sorted({e.dist for e in [tr.reg.get(n) for n in names] if e.dist}):
         versions[d] = _dist_version(d) or "unknown"
     plugins = {n: e.dist for n in names if (e := tr.reg.get(n)).dist}  # which package to install

@@ -19,7 +19,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from ..components.config import build_config
+from ..components.registry import Registry, default_registry
 from ..errors import ConfigError, TrainingDiverged
+from ..runtime.devices import pick_device
 from ..files.images import open_image, pil_to_tensor, tensor_to_pil
 from ..components.kinds import Extractor, StepContext
 
@@ -97,12 +100,11 @@ class GatysLoss:
 
     def __init__(self, extractor: Extractor, content: Tensor, style: Tensor, *, style_weight: float,
                  content_weight: float, tv_weight: float = 0.0, style_layers: tuple[str, ...] = (),
-                 content_layers: tuple[str, ...] = ()) -> None:
-        from stylezoo.plugins.perceptual import Content, ContentConfig, GramConfig, GramStyle
-
+                 content_layers: tuple[str, ...] = (), registry: Registry | None = None) -> None:
+        reg = registry or default_registry()  # the zoo's own loss/gram and loss/content terms, by name
         self.extractor = extractor
-        self.gram = GramStyle(GramConfig(layers=tuple(style_layers), weight=style_weight))
-        self.content = Content(ContentConfig(layers=tuple(content_layers), weight=content_weight))
+        self.gram: Any = reg.build("loss/gram", {"layers": tuple(style_layers), "weight": style_weight})
+        self.content: Any = reg.build("loss/content", {"layers": tuple(content_layers), "weight": content_weight})
         self.style_layers = self.gram.feature_layers(extractor)
         self.content_layers = self.content.feature_layers(extractor)
         self.layers = tuple(dict.fromkeys(self.style_layers + self.content_layers))
@@ -128,11 +130,12 @@ class GatysLoss:
 
 
 def optimise(extractor: Extractor, content: Tensor, style: Tensor, cfg: TransferConfig,
-             progress: Progress | None = None) -> tuple[Tensor, list[dict[str, float]]]:
+             progress: Progress | None = None, registry: Registry | None = None,
+             ) -> tuple[Tensor, list[dict[str, float]]]:
     """Run the optimisation on (1, 3, H, W) tensors in [-1, 1]: (result in [-1, 1], per-step losses)."""
     loss_fn = GatysLoss(extractor, content, style, style_weight=cfg.style_weight,
                         content_weight=cfg.content_weight, tv_weight=cfg.tv_weight,
-                        style_layers=cfg.style_layers, content_layers=cfg.content_layers)
+                        style_layers=cfg.style_layers, content_layers=cfg.content_layers, registry=registry)
     if cfg.init == "content":
         x = content.detach().clone(memory_format=torch.contiguous_format)
     else:
@@ -195,24 +198,18 @@ def transfer(content: ImageLike, style: ImageLike, *, extractor: Extractor | Non
     `options` are TransferConfig fields (size, steps, style_weight, optimizer, ...). A ready `extractor`
     replaces `feat`/`feat_set`.
     """
-    from ..components.config import build_config
-
     cfg = build_config(TransferConfig, options, owner="transfer")
-    from ..runtime.devices import pick_device
-
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    reg = registry or default_registry()
     if extractor is None:
-        from ..components.registry import default_registry
-
-        reg = registry or default_registry()
         extractor = reg.build(cfg.feat, cfg.feat_set, kind="feat")
     extractor = cast(Any, extractor).to(device)  # an nn.Module; the protocol has no .to
     c = load_image(content, longer=cfg.size).to(device)
     s = load_image(style, shorter=min(c.shape[-2:])).to(device)
     if min(c.shape[-2:]) < 16:
         raise ConfigError(f"the content image is {tuple(c.shape[-2:])} pixels after resizing; use a larger --size.")
-    result, _ = optimise(extractor, c, s, cfg, progress)
+    result, _ = optimise(extractor, c, s, cfg, progress, reg)
     return tensor_to_pil(result[0])
 
 

@@ -7,152 +7,31 @@ and `Stylizer.write_samples`, so both give identical pixels.
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
-import operator
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from ..files import checkpoint as ckpt
-from ..runtime import cpu_memory
+from ..components.registry import Registry
+from ..errors import DataError, PluginError, UsageError
 from ..files.checkpoint import atomic_write
-from ..errors import CheckpointError, DataError, PluginError, UnknownComponentError, UsageError
 from ..files.images import (
-    InputImage, _to_rgb, encode, image_format, input_image, open_image, pil_to_tensor, read_item, resize_short,
-    restore_mode, tensor_to_pil,
+    InputImage, _to_rgb, encode, image_format, input_image, open_image, read_item, restore_mode, tensor_to_pil,
 )
-from .outputs import StylizeReport, plan_outputs  # noqa: F401  (re-exported: stylize's file planning)
-from ..components.registry import Registry, default_registry
+from ..runtime import cpu_memory
+from .backends import (
+    AUTO_ORT_MIN_IMAGES, AUTO_PRECISION, BACKENDS, LARGE_INPUT, PRECISIONS, bf16_copy, device_of, onnx_session,
+    resolve_precision,
+)
+from .inputs import _check_range, _check_size, _label_pairs, _mix_weights, _resize_tensor, _style_tensor, pad_to_multiple
+from .loading import LoadedGenerator, checkpoint_path, load_generator
+from .outputs import StylizeReport, plan_outputs
 
-
-@dataclass
-class LoadedGenerator:
-    """A generator ready for inference plus what its checkpoint says about it."""
-
-    module: nn.Module
-    name: str
-    family: str
-    meta: dict[str, Any]
-    path: Path
-    averaged: bool = False  # the weights are the checkpoint's moving average (train.ema), not the raw ones
-
-
-def checkpoint_path(spec: str | Path) -> Path:
-    """A checkpoint file, or the newest valid checkpoint of a run directory."""
-    p = Path(spec)
-    if p.is_dir():
-        from ..runs.rundir import newest_valid_checkpoint
-
-        return newest_valid_checkpoint(p, to="load")
-    return p
-
-
-def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
-                   registry: Registry | None = None, ema: bool = True) -> LoadedGenerator:
-    """Rebuild and load the generator of a checkpoint (file or run dir) in eval mode.
-
-    A run trained with `train.ema` saves its generator's weight average too; `ema=True` loads that
-    average (what the run's samples showed), `ema=False` the raw trained weights.
-    """
-    reg = registry or default_registry()
-    path = checkpoint_path(spec)
-    tensors, meta = ckpt.load(path, device=device)
-    try:
-        name = meta["composition"]["gen"]
-        cfg = meta["configs"]["gen"]
-    except (KeyError, TypeError):
-        raise CheckpointError(f"{path}: its metadata does not describe a generator; is it a stylezoo checkpoint?") from None
-    try:
-        entry = reg.get(name)
-    except UnknownComponentError:
-        raise ckpt.missing_component(path, name, _dist_of(meta, name), reg) from None
-    from ..components.config import build_config
-    from ..errors import ConfigError
-
-    try:
-        config: Any = build_config(entry.config, cfg, owner=name)
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: the generator config it holds is not valid here ({e}).") from None
-    averaged = ema and any(k.startswith("ema.") for k in tensors)
-    try:
-        module = ckpt.build_checked(entry.factory, config, ckpt.section(tensors, "ema" if averaged else "gen"),
-                                    "generator weight average (ema)" if averaged else "generator")
-    except CheckpointError as e:
-        if not averaged:
-            raise
-        raise CheckpointError(f"{e} The raw trained weights may still load: --no-ema (Python: ema=False).") from None
-    module.to(device).eval()
-    family = getattr(module, "family", meta.get("family", "image"))
-    return LoadedGenerator(module, name, family, meta, path, averaged)
-
-
-def _dist_of(meta: dict[str, Any], name: str) -> str | None:
-    return ckpt.plugin_hint(meta, name)
-
-
-# ------------------------------------------------------------------------------------------------ Stylizer
-PRECISIONS = ("fp32", "bf16", "auto")
-# What "auto" means. benchmarks/inference.py on this 2-core AVX512-BF16 CPU, idle (make bench, batch 1, 512 px):
-# bf16 (bfloat16 weights for unconditional image generators, autocast for the others: Stylizer._bf16_module)
-# takes 0.43-0.65x the time of fp32 eager and moves pixels by about 0.8 mean / 8 max 8-bit levels: the
-# precision the default recipes train in. So auto = bf16 where the device has fast bfloat16, else fp32. Folders of AUTO_ORT_MIN_IMAGES+ files
-# (backend auto) and --backend onnxruntime run ONNX Runtime in fp32 (max difference 1 level from PyTorch fp32).
-AUTO_PRECISION = "bf16-where-fast"
-BACKENDS = ("auto", "torch", "onnxruntime")
-AUTO_ORT_MIN_IMAGES = 16  # backend auto: ONNX Runtime from this many files on (its one-off export then pays off)
 log = logging.getLogger("stylezoo")
-
-
-LARGE_INPUT = 2048  # shorter side in px above which stylize notes that --size would resize first
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """fp32 or bf16. "auto": bf16 where the device has fast bfloat16, else fp32 (see AUTO_PRECISION)."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"Unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}.")
-    if precision == "auto":
-        if AUTO_PRECISION == "bf16-where-fast":
-            from ..runtime.devices import bf16_supported
-
-            return "bf16" if bf16_supported(device) else "fp32"
-        return AUTO_PRECISION
-    if precision == "bf16":
-        from ..runtime.devices import bf16_supported
-
-        if not bf16_supported(device):
-            raise UsageError(f"bfloat16 is not supported on {device} here; use --precision fp32.")
-    return precision
-
-
-def _device(spec: str | torch.device) -> torch.device:
-    from ..runtime.devices import pick_device
-
-    return pick_device(spec if isinstance(spec, str) else str(spec))
-
-
-def pad_to_multiple(x: Tensor, multiple: int, min_side: int = 1) -> tuple[Tensor, tuple[int, int]]:
-    """Pad (N, C, H, W) so both sides are multiples of `multiple` and at least `min_side`, centred.
-
-    Reflection padding where the image is larger than the pad, edge replication otherwise (tiny images).
-    Returns the padded tensor and the (top, left) offset of the original inside it.
-    """
-    h, w = x.shape[-2:]
-    th = max(math.ceil(h / multiple) * multiple, math.ceil(min_side / multiple) * multiple)
-    tw = max(math.ceil(w / multiple) * multiple, math.ceil(min_side / multiple) * multiple)
-    top, left = (th - h) // 2, (tw - w) // 2
-    pads = (left, tw - w - left, top, th - h - top)
-    if not any(pads):
-        return x, (0, 0)
-    mode = "reflect" if max(pads[:2]) < w and max(pads[2:]) < h else "replicate"
-    return F.pad(x, pads, mode=mode), (top, left)
 
 
 class Stylizer:
@@ -174,7 +53,7 @@ class Stylizer:
         if backend not in BACKENDS:
             raise UsageError(f"Unknown backend {backend!r}: use one of {', '.join(BACKENDS)}.")
         self.loaded = loaded
-        self.device = _device(device)
+        self.device = device_of(device)
         if keep_freed_memory and self.device.type == "cpu":
             cpu_memory.keep_freed_memory()
         self.precision = resolve_precision(precision, self.device)
@@ -207,32 +86,9 @@ class Stylizer:
         Only for image generators in fp32 on the CPU. When not possible (or the parity check fails): raises
         UsageError if `required`, else logs why and keeps PyTorch. Returns whether ONNX Runtime is in use.
         """
-        why = None
-        if self.family != "image" or self.device.type != "cpu" or (self.precision != "fp32" and not self._auto_precision):
-            why = "the onnxruntime backend is for image generators in fp32 on the CPU"
-        elif getattr(self.module, "export_conditions", ()):
-            why = "style- and label-conditioned generators run on PyTorch here (`stylezoo export` covers them)"
-        else:
-            try:
-                import onnxruntime  # noqa: F401  (only whether it is installed)
-            except ImportError:
-                why = "onnxruntime is not installed (pip install 'stylezoo[export]')"
-        if why is None:
-            import tempfile
-
-            from .export import check_parity, ort_session, write_onnx
-
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "gen.onnx"
-                try:
-                    write_onnx(self.module, path)
-                    report = check_parity(self.module, path)
-                    if report.passed:
-                        self._session = ort_session(path)
-                    else:
-                        why = f"its ONNX export does not match PyTorch ({report.summary()})"
-                except Exception as e:  # an export failure must not stop stylizing with PyTorch
-                    why = f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        session, why = onnx_session(self.module, self.family, self.device, self.precision, self._auto_precision)
+        if session is not None:
+            self._session = session
         if why is not None:
             if required:
                 raise UsageError(f"Cannot use --backend onnxruntime for {self.name}: {why}. Use --backend torch.")
@@ -257,19 +113,11 @@ class Stylizer:
         return y.clone()  # a normal tensor, usable outside inference mode
 
     def _bf16_module(self) -> nn.Module | None:
-        """bf16 for unconditional generators: a copy with bfloat16 weights, run on bfloat16 inputs.
-
-        Autocast re-casts every weight and moves each normalisation layer's activations through float32 at
-        every call; the bfloat16 copy does neither. benchmarks/inference.py, 512 px, idle 2-core AVX512-BF16
-        CPU: gen/encdec 0.43x the time of eager fp32 vs 0.65x with autocast, gen/unet 0.46x vs 0.49x, with
-        the same error (about 0.8 mean / 8 max 8-bit levels). gen/dcgan, 16 samples at 64 px: 9.5 ms vs
-        15.6 ms in fp32 and 92 ms under autocast (at 256 px: 153, 315 and 281 ms). Conditional generators
-        (style statistics, label mixing) keep autocast, which computes those in float32.
-        """
+        """bf16 for unconditional generators: a copy with bfloat16 weights (`backends.bf16_copy`)."""
         if self.family not in ("image", "noise") or self.takes_style or hasattr(self.module, "num_labels"):
             return None
         if self._bf16 is None:
-            self._bf16 = copy.deepcopy(self.module).to(torch.bfloat16).eval()
+            self._bf16 = bf16_copy(self.module)
         return self._bf16
 
     # -- conditions: reference styles (gen/adain) and style labels (gen/cin) ------------------------------------
@@ -507,82 +355,5 @@ class Stylizer:
         return paths
 
 
-def _check_range(x: Tensor) -> None:
-    """Refuse tensors that are not images in [-1, 1]: 0-255 or 0-1 pixels, integers, NaN (a wrong picture else)."""
-    if not x.is_floating_point():
-        raise UsageError(f"Expected a float tensor in [-1, 1], got {x.dtype}: for 0-255 pixels give "
-                         "x.float() / 127.5 - 1 (or a PIL image or a path).")
-    if not bool(torch.isfinite(x).all()):
-        raise UsageError("The input tensor holds NaN or Inf values.")
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1.05 or hi > 1.05:
-        how = " (0-255 pixels? give x / 127.5 - 1)" if hi > 2 and lo >= 0 else ""
-        raise UsageError(f"Expected a tensor in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]{how}; images in [0, 1] "
-                         "go in as x * 2 - 1.")
-
-
-def _mix_weights(weights: Sequence[float] | None, n: int, what: str) -> list[float]:
-    """`n` mixing weights (default equal), checked: >= 0 with a positive sum; normalised to sum 1."""
-    ws = [1.0] * n if weights is None else [float(w) for w in weights]
-    if len(ws) != n:
-        raise UsageError(f"{len(ws)} weight(s) for {n} {what}(s): give one weight per {what}.")
-    if any(not math.isfinite(w) or w < 0 for w in ws) or not sum(ws) > 0:
-        raise UsageError(f"{what} weights must be >= 0 with a positive sum, got {ws}.")
-    return [w / sum(ws) for w in ws]
-
-
-def _label_pairs(spec: str | int | Mapping[str, float] | Sequence[str]) -> list[tuple[str, float]]:
-    """(name, weight) pairs from a label spec: a name, an index (as its string), {name: w}, or ["a:0.5", "b"]."""
-    if isinstance(spec, Mapping):
-        return [(str(k), float(v)) for k, v in spec.items()]
-    items = [spec] if isinstance(spec, (str, int)) else list(spec)
-    out = []
-    for it in items:
-        name, colon, w = str(it).rpartition(":")
-        if colon:
-            try:
-                out.append((name, float(w)))
-                continue
-            except ValueError:
-                pass
-        out.append((str(it), 1.0))
-    return out
-
-
-def _check_size(size: int | None, what: str) -> None:
-    """Refuse a resize target that is not a positive whole number of pixels (None: no resizing)."""
-    if size is None:
-        return
-    try:
-        ok = not isinstance(size, bool) and operator.index(size) >= 1  # numpy integers too, not 2.5 or "512"
-    except TypeError:
-        ok = False
-    if not ok:
-        raise UsageError(f"{what} must be a whole number of pixels >= 1 (or None to keep the size), got {size!r}.")
-
-
-def _style_tensor(ref: str | Path | Image.Image | Tensor, size: int | None) -> Tensor:
-    """A style reference as (3, H, W) in [-1, 1], its shorter side reduced to `size` (never enlarged)."""
-    if isinstance(ref, Tensor):
-        x = ref[0] if ref.dim() == 4 and ref.shape[0] == 1 else ref
-        if x.dim() != 3 or x.shape[0] != 3:
-            raise UsageError(f"A style tensor must be (3, H, W) in [-1, 1], got {tuple(ref.shape)}.")
-        return _resize_tensor(x, size) if size is not None and min(x.shape[-2:]) > size else x.float()
-    if isinstance(ref, (str, Path)):
-        im = open_image(ref)
-    elif isinstance(ref, Image.Image):
-        im = _to_rgb(ref, keep_alpha=False)
-    else:
-        raise UsageError(f"Cannot use a {type(ref).__name__} as a style image: give a path, a PIL image or a tensor.")
-    if size is not None and min(im.size) > size:
-        im = resize_short(im, size)
-    return pil_to_tensor(im)
-
-
-def _resize_tensor(x: Tensor, size: int) -> Tensor:
-    h, w = x.shape[-2:]
-    s = size / min(h, w)
-    xb = x[None] if x.dim() == 3 else x
-    y = F.interpolate(xb.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode="bicubic",
-                      antialias=True, align_corners=False).clamp(-1, 1)
-    return y[0] if x.dim() == 3 else y
+__all__ = ["Stylizer", "LoadedGenerator", "load_generator", "checkpoint_path", "resolve_precision", "pad_to_multiple",
+           "PRECISIONS", "AUTO_PRECISION", "BACKENDS", "AUTO_ORT_MIN_IMAGES", "StylizeReport", "plan_outputs"]
