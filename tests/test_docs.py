@@ -28,3 +28,40 @@ def test_the_readme_component_table_lists_every_built_in_component() -> None:
     assert len(built_in) >= 20
     missing = [n for n in built_in if f"`{n}`" not in table]
     assert not missing, f"README's component table (Components) leaves out: {missing}"
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")  # inline links and images: [text](target)
+FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+
+
+def _prose(path: Path) -> str:
+    """A markdown file without its fenced code blocks (links inside them are code, not links)."""
+    return FENCE.sub("", path.read_text(encoding="utf-8"))
+
+
+def _anchors(path: Path) -> set[str]:
+    """The `#anchor`s GitHub gives a markdown file's headings (lower case, punctuation dropped, spaces to '-')."""
+    anchors: set[str] = set()
+    count: dict[str, int] = {}
+    for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", _prose(path), re.M):
+        slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+        n = count.get(slug, 0)
+        count[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")  # a repeated heading gets -1, -2, ...
+    return anchors
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    docs = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for doc in (d for d in docs if d.is_file()):
+        for target in LINK.findall(_prose(doc)):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (doc.parent / file).resolve() if file else doc
+            if not dest.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                broken.append(f"{doc.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "documents link to what is not there:\n" + "\n".join(broken)
