@@ -43,7 +43,7 @@ def build(name: str, **overrides: Any) -> Any:
 def __getattr__(name: str) -> Any:
     # Heavier API pieces import torch; load them only when asked for.
     lazy = {
-        "train": ("stylezoo.core.training.engine", "train"),
+        "train": ("stylezoo.core.training.api", "train"),
         "RunConfig": ("stylezoo.core.runs.runconfig", "RunConfig"),
         "load_generator": ("stylezoo.core.use.stylizer", "load_generator"),
         "Stylizer": ("stylezoo.core.use.stylizer", "Stylizer"),

@@ -59,12 +59,12 @@ def measure(args: argparse.Namespace, content: str) -> dict[str, Any]:
         rc = resolve(reg, recipe=args.recipe, cli=cli)
         trainers["cached"] = tr = Trainer(rc, Path(tmp) / "cached", registry=reg, rank=0, world=1)
         # a budget under the photos' but over the style images' (as when the photos are many and large)
-        others = [s.decoded_mb for s in (tr.real,) if s is not None and s is not tr.content]
-        budget = (max(others) + tr.content.decoded_mb) / 2 if others and max(others) < tr.content.decoded_mb else 0
+        others = [s.decoded_mb for s in (tr.data.real,) if s is not None and s is not tr.data.content]
+        budget = (max(others) + tr.data.content.decoded_mb) / 2 if others and max(others) < tr.data.content.decoded_mb else 0
         rc = resolve(reg, recipe=args.recipe, cli=cli, sets=[f"data.cache_mb={budget}"])
         trainers["decoded per draw"] = Trainer(rc, Path(tmp) / "lazy", registry=reg, rank=0, world=1)
-        lazy = trainers["decoded per draw"].content
-        assert lazy is not None and lazy.lazy and not trainers["cached"].content.lazy
+        lazy = trainers["decoded per draw"].data.content
+        assert lazy is not None and lazy.lazy and not trainers["cached"].data.content.lazy
         rows: dict[str, dict[str, list[float]]] = {n: {"step_s": [], "data_s": []} for n in trainers}
         steps = dict.fromkeys(trainers, 0)  # consecutive per trainer: the lazy set prefetches step + 1
         for tr in trainers.values():  # warm-up
@@ -76,7 +76,7 @@ def measure(args: argparse.Namespace, content: str) -> dict[str, Any]:
                     t = time.perf_counter()
                     tr.train_step(steps[name])
                     rows[name]["step_s"].append(time.perf_counter() - t)
-                    rows[name]["data_s"].append(tr.data_s)
+                    rows[name]["data_s"].append(tr.stepper.data_s)
         # what one batch costs to decode with nothing else running (the lazy set, fresh indices)
         time.sleep(0.5)
         decode = []
@@ -85,7 +85,7 @@ def measure(args: argparse.Namespace, content: str) -> dict[str, Any]:
             t = time.perf_counter()
             [lazy.images._decode(i) for i in idx]
             decode.append(time.perf_counter() - t)
-        batch = trainers["cached"].t.batch
+        batch = trainers["cached"].train_cfg.batch
     out = {n: {"step_ms": statistics.median(r["step_s"]) * 1e3, "data_ms": statistics.median(r["data_s"]) * 1e3,
                "samples": r} for n, r in rows.items()}
     return {"recipe": args.recipe, "size": args.size, "batch": batch, "photos": len(find_images(content)),

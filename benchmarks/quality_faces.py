@@ -149,8 +149,8 @@ def stage(files: list[Path], dest: Path) -> Path:
 def train_for(trainer: Any, seconds: float, log_every_s: float = 30.0, max_steps: int = 0) -> dict[str, Any]:
     """Run engine steps (at least one) until the budget, or `max_steps` if given, is spent; returns steps,
     epochs, speed and a loss trace."""
-    n = len(trainer.content if trainer.content is not None else trainer.real)
-    batch = trainer.t.batch
+    n = len(trainer.data.content if trainer.data.content is not None else trainer.data.real)
+    batch = trainer.train_cfg.batch
     t0 = time.perf_counter()
     next_log, window, trace = t0 + log_every_s, [], []
     while trainer.step == 0 or (time.perf_counter() - t0 < seconds and not 0 < max_steps <= trainer.step):

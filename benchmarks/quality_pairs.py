@@ -89,20 +89,20 @@ def train_for(trainer: Any, seconds: float, log_every_s: float = 30.0, *, fill: 
     whichever comes first (`fill=True`: until the budget is spent); returns steps, epochs, time, L1 trace."""
     import dataclasses
 
-    n = len(trainer.pairs)
-    batch = trainer.t.batch
+    n = len(trainer.data.pairs)
+    batch = trainer.train_cfg.batch
     t0 = time.perf_counter()
     next_log, l1_window, trace = t0 + log_every_s, [], []
     # a learning-rate decay needs the total number of steps: if the budget looks too short for the recipe's
     # length (or fill), the total is estimated from the speed of the first 5%
-    calibrate = trainer.t.lr_decay > 0
-    end = float("inf") if fill else trainer.t.steps
+    calibrate = trainer.train_cfg.lr_decay > 0
+    end = float("inf") if fill else trainer.train_cfg.steps
     while time.perf_counter() - t0 < seconds and trainer.step < end:
         if calibrate and time.perf_counter() - t0 >= 0.05 * seconds:
             total = int(trainer.step / (time.perf_counter() - t0) * seconds)
-            if fill or total < trainer.t.steps:
-                trainer.t = dataclasses.replace(trainer.t, steps=max(total, trainer.step + 1))
-                print(f"  lr decay over the last {trainer.t.lr_decay:g} of an estimated {total} steps", flush=True)
+            if fill or total < trainer.train_cfg.steps:
+                trainer.train_cfg = dataclasses.replace(trainer.train_cfg, steps=max(total, trainer.step + 1))
+                print(f"  lr decay over the last {trainer.train_cfg.lr_decay:g} of an estimated {total} steps", flush=True)
             calibrate = False
         logs = trainer.train_step(trainer.step)
         trainer.step += 1
@@ -131,10 +131,10 @@ def evaluate(trainer: Any, data: Path, stems: list[str], size: int, raw: bool = 
     sketches = {f.stem: f for f in find_images(data / "sketch")}
     x = torch.stack([load_tensor(photos[s], size) for s in stems])
     y = torch.stack([load_tensor(sketches[s], EVAL_SIDE) for s in stems])  # CUFS files are 64x64 already
-    gen = trainer.c.gen if raw else trainer.infer_gen
+    gen = trainer.components.gen if raw else trainer.infer_gen
     gen.eval()
     out = torch.cat([gen(b.to(trainer.device)).float().cpu() for b in x.split(8)])
-    trainer.c.gen.train()
+    trainer.components.gen.train()
     g_out, g_true, g_photo = grey64(out), grey64(y), grey64(x)
     ssim = ssim_per_image(g_out, g_true)
     l1 = (g_out - g_true).abs().flatten(1).mean(1)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               f"budget {args.minutes:g} min; torch threads {torch.get_num_threads()}, load {load_start[0]:.1f}",
               flush=True)
         trainer = Trainer(rc, run_dir, registry=reg)
-        print(f"  the recipe's length: {trainer.t.steps} steps ({trainer.t.steps * rc.train.batch / len(train_stems):.1f} "
+        print(f"  the recipe's length: {trainer.train_cfg.steps} steps ({trainer.train_cfg.steps * rc.train.batch / len(train_stems):.1f} "
               f"epochs){'; --fill: training past it until the budget is spent' if args.fill else ''}", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         trained = train_for(trainer, args.minutes * 60, fill=args.fill)

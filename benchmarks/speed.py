@@ -188,17 +188,17 @@ def engine(reg: Registry, rc: RunConfig, tmp: str, **train: Any) -> Trainer:
 
 
 def _describe(tr: Trainer) -> str:
-    layout = "channels_last" if tr.channels_last else "contiguous, extractor cl" if tr.feat_cl else "contiguous"
-    return f"{'bf16' if tr.amp else 'fp32'}, {layout}"
+    layout = "channels_last" if tr.placement.channels_last else "contiguous, extractor cl" if tr.placement.feat_cl else "contiguous"
+    return f"{'bf16' if tr.placement.amp else 'fp32'}, {layout}"
 
 
 def variants(reg: Registry, rc: RunConfig, tmp: str, args: argparse.Namespace) -> dict[str, tuple[StepFn, Trainer, str]]:
     """name -> (step function, the trainer holding its modules and data, precision of its math)."""
     out: dict[str, tuple[StepFn, Trainer, str]] = {}
     tr = engine(reg, rc, tmp)
-    out["engine"] = (tr.train_step, tr, "bf16" if tr.amp else "fp32")
+    out["engine"] = (tr.train_step, tr, "bf16" if tr.placement.amp else "fp32")
     dev = tr.device
-    if tr.amp:
+    if tr.placement.amp:
         t2 = engine(reg, rc, tmp, precision="fp32")
         out["engine fp32"] = (t2.train_step, t2, "fp32")
     elif bf16_supported(dev):
@@ -209,7 +209,7 @@ def variants(reg: Registry, rc: RunConfig, tmp: str, args: argparse.Namespace) -
             for cl in (False, True):
                 t2 = engine(reg, rc, tmp, precision=prec, channels_last=cl)
                 out[f"engine {prec} {'cl' if cl else 'contig'}"] = (t2.train_step, t2, prec)
-        if tr.c.feat is not None:  # the extractor alone channels_last (faster on CPU bf16; not the default)
+        if tr.components.feat is not None:  # the extractor alone channels_last (faster on CPU bf16; not the default)
             t2 = engine(reg, rc, tmp, channels_last="extractor")
             out["engine extractor cl"] = (t2.train_step, t2, out["engine"][2])
         t2 = engine(reg, rc, tmp)
@@ -228,7 +228,7 @@ def variants(reg: Registry, rc: RunConfig, tmp: str, args: argparse.Namespace) -
         out["engine compiled"] = (t2.train_step, t2, out["engine"][2])
     plain_tr = engine(reg, rc, tmp, precision="fp32", channels_last=False)
     out["plain fp32"] = (PlainLoop(plain_tr).step, plain_tr, "fp32")
-    if not args.no_naive and tr.c.feat is not None:
+    if not args.no_naive and tr.components.feat is not None:
         naive_tr = engine(reg, rc, tmp, precision="fp32", channels_last=False)
         out["naive fp32"] = (NaiveLoop(naive_tr).step, naive_tr, "fp32")
     return out
@@ -273,7 +273,7 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
                 _sync(dev)
                 rows[name]["samples_s"].append(time.perf_counter() - t)
                 t = time.perf_counter()
-                tr.batch(step_no)  # what drawing the batch costs inside that step
+                tr.stepper.batch(step_no)  # what drawing the batch costs inside that step
                 rows[name]["data_s"].append(time.perf_counter() - t)
             step_no += 1
         if dev.type == "cpu":  # a second look at the kernels' time, after the timed steps (the least is kept)
@@ -284,7 +284,7 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
         peaks["fp32"].append(matmul_peak(torch.float32, dev))
         if bf16_supported(dev):
             peaks["bf16"].append(matmul_peak(torch.bfloat16, dev))
-        batch = next(iter(vs.values()))[1].t.batch
+        batch = next(iter(vs.values()))[1].train_cfg.batch
     peak = {k: max(v) for k, v in peaks.items() if v}
     naive = rows.get("naive fp32")
     plain = rows["plain fp32"]

@@ -23,31 +23,31 @@ class PlainLoop:
     """
 
     def __init__(self, tr: Trainer) -> None:
-        self.tr, c = tr, tr.c
-        lr, betas = tr.t.lr, tuple(tr.t.betas)
+        self.tr, c = tr, tr.components
+        lr, betas = tr.train_cfg.lr, tuple(tr.train_cfg.betas)
         self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=lr, betas=betas)
-        self.opt_d = torch.optim.Adam(c.disc.parameters(), lr=tr.t.lr_d or lr, betas=betas) if c.disc else None
+        self.opt_d = torch.optim.Adam(c.disc.parameters(), lr=tr.train_cfg.lr_d or lr, betas=betas) if c.disc else None
 
     def step(self, i: int) -> float:
-        tr, c = self.tr, self.tr.c
-        content, real, gin = tr.batch(i)
+        tr, c = self.tr, self.tr.components
+        content, real, gin = tr.stepper.batch(i)
         image = tr.family == IMAGE
         fake = c.gen(gin)
         if c.disc is not None and c.adv is not None and self.opt_d is not None:
             lr_, lf = c.disc(real), c.disc(fake.detach())
             ctx = StepContext(fake=fake.detach(), real=real, content=content, logits_real=lr_, logits_fake=lf)
-            loss_d = c.adv.d_loss(lr_, lf) + sum(t.weight * t(ctx) for t in tr.d_terms.values())
+            loss_d = c.adv.d_loss(lr_, lf) + sum(t.weight * t(ctx) for t in tr.plan.d_terms.values())
             if c.gp is not None:
                 loss_d = loss_d + c.gp(c.disc, real, fake.detach())
             self.opt_d.zero_grad()
             loss_d.backward()
             self.opt_d.step()
         feats: dict[str, dict[str, Tensor]] = {}
-        if c.feat is not None and tr.layers["fake"]:
-            feats["fake"] = c.feat(fake, tr.layers["fake"])
-        if c.feat is not None and tr.layers["content"]:
+        if c.feat is not None and tr.plan.layers["fake"]:
+            feats["fake"] = c.feat(fake, tr.plan.layers["fake"])
+        if c.feat is not None and tr.plan.layers["content"]:
             with torch.no_grad():
-                feats["content"] = c.feat(content if content is not None else real, tr.layers["content"])
+                feats["content"] = c.feat(content if content is not None else real, tr.plan.layers["content"])
         loss_g = fake.new_zeros(())
         logits = None
         if c.disc is not None and c.adv is not None:
@@ -57,7 +57,7 @@ class PlainLoop:
             loss_g = loss_g + c.adv.weight * c.adv.g_loss(logits)
         ctx = StepContext(fake=fake, real=real, content=content if image else real, paired=image, feats=feats,
                           logits_fake=logits)
-        loss_g = loss_g + sum(t.weight * t(ctx) for t in tr.g_terms.values())
+        loss_g = loss_g + sum(t.weight * t(ctx) for t in tr.plan.g_terms.values())
         self.opt_g.zero_grad()
         loss_g.backward()
         self.opt_g.step()
@@ -71,17 +71,17 @@ class NaiveLoop:
     """
 
     def __init__(self, tr: Trainer) -> None:
-        self.tr, c = tr, tr.c
-        lr, betas = tr.t.lr, tuple(tr.t.betas)
+        self.tr, c = tr, tr.components
+        lr, betas = tr.train_cfg.lr, tuple(tr.train_cfg.betas)
         self.opt_g = torch.optim.Adam(c.gen.parameters(), lr=lr, betas=betas)
-        self.opt_d = torch.optim.Adam(c.disc.parameters(), lr=tr.t.lr_d or lr, betas=betas) if c.disc else None
+        self.opt_d = torch.optim.Adam(c.disc.parameters(), lr=tr.train_cfg.lr_d or lr, betas=betas) if c.disc else None
         self.vgg = copy.deepcopy(c.feat) if c.feat is not None else None
         if self.vgg is not None:
             self.vgg.requires_grad_(True)  # the notes never freeze it
-        self.terms = {n: t for n, t in tr.g_terms.items() if n not in ("loss/content", "loss/gram")}
-        self.content = tr.c.losses.get("loss/content")
-        self.gram = tr.c.losses.get("loss/gram")
-        self.style = tr.style_images.to(tr.device) if tr.style_images is not None else None
+        self.terms = {n: t for n, t in tr.plan.g_terms.items() if n not in ("loss/content", "loss/gram")}
+        self.content = tr.components.losses.get("loss/content")
+        self.gram = tr.components.losses.get("loss/gram")
+        self.style = tr.data.style_images.to(tr.device) if tr.data.style_images is not None else None
 
     def full(self, x: Tensor) -> dict[str, Tensor]:
         """Every layer of the extractor (the notes' `vgg(img)[layer]`)."""
@@ -94,8 +94,8 @@ class NaiveLoop:
         return torch.randn_like(gin)  # the notes draw fresh noise for every generator call
 
     def step(self, i: int) -> float:
-        tr, c = self.tr, self.tr.c
-        content, real, gin = tr.batch(i)
+        tr, c = self.tr, self.tr.components
+        content, real, gin = tr.stepper.batch(i)
         image = tr.family == IMAGE
         if c.disc is not None and c.adv is not None and self.opt_d is not None:
             self.opt_d.zero_grad()
@@ -103,7 +103,7 @@ class NaiveLoop:
                 fake_d = c.gen(self._input(i, gin))
             lr_, lf = c.disc(real), c.disc(fake_d)
             ctx = StepContext(fake=fake_d, real=real, content=content, logits_real=lr_, logits_fake=lf)
-            (c.adv.d_loss(lr_, lf) + sum(t.weight * t(ctx) for t in tr.d_terms.values())).backward()
+            (c.adv.d_loss(lr_, lf) + sum(t.weight * t(ctx) for t in tr.plan.d_terms.values())).backward()
             if c.gp is not None:
                 c.gp(c.disc, real, fake_d).backward()  # its own backward, as in the notes
             self.opt_d.step()

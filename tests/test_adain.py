@@ -174,11 +174,11 @@ def test_training_gets_a_style_batch_each_step_and_writes_content_style_output_g
     for key in ("g/loss/adain-content", "g/loss/moments", "g/g_adv", "d/d_adv"):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert rows[0]["g/loss/adain-content"] > 0
-    assert tr.c.gen.has_default_style()  # the training style set's mean statistics, kept in the checkpoint
+    assert tr.components.gen.has_default_style()  # the training style set's mean statistics, kept in the checkpoint
     assert tr.cond.kind == "style" and tr.cond.style_set is not None
     # the style batch differs from step to step and is a pure function of the step (resume repeats it)
-    a, b = (tr.cond.draw(tr, s, None)[0]["style"] for s in (0, 1))
-    assert not torch.equal(a, b) and torch.equal(a, tr.cond.draw(tr, 0, None)[0]["style"])
+    a, b = (tr.cond.draw(s, None)[0]["style"] for s in (0, 1))
+    assert not torch.equal(a, b) and torch.equal(a, tr.cond.draw(0, None)[0]["style"])
     grid = Image.open(out / "samples" / "final.png")
     assert grid.size == (2 + 2 * (32 + 2), 2 + 3 * (32 + 2))  # content | style | output rows, 2 columns
     assert (out / "samples" / "step-0000003.png").is_file()
@@ -285,7 +285,7 @@ def test_weight_average_shares_the_frozen_encoder_and_keeps_the_default_style(re
     tr = Trainer(adain_run(reg, train={**TINY, "steps": 2, "ema": 0.9}), tmp_path, registry=reg)
     tr.fit()
     assert tr.ema is not None
-    enc = {n: p for n, p in tr.c.gen.named_parameters() if n.startswith("encoder.")}
+    enc = {n: p for n, p in tr.components.gen.named_parameters() if n.startswith("encoder.")}
     avg = dict(tr.ema.module.named_parameters())
     assert enc and all(avg[n] is p for n, p in enc.items())  # one copy of the pretrained encoder
     assert tr.ema.module.has_default_style()  # buffers follow the trained generator

@@ -143,20 +143,20 @@ def test_training_learns_the_folder_labels_and_stylize_picks_them(reg: Registry,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tr = Trainer(cin_run(reg, labelled, sample_every=2), out, registry=reg)
-    assert tr.c.gen.labels == ("sea", "swirl") and tr.c.disc.num_labels == 2
-    gram = tr.c.losses["loss/gram"]
+    assert tr.components.gen.labels == ("sea", "swirl") and tr.components.disc.num_labels == 2
+    gram = tr.components.losses["loss/gram"]
     assert gram.labelled and gram.gram_0.shape[0] == 2  # one Gram target per label
-    gcond, dcond, real = tr.cond.draw(tr, 0, None)
+    gcond, dcond, real = tr.cond.draw(0, None)
     assert torch.equal(gcond["label"], dcond["label"]) and real.shape == (2, 3, 32, 32)
-    labels = torch.cat([tr.cond.draw(tr, s, None)[0]["label"] for s in range(8)])
+    labels = torch.cat([tr.cond.draw(s, None)[0]["label"] for s in range(8)])
     assert set(labels.tolist()) == {0, 1}
     # the discriminator's real images are style images of each sample's label
-    sea = tr.real.files.index(labelled / "sea" / "great_wave.jpg")
+    sea = tr.data.real.files.index(labelled / "sea" / "great_wave.jpg")
     for s in range(4):
-        g, _, real = tr.cond.draw(tr, s, None)
+        g, _, real = tr.cond.draw(s, None)
         for k, y in enumerate(g["label"].tolist()):
             if y == 0:
-                assert torch.equal(real[k], tr.real.take([sea], s, tr.t.seed, first=k)[0])
+                assert torch.equal(real[k], tr.data.real.take([sea], s, tr.train_cfg.seed, first=k)[0])
     tr.fit()
     grid = Image.open(out / "samples" / "final.png")
     assert grid.size[1] == 2 + 3 * (32 + 2)  # content row + one row per label
@@ -201,7 +201,7 @@ def test_training_learns_the_folder_labels_and_stylize_picks_them(reg: Registry,
     # resuming on style folders whose labels changed is refused
     shutil.copytree(labelled / "sea", labelled / "zebra")
     with pytest.raises(DataError, match="differ from the run's"):
-        from stylezoo.core.training.engine import train
+        from stylezoo.core.training.api import train
 
         train(resume=out, steps=3, registry=reg)
 
@@ -214,8 +214,8 @@ def test_a_flat_style_folder_gives_one_label_per_image(reg: Registry, tmp_path: 
                                "data": {"content": str(CONTENT), "style": str(STYLE)},
                                "set": {"gen": SMALL["gen"], "feat": SMALL["feat"]}}, losses=["gram:1000"])
         tr = Trainer(rc, tmp_path / "flat", registry=reg)
-    assert tr.c.gen.num_labels == len(list(STYLE.glob("*.jpg"))) and "starry_night" in tr.c.gen.labels
-    gcond, dcond, real = tr.cond.draw(tr, 0, None)
+    assert tr.components.gen.num_labels == len(list(STYLE.glob("*.jpg"))) and "starry_night" in tr.components.gen.labels
+    gcond, dcond, real = tr.cond.draw(0, None)
     assert "label" in gcond and dcond == {} and real is None
     logs = tr.train_step(0)
     assert torch.isfinite(torch.tensor(logs["g/loss/gram"]))

@@ -15,7 +15,8 @@ import torch
 
 from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.runtime.devices import bf16_supported
-from stylezoo.core.training.engine import Trainer, train
+from stylezoo.core.training.api import train
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import TrainingDiverged
 from stylezoo.core.use.stylizer import Stylizer
 from stylezoo.core.components.registry import Registry
@@ -44,13 +45,13 @@ def test_train_resume_and_stylize(reg: Registry, tmp_path: Path, device: str) ->
                                                              "loss/gram.layers=relu1_1,relu2_1"])
     tr = Trainer(rc, tmp_path, registry=reg)
     assert tr.device.type == device
-    assert tr.channels_last is (device == "cuda")  # the "auto" defaults
-    assert tr.amp is bf16_supported(tr.device)
+    assert tr.placement.channels_last is (device == "cuda")  # the "auto" defaults
+    assert tr.placement.amp is bf16_supported(tr.device)
     tr.fit()
     last = train(resume=tmp_path, steps=4, registry=reg)  # fused Adam, moments loaded from the checkpoint
     assert ckpt.read_meta(last)["step"] == 4
     again = Trainer(rc, tmp_path / "again", registry=reg, resume_from=last)
-    for p in again.c.gen.parameters():
+    for p in again.components.gen.parameters():
         assert p.device.type == device and torch.isfinite(p).all()
         assert again.opt_g.state[p]["exp_avg"].stride() == p.stride()
     st = Stylizer.load(tmp_path, device=device, registry=reg)
@@ -69,11 +70,11 @@ def test_a_nan_term_stops_the_run_and_keeps_weights(reg: Registry, tmp_path: Pat
                  losses=["tv"])
     tr = Trainer(rc, tmp_path, registry=reg)
     tr.train_step(0)
-    tr.c.losses["loss/tv"].forward = lambda ctx: torch.tensor(float("nan"))  # type: ignore[method-assign]
-    snapshot = {k: v.clone() for k, v in tr.c.gen.state_dict().items()}
+    tr.components.losses["loss/tv"].forward = lambda ctx: torch.tensor(float("nan"))  # type: ignore[method-assign]
+    snapshot = {k: v.clone() for k, v in tr.components.gen.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="loss/tv"):
         tr.fit()
-    for k, v in tr.c.gen.state_dict().items():
+    for k, v in tr.components.gen.state_dict().items():
         if v.is_floating_point() and "running" not in k:
             assert torch.equal(v, snapshot[k]), k
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.runtime import distributed as D
-from stylezoo.core.training.engine import Trainer, train
+from stylezoo.core.training.api import train
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import ConfigError
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import RunConfig, resolve
@@ -50,10 +51,10 @@ def _worker(rank: int, world: int, port: int, run: dict, out: str, results: str)
         tr = Trainer(RunConfig.from_dict(run), out)
         assert (tr.rank, tr.world) == (rank, world)
         if world > 1:
-            assert any(isinstance(m, D.GlobalBatchNorm) for m in tr.c.gen.modules()) == (run["gen"] == "gen/dcgan")
+            assert any(isinstance(m, D.GlobalBatchNorm) for m in tr.components.gen.modules()) == (run["gen"] == "gen/dcgan")
         tr.fit()
-        state = {f"gen.{k}": v for k, v in tr.c.gen.state_dict().items()}
-        state |= {f"disc.{k}": v for k, v in tr.c.disc.state_dict().items()}
+        state = {f"gen.{k}": v for k, v in tr.components.gen.state_dict().items()}
+        state |= {f"disc.{k}": v for k, v in tr.components.disc.state_dict().items()}
         save_file({k: v.contiguous() for k, v in state.items()}, f"{results}/rank{rank}.safetensors",
                   metadata={"history": json.dumps(tr.history)})
 
@@ -103,8 +104,8 @@ def test_two_processes_match_one_process_on_the_same_global_batch(reg: Registry,
 
 
 def _state(tr: Trainer) -> dict[str, torch.Tensor]:
-    return {f"gen.{k}": v for k, v in tr.c.gen.state_dict().items()} | \
-        {f"disc.{k}": v for k, v in tr.c.disc.state_dict().items()}
+    return {f"gen.{k}": v for k, v in tr.components.gen.state_dict().items()} | \
+        {f"disc.{k}": v for k, v in tr.components.disc.state_dict().items()}
 
 
 # Parameters whose gradient is zero in exact arithmetic: a residual block's last instance-norm bias adds a

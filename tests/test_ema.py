@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
 from stylezoo.core.training.ema import GeneratorEMA, ema_decay
-from stylezoo.core.training.engine import Trainer, train
+from stylezoo.core.training.api import train
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import CheckpointError, ConfigError
 from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.core.components.registry import Registry
@@ -65,7 +66,7 @@ def test_training_keeps_the_average_and_everything_uses_it(reg: Registry, tmp_pa
     tr.fit()
     assert tr.ema is not None and tr.ema.updates == 4
     assert tr.infer_gen is tr.ema.module
-    raw = dict(tr.c.gen.named_parameters())
+    raw = dict(tr.components.gen.named_parameters())
     avg = dict(tr.ema.module.named_parameters())
     assert any(not torch.equal(raw[k], avg[k]) for k in raw), "the average equals the raw weights"
     tensors, meta = ckpt.load(tmp_path / "last.safetensors")
@@ -73,7 +74,7 @@ def test_training_keeps_the_average_and_everything_uses_it(reg: Registry, tmp_pa
     assert any(k.startswith("ema.") for k in tensors) and any(k.startswith("gen.") for k in tensors)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
-        want_avg, want_raw = tr.ema.module(x), tr.c.gen.eval()(x)
+        want_avg, want_raw = tr.ema.module(x), tr.components.gen.eval()(x)
         by_default = load_generator(tmp_path, registry=reg)
         assert by_default.averaged
         torch.testing.assert_close(by_default.module(x), want_avg)
@@ -83,13 +84,13 @@ def test_training_keeps_the_average_and_everything_uses_it(reg: Registry, tmp_pa
         st = Stylizer.load(tmp_path, device="cpu", precision="fp32", backend="torch", registry=reg)
         torch.testing.assert_close(st(x[0]), want_avg[0], rtol=1e-5, atol=1e-5)
         # samples show the average
-        torch.testing.assert_close(tr.samples()[:1], tr.ema.module(tr.fixed_input[:1]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tr.samples()[:1], tr.ema.module(tr.data.fixed_input[:1]), rtol=1e-5, atol=1e-5)
 
 
 def test_a_run_without_ema_has_no_average(reg: Registry, tmp_path: Path) -> None:
     tr = Trainer(image_rc(reg), tmp_path, registry=reg)
     tr.fit()
-    assert tr.ema is None and tr.infer_gen is tr.c.gen
+    assert tr.ema is None and tr.infer_gen is tr.components.gen
     tensors, meta = ckpt.load(tmp_path / "last.safetensors")
     assert "ema" not in meta and not any(k.startswith("ema.") for k in tensors)
     assert not load_generator(tmp_path, registry=reg).averaged

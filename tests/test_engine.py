@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.training.engine import Trainer, newest_valid_checkpoint, train
+from stylezoo.core.runs.rundir import newest_valid_checkpoint
+from stylezoo.core.training.api import train
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import CompositionError, ConfigError, UnknownComponentError
 from stylezoo.core.use.stylizer import load_generator
 from stylezoo.core.components.registry import Registry
@@ -48,7 +50,7 @@ def test_every_adversarial_loss_and_penalty_trains(reg: Registry, tmp_path: Path
         assert gp in str(e) and adv in str(e)
         return
     tr = Trainer(rc, tmp_path, registry=reg)
-    before = [p.detach().clone() for p in tr.c.disc.parameters()]
+    before = [p.detach().clone() for p in tr.components.disc.parameters()]
     last = tr.fit()
     assert last.is_file()
     rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -56,7 +58,7 @@ def test_every_adversarial_loss_and_penalty_trains(reg: Registry, tmp_path: Path
     assert all(torch.isfinite(torch.tensor(r["d/loss"])) and torch.isfinite(torch.tensor(r["g/loss"])) for r in rows)
     if gp != "none":
         assert f"d/gp/{gp}" in rows[0]
-    after = list(tr.c.disc.parameters())
+    after = list(tr.components.disc.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after)), "the discriminator did not learn"
 
 
@@ -80,18 +82,18 @@ def test_style_targets_computed_once_and_extractor_frozen(reg: Registry, tmp_pat
     rc = tiny(reg, IMAGE, feat="vgg16", losses=["content", "gram:1000"], sets=["feat.weights=random"])
     tr = Trainer(rc, tmp_path, registry=reg)
     calls: list[tuple[int, tuple[str, ...]]] = []
-    real_forward = tr.c.feat.forward
+    real_forward = tr.components.feat.forward
 
     def counting(x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
         calls.append((x.shape[0], tuple(layers)))
         return real_forward(x, layers)
 
-    tr.c.feat.forward = counting  # type: ignore[method-assign]
+    tr.components.feat.forward = counting  # type: ignore[method-assign]
     tr.train_step(0)
     # one pass for the fakes, one for the content images; none for the style image (cached at set-up)
     assert len(calls) == 2
-    assert all(not p.requires_grad for p in tr.c.feat.parameters())
-    gram = tr.c.losses["loss/gram"]
+    assert all(not p.requires_grad for p in tr.components.feat.parameters())
+    gram = tr.components.losses["loss/gram"]
     assert any(b.numel() > 0 for b in gram.buffers()), "style targets are cached as buffers"
 
 
@@ -132,9 +134,9 @@ def test_checkpoint_loads_with_no_flags(reg: Registry, tmp_path: Path) -> None:
     loaded = load_generator(tmp_path, registry=reg)  # the run dir is enough
     assert loaded.name == "gen/encdec" and loaded.family == "image"
     x = torch.rand(1, 3, 32, 32, device=tr.device) * 2 - 1  # the trainer's device: cuda where there is one
-    tr.c.gen.eval()
+    tr.components.gen.eval()
     with torch.no_grad():
-        torch.testing.assert_close(loaded.module.to(tr.device)(x), tr.c.gen(x))
+        torch.testing.assert_close(loaded.module.to(tr.device)(x), tr.components.gen(x))
     with safe_open(str(tmp_path / "last.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["stylezoo"])
     assert meta["configs"]["gen"]["channels"] == 8 and meta["step"] == 2
@@ -398,7 +400,7 @@ def test_stylize_of_a_folder_without_a_checkpoint_says_what_to_give(tmp_path: Pa
 def test_lr_decay_falls_linearly_over_the_last_steps(reg: Registry, tmp_path: Path) -> None:
     rc = tiny(reg, NOISE, train={**TINY, "steps": 10, "lr": 1e-3, "lr_d": 4e-3, "lr_decay": 0.5})
     tr = Trainer(rc, tmp_path, registry=reg)
-    assert [tr.lr_factor(s) for s in (0, 4, 5, 6, 9)] == pytest.approx([1.0, 1.0, 1.0, 0.8, 0.2])
+    assert [tr.stepper.lr_factor(s) for s in (0, 4, 5, 6, 9)] == pytest.approx([1.0, 1.0, 1.0, 0.8, 0.2])
     seen: list[tuple[float, float]] = []
     step_g = tr.opt_g.step
 
@@ -413,7 +415,7 @@ def test_lr_decay_falls_linearly_over_the_last_steps(reg: Registry, tmp_path: Pa
     with pytest.raises(ConfigError, match="lr_decay"):
         tiny(reg, NOISE, train={**TINY, "lr_decay": 1.5})
     const = Trainer(tiny(reg, NOISE, train={**TINY, "steps": 10}), tmp_path / "c", registry=reg)
-    assert all(const.lr_factor(s) == 1.0 for s in range(10))
+    assert all(const.stepper.lr_factor(s) == 1.0 for s in range(10))
 
 
 def _registry_with_gen(name: str, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Registry:
@@ -612,7 +614,7 @@ def test_loss_terms_are_summed_in_name_order_whatever_order_they_were_given(reg:
                  losses=["tv", "gram", "content"])
     assert list(rc.losses) == ["loss/tv", "loss/gram", "loss/content"]
     tr = Trainer(rc, tmp_path, registry=reg)
-    assert list(tr.g_terms) == ["loss/content", "loss/gram", "loss/tv"]
+    assert list(tr.plan.g_terms) == ["loss/content", "loss/gram", "loss/tv"]
 
 
 def test_a_noise_generator_says_when_content_is_not_what_it_learns(reg: Registry, tmp_path: Path,
@@ -626,8 +628,8 @@ def test_a_noise_generator_says_when_content_is_not_what_it_learns(reg: Registry
     with caplog.at_level("WARNING"):
         tr = Trainer(resolve(reg, cli=run, losses=["tv"]), tmp_path / "a", registry=reg)
     assert "--content" in caplog.text and "give --data" in caplog.text
-    assert tr.real is not None
-    assert all(f.parent == SAMPLES / "content" for f in tr.real.files)  # it learns --data, as it said
+    assert tr.data.real is not None
+    assert all(f.parent == SAMPLES / "content" for f in tr.data.real.files)  # it learns --data, as it said
     caplog.clear()
     with caplog.at_level("WARNING"):
         Trainer(resolve(reg, cli={**run, "data": {"data": str(SAMPLES / "content")}}, losses=["tv"]), tmp_path / "b",
@@ -654,9 +656,9 @@ def test_each_extra_discriminator_update_draws_its_own_batch(reg: Registry, tmp_
     rc = tiny(reg, base, sets=["train.d_steps=3"])
     tr = Trainer(rc, tmp_path, registry=reg)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    judge = tr._judge
-    tr._judge = lambda real, fake, cond: (seen.append((real.clone(), fake.clone())), judge(real, fake, cond))[1]
-    d_before = [p.detach().clone() for p in tr.c.disc.parameters()]
+    judge = tr.stepper._judge
+    tr.stepper._judge = lambda real, fake, cond: (seen.append((real.clone(), fake.clone())), judge(real, fake, cond))[1]
+    d_before = [p.detach().clone() for p in tr.components.disc.parameters()]
     tr.train_step(0)
     assert len(seen) == 3
     for a in range(3):
@@ -664,12 +666,12 @@ def test_each_extra_discriminator_update_draws_its_own_batch(reg: Registry, tmp_
             assert not torch.equal(seen[a][0], seen[b][0]), "two critic updates saw the same real images"
             assert not torch.equal(seen[a][1], seen[b][1]), "two critic updates saw the same fakes"
     # the last update is on the step's own batch, the one the generator then trains on
-    assert torch.equal(seen[-1][0], tr.batch(0)[1])
-    assert any(not torch.equal(a, b) for a, b in zip(d_before, tr.c.disc.parameters()))
+    assert torch.equal(seen[-1][0], tr.stepper.batch(0)[1])
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, tr.components.disc.parameters()))
     seen.clear()
-    tr.t = dataclasses.replace(tr.t, d_steps=1)
+    tr.stepper.train = dataclasses.replace(tr.stepper.train, d_steps=1)
     tr.train_step(1)
-    assert len(seen) == 1 and torch.equal(seen[0][0], tr.batch(1)[1])
+    assert len(seen) == 1 and torch.equal(seen[0][0], tr.stepper.batch(1)[1])
 
 
 def test_relative_data_paths_are_stored_absolute_so_a_resume_from_elsewhere_trains_on_the_same_images(
@@ -692,7 +694,7 @@ def test_relative_data_paths_are_stored_absolute_so_a_resume_from_elsewhere_trai
     monkeypatch.chdir(elsewhere)
     tr = Trainer(RunConfig.from_dict(tomllib.loads((tmp_path / "run" / "config.toml").read_text())),
                  tmp_path / "run2")
-    assert tr.content is not None and all(f.parent == here / "photos" for f in tr.content.files)
+    assert tr.data.content is not None and all(f.parent == here / "photos" for f in tr.data.content.files)
     r = CliRunner().invoke(app, ["run", "--resume", str(tmp_path / "run"), "--steps", "3", "--quiet"])
     assert r.exit_code == 0, r.output
     # and the Python API makes a hand-built config absolute too

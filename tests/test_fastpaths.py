@@ -38,20 +38,20 @@ def _perceptual(reg: Registry, **train: object):  # noqa: ANN202
 
 def test_one_extractor_pass_per_batch_stopping_at_the_deepest_layer(reg: Registry, tmp_path: Path) -> None:
     tr = Trainer(_perceptual(reg), tmp_path, registry=reg)
-    names = tr.c.feat.layer_names
+    names = tr.components.feat.layer_names
     ran: list[int] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: ran.append(k)) for k, m in enumerate(tr.c.feat.features)]
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: ran.append(k)) for k, m in enumerate(tr.components.feat.features)]
     grad_on: list[bool] = []
-    forward = tr.c.feat.forward
+    forward = tr.components.feat.forward
 
     def spy(x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
         grad_on.append(torch.is_grad_enabled())
         return forward(x, layers)
 
-    tr.c.feat.forward = spy  # type: ignore[method-assign]
-    prepared = {n: getattr(t, "prepare") for n, t in tr.c.losses.items() if hasattr(t, "prepare")}
+    tr.components.feat.forward = spy  # type: ignore[method-assign]
+    prepared = {n: getattr(t, "prepare") for n, t in tr.components.losses.items() if hasattr(t, "prepare")}
     calls = []
-    for n, t in tr.c.losses.items():
+    for n, t in tr.components.losses.items():
         if hasattr(t, "prepare"):
             t.prepare = lambda *a, n=n, **k: calls.append(n)  # type: ignore[method-assign]
     tr.train_step(0)
@@ -98,14 +98,14 @@ def test_bf16_training_step_with_gradient_penalty_stays_finite(reg: Registry, tm
     rc = resolve(reg, cli={**NOISE, "adv": "wgan", "gp": "wgan-gp", "train": {**TINY, "precision": "bf16"}},
                  losses=["tv"])
     tr = Trainer(rc, tmp_path, registry=reg)
-    assert tr.amp
-    before = [p.detach().clone() for p in tr.c.disc.parameters()]
+    assert tr.placement.amp
+    before = [p.detach().clone() for p in tr.components.disc.parameters()]
     for step in range(2):
         logs = tr.train_step(step)
         assert all(torch.isfinite(torch.tensor(v)) for v in logs.values()), logs
     assert logs["d/gp/wgan-gp"] > 0 and logs["grad/disc"] > 0 and logs["grad/gen"] > 0
     assert tr.bad_steps == 0
-    assert any(not torch.equal(a, b) for a, b in zip(before, tr.c.disc.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.components.disc.parameters()))
 
 
 def test_precision_auto_picks_bf16_where_supported(reg: Registry, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
@@ -113,9 +113,9 @@ def test_precision_auto_picks_bf16_where_supported(reg: Registry, tmp_path: Path
 
     rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "precision": "auto"}}, losses=["tv"])
     monkeypatch.setattr(engine, "bf16_supported", lambda device: True)
-    assert Trainer(rc, tmp_path / "a", registry=reg).amp
+    assert Trainer(rc, tmp_path / "a", registry=reg).placement.amp
     monkeypatch.setattr(engine, "bf16_supported", lambda device: False)
-    assert not Trainer(rc, tmp_path / "b", registry=reg).amp
+    assert not Trainer(rc, tmp_path / "b", registry=reg).placement.amp
 
 
 def test_fused_adam_is_used_and_matches_the_stock_loop(reg: Registry, tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_fused_adam_is_used_and_matches_the_stock_loop(reg: Registry, tmp_path: 
 
 def test_checkpoint_from_an_unfused_optimizer_resumes(reg: Registry, tmp_path: Path) -> None:
     """Runs saved before fused Adam (param groups with fused=None) still resume, and then run fused."""
-    from stylezoo.core.training.engine import train
+    from stylezoo.core.training.api import train
 
     rc = resolve(reg, cli=IMAGE, losses=["tv"])
     tr = Trainer(rc, tmp_path, registry=reg)
@@ -160,10 +160,10 @@ def test_channels_last_setting(reg: Registry, tmp_path: Path, setting: object, e
                  registry=reg)
     if expect is None:
         expect = tr.device.type == "cuda"
-    assert tr.channels_last is expect
-    conv = next(m for m in tr.c.gen.modules() if isinstance(m, nn.Conv2d))
+    assert tr.placement.channels_last is expect
+    conv = next(m for m in tr.components.gen.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expect
-    content = tr.batch(0)[0]
+    content = tr.stepper.batch(0)[0]
     assert content.is_contiguous(memory_format=torch.channels_last) is expect
     assert torch.isfinite(torch.tensor(tr.train_step(0)["g/loss"]))
 
@@ -192,8 +192,8 @@ def test_each_rank_draws_its_slice_of_the_global_batch(reg: Registry, tmp_path: 
     """Data and noise are pure functions of (seed, step): the ranks' slices put together are the global batch."""
     for base in (IMAGE, NOISE):
         rc = resolve(reg, cli={**base, "train": {**TINY, "batch": 4}}, losses=["tv"])
-        one = Trainer(rc, tmp_path / "one", registry=reg, rank=0, world=1).batch(3)
-        parts = [Trainer(rc, tmp_path / f"r{r}", registry=reg, rank=r, world=2).batch(3) for r in (0, 1)]
+        one = Trainer(rc, tmp_path / "one", registry=reg, rank=0, world=1).stepper.batch(3)
+        parts = [Trainer(rc, tmp_path / f"r{r}", registry=reg, rank=r, world=2).stepper.batch(3) for r in (0, 1)]
         for k in range(3):
             if one[k] is None:
                 continue
@@ -267,9 +267,9 @@ def test_compile_option_wraps_lazily(reg: Registry, tmp_path: Path) -> None:
     """train.compile wraps G and D with torch.compile (compiled on the first step, whose time is logged)."""
     rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "compile": True}}, losses=["tv"])
     tr = Trainer(rc, tmp_path, registry=reg)
-    assert isinstance(tr.gen_fwd, torch._dynamo.eval_frame.OptimizedModule)
-    assert tr.disc_plain is tr.disc_fwd and tr.c.gen is not tr.gen_fwd
-    assert dataclasses.asdict(tr.t)["compile"] is True
+    assert isinstance(tr.placement.gen_fwd, torch._dynamo.eval_frame.OptimizedModule)
+    assert tr.placement.disc_plain is tr.placement.disc_fwd and tr.components.gen is not tr.placement.gen_fwd
+    assert dataclasses.asdict(tr.train_cfg)["compile"] is True
 
 
 
@@ -283,10 +283,11 @@ def test_extractor_channels_last_keeps_one_layout_through_its_backward(reg: Regi
     cl = torch.channels_last
     auto = Trainer(_perceptual(reg, precision="bf16", channels_last="extractor"), tmp_path / "auto", registry=reg)
     plain = Trainer(_perceptual(reg, precision="bf16"), tmp_path / "plain", registry=reg)
-    assert auto.feat_cl and not plain.feat_cl and not auto.channels_last and not plain.channels_last
-    w = auto.c.feat.features[0].weight
+    assert auto.placement.feat_cl and not plain.placement.feat_cl
+    assert not auto.placement.channels_last and not plain.placement.channels_last
+    w = auto.components.feat.features[0].weight
     assert w.is_contiguous(memory_format=cl) and not w.is_contiguous()
-    assert next(auto.c.gen.parameters()).is_contiguous()  # the generator stays contiguous
+    assert next(auto.components.gen.parameters()).is_contiguous()  # the generator stays contiguous
 
     class ReluBackwards(TorchDispatchMode):
         def __init__(self) -> None:
@@ -300,7 +301,7 @@ def test_extractor_channels_last_keeps_one_layout_through_its_backward(reg: Regi
 
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats = auto.features(x, auto.layers["fake"])
+        feats = auto.features(x, auto.plan.layers["fake"])
     with ReluBackwards() as spy:
         sum(torch.nn.functional.mse_loss(f.float(), torch.zeros(f.shape)) for f in feats.values()).backward()
     assert spy.layouts and all(a == b for a, b in spy.layouts), spy.layouts
@@ -407,7 +408,7 @@ def test_keep_freed_memory_is_a_no_op_off_glibc(monkeypatch: pytest.MonkeyPatch)
 
 def _d_batches(tr: Trainer) -> list[int]:
     seen: list[int] = []
-    tr.c.disc.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    tr.components.disc.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     tr.train_step(0)
     return seen
 
@@ -416,20 +417,20 @@ def test_per_sample_discriminator_judges_real_and_fake_in_one_call(reg: Registry
     rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "precision": "fp32"}}, losses=["tv"])
     joint = Trainer(rc, tmp_path / "a", registry=reg)
     split = Trainer(rc, tmp_path / "b", registry=reg)
-    assert joint.joint_d
-    split.joint_d = False
+    assert joint.placement.joint_d
+    split.stepper.placement = dataclasses.replace(split.placement, joint_d=False)
     b = TINY["batch"]
     # D step: one call on [real; fake]; generator step: one call on the fakes
     assert _d_batches(joint) == [2 * b, b]
     assert _d_batches(split) == [b, b, b]
     # the same update either way (same seed, float32): one call is only a faster way to the same logits
-    for (name, p), q in zip(joint.c.disc.named_parameters(), split.c.disc.parameters()):
+    for (name, p), q in zip(joint.components.disc.named_parameters(), split.components.disc.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_discriminators_without_per_sample_or_with_batch_norm_are_called_per_batch(
         reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stylezoo.core.training.engine import judges_each_image_alone
+    from stylezoo.core.training.assembly import judges_each_image_alone
     from stylezoo.plugins.patchgan import PatchDiscriminator
 
     class PerSample(nn.Sequential):
@@ -441,7 +442,7 @@ def test_discriminators_without_per_sample_or_with_batch_norm_are_called_per_bat
     assert not judges_each_image_alone(None)
     monkeypatch.setattr(PatchDiscriminator, "per_sample", False)
     tr = Trainer(resolve(reg, cli=IMAGE, losses=["tv"]), tmp_path, registry=reg)
-    assert not tr.joint_d and _d_batches(tr) == [TINY["batch"]] * 3
+    assert not tr.placement.joint_d and _d_batches(tr) == [TINY["batch"]] * 3
 
 
 def test_resumed_adam_moments_take_the_parameters_memory_layout(reg: Registry, tmp_path: Path) -> None:
@@ -478,7 +479,7 @@ def test_slow_data_is_logged_and_named_with_its_fix(reg: Registry, tmp_path: Pat
     monkeypatch.setattr(LazyImages, "_decode", decode)
     rc = resolve(reg, cli={**IMAGE, "train": {**TINY, "steps": 14}}, losses=["tv"], sets=["data.cache_mb=0"])
     tr = Trainer(rc, tmp_path, registry=reg)
-    assert tr.content.lazy
+    assert tr.data.content.lazy
     with caplog.at_level(logging.WARNING, logger="stylezoo"):
         tr.fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -487,7 +488,7 @@ def test_slow_data_is_logged_and_named_with_its_fix(reg: Registry, tmp_path: Pat
     (warning,) = [r.getMessage() for r in caplog.records if "waiting for training images" in r.getMessage()]
     import math
 
-    need = max(s.decoded_mb for s in (tr.content, tr.real) if s is not None and s.lazy)
+    need = max(s.decoded_mb for s in (tr.data.content, tr.data.real) if s is not None and s.lazy)
     assert f"--set data.cache_mb={math.ceil(need * 1.1)} " in warning
 
 
@@ -495,7 +496,7 @@ def test_the_data_wait_warning_needs_a_large_share_over_several_steps(reg: Regis
     import logging
 
     tr = Trainer(resolve(reg, cli=IMAGE, losses=["tv"]), tmp_path, registry=reg)
-    assert not tr.content.lazy
+    assert not tr.data.content.lazy
 
     def run(waits: list[float]) -> list[str]:
         tr.history, tr._data_warned = [{"time/data_s": w, "time/step_s": 0.1} for w in waits], False

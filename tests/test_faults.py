@@ -320,7 +320,7 @@ def test_cli_trains_on_images_smaller_than_the_training_size(tmp_path: Path) -> 
 @pytest.mark.parametrize("trained", [False, True])
 def test_interrupted_run_says_what_it_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained: bool) -> None:
     """Ctrl-C or SIGTERM: the message names the checkpoint to resume from, or says there is none yet."""
-    import stylezoo.core.training.engine as engine
+    import stylezoo.core.training.api as engine
 
     real = engine.train
 

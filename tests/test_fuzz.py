@@ -22,7 +22,9 @@ from safetensors.torch import save_file
 
 from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.files.data import ImageSet
-from stylezoo.core.training.engine import Trainer, resume_config
+from stylezoo.core.runs.rundir import resume_config
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.training.trainstate import load_run_state
 from stylezoo.core.errors import CheckpointError, DataError, StylezooError
 from stylezoo.core.files.images import BadImage, open_image
 from stylezoo.core.use.stylizer import load_generator
@@ -227,7 +229,7 @@ def test_metadata_with_random_values_of_the_wrong_type(tmp_path: Path, reg: Regi
         def resume() -> None:
             rc, p = resume_config(folder, registry=reg)
             assert isinstance(rc, RunConfig)
-            trainer.load_state(p)
+            load_run_state(trainer.modules(), p, device=trainer.device, ema_decay=trainer.train_cfg.ema)
             trainer.train_step(trainer.step)
 
         for door in [*_all_doors(path, reg), resume]:

@@ -31,7 +31,9 @@ from typer.testing import CliRunner
 
 from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.training.engine import Trainer, newest_valid_checkpoint, train
+from stylezoo.core.runs.rundir import newest_valid_checkpoint
+from stylezoo.core.training.api import train
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import StepContext
 from stylezoo.core.components.registry import Registry

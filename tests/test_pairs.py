@@ -3,6 +3,7 @@ both images of a pair, the conditional discriminator, target features, a tiny ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -15,7 +16,8 @@ from typer.testing import CliRunner
 
 from stylezoo.core.cli import app
 from stylezoo.core.files.data import PairSet, match_pairs, pair_folders
-from stylezoo.core.training.engine import Trainer, train
+from stylezoo.core.training.api import train
+from stylezoo.core.training.engine import Trainer
 from stylezoo.core.errors import CompositionError, ConfigError, DataError
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import resolve
@@ -160,12 +162,12 @@ def test_a_target_of_another_aspect_ratio_is_stretched_with_a_warning(tmp_path: 
 def test_data_zoom_sets_the_scale_jitter(reg: Registry, pairs_dir: Path, tmp_path: Path) -> None:
     """zoom 1: pairs kept at the training size (crops are whole images, as at test time); default: 1.125x."""
     auto = Trainer(resolve(reg, cli=paired(pairs_dir), losses=["l1"]), tmp_path / "a", registry=reg)
-    assert auto.pairs.inputs[0].shape[-1] == round(32 * 1.125)
+    assert auto.data.pairs.inputs[0].shape[-1] == round(32 * 1.125)
     whole = Trainer(resolve(reg, cli=paired(pairs_dir, data={"pairs": str(pairs_dir), "zoom": 1.0}), losses=["l1"]),
                     tmp_path / "b", registry=reg)
-    assert whole.pairs.inputs[0].shape[-1] == 32
-    x, _ = whole.pairs.batch(0, 2, 0)
-    ref = whole.pairs.fixed(len(whole.pairs))[0]
+    assert whole.data.pairs.inputs[0].shape[-1] == 32
+    x, _ = whole.data.pairs.batch(0, 2, 0)
+    ref = whole.data.pairs.fixed(len(whole.data.pairs))[0]
     # every crop is a whole image, maybe mirrored
     assert all(any(torch.equal(xi, r) or torch.equal(xi, r.flip(-1)) for r in ref) for xi in x)
     with pytest.raises(ConfigError, match="zoom"):
@@ -178,22 +180,22 @@ def test_data_zoom_sets_the_scale_jitter(reg: Registry, pairs_dir: Path, tmp_pat
 def test_conditional_discriminator_sees_input_beside_image(reg: Registry, pairs_dir: Path, tmp_path: Path) -> None:
     rc = resolve(reg, cli=paired(pairs_dir, gp="r1"), losses=["l1"])
     tr = Trainer(rc, tmp_path, registry=reg)
-    first = tr.c.disc.net[0]
+    first = tr.components.disc.net[0]
     assert isinstance(first, torch.nn.Conv2d) and first.in_channels == 6
     calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    forward = tr.c.disc.forward
+    forward = tr.components.disc.forward
 
     def recording(image: torch.Tensor, condition: torch.Tensor | None = None, **cond: object) -> torch.Tensor:
         calls.append((image.detach().clone(), None if condition is None else condition.detach().clone()))
         return forward(image, condition=condition, **cond)
 
-    tr.c.disc.forward = recording  # type: ignore[method-assign]
-    tr.disc_fwd = tr.c.disc
-    inputs, targets, _ = tr.batch(0)
+    tr.components.disc.forward = recording  # type: ignore[method-assign]
+    tr.stepper.placement = dataclasses.replace(tr.placement, disc_fwd=tr.components.disc)
+    inputs, targets, _ = tr.stepper.batch(0)
     logs = tr.train_step(0)
     # D step: D on [real; fake] in one call (a per-sample discriminator), then the R1 penalty; G step:
     # D(fake). Each image with its input beside it
-    assert tr.joint_d and len(calls) == 3
+    assert tr.placement.joint_d and len(calls) == 3
     n = inputs.shape[0]
     for i, (image, condition) in enumerate(calls):
         assert condition is not None
@@ -209,16 +211,16 @@ def test_content_against_target_uses_target_features_without_grad(reg: Registry,
                  sets=["feat.weights=random", "loss/content.against=target"])
     tr = Trainer(rc, tmp_path, registry=reg)
     # no --style: the Gram targets come from the target images (all 16 of them)
-    assert tr.style_images is not None and tr.style_images.shape[0] == 16
+    assert tr.data.style_images is not None and tr.data.style_images.shape[0] == 16
     calls: list[tuple[torch.Tensor, bool]] = []
-    forward = tr.c.feat.forward
+    forward = tr.components.feat.forward
 
     def counting(x: torch.Tensor, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
         calls.append((x.detach().clone(), torch.is_grad_enabled()))
         return forward(x, layers)
 
-    tr.c.feat.forward = counting  # type: ignore[method-assign]
-    _, targets, _ = tr.batch(0)
+    tr.components.feat.forward = counting  # type: ignore[method-assign]
+    _, targets, _ = tr.stepper.batch(0)
     logs = tr.train_step(0)
     assert len(calls) == 2  # the fakes (with grad), the targets (without); nothing else
     assert calls[0][1] is True and calls[1][1] is False
@@ -246,10 +248,10 @@ def test_paired_misconfigurations_are_refused(reg: Registry, pairs_dir: Path, tm
 
 @torch.no_grad()
 def eval_l1(tr: Trainer) -> float:
-    tr.c.gen.eval()
-    x, y = tr.pairs.fixed(16)
-    out = tr.c.gen(x)
-    tr.c.gen.train()
+    tr.components.gen.eval()
+    x, y = tr.data.pairs.fixed(16)
+    out = tr.components.gen(x)
+    tr.components.gen.train()
     return float((out - y).abs().mean())
 
 

@@ -74,7 +74,8 @@ def test_bad_options_are_refused() -> None:
 def test_train_for_stops_at_max_steps_or_the_budget() -> None:
     class Counting:  # what train_for reads of a Trainer
         def __init__(self) -> None:
-            self.step, self.content, self.real, self.t = 0, [0] * 10, None, type("T", (), {"batch": 2})()
+            self.step, self.train_cfg = 0, type("T", (), {"batch": 2})()
+            self.data = type("D", (), {"content": [0] * 10, "real": None})()
 
         def train_step(self, i: int) -> dict[str, float]:
             assert i == self.step

@@ -63,8 +63,8 @@ def run(trained: Trainer) -> Path:
 def test_held_aside_images_are_not_trained_on(trained: Trainer) -> None:
     tr = trained
     assert len(tr.eval_files) == 2
-    assert not set(tr.eval_files) & set(tr.content.files)
-    assert len(tr.content.files) + len(tr.eval_files) == 5  # the bundled content images
+    assert not set(tr.eval_files) & set(tr.data.content.files)
+    assert len(tr.data.content.files) + len(tr.eval_files) == 5  # the bundled content images
 
 
 def test_training_logs_eval_metrics_and_keeps_the_best_checkpoint(run: Path) -> None:
@@ -84,12 +84,14 @@ def test_training_logs_eval_metrics_and_keeps_the_best_checkpoint(run: Path) -> 
 def test_best_keeps_the_highest_value_for_ssim_like_metrics(trained: Trainer, tmp_path: Path) -> None:
     ev = copy.copy(trained.evaluator)  # the run's evaluator, ranking by SSIM into another file
     ev.metric, ev.path, ev.best = "content_ssim", tmp_path / "best.safetensors", 2.0  # beyond any SSIM
-    logs = ev(trained)
-    assert "eval/content_ssim" in logs and not ev.path.exists()
+    logs, improved = ev(trained.infer_gen)
+    assert "eval/content_ssim" in logs and not improved
     ev.best = -1.0  # below any SSIM: this evaluation is kept
-    ev(trained)
+    logs, improved = ev(trained.infer_gen)
+    assert improved and ev.best == logs["eval/content_ssim"] > -1.0
+    trained.save_checkpoint(False, ev.path, ev.best_meta(logs))  # what the engine does with an improvement
     meta = ckpt.read_meta(ev.path)
-    assert meta["eval_metric"] == "content_ssim" and meta["eval"]["content_ssim"] == ev.best > -1.0
+    assert meta["eval_metric"] == "content_ssim" and meta["eval"]["content_ssim"] == ev.best
 
 
 def test_noise_generators_are_scored_against_the_real_images(reg: Registry, tmp_path: Path) -> None:

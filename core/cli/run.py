@@ -50,7 +50,8 @@ def run_cmd(
 ) -> None:
     """Train a GAN-based style-transfer model from components picked by name."""
     from ..runtime import distributed as D
-    from ..training.engine import Trainer, train
+    from ..training.api import train
+    from ..training.engine import Trainer
     from ..runs.rundir import default_out, resume_config
     from ..components.registry import default_registry
     from ..runs.runconfig import resolve
@@ -104,7 +105,7 @@ def run_cmd(
         rc = resolve(reg, recipe=recipe, config_file=config, cli=cli, sets=list(set_ or []), losses=list(loss or []))
     if dry_run:
         if nproc is not None and nproc > 1:
-            from ..training.engine import check_batch_split
+            from ..training.assembly import check_batch_split
 
             check_batch_split(rc.train.batch, nproc)
         _dry_run(rc, resume_from, resume)
@@ -168,7 +169,9 @@ def _preflight(rc: Any, nproc: int, out: Path | None, resume_from: Path | None) 
     import tempfile
 
     from ..runtime.devices import pick_device
-    from ..training.engine import Trainer, check_batch_split, check_new_out
+    from ..runs.rundir import check_new_out
+    from ..training.assembly import check_batch_split
+    from ..training.engine import Trainer
 
     if nproc < 1:
         from ..errors import ConfigError
@@ -226,15 +229,15 @@ def _dry_run(rc: Any, resume_from: Path | None = None, run: Path | None = None) 
         tr = Trainer(rc, tmp, resume_from=resume_from)
         if tr.nothing_to_train(run):
             return
-        gin = tr.batch(tr.step)[2]
+        gin = tr.stepper.batch(tr.step)[2]
         logs = tr.checked_step(tr.step)
-        fake = tr.c.gen(gin)
+        fake = tr.components.gen(gin)
     where = f", resumed from {resume_from} at step {tr.step}" if resume_from is not None else ""
     table = Table(title=f"dry run: recipe {rc.recipe}{where}")
     for col in ("role", "component", "parameters", "notes"):
         table.add_column(col)
     for role in ("gen", "disc", "feat", "adv", "gp"):
-        m = getattr(tr.c, role)
+        m = getattr(tr.components, role)
         if m is None:
             continue
         n = sum(p.numel() for p in m.parameters())
@@ -242,11 +245,11 @@ def _dry_run(rc: Any, resume_from: Path | None = None, run: Path | None = None) 
         if role == "gen":
             note = f"in {tuple(gin.shape)} -> out {tuple(fake.shape)}"
             if tr.ema is not None:
-                note += f"; weight average (ema {tr.t.ema:g}) for samples and stylize"
+                note += f"; weight average (ema {tr.train_cfg.ema:g}) for samples and stylize"
         if role == "feat":
-            note = f"weights {getattr(m, 'weights', '?')}; layers {', '.join(sorted(set(sum(tr.layers.values(), ()))))}"
+            note = f"weights {getattr(m, 'weights', '?')}; layers {', '.join(sorted(set(sum(tr.plan.layers.values(), ()))))}"
         table.add_row(role, getattr(rc, role), f"{n:,}", note)
-    for name, t in tr.c.losses.items():
+    for name, t in tr.components.losses.items():
         table.add_row("loss", name, "", f"weight {t.weight:g}")
     c = Console(highlight=False)
     c.print(table)

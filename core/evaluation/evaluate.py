@@ -13,22 +13,19 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..files import checkpoint as ckpt
 from ..ops import metrics as M
-from ..files.data import ImageSet
+from ..files.data import ImageSet, PairSet
 from ..errors import CheckpointError, DataError, StylezooError, UsageError
-from ..files.images import find_images, load_tensor
+from ..files.images import find_images, load_tensor, save_grid
+from ..runs.runconfig import DataConfig, TrainConfig
 from ..components.kinds import Extractor
 from ..components.registry import Registry, default_registry
-from ..training.trainstate import run_state
-
-if TYPE_CHECKING:
-    from ..training.engine import Trainer
 
 log = logging.getLogger("stylezoo")
 STYLE_FEAT, DIST_FEAT = "feat/vgg16", "feat/efficientnet-lite0"
@@ -420,68 +417,72 @@ def _conditioned(g: Any, x: Tensor, device: str, style: str | None, labels: Sequ
 
 # -- during training ------------------------------------------------------------------------------------------
 class RunEval:
-    """The engine's evaluation: held-aside inputs, metrics as `eval/NAME`, the best checkpoint by one metric.
+    """The engine's evaluation: held-aside inputs, metrics as `eval/NAME`, and whether a metric improved.
 
-    Image generators are scored on the content images held aside (`Trainer.eval_files`) against the style
-    images; noise generators on fixed latents against (up to 64 of) the real images.
+    Image generators are scored on the content images held aside from training (`eval_files`) against the
+    style images; noise generators on fixed latents against (up to 64 of) the real images. The engine
+    saves `best.safetensors` when `__call__` says the run's `eval_metric` improved.
     """
 
-    def __init__(self, tr: Trainer) -> None:
-        d, size = tr.rc.data.resolved(), tr.t.size
-        self.metric = tr.t.eval_metric
-        self.path = tr.out / BEST
+    def __init__(self, data: DataConfig, train: TrainConfig, *, out: Path, family: str, eval_files: Sequence[Path],
+                 pairs: PairSet | None, fixed_input: Tensor, real: ImageSet | None, latent_dim: int | None,
+                 styled: bool, device: torch.device, registry: Registry | None = None) -> None:
+        """`styled`: the run has style targets (a style loss uses --style)."""
+        d, size = data.resolved(), train.size
+        self.metric = train.eval_metric
+        self.path = out / BEST
+        self.samples = out / "samples" / "eval.png"
+        self.device = device
         self.best = best_value(self.path, self.metric)
-        self.image = tr.family == "image"
-        files: list[Path] = list(getattr(tr, "eval_files", []))
+        self.image = family == "image"
         self.reference: Tensor | None = None
-        pairs = getattr(tr, "pairs", None)
+        style_size = train.style_size or min(2 * size, 512)
         if pairs is not None:
             log.warning("eval: paired runs are evaluated on their first %d training pairs (none held aside)",
-                        tr.t.eval_holdout)
-            self.inputs, self.reference = (t.float().cpu() for t in pairs.fixed(tr.t.eval_holdout))
-            st = style_images(d.style, tr.t.style_size or min(2 * size, 512)) if d.style else None
+                        train.eval_holdout)
+            self.inputs, self.reference = (t.float().cpu() for t in pairs.fixed(train.eval_holdout))
+            st = style_images(d.style, style_size) if d.style else None
             domain: Tensor | None = domain_images(pairs.target_files(), size, max(2, self.inputs.shape[0]))
         elif self.image:
-            if files:
-                self.inputs = torch.stack([load_tensor(f, size) for f in files])
+            if eval_files:
+                self.inputs = torch.stack([load_tensor(f, size) for f in eval_files])
             else:
                 log.warning("eval: too few content images to hold any aside; evaluating on training images")
-                self.inputs = tr.fixed_input[: tr.t.eval_holdout].float().cpu()
+                self.inputs = fixed_input[: train.eval_holdout].float().cpu()
             style_spec = d.style or d.data
             real_spec = d.data or d.style
-            st = style_images(style_spec, tr.t.style_size or min(2 * size, 512)) if style_spec else None
+            st = style_images(style_spec, style_size) if style_spec else None
             domain = domain_images(real_spec, size, max(2, self.inputs.shape[0])) if real_spec else None
         else:
-            real = tr.real
             domain = real.fixed(min(len(real), 64)) if real is not None else None
-            n = domain.shape[0] if domain is not None else tr.t.num_samples
-            g = torch.Generator().manual_seed(tr.t.seed + 1234)
-            self.inputs = torch.randn(max(n, 2), cast(int, tr.c.gen.latent_dim), generator=g)
+            n = domain.shape[0] if domain is not None else train.num_samples
+            g = torch.Generator().manual_seed(train.seed + 1234)
+            self.inputs = torch.randn(max(n, 2), int(cast(int, latent_dim)), generator=g)
             # a style the samples are pulled toward (faces-dcgan-gram): scored as for image generators; only
             # when a style loss uses it (a plain DCGAN run still carries the default recipe's style image)
-            st = style_images(d.style, tr.t.style_size or min(2 * size, 512)) \
-                if d.style and tr.style_images is not None else None
-        self.evaluator = Evaluator(style=st, domain=domain, device=tr.device, registry=tr.reg)
+            st = style_images(d.style, style_size) if d.style and styled else None
+        self.evaluator = Evaluator(style=st, domain=domain, device=device, registry=registry)
         self.warned = False
 
-    def __call__(self, tr: Trainer) -> dict[str, float]:
-        """Score the generator now; save `best.safetensors` when `eval_metric` improved. Returns eval/ logs."""
-        from ..files.images import save_grid
-
-        outputs = generate(tr.infer_gen, self.inputs, device=tr.device)
+    def __call__(self, gen: nn.Module) -> tuple[dict[str, float], bool]:
+        """Score `gen` now and write the eval grid: (eval/ logs, whether `eval_metric` improved on the best)."""
+        outputs = generate(gen, self.inputs, device=self.device)
         m = self.evaluator.score(outputs, content=self.inputs if self.image else None, reference=self.reference)
-        save_grid([self.inputs, outputs] if self.image else [outputs], tr.out / "samples" / "eval.png")
+        save_grid([self.inputs, outputs] if self.image else [outputs], self.samples)
         value = m.get(self.metric)
+        improved = False
         if value is None:
             if not self.warned:
                 log.warning("eval: %s cannot be computed in this run (computed: %s); no %s is kept",
                             self.metric, ", ".join(m) or "nothing", BEST)
                 self.warned = True
         elif M.better(self.metric, value, self.best):
-            self.best = value
-            tensors, meta = run_state(tr)
-            ckpt.save(self.path, tensors, meta | {"eval": m, "eval_metric": self.metric})
-        return {f"eval/{k}": v for k, v in m.items()}
+            self.best, improved = value, True
+        return {f"eval/{k}": v for k, v in m.items()}, improved
+
+    def best_meta(self, logs: dict[str, float]) -> dict[str, Any]:
+        """What best.safetensors adds to a checkpoint's metadata: the scores (from `logs`) and the metric."""
+        return {"eval": {k.removeprefix("eval/"): v for k, v in logs.items()}, "eval_metric": self.metric}
 
 
 def best_value(path: Path, metric: str) -> float | None:

@@ -132,11 +132,13 @@ class _bf16_fp32_matmul:
         return hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision")
 
     def __enter__(self) -> None:
-        self.prev = torch.backends.mkldnn.matmul.fp32_precision
-        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        matmul: Any = getattr(torch.backends.mkldnn, "matmul")  # not in every torch's stubs
+        self.prev = matmul.fp32_precision
+        matmul.fp32_precision = "bf16"
 
     def __exit__(self, *exc: object) -> None:
-        torch.backends.mkldnn.matmul.fp32_precision = self.prev
+        matmul: Any = getattr(torch.backends.mkldnn, "matmul")
+        matmul.fp32_precision = self.prev
 
 
 def moments(f: Tensor) -> tuple[Tensor, Tensor]:

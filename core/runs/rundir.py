@@ -260,3 +260,16 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if keep == lines:
         return  # nothing to drop: leave the file as it is
     ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
+def check_new_out(out: str | Path) -> None:
+    """Refuse to start a new run in a folder that already holds one (it would mix the two runs' files)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: give a folder for the run (it is created if missing).")
+    if holds_run(out) and not ((out / "last.safetensors").exists() or any((out / "checkpoints").glob("*.safetensors"))):
+        raise ConfigError(f"{out} holds a run that stopped before it saved a checkpoint, so there is nothing to resume: "
+                          "start again with --overwrite, or give another --out (Python: overwrite=True).")
+    if holds_run(out):
+        raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}`, replace it "
+                          "with --overwrite, or give another --out (Python: train(resume=...) / overwrite=True).")
+
+

@@ -17,18 +17,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..files.data import ImageSet, _seed, style_labels
 from ..errors import CompositionError, DataError
 from ..components.registry import Registry
-from ..runs.runconfig import RunConfig
-
-if TYPE_CHECKING:
-    from .engine import Trainer
+from ..runs.runconfig import RunConfig, TrainConfig
+from .assembly import Components, DataPlan
 
 log = logging.getLogger("stylezoo")
 NONE, STYLE, LABEL = "none", "style", "label"
@@ -73,47 +72,52 @@ def with_labels(reg: Registry, rc: RunConfig) -> RunConfig:
 
 
 class Conditioning:
-    """Per-step conditions for a Trainer (nothing for unconditional generators)."""
+    """Per-step conditions of a run (nothing for unconditional generators).
 
-    def __init__(self, tr: Trainer) -> None:
-        self.kind = conditioning_kind(tr.reg, tr.rc)
-        d = tr.rc.data.resolved()
+    `place` moves a batch to the run's device in its memory format (the Trainer's `place`)."""
+
+    def __init__(self, reg: Registry, rc: RunConfig, train: TrainConfig, comps: Components, data: DataPlan, *,
+                 device: torch.device, rank: int, world: int, place: Callable[[Tensor], Tensor]) -> None:
+        self.kind = conditioning_kind(reg, rc)
+        self.rc, self.train, self.comps, self.data = rc, train, comps, data
+        self.device, self.rank, self.world, self.place = device, rank, world, place
+        d = rc.data.resolved()
         self.style_set: ImageSet | None = None
         self.fixed_style: Tensor | None = None
         self.names: tuple[str, ...] = ()
         self.label_of: dict[Path, int] = {}
         self.members: list[list[int]] = []
-        self.disc_label = int(tr.c.configs.get("disc", {}).get("num_labels", 0) or 0) > 0
+        self.disc_label = int(comps.configs.get("disc", {}).get("num_labels", 0) or 0) > 0
         if self.kind == STYLE:
-            self._set_up_styles(tr, d)
+            self._set_up_styles(d)
         elif self.kind == LABEL:
-            self._set_up_labels(tr, d)
-        reads = set().union(*(getattr(t, "cond_needs", frozenset()) for t in tr.c.losses.values()))
+            self._set_up_labels(d)
+        reads = set().union(*(getattr(t, "cond_needs", frozenset()) for t in comps.losses.values()))
         if "adain_target" in reads:
-            self._check_encoder(tr)
+            self._check_encoder()
 
     # -- set-up ----------------------------------------------------------------------------------------------
-    def _set_up_styles(self, tr: Trainer, d: Any) -> None:
+    def _set_up_styles(self, d: Any) -> None:
         if d.paired:
-            raise CompositionError(f"{tr.rc.gen} is reference-guided (content + style image); paired data is not "
+            raise CompositionError(f"{self.rc.gen} is reference-guided (content + style image); paired data is not "
                                    "supported: give --content DIR and --style DIR.")
         if not d.style:
-            raise DataError(f"{tr.rc.gen} learns from reference styles: give --style DIR (a folder of style images).")
-        size = tr.t.size
+            raise DataError(f"{self.rc.gen} learns from reference styles: give --style DIR (a folder of style images).")
+        size = self.train.size
         self.style_set = ImageSet(d.style, size, what="style", strict=d.strict, stream=6, short=2 * size)
-        n = tr.fixed_input.shape[0]
+        n = self.data.fixed_input.shape[0]
         fixed = self.style_set.fixed(len(self.style_set))
         self.fixed_style = fixed[torch.arange(n) % fixed.shape[0]]  # one reference per sample-grid column
-        if hasattr(tr.c.gen, "set_default_style"):
-            cast(Any, tr.c.gen).set_default_style(fixed[:MAX_DEFAULT_STYLES].to(tr.device))
+        if hasattr(self.comps.gen, "set_default_style"):
+            cast(Any, self.comps.gen).set_default_style(fixed[:MAX_DEFAULT_STYLES].to(self.device))
 
-    def _set_up_labels(self, tr: Trainer, d: Any) -> None:
+    def _set_up_labels(self, d: Any) -> None:
         self.names, files, labels = style_labels(d.style)
         self.label_of = {f: y for f, y in zip(files, labels)}
         if self.disc_label:
-            real = tr.real
+            real = self.data.real
             if real is None:
-                raise CompositionError(f"{tr.rc.disc} is label-conditioned but the run has no real images.")
+                raise CompositionError(f"{self.rc.disc} is label-conditioned but the run has no real images.")
             self.members = [[] for _ in self.names]
             for i, f in enumerate(real.files):
                 self.members[self.label_of[f]].append(i)
@@ -121,15 +125,16 @@ class Conditioning:
             if empty:
                 raise DataError(f"style label(s) {', '.join(empty)} have no readable image; fix or remove them.")
 
-    def _check_encoder(self, tr: Trainer) -> None:
-        if not hasattr(tr.c.gen, "last_target"):
-            raise CompositionError(f"{', '.join(n for n, t in tr.c.losses.items() if getattr(t, 'cond_needs', ()))} "
-                                   f"compares with an AdaIN target, which {tr.rc.gen} does not make: use --gen adain.")
-        enc = getattr(tr.c.gen, "encoder_id", None)
-        own = (tr.rc.feat, str(getattr(tr.c.feat, "weights", "")))
-        if enc is not None and tr.c.feat is not None and tuple(enc) != own:
+    def _check_encoder(self) -> None:
+        c, rc = self.comps, self.rc
+        if not hasattr(c.gen, "last_target"):
+            raise CompositionError(f"{', '.join(n for n, t in c.losses.items() if getattr(t, 'cond_needs', ()))} "
+                                   f"compares with an AdaIN target, which {rc.gen} does not make: use --gen adain.")
+        enc = getattr(c.gen, "encoder_id", None)
+        own = (rc.feat, str(getattr(c.feat, "weights", "")))
+        if enc is not None and c.feat is not None and tuple(enc) != own:
             raise CompositionError(f"The AdaIN content loss reads the run's extractor ({own[0]}, weights {own[1]}) "
-                                   f"but {tr.rc.gen} encodes with {enc[0]} (weights {enc[1]}): make them the same "
+                                   f"but {rc.gen} encodes with {enc[0]} (weights {enc[1]}): make them the same "
                                    "(--feat and --set feat.weights=... / gen.weights=...).")
 
     def style_label_tensor(self, files: list[Path]) -> Tensor | None:
@@ -139,62 +144,64 @@ class Conditioning:
         return torch.tensor([self.label_of[Path(f)] for f in files], dtype=torch.long)
 
     # -- per step --------------------------------------------------------------------------------------------
-    def draw(self, tr: Trainer, step: int, real: Tensor | None,
+    def draw(self, step: int, real: Tensor | None,
              seed: int | None = None) -> tuple[dict[str, Any], dict[str, Any], Tensor | None]:
         """(generator kwargs, discriminator kwargs, real images) for a step; seed the run's by default."""
-        b, per = tr.t.batch, tr.t.batch // tr.world
-        seed = tr.t.seed if seed is None else seed
+        b, per, rank, world = self.train.batch, self.train.batch // self.world, self.rank, self.world
+        seed = self.train.seed if seed is None else seed
         if self.kind == STYLE:
             assert self.style_set is not None
-            style = tr._mf(self.style_set.batch(step, b, seed, rank=tr.rank, world=tr.world))
+            style = self.place(self.style_set.batch(step, b, seed, rank=rank, world=world))
             return {"style": style}, {}, real
         if self.kind == LABEL:
             g = torch.Generator().manual_seed(_seed(seed, 13, step))
-            labels = torch.randint(len(self.names), (b,), generator=g)[tr.rank * per:(tr.rank + 1) * per]
+            labels = torch.randint(len(self.names), (b,), generator=g)[rank * per:(rank + 1) * per]
             if not self.disc_label:
-                return {"label": labels.to(tr.device)}, {}, real
+                return {"label": labels.to(self.device)}, {}, real
             idx = []
             for k, y in enumerate(labels.tolist()):
                 m = self.members[y]
-                gk = torch.Generator().manual_seed(_seed(seed, 14, step, tr.rank * per + k))
+                gk = torch.Generator().manual_seed(_seed(seed, 14, step, rank * per + k))
                 idx.append(m[int(torch.randint(len(m), (1,), generator=gk))])
-            assert tr.real is not None
-            real = tr._mf(tr.real.take(idx, step, seed, first=tr.rank * per))
-            lab = labels.to(tr.device)
+            assert self.data.real is not None
+            real = self.place(self.data.real.take(idx, step, seed, first=rank * per))
+            lab = labels.to(self.device)
             return {"label": lab}, {"label": lab}, real
         return {}, {}, real
 
     @torch.no_grad()
-    def step_cond(self, tr: Trainer, gcond: dict[str, Any]) -> dict[str, Any]:
-        """ctx.cond for the loss terms, after the generator ran: labels, style features, the AdaIN target."""
+    def step_cond(self, gcond: dict[str, Any], style_features: Callable[[Tensor], dict[str, Tensor]] | None,
+                  ) -> dict[str, Any]:
+        """ctx.cond for the loss terms, after the generator ran: labels, style features (`style_features`
+        of the style batch, None when no term reads them), the AdaIN target."""
         cond: dict[str, Any] = {}
         if "label" in gcond:
             cond["label"] = gcond["label"]
-        if "style" in gcond and tr.c.feat is not None and tr.layers["style"]:
-            with tr.autocast():
-                cond["style_feats"] = tr.features(gcond["style"], tr.layers["style"])
-        target = getattr(tr.c.gen, "last_target", None)
+        if "style" in gcond and style_features is not None:
+            cond["style_feats"] = style_features(gcond["style"])
+        target = getattr(self.comps.gen, "last_target", None)
         if self.kind == STYLE and target is not None:
             cond["adain_target"] = target
         return cond
 
     # -- samples ---------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample_rows(self, tr: Trainer) -> list[Tensor]:
-        """Reference-guided: content | style | output. Labelled: content, then one output row per label."""
-        x = tr._mf(tr.fixed_input)
-        gen = tr.infer_gen
+    def sample_rows(self, gen: nn.Module, autocast: Callable[[], Any]) -> list[Tensor]:
+        """Reference-guided: content | style | output. Labelled: content, then one output row per label.
+        `gen`: the generator that samples (the weight average when there is one)."""
+        fixed = self.data.fixed_input
+        x = self.place(fixed)
         gen.eval()
         try:
-            with tr.autocast():
+            with autocast():
                 if self.kind == STYLE:
                     assert self.fixed_style is not None
-                    out = gen(x, style=tr._mf(self.fixed_style)).float().cpu()
-                    return [tr.fixed_input, self.fixed_style, out]
-                rows = [tr.fixed_input]
+                    out = gen(x, style=self.place(self.fixed_style)).float().cpu()
+                    return [fixed, self.fixed_style, out]
+                rows = [fixed]
                 for y in range(min(len(self.names), MAX_LABEL_ROWS)):
-                    lab = torch.full((x.shape[0],), y, dtype=torch.long, device=tr.device)
+                    lab = torch.full((x.shape[0],), y, dtype=torch.long, device=self.device)
                     rows.append(gen(x, label=lab).float().cpu())
                 return rows
         finally:
-            tr.c.gen.train()
+            self.comps.gen.train()
