@@ -40,22 +40,58 @@ def build(name: str, **overrides: Any) -> Any:
     return registry().build(name, overrides)
 
 
+def resolve(**layers: Any) -> Any:
+    """A RunConfig from a recipe, a config file, flags and --set, as `stylezoo run` resolves them, with the
+    process-wide registry: `resolve(recipe="default", cli={"train": {"steps": 50}}, losses=["gram:20"])`."""
+    from .core.runs.runconfig import resolve as _resolve
+
+    return _resolve(registry(), **layers)
+
+
+# name -> (module, attribute): the rest of the API, imported on first use (most of it needs torch).
+_LAZY = {
+    "train": ("stylezoo.core.training.api", "train"),
+    "RunConfig": ("stylezoo.core.runs.runconfig", "RunConfig"),
+    "load_generator": ("stylezoo.core.use.loading", "load_generator"),
+    "Stylizer": ("stylezoo.core.use.stylizer", "Stylizer"),
+    # errors: every error a user can fix derives from StylezooError
+    "StylezooError": ("stylezoo.core.errors", "StylezooError"),
+    "ConfigError": ("stylezoo.core.errors", "ConfigError"),
+    "CompositionError": ("stylezoo.core.errors", "CompositionError"),
+    "PluginError": ("stylezoo.core.errors", "PluginError"),
+    # the plugin API (docs/plugins.md)
+    "hookimpl": ("stylezoo.core.components.hookspecs", "hookimpl"),
+    "Register": ("stylezoo.core.components.hookspecs", "Register"),
+    "Generator": ("stylezoo.core.components.kinds", "Generator"),
+    "Discriminator": ("stylezoo.core.components.kinds", "Discriminator"),
+    "Extractor": ("stylezoo.core.components.kinds", "Extractor"),
+    "LossTerm": ("stylezoo.core.components.kinds", "LossTerm"),
+    "AdversarialLoss": ("stylezoo.core.components.kinds", "AdversarialLoss"),
+    "Penalty": ("stylezoo.core.components.kinds", "Penalty"),
+    "StepContext": ("stylezoo.core.components.kinds", "StepContext"),
+    "NEEDS": ("stylezoo.core.components.kinds", "NEEDS"),
+    "frozen": ("stylezoo.core.components.kinds", "frozen"),
+    "Loss": ("stylezoo.core.components.base", "Loss"),
+    "FeatureLoss": ("stylezoo.core.components.base", "FeatureLoss"),
+    "LossConfig": ("stylezoo.core.components.base", "LossConfig"),
+    "resolve_layers": ("stylezoo.core.components.base", "resolve_layers"),
+    "check_weight": ("stylezoo.core.components.base", "check_weight"),
+    "gram_matrix": ("stylezoo.core.ops.stats", "gram_matrix"),
+    "moments": ("stylezoo.core.ops.stats", "moments"),
+    "to_unit": ("stylezoo.core.ops.ranges", "to_unit"),
+    "from_unit": ("stylezoo.core.ops.ranges", "from_unit"),
+}
+
+
 def __getattr__(name: str) -> Any:
-    # Heavier API pieces import torch; load them only when asked for.
-    lazy = {
-        "train": ("stylezoo.core.training.api", "train"),
-        "RunConfig": ("stylezoo.core.runs.runconfig", "RunConfig"),
-        "load_generator": ("stylezoo.core.use.stylizer", "load_generator"),
-        "Stylizer": ("stylezoo.core.use.stylizer", "Stylizer"),
-        "StylezooError": ("stylezoo.core.errors", "StylezooError"),  # what every user-facing error derives from
-    }
-    if name in lazy:
+    if name in _LAZY:
         import importlib
 
-        mod, attr = lazy[name]
-        return getattr(importlib.import_module(mod), attr)
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value  # once
+        return value
     raise AttributeError(f"module 'stylezoo' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "registry", "list_components", "info", "build", "train", "RunConfig",
-           "load_generator", "Stylizer", "StylezooError"]
+__all__ = ["__version__", "registry", "list_components", "info", "build", "resolve", *_LAZY]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stylezoo.core.errors import CompositionError, ConfigError
+from stylezoo.core.components.base import check_weight
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import Extractor, StepContext
 from stylezoo.core.ops.layers import ReflectionPad2d, Upsample
@@ -236,8 +237,7 @@ class AdaINContentConfig:
     weight: float = 1.0  # Huang and Belongie: content 1 beside a moment style loss of ~10
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        check_weight(self.weight)
         if not self.layer.strip():
             raise ValueError("layer must not be empty")
 

@@ -16,13 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stylezoo.core.components.base import check_weight
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import Extractor, StepContext
-
-
-def _check_weight(weight: float) -> None:
-    if not weight >= 0:
-        raise ValueError(f"weight must be >= 0, got {weight}")
 
 
 @dataclass
@@ -30,7 +26,7 @@ class AdvConfig:
     weight: float = 1.0  # generator-side weight of the adversarial term
 
     def __post_init__(self) -> None:
-        _check_weight(self.weight)
+        check_weight(self.weight)
 
 
 @dataclass
@@ -39,7 +35,7 @@ class BCEConfig:
     label_smoothing: float = 0.0  # one-sided: real targets become 1 - label_smoothing (0.1 is common)
 
     def __post_init__(self) -> None:
-        _check_weight(self.weight)
+        check_weight(self.weight)
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stylezoo.core.components.base import check_weight
 from stylezoo.core.components.hookspecs import hookimpl
 
 ADVERSARIAL = ("loss/bce", "loss/lsgan", "loss/hinge", "loss/wgan")
@@ -62,8 +63,7 @@ class PenaltyConfig:
     weight: float = 10.0  # lambda (gamma for R1)
 
     def __post_init__(self) -> None:
-        if not self.weight >= 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        check_weight(self.weight)
 
 
 @dataclass
@@ -72,8 +72,7 @@ class DraganConfig:
     noise: float = 0.5  # perturbation scale c: x + c * std(x) * U[0, 1)
 
     def __post_init__(self) -> None:
-        if not self.weight >= 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        check_weight(self.weight)
         if not self.noise > 0:
             raise ValueError(f"noise must be > 0, got {self.noise}")
 

@@ -17,26 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylezoo.core.errors import CompositionError, ConfigError, DataError
+from stylezoo.core.errors import ConfigError, DataError
+from stylezoo.core.components.base import check_weight, resolve_layers  # noqa: F401  (resolve_layers: its old import path)
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import Extractor, StepContext
 from stylezoo.core.ops.stats import STD_EPS, _fp32, gram, gram_mse, moments  # noqa: F401  (gram: its old import path)
-
-def resolve_layers(owner: str, requested: tuple[str, ...], default_attr: str,
-                   extractor: Extractor | None) -> tuple[str, ...]:
-    """The layers a term reads: `requested`, or the extractor's `default_attr` when empty; checked."""
-    if extractor is None:
-        raise CompositionError(f"{owner} needs a feature extractor: add a feat/ component (e.g. feat/vgg16).")
-    layers = tuple(requested) or tuple(getattr(extractor, default_attr))
-    valid = tuple(extractor.layer_names)
-    bad = [n for n in layers if n not in valid]
-    if bad:
-        raise ConfigError(f"{owner}: unknown layer(s) {', '.join(map(repr, bad))}; valid layers: {', '.join(valid)}.")
-    if not layers:
-        raise ConfigError(f"{owner}: no layers given and the extractor has no {default_attr}; "
-                          f"pick from {', '.join(valid)}.")
-    return layers
-
 
 def _label_means(x: Tensor, labels: Tensor | None) -> Tensor:
     """Mean of per-image statistics (S, ...): (1, ...) without labels, (L, ...) with labels 0..L-1."""
@@ -112,8 +97,7 @@ class ContentConfig:
     against: Literal["content", "target"] = "content"  # "target": compare with the paired target instead
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        check_weight(self.weight)
         if self.against not in ("content", "target"):
             raise ValueError(f"against must be 'content' or 'target', got {self.against!r}")
 
@@ -163,8 +147,7 @@ class GramConfig:
     weight: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        check_weight(self.weight)
         if any(w < 0 for w in self.layer_weights):
             raise ValueError(f"layer_weights must be >= 0, got {self.layer_weights}")
         if self.layers and self.layer_weights and len(self.layers) != len(self.layer_weights):
@@ -213,8 +196,7 @@ class MomentsConfig:
     weight: float = 10.0  # AdaIN's style weight beside a content weight of 1 (same Caffe-scale VGG features)
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        check_weight(self.weight)
 
 
 class MomentStyle(_FeatureTerm):

@@ -5,34 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
+from stylezoo.core.components.base import Loss, LossConfig
 from stylezoo.core.components.hookspecs import hookimpl
-from stylezoo.core.components.kinds import Extractor, StepContext
+from stylezoo.core.components.kinds import StepContext
 
 
 @dataclass
-class TVConfig:
+class TVConfig(LossConfig):
     weight: float = 1e-4  # multiplies the mean absolute difference between neighbouring pixels
 
-    def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
 
-
-class TotalVariation(nn.Module):
+class TotalVariation(Loss):
     """Anisotropic total variation of the generated image: mean |dx| + mean |dy|."""
-
-    step: ClassVar[str] = "gen"
-    needs: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, cfg: TVConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.weight = cfg.weight
-
-    def feature_layers(self, extractor: Extractor | None) -> tuple[str, ...]:
-        return ()
 
     def forward(self, ctx: StepContext) -> Tensor:
         x = ctx.fake.float()  # loss terms compute in float32 (a bf16 mean of differences is ~0.2% off)
@@ -40,27 +26,14 @@ class TotalVariation(nn.Module):
 
 
 @dataclass
-class ReconConfig:
+class ReconConfig(LossConfig):
     weight: float = 100.0  # pix2pix uses 100 x L1 beside the adversarial loss
 
-    def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
 
-
-class Reconstruction(nn.Module):
+class Reconstruction(Loss):
     """A distance of the output to its paired target; subclasses say which (`distance`)."""
 
-    step: ClassVar[str] = "gen"
     needs: ClassVar[frozenset[str]] = frozenset({"target"})
-
-    def __init__(self, cfg: ReconConfig | SSIMConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.weight = cfg.weight
-
-    def feature_layers(self, extractor: Extractor | None) -> tuple[str, ...]:
-        return ()
 
     def distance(self, fake: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
@@ -86,12 +59,8 @@ class L2(Reconstruction):
 
 
 @dataclass
-class SSIMConfig:
+class SSIMConfig(LossConfig):
     weight: float = 10.0  # beside 100 x L1: SSIM's 0..1 range is ~10x a sketch's mean L1, so both pull alike
-
-    def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
 
 
 class SSIMLoss(Reconstruction):

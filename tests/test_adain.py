@@ -295,7 +295,8 @@ def test_weight_average_shares_the_frozen_encoder_and_keeps_the_default_style(re
 
 def test_eval_conditions_on_the_style_it_is_given(trained, reg: Registry) -> None:
     """`eval --style X` scores what `stylize --style X` makes, not the mean training style."""
-    from stylezoo.core.evaluation.evaluate import Evaluator, evaluate_checkpoint, load_folder
+    from stylezoo.core.evaluation.checkpoint_eval import evaluate_checkpoint
+    from stylezoo.core.evaluation.evaluate import Evaluator, load_folder
 
     _, out = trained
     content = str(SAMPLES / "content")

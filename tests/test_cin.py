@@ -189,7 +189,7 @@ def test_training_learns_the_folder_labels_and_stylize_picks_them(reg: Registry,
     assert res.exit_code == 0, res.output and (tmp_path / "o.png").is_file()
 
     # eval scores the label asked for, as stylize would restyle (unconditioned: the labels' mix)
-    from stylezoo.core.evaluation.evaluate import evaluate_checkpoint
+    from stylezoo.core.evaluation.checkpoint_eval import evaluate_checkpoint
 
     scores = {lab: evaluate_checkpoint(out, content=str(CONTENT), size=32, registry=reg, style_label=[lab])
               for lab in ("sea", "swirl")}
@@ -222,7 +222,8 @@ def test_a_flat_style_folder_gives_one_label_per_image(reg: Registry, tmp_path: 
 
 
 def test_eval_scores_a_style_label_against_that_labels_images(reg: Registry, labelled: Path, tmp_path: Path) -> None:
-    from stylezoo.core.evaluation.evaluate import Evaluator, evaluate_checkpoint, load_folder, style_images
+    from stylezoo.core.evaluation.checkpoint_eval import evaluate_checkpoint
+    from stylezoo.core.evaluation.evaluate import Evaluator, load_folder, style_images
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

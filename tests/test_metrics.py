@@ -276,7 +276,7 @@ def test_eval_cli_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Path) -> None:
-    from stylezoo.core.evaluation.evaluate import evaluate_checkpoint
+    from stylezoo.core.evaluation.checkpoint_eval import evaluate_checkpoint
 
     for side in ("photo", "sketch"):
         (tmp_path / "pairs" / side).mkdir(parents=True)
@@ -310,7 +310,8 @@ def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Pat
 
 def test_eval_of_a_noise_generator_scores_at_its_own_size_as_training_does(reg: Registry, tmp_path: Path) -> None:
     from stylezoo.core.files import checkpoint as ckpt
-    from stylezoo.core.evaluation.evaluate import Evaluator, evaluate_checkpoint, generate, style_images
+    from stylezoo.core.evaluation.checkpoint_eval import evaluate_checkpoint
+    from stylezoo.core.evaluation.evaluate import Evaluator, generate, style_images
     from stylezoo.core.use.stylizer import load_generator
 
     style = str(SAMPLES / "style" / "starry_night.jpg")

@@ -107,7 +107,7 @@ def test_noise_generators_are_scored_against_the_real_images(reg: Registry, tmp_
 
 def test_noise_generators_pulled_toward_a_style_are_scored_on_it(reg: Registry, tmp_path: Path) -> None:
     """faces-dcgan-gram's set-up: a noise generator with a style image gets style_gram, in-run and in eval."""
-    from stylezoo.core.evaluation.evaluate import evaluate_checkpoint
+    from stylezoo.core.evaluation.checkpoint_eval import evaluate_checkpoint
 
     style = str(SAMPLES / "style" / "starry_night.jpg")
     rc = resolve(reg, cli={"gen": "dcgan", "disc": "dcgan", "feat": "vgg16", "gp": "none",

@@ -38,7 +38,7 @@ def eval_cmd(
     --content; its style images are taken as its in-run evaluation takes them, so the scores compare."""
     from ..files.checkpoint import atomic_write
     from ..runtime.devices import pick_device
-    from ..evaluation.evaluate import evaluate_checkpoint, run_dir_of
+    from ..evaluation.checkpoint_eval import evaluate_checkpoint, run_dir_of
 
     if num < 1:
         raise UsageError(f"--num must be >= 1, got {num}.")

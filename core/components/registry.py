@@ -234,12 +234,14 @@ class Registry:
                 raise UsageError(f"another plugin is already registered as {name!r} from {dist or module}")
             self.pm.register(obj, name=pm_name)
             try:
-                # call only this plugin's implementation so one plugin's failure is its own
-                impls = [i for i in self.pm.hook.register_components.get_hookimpls() if i.plugin is obj]
-                if not impls:
+                # call only this plugin's implementation so one plugin's failure is its own; through pluggy,
+                # which passes each implementation only the hook arguments it names (a hook argument added
+                # in a later stylezoo does not break plugins written before it)
+                hook = self.pm.hook.register_components
+                if not any(i.plugin is obj for i in hook.get_hookimpls()):
                     raise UsageError(f"plugin {name!r} has no register_components hook")
-                for impl in impls:
-                    impl.function(register=register)
+                others = [p for p in self.pm.get_plugins() if p is not obj]
+                self.pm.subset_hook_caller("register_components", remove_plugins=others)(register=register)
             except BaseException:
                 self.pm.unregister(obj)
                 raise

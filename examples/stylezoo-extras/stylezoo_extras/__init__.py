@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Recommended: the marker stylezoo defines. `pluggy.HookimplMarker("stylezoo")` is the same marker, for a
-# plugin that must not import stylezoo at import time.
-from stylezoo.core.components.hookspecs import hookimpl
-from stylezoo.core.components.kinds import Extractor, StepContext
+# Only the public plugin API, `import stylezoo` (docs/plugins.md). `pluggy.HookimplMarker("stylezoo")` is the
+# same marker as stylezoo.hookimpl, for a plugin that must not import stylezoo at import time.
+import stylezoo
+from stylezoo import StepContext
 
 __version__ = "0.1.0"
 
@@ -90,37 +90,29 @@ class PixelShuffleGenerator(nn.Module):
 
 # ---------------------------------------------------------------------------------------- loss term
 @dataclass
-class LaplacianConfig:
-    weight: float = 1.0  # multiplies the loss in the generator objective
+class LaplacianConfig(stylezoo.LossConfig):  # gives `weight: float = 1.0`, checked >= 0
     scales: int = 2  # also compare at 1/2, 1/4, ... resolution (coarser edges)
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"weight must be >= 0, got {self.weight}")
+        super().__post_init__()
         if not 1 <= self.scales <= 6:
             raise ValueError(f"scales must be in 1..6, got {self.scales}")
 
 
-class LaplacianLoss(nn.Module):
+class LaplacianLoss(stylezoo.Loss):
     """Edge preservation: mean squared difference of the luminance Laplacians of output and content.
 
     Sum over `scales` resolutions (each half the previous, by 2x2 average pooling). Needs the content
     image that produced each output (image-to-image generators).
     """
 
-    step: ClassVar[str] = "gen"
-    needs: ClassVar[frozenset[str]] = frozenset({"content"})
+    needs: ClassVar[frozenset[str]] = frozenset({"content"})  # a generator-side term (Loss's `step`)
 
     def __init__(self, cfg: LaplacianConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.weight = cfg.weight
+        super().__init__(cfg)
         kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
         self.register_buffer("kernel", kernel, persistent=False)
         self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
-
-    def feature_layers(self, extractor: Extractor | None) -> tuple[str, ...]:
-        return ()
 
     def _edges(self, x: Tensor) -> Tensor:
         y = (x.float() * self.luma).sum(1, keepdim=True)
@@ -141,8 +133,8 @@ class LaplacianLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- the hook
-@hookimpl
-def register_components(register) -> None:  # noqa: ANN001 - stylezoo's Register callable
+@stylezoo.hookimpl
+def register_components(register: stylezoo.Register) -> None:
     register(
         "gen/pixelshuffle", PixelShuffleGenerator, config=PixelShuffleConfig,
         description="Image-to-image generator with sub-pixel (PixelShuffle) upsampling",

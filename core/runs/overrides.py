@@ -1,0 +1,121 @@
+"""The layers a run's configuration is resolved from, before it becomes a RunConfig: recipes and config files
+(TOML tables), flags, `--set ROLE.FIELD=VALUE` and `--loss NAME:WEIGHT`. Later layers win (`merge`)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+ROLES = ("gen", "disc", "feat", "adv", "gp")
+# loss-term fields that name an extractor's layers: a lower layer's values go when the extractor changes
+EXTRACTOR_FIELDS = ("layers", "layer_weights")
+ROLE_KIND = {"gen": "gen", "disc": "disc", "feat": "feat", "adv": "loss", "gp": "gp"}
+
+
+def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """Merge a recipe/config-file/CLI layer into a run dict (tables merge key by key; losses replace)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    # a layer's losses first, its components next, then its own overrides (which the components' reset keeps)
+    for k in sorted(layer, key=lambda k: (k != "losses", k == "set")):
+        v = layer[k]
+        if k == "losses" and isinstance(v, dict):
+            # new terms replace the old: the lower layers' overrides of terms no longer in the run go too
+            keep = {n.split("/", 1)[-1] for n in v}
+            out["set"] = {r: o for r, o in out.get("set", {}).items() if r in ROLES or r.split("/", 1)[-1] in keep}
+            out[k] = v
+        elif k in ("train", "data"):
+            out[k] = {**out.get(k, {}), **v}
+            if k == "train" and "steps" in v and "epochs" not in v:
+                out[k]["epochs"] = 0.0  # a run's length given in steps beats a lower layer's epochs
+        elif k == "set":
+            s = {r: dict(o) for r, o in out.get("set", {}).items()}
+            for role, ov in v.items():
+                s[role] = {**s.get(role, {}), **ov}
+            out["set"] = s
+        else:
+            if k in ROLES and not _same_component(k, v, out.get(k)):
+                # a different component for a role: the lower layers' overrides were for the old one
+                out.get("set", {}).pop(k, None)
+                if k == "feat":  # and the loss terms' layers named the old extractor's layers
+                    out["set"] = {r: {f: x for f, x in o.items() if r in ROLES or f not in EXTRACTOR_FIELDS}
+                                  for r, o in out.get("set", {}).items()}
+            out[k] = v
+    return out
+
+
+def _same_component(role: str, a: Any, b: Any) -> bool:
+    """`encdec` and `gen/encdec` in the gen role are the same component (the CLI takes the short form)."""
+
+    def full(name: Any) -> Any:
+        if isinstance(name, str) and name and "/" not in name:
+            return f"{ROLE_KIND[role]}/{name}"
+        return name
+
+    return bool(full(a) == full(b))
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set gen.channels=128 --set train.lr=2e-4 --set loss/gram.layers=relu1_1,relu2_1` as a run layer."""
+    layer: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or "." not in key:
+            raise ConfigError(f"--set {item!r}: use ROLE.FIELD=VALUE, e.g. --set gen.channels=64 or --set train.lr=2e-4.")
+        role, fname = key.rsplit(".", 1) if key.startswith("loss/") else key.split(".", 1)
+        role = role.strip()
+        if role in ("train", "data"):
+            layer.setdefault(role, {})[fname] = value
+        else:
+            layer.setdefault("set", {}).setdefault(role, {})[fname] = value
+    return layer
+
+
+def parse_losses(items: list[str]) -> dict[str, float | None]:
+    """`--loss gram:1e5 --loss content` as {name: weight or None for the term's default}."""
+    out: dict[str, float | None] = {}
+    for item in items:
+        name, colon, w = item.partition(":")
+        if colon:
+            try:
+                out[name] = float(w)
+            except ValueError:
+                raise ConfigError(f"--loss {item!r}: the weight after ':' must be a number.") from None
+        else:
+            out[name] = None
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"--config {p} is a folder: give a TOML file (a run's config.toml, for instance).")
+    if not p.is_file():
+        raise ConfigError(f"--config {p}: no such file.")
+    try:
+        with p.open("rb") as f:
+            layer = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {p}: not valid TOML ({e}).") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {p}: not a text file (TOML is UTF-8 text, like a run's config.toml).") from None
+    check_layer(layer, f"--config {p}")
+    return layer
+
+
+def check_layer(layer: dict[str, Any], where: str) -> None:
+    """Refuse values of the wrong shape in a run layer (a config file, a checkpoint's run) in one line."""
+    for k in ("recipe", *ROLES):
+        if k in layer and not isinstance(layer[k], str):
+            raise ConfigError(f"{where}: {k} must be a name in quotes, got {layer[k]!r}.")
+    for k in ("train", "data", "losses", "set"):
+        if k in layer and not isinstance(layer[k], dict):
+            raise ConfigError(f"{where}: {k} must be a table ([{k}] with KEY = VALUE lines), got {layer[k]!r}.")
+    for name, w in layer.get("losses", {}).items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise ConfigError(f"{where}: the weight of loss {name!r} must be a number, got {w!r}.")
+    for role, ov in layer.get("set", {}).items():
+        if not isinstance(ov, dict):
+            raise ConfigError(f"{where}: set.{role} must be a table of FIELD = VALUE, got {ov!r}.")
