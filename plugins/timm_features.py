@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stylezoo.core.files import weights as W
+from stylezoo.core.files import weights as pretrained
 from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import frozen
@@ -52,7 +52,7 @@ def _hub_cached_file(cfg: dict[str, Any]) -> str | None:
         except ImportError:
             pass
     url = cfg.get("url")
-    if url and W.torch_hub_cached(url):
+    if url and pretrained.torch_hub_cached(url):
         return str(torch.hub.get_dir()) + "/checkpoints/" + os.path.basename(url)
     return None
 
@@ -73,13 +73,13 @@ class TimmFeatures(nn.Module):
         spec = cfg.weights
         try:
             if spec == "random":
-                W.warn_random(name)
+                pretrained.warn_random(name)
                 self.net, self.weights = make(pretrained=False), "random"
             elif spec == "default":
                 pcfg = timm.models.get_pretrained_cfg(cfg.model)
                 pdict = pcfg.to_dict() if pcfg is not None else {}
                 if not (pdict.get("hf_hub_id") or pdict.get("url")):
-                    raise WeightsError(f"timm has no pretrained weights for {cfg.model!r}. {W.OFFLINE_ALTERNATIVES}")
+                    raise WeightsError(f"timm has no pretrained weights for {cfg.model!r}. {pretrained.OFFLINE_ALTERNATIVES}")
                 local = _hub_cached_file(pdict)
                 hub = pdict.get("hf_hub_id")  # timm prefers the hub when both are given
                 url = f"https://huggingface.co/{hub}" if hub else pdict["url"]
@@ -87,10 +87,10 @@ class TimmFeatures(nn.Module):
                     load = lambda: make(pretrained=True, pretrained_cfg_overlay={"file": local})  # noqa: E731
                 else:
                     load = lambda: make(pretrained=True)  # noqa: E731
-                self.net = W.fetch_or_fail(f"timm's pretrained {cfg.model}", url, load, cached=local is not None)
+                self.net = pretrained.fetch_or_fail(f"timm's pretrained {cfg.model}", url, load, cached=local is not None)
                 self.weights = f"timm:{pdict.get('hf_hub_id') or cfg.model}"
             elif spec.endswith(".safetensors") or "/" in spec or "\\" in spec:
-                W.load_local(spec)  # checks the file (suffix, presence, readability) before timm reads it
+                pretrained.load_local(spec)  # checks the file (suffix, presence, readability) before timm reads it
                 self.net = make(pretrained=True, pretrained_cfg_overlay={"file": os.path.expanduser(spec)})
                 self.weights = f"file:{spec}"
             else:

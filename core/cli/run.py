@@ -49,15 +49,15 @@ def run_cmd(
     nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
 ) -> None:
     """Train a GAN-based style-transfer model from components picked by name."""
-    from ..runtime import distributed as D
+    from ..runtime import distributed as dist
     from ..training.api import train
     from ..training.engine import Trainer
     from ..runs.rundir import default_out, resume_config
     from ..components.registry import default_registry
     from ..runs.runconfig import resolve
 
-    env = D.from_env()  # under torchrun: this worker's rank; only rank 0 shows progress and reports
-    D.quiet_worker_output()  # started by --nproc: ranks other than 0 write to files the launcher reads on failure
+    env = dist.from_env()  # under torchrun: this worker's rank; only rank 0 shows progress and reports
+    dist.quiet_worker_output()  # started by --nproc: ranks other than 0 write to files the launcher reads on failure
     quiet = quiet or env.rank != 0
     logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING, format="%(levelname)s: %(message)s")
     reg = default_registry()
@@ -112,7 +112,7 @@ def run_cmd(
         return
     if nproc is not None and nproc != 1 and not env.distributed:  # the same command in nproc workers
         _preflight(rc, nproc, out if resume is None and not overwrite else None, resume_from)
-        raise typer.Exit(D.launch(nproc, _without_nproc(sys.argv[1:])))
+        raise typer.Exit(dist.launch(nproc, _without_nproc(sys.argv[1:])))
     # distributed with no --out: rank 0 names the directory (engine.train broadcasts it)
     out_dir = resume if resume is not None else (out or (None if env.distributed else default_out(rc)))
     previous = _sigterm_as_interrupt()
@@ -127,7 +127,7 @@ def run_cmd(
             err.print(f"[yellow]interrupted[/]: {escape(_saved_where(out_dir))}")
         raise typer.Exit(130) from None
     except RuntimeError as e:
-        lost = D.peer_lost(e) if env.distributed else None
+        lost = dist.peer_lost(e) if env.distributed else None
         if lost is None:
             raise
         from ..errors import PeerLost

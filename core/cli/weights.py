@@ -16,30 +16,30 @@ weights_app = typer.Typer(help="Pretrained weights: list them, install and conve
 
 def _state(name: str) -> str:
     """'installed', 'corrupt', 'package only' (converts on first use) or 'missing'."""
-    from ..files import weights as W
+    from ..files import weights
 
-    ws = W.get_set(name)
-    path = W.cached_path(name)
+    ws = weights.get_set(name)
+    path = weights.cached_path(name)
     if path.is_file():
-        return "installed" if W.sha256_file(path) == ws.sha256 else "corrupt"
-    if W.package_file(ws) is not None and W.installed_version(ws) == ws.version:
+        return "installed" if weights.sha256_file(path) == ws.sha256 else "corrupt"
+    if weights.package_file(ws) is not None and weights.installed_version(ws) == ws.version:
         return "package only"
     return "missing"
 
 
 def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Weight sets: which are installed, their size, licence and source package."""
-    from ..files import weights as W
+    from ..files import weights
 
     rows: list[dict[str, Any]] = []
-    for name, ws in sorted(W.weight_sets().items()):
+    for name, ws in sorted(weights.weight_sets().items()):
         rows.append({"name": name, "component": ws.component, "state": _state(name), "size": ws.size,
-                     "licence": ws.licence, "source": ws.requirement, "path": str(W.cached_path(name)),
+                     "licence": ws.licence, "source": ws.requirement, "path": str(weights.cached_path(name)),
                      "sha256": ws.sha256, "input": ws.input})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"stylezoo weights (cache: {W.cache_dir()})")
+    table = Table(title=f"stylezoo weights (cache: {weights.cache_dir()})")
     for col in ("name", "component", "installed", "size", "licence", "source"):
         table.add_column(col, overflow="fold")
     style = {"installed": "[green]yes[/]", "corrupt": "[red]corrupt: pull again[/]",
@@ -59,12 +59,12 @@ def pull_cmd(
     """Install a weight package (without its dependencies), convert it to safetensors and verify it."""
     import time
 
-    from ..files import weights as W
+    from ..files import weights
 
-    ws = W.get_set(name)
+    ws = weights.get_set(name)
     t0 = time.perf_counter()
-    out.print(f"pulling {name} ({ws.requirement}) into {W.cache_dir()}")  # no spinner: pip may print
-    path = W.pull(name, force=force)
+    out.print(f"pulling {name} ({ws.requirement}) into {weights.cache_dir()}")  # no spinner: pip may print
+    path = weights.pull(name, force=force)
     out.print(f"[green]ok[/] {name}: {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {ws.sha256[:12]}..., "
               f"{time.perf_counter() - t0:.1f} s)")
 

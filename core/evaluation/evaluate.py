@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..files import checkpoint as ckpt
-from ..ops import metrics as M
+from ..ops import metrics
 from ..files.data import ImageSet, PairSet
 from ..errors import CheckpointError, DataError, UsageError
 from ..files.images import find_images, load_tensor, save_grid
@@ -150,7 +150,7 @@ class Evaluator:
         w = None if weights is None else (weights.double() / weights.double().sum()).split(self.batch)
         sums: dict[str, Tensor] = {}
         for i, c in enumerate(style.split(self.batch)):
-            for k, g in M.gram_targets(self.vgg_feats(c, layers), None if w is None else w[i]).items():
+            for k, g in metrics.gram_targets(self.vgg_feats(c, layers), None if w is None else w[i]).items():
                 sums[k] = sums.get(k, 0) + (g * c.shape[0] if w is None else g)
         return {k: v / style.shape[0] if w is None else v for k, v in sums.items()}
 
@@ -161,7 +161,7 @@ class Evaluator:
     def perceptual_layers(self) -> tuple[str, ...]:
         vgg = cast(Extractor, self.vgg)
         names = tuple(vgg.layer_names)
-        return M.PERCEPTUAL_LAYERS if all(n in names for n in M.PERCEPTUAL_LAYERS) else tuple(vgg.style_layers)
+        return metrics.PERCEPTUAL_LAYERS if all(n in names for n in metrics.PERCEPTUAL_LAYERS) else tuple(vgg.style_layers)
 
     def score(self, outputs: Tensor, *, content: Tensor | None = None, reference: Tensor | None = None,
               ref_index: Sequence[int] | None = None) -> dict[str, float]:
@@ -181,16 +181,16 @@ class Evaluator:
             feats = self.vgg_feats(o, layers)
             if self.style_targets is not None:
                 per_image.setdefault("style_gram", []).append(
-                    M.gram_distance({k: feats[k] for k in style_l}, self.style_targets))
+                    metrics.gram_distance({k: feats[k] for k in style_l}, self.style_targets))
             if content is not None:
                 c = content[i:i + self.batch]
                 cf = self.vgg_feats(c, content_l)
                 per_image.setdefault("content_feat", []).append(
-                    M.feature_distance({k: feats[k] for k in content_l}, cf))
-                per_image.setdefault("content_ssim", []).append(M.ssim(o, c))
+                    metrics.feature_distance({k: feats[k] for k in content_l}, cf))
+                per_image.setdefault("content_ssim", []).append(metrics.ssim(o, c))
         fid_kid: dict[str, float] = {}
         if self.domain_feats is not None and self.domain_feats.shape[0] >= 2 and outputs.shape[0] >= 2:
-            fid_kid = M.fid_kid(self.domain_feats, self.pooled(outputs))
+            fid_kid = metrics.fid_kid(self.domain_feats, self.pooled(outputs))
         if reference is not None:
             sel = outputs if ref_index is None else outputs[list(ref_index)]
             if reference.shape != sel.shape:
@@ -198,10 +198,10 @@ class Evaluator:
             pl = self.perceptual_layers()
             for i in range(0, sel.shape[0], self.batch):
                 a, b = sel[i:i + self.batch], reference[i:i + self.batch]
-                per_image.setdefault("ref_ssim", []).append(M.ssim(a, b))
-                per_image.setdefault("ref_l1", []).append(M.l1(a, b))
+                per_image.setdefault("ref_ssim", []).append(metrics.ssim(a, b))
+                per_image.setdefault("ref_l1", []).append(metrics.l1(a, b))
                 per_image.setdefault("ref_perceptual", []).append(
-                    M.perceptual_distance(self.vgg_feats(a, pl), self.vgg_feats(b, pl)))
+                    metrics.perceptual_distance(self.vgg_feats(a, pl), self.vgg_feats(b, pl)))
         mean = {k: float(torch.cat([v.flatten().cpu() for v in vs]).mean()) for k, vs in per_image.items()}
         out |= {k: mean[k] for k in ("style_gram", "content_feat", "content_ssim") if k in mean}
         out |= fid_kid
@@ -270,7 +270,7 @@ class RunEval:
                 log.warning("eval: %s cannot be computed in this run (computed: %s); no %s is kept",
                             self.metric, ", ".join(m) or "nothing", BEST)
                 self.warned = True
-        elif M.better(self.metric, value, self.best):
+        elif metrics.better(self.metric, value, self.best):
             self.best, improved = value, True
         return {f"eval/{k}": v for k, v in m.items()}, improved
 

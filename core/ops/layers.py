@@ -1,22 +1,9 @@
 """Convolutions with a bfloat16 CPU fast path for tiny feature maps, shared by the built-in plugins.
 
-On this 2-core AVX512-BF16 CPU, oneDNN runs the innermost layers of a U-Net or DCGAN badly under bfloat16
-autocast: few output positions (2x2, 4x4) and many channels. As one matrix product over unfolded patches,
-the same layers take (`python -m stylezoo.benchmarks.small_convs`: forward plus backward, batch 4, kernel
-4, stride 2, medians of 15 interleaved calls, idle machine; stock bf16 -> matrix product, in ms):
-
-    Conv2d 512->512, 4x4 -> 2x2:            15.7 -> 4.8
-    Conv2d 512->512, 2x2 -> 1x1:            15.4 -> 11.9
-    ConvTranspose2d 512->512, 2x2 -> 4x4:    9.5 -> 4.8
-    ConvTranspose2d 1024->256, 4x4 -> 8x8:  10.8 -> 6.3
-
-With --all-matmul, the next sizes up: Conv2d 256->512, 8x8 -> 4x4 5.2 -> 3.6 (a gain alone, not in whole
-steps, below); Conv2d 128->256, 16x16 -> 8x8 2.1 -> 3.1 and ConvTranspose2d 512->128, 8x8 -> 16x16
-4.3 -> 4.5 (losses). Timings this small vary by up to 2x between runs; the ordering held.
-
-Whole training steps decided the thresholds (engine, bf16, the layers switched inside one process, medians
-of 6 interleaved steps): U-Net + VGG16 at 64 px 143 -> 125 ms, at 128 px 408 -> 375 ms; the DCGAN recipe
-(WGAN-GP) 465 -> 458 ms at 64 px, but 522 ms if convolutions with 16 output positions took the path too.
+oneDNN runs the innermost layers of a U-Net or DCGAN slowly under CPU bfloat16 autocast: few output
+positions (2x2, 4x4) and many channels. These subclasses run such layers as one matrix product over
+unfolded patches instead. Whole training steps chose the thresholds; `python -m stylezoo.benchmarks.small_convs`
+times the layers alone (figures: docs/benchmarks.md).
 So the matrix product is used only under CPU bfloat16 autocast, for at most `CONV_MAX_POSITIONS`
 convolution outputs or `CONVT_MAX_POSITIONS` transposed-convolution inputs. Everywhere else, and always in
 float32, on CUDA and in exports, these are the stock layers: same parameters, same state dict.
@@ -31,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # spatial positions on the small side up to which the matrix product is used (see above)
-CONV_MAX_POSITIONS = 4  # 16 helped the U-Net as much but slowed the DCGAN recipe's discriminator (+12% step)
+CONV_MAX_POSITIONS = 4  # 16 helped the U-Net as much but slowed the DCGAN recipe's discriminator
 CONVT_MAX_POSITIONS = 16
 
 
@@ -93,11 +80,9 @@ class ReflectionPad2d(nn.ReflectionPad2d):
 
     Autocast lists reflection padding among the float32 ops, so a bfloat16 activation was padded in float32
     and cast back to bfloat16 by the convolution after it: two casts forward and two backward for an op that
-    only copies values. Whole engine steps of the default recipe (gen/encdec, CPU bf16, medians of
-    interleaved steps in one process): 104.3 -> 98.7 ms at 64 px, 320.0 -> 301.1 ms at 128 px.
-
-    On the CPU its gradient is `fold_reflection` instead of aten's reflection_pad2d_backward, which took
-    13.5 ms of a 339 ms default-recipe step at 128 px. Outside autocast and gradients this is the stock layer.
+    only copies values. Keeping bf16 makes whole CPU bf16 steps
+    faster (docs/benchmarks.md). On the CPU its gradient is `fold_reflection` instead of aten's
+    reflection_pad2d_backward, which is slow there. Outside autocast and gradients this is the stock layer.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -126,9 +111,8 @@ def fold_reflection(g: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
     """The gradient of reflection padding by `pad` = (left, right, top, bottom): the padded gradient's
     centre, plus each border row and column added onto the row or column it mirrored.
 
-    One copy of the centre and small adds, against aten's element-by-element accumulation: on this CPU,
-    batch 4, bfloat16, 32 channels at 128x128 with pad 1 it took 1.74 ms against 0.41 ms here, 64 channels
-    at 64x64 0.94 against 0.26 ms (float32: 1.37 / 0.46, 0.74 / 0.24). The same sums as aten's; where
+    One copy of the centre and small adds, against aten's element-by-element accumulation, which is
+    several times slower on the CPU (docs/benchmarks.md). The same sums as aten's; where
     three or four terms meet (corners) their order may differ, so float rounding can differ in the last bit.
     """
     left, right, top, bottom = pad
@@ -155,8 +139,8 @@ def keep_mask(shape: torch.Size, keep: float, dtype: torch.dtype) -> Tensor:
     rounded to a multiple of 1/32768.
 
     Two 15-bit uniform draws (bits 0-14 and 16-30) come out of each 31-bit random integer, so the generator is called once per
-    two elements; `Tensor.bernoulli_` calls it once per element and took 2.4 ms for a 4x64x32x32 mask
-    against 0.46 ms.
+    two elements; `Tensor.bernoulli_` calls it once per element and is
+    several times slower (docs/benchmarks.md).
     """
     n = shape.numel()
     words = torch.empty((n + 1) // 2, dtype=torch.int32).random_(0, 1 << 31)
@@ -166,7 +150,7 @@ def keep_mask(shape: torch.Size, keep: float, dtype: torch.dtype) -> Tensor:
 
 
 class Dropout(nn.Dropout):
-    """nn.Dropout; in training on the CPU, the mask comes from `keep_mask` (4x faster to draw).
+    """nn.Dropout; in training on the CPU, the mask comes from `keep_mask` (faster to draw).
 
     Same distribution and scaling as nn.Dropout (the keep probability rounded to 1/32768), but a different
     random stream: a seed gives other masks than the stock layer's.
@@ -183,9 +167,8 @@ class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d; a 2x2, stride-2 pool of a contiguous CPU tensor that needs no gradient is the maximum of
     its four strided quarters.
 
-    PyTorch's CPU kernel for contiguous (NCHW) input is slow: 8.3 ms for VGG's first pool at 64 px,
-    batch 16, bfloat16, against 1.3 ms for the four-quarter maximum (`tests/test_layers.py` checks they
-    agree bit for bit). With a gradient the stock kernel stays: its backward is the cheap one, and the
+    PyTorch's CPU kernel for contiguous (NCHW) input is slow; the four-quarter maximum is several times
+    faster (docs/benchmarks.md; `tests/test_layers.py` checks they agree bit for bit). With a gradient the stock kernel stays: its backward is the cheap one, and the
     quarters' own backward made the pair no faster. channels_last input takes the stock kernel too.
     """
 
@@ -212,14 +195,9 @@ def upsample_nearest(x: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     """F.interpolate(x, size, mode="nearest"); on the CPU, an exact 2x of a contiguous map narrower than
     NEAREST_MAX_WIDTH is written as strided slices, and its gradient sums 2x2 blocks.
 
-    aten's CPU kernel is slow on narrow maps and fast from 64 columns on (2 threads, forward / backward,
-    ms): float32 4x128x32x32 6.90 / 1.29 against 0.66 / 0.72 here, 4x64x32x32 2.90 / 0.64 against
-    0.22 / 0.37; bfloat16 4x128x32x32 4.50 / 1.30 against 0.32 / 1.09; but float32 4x64x64x64 1.37 by aten
-    against 3.15 as slices. Same values and the same gradient bits as aten (`sum_blocks`): `make demo`
+    aten's CPU kernel is slow on narrow maps and fast from 64 columns on, hence NEAREST_MAX_WIDTH
+    (docs/benchmarks.md). Same values and the same gradient bits as aten (`sum_blocks`): `make demo`
     writes the same picture byte for byte.
-    In a default-recipe bf16 step at 64 px (torch.profiler, 3 steps) the upsampling went from 3.47 to 0.86 ms
-    (backward unchanged, 0.9 ms); whole steps, medians of 30 interleaved: 219.8 -> 216.9 ms (bf16),
-    345.2 -> 341.6 ms (fp32 steps, 20 each), about 1%.
     """
     h, w = x.shape[-2:]
     if (x.device.type == "cpu" and x.dim() == 4 and tuple(size) == (2 * h, 2 * w) and w < NEAREST_MAX_WIDTH
@@ -287,8 +265,7 @@ def grad_in_layout(x: Tensor) -> Tensor:
 
     Loss terms hand back NCHW gradients (mse_loss's backward, a Gram product's reshape) for channels_last
     features. The ReLU backwards and gradient sums inside the extractor then mix the two layouts and run
-    several times slower (VGG16, bf16, 128 px, batch 4, two forward+backward passes: 20.7 ms of ReLU
-    backwards against 3.2 ms on one layout); one copy into channels_last at the boundary costs less.
+    several times slower (docs/benchmarks.md); one copy into channels_last at the boundary costs less.
     Plain contiguous tensors pass through untouched.
     """
     if x.dim() != 4 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):

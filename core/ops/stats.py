@@ -46,8 +46,8 @@ class _BF16Gram(torch.autograd.Function):
     """x x^T * scale of bfloat16 x (N, C, L) with a float32 result, on oneDNN's bfloat16 matmul.
 
     bfloat16 inputs lose nothing to the matmul's bfloat16 rounding, and the sums and the output stay
-    float32: the same Gram as the float32 product up to summation order (about 1e-6 relative) at 2-2.5x
-    its speed on a CPU with AVX512-BF16. A bfloat16 *output* would not do: the style loss subtracts two
+    float32: the same Gram as the float32 product up to summation order (about 1e-6 relative), faster
+    on a CPU with AVX512-BF16 (docs/benchmarks.md). A bfloat16 *output* would not do: the style loss subtracts two
     close Grams, and a bfloat16 product (about 3e-3 relative) trained portrait-painting visibly worse.
     The backward, (g + g^T) x * scale, is an ordinary bfloat16 product like any other under autocast.
     With `cl`, x is (N, L, C) and the Gram x^T x (see `_matrices`).
@@ -90,8 +90,8 @@ class _BF16GramMSE(torch.autograd.Function):
     """mean((x x^T * scale - t)^2) of bfloat16 x (N, C, L), the Gram as in `_BF16Gram`, with one backward pass.
 
     Composed, the backward went through MSE's (a zero-filled buffer, a product), the Gram's transposed sum
-    g + g^T and a scaling: five passes over the (N, C, C) matrices, 25 ms of the original recipe's 64 px step
-    for its two 512-channel layers. Here it is one bf16 cast of the residual d = G - t and one product:
+    g + g^T and a scaling: five passes over the (N, C, C) matrices (their cost:
+    docs/benchmarks.md). Here it is one bf16 cast of the residual d = G - t and one product:
     dx = (4 * scale / numel) d x, using that d is symmetric (G and the cached targets are Grams; oneDNN may
     sum G's mirror entries in another order, a float32 rounding far below d's bfloat16 cast).
     With `cl`, x is (N, L, C), the Gram x^T x and dx = (4 * scale / numel) x d (see `_matrices`).

@@ -41,16 +41,16 @@ class TrainConfig:
     ema: float = 0.0
     seed: int = 0  # everything random derives from (seed, step)
     # bf16 = bfloat16 autocast; auto = bf16 where the device has fast bfloat16 (CPUs with avx512_bf16/AMX,
-    # CUDA GPUs from Ampere on), else fp32. Measured here: 1.4-2x the steps/s at the same losses and samples
-    # (benchmarks/speed.py). Loss terms and gradient penalties compute in float32 inside.
+    # CUDA GPUs from Ampere on), else fp32: faster steps at the same losses and samples on such devices
+    # (docs/benchmarks.md). Loss terms and gradient penalties compute in float32 inside.
     precision: Literal["fp32", "bf16", "auto"] = "auto"
     # memory format for convolutions: true, false, or "auto" = the faster one measured per device
     # (benchmarks/speed.py --ablation): channels_last on CUDA, contiguous on CPU. "extractor": the feature
-    # extractor alone channels_last, 4-8% faster CPU bf16 steps but a slightly weaker style (README, Benchmarks)
+    # extractor alone channels_last: faster CPU bf16 steps but a slightly weaker style (docs/benchmarks.md)
     channels_last: bool | Literal["auto", "extractor"] = "auto"
     compile: bool = False  # torch.compile the generator and discriminator
     # CPU: glibc's malloc keeps freed memory for reuse instead of returning it, so steps do not page-fault
-    # their tensors back in (core/runtime/cpu_memory.py; 5-20% faster steps here). Process-wide; off = glibc's default
+    # their tensors back in (core/runtime/cpu_memory.py; docs/benchmarks.md). Process-wide; off = glibc's default
     keep_freed_memory: bool = True
     device: str = "auto"  # auto = cuda when available, else cpu
     sample_every: int = 50  # steps between sample grids (0 = only the final one)

@@ -2,10 +2,9 @@
 
 PyTorch's CPU allocator is the C library's malloc. glibc serves large blocks with mmap and returns them to
 the system when freed (its threshold grows to at most 32 MiB), and gives back heap memory above 128 KiB
-at the top. A training step frees and re-allocates the same activations every time, so each step touched
-fresh pages: 13,500 minor page faults per step of the default recipe at 128 px, 26,600 for the original
-recipe at 64 px. With the thresholds raised, both steps fault 0 times and ran 325 vs 410 ms and 365 vs
-396 ms (one process each, medians of 6 steps, idle 2-core machine). This is the setting that launchers
+at the top. A training step frees and re-allocates the same activations every time, so each step touches
+fresh pages and page-faults them in. With the thresholds raised, steps fault no more and run faster
+(docs/benchmarks.md). This is the setting that launchers
 such as `torch.backends.xeon.run_cpu` get by preloading jemalloc or tcmalloc, done through glibc's own
 `mallopt` so nothing needs installing.
 

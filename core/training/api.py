@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..files import checkpoint as ckpt
 from ..runs.rundir import _truncate_metrics, check_new_out, clear_run, default_out, holds_run, resume_config
 from ..runs.runconfig import RunConfig, resolve, with_steps
-from ..runtime import distributed as D
+from ..runtime import distributed as dist
 from .engine import Trainer
 
 log = logging.getLogger("stylezoo")
@@ -45,12 +45,12 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
         rc = resolve(registry or default_registry())
     if resume is None and steps is not None:  # as `stylezoo run --steps N`: the run's length, epochs or not
         rc = dataclasses.replace(rc, train=with_steps(rc.train, steps))
-    with D.session(rc.train.device) as env:  # under torchrun: join the process group (any process count)
+    with dist.session(rc.train.device) as env:  # under torchrun: join the process group (any process count)
         if resume_from is not None and env.rank == 0:
             assert resume is not None  # resume_from was read from it
             _truncate_metrics(Path(resume) / "metrics.jsonl", int(ckpt.read_meta(resume_from)["step"]))
         if out is None:  # rank 0's clock names the run directory for all
-            out = D.broadcast_text(str(default_out(rc)), D.local_device(rc.train.device, env))
+            out = dist.broadcast_text(str(default_out(rc)), dist.local_device(rc.train.device, env))
         trainer = Trainer(rc, out, registry=registry, resume_from=resume_from, progress=progress)
         # only now that the new run is set up (data, weights, modules): a typo must not cost the old run
         if overwrite and resume is None and env.rank == 0 and holds_run(Path(out)):

@@ -17,7 +17,7 @@ from typing import Any, Callable, SupportsInt, cast
 import torch
 from torch import Tensor, nn
 
-from ..runtime import distributed as D
+from ..runtime import distributed as dist
 from ..files.data import ImageSet, PairSet, _seed, pair_folders
 from ..errors import CompositionError, ConfigError, DataError, PluginError
 from ..components.kinds import Extractor, LossTerm
@@ -226,8 +226,8 @@ def place_modules(comps: Components, device: torch.device, *, channels_last: boo
     With several processes the components come back with synchronised batch norm."""
     mf = torch.channels_last if channels_last else torch.contiguous_format
     if world > 1:  # batch norm over the global batch, as one process would compute it
-        comps = dataclasses.replace(comps, gen=D.sync_batch_norm(comps.gen, device),
-                                    disc=D.sync_batch_norm(comps.disc, device) if comps.disc is not None else None)
+        comps = dataclasses.replace(comps, gen=dist.sync_batch_norm(comps.gen, device),
+                                    disc=dist.sync_batch_norm(comps.disc, device) if comps.disc is not None else None)
     for m in (comps.gen, comps.disc, comps.feat, comps.adv, comps.gp, *comps.losses.values()):
         if m is not None:
             m.to(device, memory_format=mf)  # type: ignore[call-overload]  # torch's stub lacks this overload
@@ -248,8 +248,8 @@ def place_modules(comps: Components, device: torch.device, *, channels_last: boo
     # on real images. D on fakes, the gradient penalty's double backward and the generator step's D call
     # (D frozen) use the bare module (`disc_plain`, `comps.disc`): autograd sums every path's gradient into
     # D's parameters before DDP's hooks fire, once per parameter, inside the D step's single backward.
-    gen_fwd: Callable[..., Tensor] = D.wrap(comps.gen, device)
-    disc_fwd: Callable[..., Tensor] | None = D.wrap(comps.disc, device) if comps.disc is not None else None
+    gen_fwd: Callable[..., Tensor] = dist.wrap(comps.gen, device)
+    disc_fwd: Callable[..., Tensor] | None = dist.wrap(comps.disc, device) if comps.disc is not None else None
     disc_plain: Callable[..., Tensor] | None = comps.disc
     if train.compile:  # compiles lazily: the first step's time includes it (logged as time/step_s)
         # dynamic=False: one static graph per input shape; a run has two or three (D sees B and 2B images).

@@ -19,7 +19,7 @@ from ..components.kinds import AdversarialLoss, StepContext
 from ..errors import PluginError
 from ..files.data import _seed
 from ..runs.runconfig import RunConfig, TrainConfig
-from ..runtime import distributed as D
+from ..runtime import distributed as dist
 from .assembly import IMAGE, NOISE, Components, DataPlan, FeaturePlan, Placement
 from .conditioning import Conditioning
 from .ema import GeneratorEMA
@@ -224,7 +224,7 @@ class TrainStep:
         if not logs:
             return {}
         vals = torch.stack([v.detach().float().reshape(()) for v in logs.values()])
-        return dict(zip(logs, D.mean_across(vals).tolist()))
+        return dict(zip(logs, dist.mean_across(vals).tolist()))
 
     def _backward(self, who: str, loss: Tensor, parts: dict[str, Tensor], module: nn.Module,
                   logs: dict[str, Tensor]) -> bool:
@@ -248,7 +248,7 @@ class TrainStep:
                 logs[f"grad/{'gen' if module is self.comps.gen else 'disc'}"] = norm
         grads_ok = norm is None or bool(torch.isfinite(norm))
         ok = finite and grads_ok
-        if (ok if self.world == 1 else not D.any_rank(not ok, self.device)):
+        if (ok if self.world == 1 else not dist.any_rank(not ok, self.device)):
             return True
         bad = [n for n, v in parts.items() if not torch.isfinite(v.detach()).all()]
         fake = self.last_fake

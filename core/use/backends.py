@@ -17,10 +17,9 @@ from .export import check_parity
 from .onnx import ort_session, write_onnx
 
 PRECISIONS = ("fp32", "bf16", "auto")
-# What "auto" means. benchmarks/inference.py on this 2-core AVX512-BF16 CPU, idle (make bench, batch 1, 512 px):
-# bf16 (bfloat16 weights for unconditional image generators, autocast for the others: Stylizer._bf16_module)
-# takes 0.43-0.65x the time of fp32 eager and moves pixels by about 0.8 mean / 8 max 8-bit levels: the
-# precision the default recipes train in. So auto = bf16 where the device has fast bfloat16, else fp32. Folders of AUTO_ORT_MIN_IMAGES+ files
+# What "auto" means: bf16 (bfloat16 weights for unconditional image generators, autocast for the others:
+# Stylizer._bf16_module) where the device has fast bfloat16, else fp32. bf16 is the precision the default recipes
+# train in; it is faster on such CPUs and moves pixels by a few 8-bit levels (docs/benchmarks.md). Folders of AUTO_ORT_MIN_IMAGES+ files
 # (backend auto) and --backend onnxruntime run ONNX Runtime in fp32 (max difference 1 level from PyTorch fp32).
 AUTO_PRECISION = "bf16-where-fast"
 BACKENDS = ("auto", "torch", "onnxruntime")

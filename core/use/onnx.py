@@ -213,9 +213,8 @@ def write_torchscript(module: nn.Module, path: Path) -> None:
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
     """An onnxruntime CPU session whose threads sleep between runs instead of spinning.
 
-    onnxruntime's workers busy-wait after each run by default. In a process that also runs PyTorch they
-    took the cores from the next torch call: gen/unet at 512 px on 2 cores ran in 135 ms right after an
-    onnxruntime run, 107 ms with spinning off, while onnxruntime itself took 148 vs 150 ms.
+    onnxruntime's workers busy-wait after each run by default. In a process that also runs PyTorch they take the cores from the next torch call; sleeping
+    instead costs onnxruntime nothing measurable (docs/benchmarks.md).
     """
     import onnxruntime as ort
 

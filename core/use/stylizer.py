@@ -41,11 +41,11 @@ class Stylizer:
     (padded to the generator's multiple and cropped back) and return the same kind. Noise generators
     `sample(n, seed)`. Paths get their EXIF orientation applied; PIL images are used as they are.
 
-    precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the device has fast bfloat16, about 2x faster
-    on this CPU and a few 8-bit levels off fp32; else fp32). backend: "torch", "onnxruntime" (exported and parity-checked at
+    precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the device has fast bfloat16, faster there and
+    a few 8-bit levels off fp32; else fp32). backend: "torch", "onnxruntime" (exported and parity-checked at
     load) or "auto" (PyTorch, switching to ONNX Runtime for batches of AUTO_ORT_MIN_IMAGES files or more).
     keep_freed_memory: on the CPU, have glibc's malloc keep freed memory for reuse (process-wide,
-    core/runtime/cpu_memory.py): a 512 px gen/encdec call took 271 instead of 515 ms in float32 here.
+    core/runtime/cpu_memory.py), so calls do not page-fault their tensors back in (docs/benchmarks.md).
     """
 
     def __init__(self, loaded: LoadedGenerator, *, device: str | torch.device = "cpu", precision: str = "auto",
@@ -271,7 +271,7 @@ class Stylizer:
         """Restyle image files, folders (recursively) and globs into `out` (a folder, or a file for one input).
 
         Same-size images run in batches of `batch`. With backend "auto" and at least AUTO_ORT_MIN_IMAGES files,
-        the generator runs through ONNX Runtime (2-3x faster on this CPU; see benchmarks/inference.py). Unreadable inputs are skipped and reported (`on_skip`,
+        the generator runs through ONNX Runtime (faster on the CPU for many files; docs/benchmarks.md). Unreadable inputs are skipped and reported (`on_skip`,
         default a logged warning), or refused before anything is written with `strict`. Outputs are RGB (RGBA
         with alpha) unless `keep_mode` asks for each input's own mode. Raises DataError
         when nothing could be written.
