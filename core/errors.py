@@ -81,7 +81,23 @@ def did_you_mean(word: str, options: Iterable[str], n: int = 3) -> str:
     typed = word.split("/", 1)[-1]
     close = [short[s] for s in short if len(typed) >= 3 and s.startswith(typed) and s != typed]
     close += [short[c] for c in difflib.get_close_matches(typed, list(short), n=n, cutoff=0.6)]
+    if not close and len(typed) <= 3:  # short names: 'r3' is one letter from 'r1', a 0.5 ratio
+        close += [short[c] for c in difflib.get_close_matches(typed, list(short), n=n, cutoff=0.5)
+                  if len(c) <= 4]
     close = list(dict.fromkeys(close))[:n]  # (not the full names: a shared `loss/` alone looked close)
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop asked for by a signal (SIGINT: Ctrl-C, SIGTERM: a scheduler or `timeout`); the command exits
+    with 128 + the signal's number, as a shell reports a process the signal ended (130, 143)."""
+
+    def __init__(self, signum: int = 2) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -169,7 +169,8 @@ def test_kill_at_random_points_and_mid_write_then_resume_matches_the_uninterrupt
             mine = [t for t in tmp_files(run) if f".{proc.pid}-" in t.name]
             assert mine, "the kill did not land in the middle of a checkpoint write"
         if how in ("term", "int"):
-            assert proc.returncode == 130, (proc.returncode, err)
+            want = {"term": 128 + signal.SIGTERM, "int": 128 + signal.SIGINT}[how]  # 143, 130: as a shell reports it
+            assert proc.returncode == want, (proc.returncode, err)
             assert "interrupted" in err and "--resume" in err
             # the step in flight was finished, logged and saved
             assert ckpt.read_meta(run / "last.safetensors")["step"] == rows(run)[-1]["step"]

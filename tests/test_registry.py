@@ -103,6 +103,20 @@ def test_did_you_mean_compares_names_after_their_kind() -> None:
     assert did_you_mean("nosuchfield", ["channels", "out_channels", "n_res"]) == ""
     # a shared 'loss/' alone is not closeness: nothing here is near 'patch'
     assert did_you_mean("loss/patch", ["loss/tv", "loss/bce", "loss/wgan", "loss/gram"]) == ""
+    # short names one letter apart are close ('r3' and 'r1' have a ratio of 0.5)
+    assert did_you_mean("gp/r3", ["gp/r1", "gp/wgan-gp", "gp/dragan", "gp/none"]) == " Did you mean 'gp/r1'?"
+
+
+def test_a_typed_kind_is_never_answered_with_another_kinds_names() -> None:
+    """`build("gen/nonexist")` suggested gp/none; `--gp r3` suggested nothing."""
+    reg = Registry(entry_points=False)
+    with pytest.raises(UnknownComponentError) as e:
+        reg.get("gen/nonexist")
+    assert "Did you mean" not in str(e.value) and "stylezoo list --kind gen" in str(e.value)
+    with pytest.raises(UnknownComponentError, match=r"Did you mean 'gp/r1'\?"):
+        reg.resolve("r3", kind="gp")
+    with pytest.raises(UnknownComponentError, match=r"Did you mean 'gen/dcgan'\?"):
+        reg.get("gen/dcgn")
 
 
 def test_a_real_component_in_the_wrong_role_is_named_for_what_it_is(bare_registry, make_plugin):

@@ -122,10 +122,10 @@ def run_cmd(
                          overwrite=overwrite, data=moved if resume is not None else None,
                          progress=(lambda step, total, logs: update(step, total, _fmt(logs))) if env.rank == 0 else None)
         out_dir = last.parent
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # 130 for Ctrl-C, 143 for SIGTERM (errors.Interrupted)
         if env.rank == 0:
             err.print(f"[yellow]interrupted[/]: {escape(_saved_where(out_dir))}")
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     except RuntimeError as e:
         lost = dist.peer_lost(e) if env.distributed else None
         if lost is None:
@@ -211,7 +211,9 @@ def _sigterm_as_interrupt() -> Any:
         return None
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        from ..errors import Interrupted
+
+        raise Interrupted(signum)
 
     return signal.signal(signal.SIGTERM, handler)
 

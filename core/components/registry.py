@@ -287,7 +287,7 @@ class Registry:
         near = kind or typed_kind  # suggest names of the kind asked for (or typed) first, then any
         target = name if "/" in name or not kind else f"{kind}/{name}"
         hint = did_you_mean(target, [n for n in entries if near and n.startswith(near + "/")])
-        if not hint and not kind:
+        if not hint and not near:  # a typed kind (gen/...) is never answered with another kind's names
             hint = did_you_mean(target, entries)
         what = KINDS[kind] if kind else "component"
         listing = f"Run `stylezoo list --kind {near}`" if near else "Run `stylezoo list`"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import checkpoint as ckpt
-from ..errors import CheckpointError, ConfigError, DataError, UsageError
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted, UsageError
 from ..components.registry import Registry, default_registry
 from .runconfig import _PATH_FIELDS, RunConfig, _absolute, _expand, component_config, with_steps
 
@@ -37,7 +37,7 @@ class _StopAtStepEnd:
         if self.busy and self.pending is None:
             self.pending = signum
             return
-        raise KeyboardInterrupt
+        raise Interrupted(signum)
 
     def install(self) -> _StopAtStepEnd:
         import signal

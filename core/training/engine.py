@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..components.registry import Registry, default_registry
-from ..errors import ConfigError, StylezooError, TrainingDiverged
+from ..errors import ConfigError, Interrupted, StylezooError, TrainingDiverged
 from ..evaluation.evaluate import RunEval, split_holdout
 from ..evaluation.report import write_report
 from ..files import checkpoint as ckpt
@@ -336,7 +336,7 @@ class Trainer:
                 t_last = time.perf_counter()
                 signals.busy = False
                 if signals.pending is not None:
-                    raise KeyboardInterrupt
+                    raise Interrupted(signals.pending)
             self._check_last_steps()
         except TrainingDiverged:
             if self.rank == 0 and self.has_good_weights():
