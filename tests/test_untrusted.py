@@ -297,6 +297,15 @@ def _edit(kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
         tensors["opt_g.exp_avg"] = torch.zeros(2)
     elif kind == "optimizer: lr is text":
         meta["optim"]["opt_g"]["param_groups"][0]["lr"] = "fast"
+    elif kind == "gen: int8 weights":
+        tensors[gen] = tensors[gen].to(torch.int8)
+    elif kind == "gen: bool weights":
+        tensors[gen] = tensors[gen] > 0
+    elif kind == "gen: a NaN weight":
+        tensors[gen] = tensors[gen].clone()
+        tensors[gen].view(-1)[3] = float("nan")
+    elif kind == "disc: Inf weights":
+        tensors[disc] = torch.full_like(tensors[disc], float("inf"))
     elif kind == "optimizer: a group too many":
         meta["optim"]["opt_g"]["param_groups"].append(dict(meta["optim"]["opt_g"]["param_groups"][0]))
     else:
@@ -305,7 +314,8 @@ def _edit(kind: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
 
 EDITS = ["gen: wrong shape", "gen: tensor dropped", "gen: stray tensor", "disc: wrong shape", "disc: tensor dropped",
          "stray owner", "optimizer: wrong shape", "optimizer: tensor dropped", "optimizer: unknown parameter",
-         "optimizer: bad key", "optimizer: lr is text", "optimizer: a group too many"]
+         "optimizer: bad key", "optimizer: lr is text", "optimizer: a group too many", "gen: int8 weights",
+         "gen: bool weights", "gen: a NaN weight", "disc: Inf weights"]
 
 
 @pytest.fixture(scope="module")
@@ -341,8 +351,15 @@ def test_tensors_that_do_not_match_the_composition_are_refused_not_half_loaded(
     assert "\n" not in str(e.value)
     clean_error(invoke("run", "--resume", bad, "--quiet"))
     if kind.startswith("gen"):
-        with pytest.raises(CheckpointError, match="generator tensors do not match"):
+        what = "generator tensor gen|NaN or Inf" if "NaN" in kind else "generator tensors do not match"
+        with pytest.raises(CheckpointError, match=what) as e:
             load_generator(bad, registry=reg)
+        if "NaN" in kind:  # one line naming the tensor, for every command that loads a generator
+            name = sorted(k for k in tensors if k.startswith("gen.") and k.endswith("weight"))[0].removeprefix("gen.")
+            assert name in str(e.value) and "NaN" in str(e.value)
+            for args in (("stylize", bad, "-n", "1", "-o", tmp_path / "o"), ("export", bad, "-o", tmp_path / "m.onnx"),
+                         ("eval", bad, "--num", "2")):
+                clean_error(invoke(*args), name)
         clean_error(invoke("stylize", bad, "-n", "1", "-o", tmp_path / "out"), "nothing was loaded")
     elif kind == "stray owner":  # a broken weight average (ema.*) is refused; the raw generator is intact
         with pytest.raises(CheckpointError, match="weight average"):

@@ -288,14 +288,21 @@ def _existing(path: str | Path) -> Path:
 
 
 
+# safetensors' dtype names (the header's) and torch's
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
 def tensor_shapes(path: str | Path) -> dict[str, Tensor]:
-    """A checkpoint's tensors as meta tensors (their shapes, no data), read from the file's header."""
+    """A checkpoint's tensors as meta tensors (their shapes and types, no data), read from the file's header."""
     from safetensors import safe_open
 
     path = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta",
+                                   dtype=_DTYPES.get(f.get_slice(k).get_dtype(), torch.float32)) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} could not be read ({e}); it is truncated or corrupt.") from None
 

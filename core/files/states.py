@@ -62,7 +62,10 @@ def check_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or bad_shape:
+    # a float parameter given as int8 or bool (or the reverse) would load, cast, as a different model
+    bad_dtype = sorted(k for k in set(own) & set(state) if k not in bad_shape and (
+        own[k].is_floating_point() != state[k].is_floating_point() or (own[k].dtype == torch.bool) != (state[k].dtype == torch.bool)))
+    if missing or unexpected or bad_shape or bad_dtype:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} tensors (e.g. {missing[0]})")
@@ -71,10 +74,21 @@ def check_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str
         if bad_shape:
             k = bad_shape[0]
             parts.append(f"{len(bad_shape)} of the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+        if bad_dtype:
+            k = bad_dtype[0]
+            parts.append(f"{len(bad_dtype)} of the wrong type (e.g. {k}: {str(state[k].dtype).removeprefix('torch.')} "
+                         f"vs {str(own[k].dtype).removeprefix('torch.')})")
         raise CheckpointError(
             f"The {what} tensors do not match the composition the checkpoint declares: {'; '.join(parts)}. "
             "The file was edited or belongs to another model; nothing was loaded."
         )
+    bad = next((k for k in sorted(state) if state[k].is_floating_point() and not state[k].is_meta
+                and not bool(torch.isfinite(state[k]).all())), None)
+    if bad is not None:
+        n = int((~torch.isfinite(state[bad])).sum())
+        raise CheckpointError(f"The {what} tensor {bad} holds {n} NaN or Inf values (the run that wrote it diverged, "
+                              "or the file was edited), so nothing was loaded: use an earlier checkpoint "
+                              "(checkpoints/step-*.safetensors).")
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
