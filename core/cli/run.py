@@ -41,6 +41,7 @@ def run_cmd(
     device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="fp32, bf16 or auto.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse unreadable images instead of skipping them.")] = False,
+    log: Annotated[Optional[list[str]], typer.Option("--log", help="Also log to: tensorboard (RUN/tb/: losses, metrics, sample grids, the config; pip install 'stylezoo[tensorboard]'). metrics.jsonl is always written.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>-<recipe>).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out: its files, eval log and default exports are deleted first; other files stay.")] = False,
@@ -71,7 +72,7 @@ def run_cmd(
         given = {f"--{k.rstrip('_').replace('_', '-')}": v for k, v in dict(
             gen=gen, disc=disc, feat=feat, adv=adv, gp=gp, loss=loss, recipe=recipe, config=config, set_=set_,
             size=size, batch=batch, epochs=epochs, lr=lr, seed=seed, device=device, precision=precision,
-            out=out).items() if v not in (None, [], ())}
+            log=log, out=out).items() if v not in (None, [], ())}
         # data that moved since the run was trained may be given its new place (rundir.relocate_data)
         moved = {k: str(v) for k, v in dict(data=data, style=style, content=content, pairs=pairs, input=input_,
                                             target=target).items() if v is not None}
@@ -93,7 +94,7 @@ def run_cmd(
             raise UsageError("Give the run's length as --steps or as --epochs, not both (--steps would win).")
         cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
         train_opts = {k: v for k, v in dict(size=size, batch=batch, steps=steps, epochs=epochs, lr=lr, seed=seed,
-                                             device=device, precision=precision).items() if v is not None}
+                                             device=device, precision=precision, log=log).items() if v is not None}
         data_opts: dict[str, Any] = {k: v for k, v in dict(data=data, style=style, content=content, pairs=pairs,
                                                            input=input_, target=target).items() if v is not None}
         if strict:

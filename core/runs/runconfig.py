@@ -21,6 +21,7 @@ from ..errors import CompositionError, ConfigError, UnknownComponentError, did_y
 from ..components.registry import Registry
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
+SINKS = ("tensorboard",)  # train.log's names: where figures go besides metrics.jsonl (core/training/logsinks.py)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between evaluations (core/evaluation/evaluate.py), logged as eval/... (0 = off)
     eval_metric: str = "style_gram"  # the metric best.safetensors is kept by (see core/ops/metrics.py METRICS)
     eval_holdout: int = 4  # content images held aside for evaluation, not trained on (image generators; at most half)
+    log: tuple[str, ...] = ()  # also log to these SINKS ("tensorboard": RUN/tb/); metrics.jsonl is always written
 
     def __post_init__(self) -> None:
         checks = [("size", self.size >= 8, "at least 8"), ("batch", self.batch >= 1, "at least 1"),
@@ -82,6 +84,10 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be {want}, got {getattr(self, name)!r}")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be in [0, 1), got {self.betas}")
+        unknown = [s for s in self.log if s not in SINKS]
+        if unknown:
+            raise ValueError(f"train.log: unknown sink {unknown[0]!r}; known: {', '.join(SINKS)} (metrics.jsonl is "
+                             f"always written).{did_you_mean(unknown[0], SINKS)}")
         from ..ops.metrics import METRICS
 
         ranked = [k for k, m in METRICS.items() if m.direction is not None]

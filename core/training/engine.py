@@ -35,6 +35,7 @@ from .assembly import IMAGE, build_components, check_batch_split, check_gen_size
 from .conditioning import Conditioning, with_labels
 from .ema import GeneratorEMA
 from .failures import data_wait_warning, first_step_error
+from .logsinks import check_sinks, open_sinks
 from .step import TrainStep
 from .trainstate import RunModules, component_names, load_run_state, run_meta, run_state
 
@@ -66,6 +67,7 @@ class Trainer:
         why = compile_unavailable(self.device) if train.compile else None
         if why:
             raise ConfigError(why)
+        check_sinks(train.log)  # --log tensorboard without its package: refused before any work
         cl = train.channels_last  # "auto": where it measured faster (docs/benchmarks.md)
         channels_last = (self.device.type == "cuda") if cl == "auto" else cl is True
         self.progress = progress
@@ -299,6 +301,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             write_config(self.out / "config.toml", self.rc)
         log_f = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
+        # --log tensorboard (core/training/logsinks.py); none on other ranks
+        sinks = open_sinks(self.train_cfg.log, self.out, rank=self.rank,
+                           resumed_at=self.step if self.resumed_from is not None else None)
         last = self.out / "last.safetensors"
         signals = _StopAtStepEnd().install()
         self._mid_step = False
@@ -324,13 +329,14 @@ class Trainer:
                     try:
                         log_f.write(json.dumps(logs) + "\n")
                         log_f.flush()
+                        sinks.scalars(logs, self.step)
                     except OSError as e:
                         if e.errno in ckpt.NO_SPACE:
                             raise ckpt.no_space_error(self.out / "metrics.jsonl") from None
                         raise
                 if self.rank == 0:
                     if self.train_cfg.sample_every and self.step % self.train_cfg.sample_every == 0:
-                        self.save_samples(f"step-{self.step:07d}")
+                        sinks.grid(self.save_samples(f"step-{self.step:07d}"), self.step)
                     if self.train_cfg.ckpt_every and self.step % self.train_cfg.ckpt_every == 0:
                         last = self.save_checkpoint(keep=True)
                 t_last = time.perf_counter()
@@ -350,15 +356,17 @@ class Trainer:
             raise
         finally:
             signals.restore()
+            sinks.flush()
             if log_f:
                 with contextlib.suppress(OSError):  # a full disk was reported above
                     log_f.close()
         del t_last
         if self.rank == 0:
             last = self.save_checkpoint(keep=True)
-            self.save_samples("final")
+            sinks.grid(self.save_samples("final"), self.step)
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
             self._write_report()
+        sinks.close()
         return last
 
     # -- evaluation and report hooks (the logic lives in core/evaluation/) ----------------------------------------
