@@ -17,7 +17,7 @@ from typer.core import TyperGroup
 
 from ..errors import StylezooError
 
-COMMANDS: tuple[str, ...] = ("catalog", "run", "weights", "transfer", "eval", "report", "stylize", "export")
+COMMANDS: tuple[str, ...] = ("catalog", "run", "weights", "transfer", "eval", "report", "stylize", "export", "serve")
 
 
 def report_error(err: BaseException | str) -> None:

@@ -182,6 +182,11 @@ class Stylizer:
         self._cond = {"label_weights": torch.tensor(_mix_weights(w.tolist(), len(labels), "label"))}
         return self
 
+    def clear_condition(self) -> Stylizer:
+        """Forget the style or labels set before (then `condition_note` says what the generator uses); returns self."""
+        self._cond = {}
+        return self
+
     @property
     def label_weights(self) -> Tensor | None:
         """The label mix (L,) `set_labels` chose, summing to 1; None before one was set."""
