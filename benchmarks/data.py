@@ -27,10 +27,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from stylezoo.core.training.engine import Trainer
-from stylezoo.core.files.images import find_images
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.files.images import find_images
 from stylezoo.core.runs.runconfig import SAMPLES, resolve
+from stylezoo.core.training.engine import Trainer
 
 
 def make_photos(out: Path, n: int, side: int) -> list[Path]:

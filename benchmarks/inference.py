@@ -31,11 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.files.images import center_crop, open_image, pil_to_tensor, resize_short
 from stylezoo.core.runtime.cpu_memory import keep_freed_memory
 from stylezoo.core.use.export import SAMPLES, ort_session, write_onnx
-from stylezoo.core.files.images import center_crop, open_image, pil_to_tensor, resize_short
 from stylezoo.core.use.stylizer import Stylizer, load_generator
-from stylezoo.core.components.registry import Registry
 
 Fn = Callable[[Tensor], Tensor]
 

@@ -198,10 +198,10 @@ def load_faces(files: list[Path], size: int) -> Tensor:
 def run_recipe(name: str, args: argparse.Namespace, train_files: list[Path], test_files: list[Path],
                run_dir: Path, grid_path: Path, reg: Any) -> dict[str, Any]:
     """Train one face recipe for the budget, score it, its Gatys reference and the identity; save its grid."""
-    from stylezoo.core.training.engine import Trainer
     from stylezoo.core.evaluation.evaluate import Evaluator, domain_images, generate, style_images
     from stylezoo.core.files.images import save_grid
     from stylezoo.core.runs.runconfig import resolve
+    from stylezoo.core.training.engine import Trainer
 
     family = recipe_family(reg, name, recipe_sets(args.sets, name))
     with tempfile.TemporaryDirectory(prefix="quality_faces-") as tmp:
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quality_faces: skipped: no faces at {args.data / 'faces' / FACE_SETS[0]} (the development faces "
               "are research-only and not bundled; give --data DIR holding faces/celeba_hq and faces/codeformer)")
         return 0
-    from stylezoo.core.ops.metrics import METRICS
     from stylezoo.core.components.registry import default_registry
+    from stylezoo.core.ops.metrics import METRICS
 
     reg = default_registry()
     unknown = [r for r in args.recipes if r not in reg.recipes()]

@@ -164,10 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from stylezoo.core.files.data import match_pairs
-    from stylezoo.core.training.engine import Trainer
     from stylezoo.core.components.registry import default_registry
+    from stylezoo.core.files.data import match_pairs
     from stylezoo.core.runs.runconfig import resolve
+    from stylezoo.core.training.engine import Trainer
 
     pairs = match_pairs(data / "photo", data / "sketch")
     train_stems, test_stems = split([s for s, _, _ in pairs], args.holdout, args.split_seed)

@@ -56,10 +56,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from stylezoo.benchmarks.train_loops import NaiveLoop, PlainLoop
-from stylezoo.core.runtime.devices import bf16_supported, pick_device
-from stylezoo.core.training.engine import Trainer
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import RunConfig, resolve
+from stylezoo.core.runtime.devices import bf16_supported, pick_device
+from stylezoo.core.training.engine import Trainer
 
 # name -> (registry recipe, CLI layer on top)
 RECIPES: dict[str, tuple[str, dict[str, Any]]] = {

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stylezoo.core.training.engine import IMAGE, Trainer
 from stylezoo.core.components.kinds import StepContext
 from stylezoo.core.ops.stats import gram
+from stylezoo.core.training.engine import IMAGE, Trainer
 
 
 class PlainLoop:

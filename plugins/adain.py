@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylezoo.core.errors import CompositionError, ConfigError
 from stylezoo.core.components.base import check_weight
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import Extractor, StepContext
+from stylezoo.core.errors import CompositionError, ConfigError
 from stylezoo.core.ops.layers import ReflectionPad2d, Upsample
 
 EPS = 1e-5

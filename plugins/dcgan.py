@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
 from stylezoo.core.components.hookspecs import hookimpl

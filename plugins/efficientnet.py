@@ -17,10 +17,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from stylezoo.core.files import weights as W
-from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import frozen
+from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
+from stylezoo.core.files import weights as W
 
 TAPS: tuple[str, ...] = ("stem", *(f"block{i}" for i in range(7)), "head")
 

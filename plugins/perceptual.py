@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylezoo.core.errors import ConfigError, DataError
 from stylezoo.core.components.base import check_weight, resolve_layers  # noqa: F401  (resolve_layers: its old import path)
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import Extractor, StepContext
+from stylezoo.core.errors import ConfigError, DataError
 from stylezoo.core.ops.stats import STD_EPS, _fp32, gram, gram_mse, moments  # noqa: F401  (gram: its old import path)
+
 
 def _label_means(x: Tensor, labels: Tensor | None) -> Tensor:
     """Mean of per-image statistics (S, ...): (1, ...) without labels, (L, ...) with labels 0..L-1."""

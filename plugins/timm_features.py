@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stylezoo.core.files import weights as pretrained
-from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import frozen
+from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
+from stylezoo.core.files import weights as pretrained
 
 
 @dataclass

@@ -8,7 +8,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.ops.layers import Conv2d, ConvTranspose2d, Dropout
 

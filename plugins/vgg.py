@@ -21,10 +21,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from stylezoo.core.files import weights as W
-from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import frozen
+from stylezoo.core.errors import UsageError, WeightsError, did_you_mean
+from stylezoo.core.files import weights as W
 from stylezoo.core.ops.layers import MaxPool2d
 
 BLOCKS: dict[str, tuple[int, ...]] = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}

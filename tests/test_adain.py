@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylezoo.core.files import weights as W
 from stylezoo.core.cli import app
-from stylezoo.core.training.engine import Trainer
-from stylezoo.core.errors import CompositionError, UsageError
-from stylezoo.core.files.images import load_tensor
-from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CompositionError, UsageError
+from stylezoo.core.files import weights as W
+from stylezoo.core.files.images import load_tensor
 from stylezoo.core.runs.runconfig import resolve
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.plugins.adain import adain, channel_stats, mix
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"

@@ -14,13 +14,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stylezoo.core.cli import app
-from stylezoo.core.files.data import style_labels
-from stylezoo.core.training.engine import Trainer
-from stylezoo.core.errors import DataError, UsageError
-from stylezoo.core.files.images import load_tensor
-from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import DataError, UsageError
+from stylezoo.core.files.data import style_labels
+from stylezoo.core.files.images import load_tensor
 from stylezoo.core.runs.runconfig import resolve
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.plugins.cin import CondInstanceNorm
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
@@ -257,8 +257,8 @@ def test_export_takes_label_weights_as_an_input_and_passes_parity(reg: Registry,
     import numpy as np
     import onnxruntime as ort
 
-    from stylezoo.core.files import checkpoint as ckpt
     from stylezoo.core.components.config import config_to_dict
+    from stylezoo.core.files import checkpoint as ckpt
     from stylezoo.core.use.export import export, sample_photos
 
     gen = perturbed(reg)

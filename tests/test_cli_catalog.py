@@ -15,11 +15,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import stylezoo
-from stylezoo.core.components import registry as registry_mod
 from stylezoo.core.cli import app, catalog
-from stylezoo.core.errors import UnknownComponentError
-from stylezoo.core.components.registry import Registry
+from stylezoo.core.components import registry as registry_mod
 from stylezoo.core.components.registry import BUILTIN_PLUGINS as BUILTINS
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import UnknownComponentError
 
 runner = CliRunner()
 

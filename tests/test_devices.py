@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import TrainingDiverged
 from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.runs.runconfig import resolve
 from stylezoo.core.runtime.devices import bf16_supported
 from stylezoo.core.training.api import train
 from stylezoo.core.training.engine import Trainer
-from stylezoo.core.errors import TrainingDiverged
 from stylezoo.core.use.stylizer import Stylizer
-from stylezoo.core.components.registry import Registry
-from stylezoo.core.runs.runconfig import resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 SMALL = {"gen": {"channels": 8, "n_res": 1}, "disc": {"n_layers": 2, "channels": 8}}

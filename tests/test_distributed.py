@@ -16,13 +16,13 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import ConfigError
 from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.runs.runconfig import RunConfig, resolve
 from stylezoo.core.runtime import distributed as D
 from stylezoo.core.training.api import train
 from stylezoo.core.training.engine import Trainer
-from stylezoo.core.errors import ConfigError
-from stylezoo.core.components.registry import Registry
-from stylezoo.core.runs.runconfig import RunConfig, resolve
 
 pytestmark = pytest.mark.slow
 

@@ -10,15 +10,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.training.ema import GeneratorEMA, ema_decay
-from stylezoo.core.training.api import train
-from stylezoo.core.training.engine import Trainer
-from stylezoo.core.errors import CheckpointError, ConfigError
-from stylezoo.core.use.stylizer import Stylizer, load_generator
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CheckpointError, ConfigError
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.runs.runconfig import resolve
+from stylezoo.core.training.api import train
+from stylezoo.core.training.ema import GeneratorEMA, ema_decay
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.use.stylizer import Stylizer, load_generator
 
 TINY = {"size": 32, "batch": 2, "steps": 4, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 IMAGE = {"gen": "encdec", "disc": "patch", "feat": "", "gp": "none", "train": TINY,

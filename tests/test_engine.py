@@ -5,24 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CompositionError, ConfigError, UnknownComponentError
+from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.runs.runconfig import RunConfig, resolve
 from stylezoo.core.runs.rundir import newest_valid_checkpoint
 from stylezoo.core.training.api import train
 from stylezoo.core.training.engine import Trainer
-from stylezoo.core.errors import CompositionError, ConfigError, UnknownComponentError
 from stylezoo.core.use.stylizer import load_generator
-from stylezoo.core.components.registry import Registry
-from stylezoo.core.runs.runconfig import RunConfig, resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 NOISE = {"gen": "dcgan", "disc": "dcgan", "feat": "", "gp": "none", "train": TINY}

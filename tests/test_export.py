@@ -14,13 +14,13 @@ import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from stylezoo.core.files import checkpoint as ckpt
-from stylezoo.core.use import export as ex
 from stylezoo.core.cli import app
 from stylezoo.core.components.config import config_to_dict
-from stylezoo.core.errors import CheckpointError, UsageError
-from stylezoo.core.use.stylizer import load_generator
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CheckpointError, UsageError
+from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.use import export as ex
+from stylezoo.core.use.stylizer import load_generator
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # deprecated upstream, still asked for
 

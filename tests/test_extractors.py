@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from stylezoo.core.files import weights as W
-from stylezoo.core.errors import UsageError, WeightsError
-from stylezoo.core.files.images import load_tensor
 from stylezoo.core.components.kinds import Extractor
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import UsageError, WeightsError
+from stylezoo.core.files import weights as W
+from stylezoo.core.files.images import load_tensor
 from stylezoo.plugins import timm_features
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from stylezoo.core.files.data import ImageSet
-from stylezoo.core.training.engine import Trainer
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.files.data import ImageSet
 from stylezoo.core.runs.runconfig import SAMPLES, resolve
+from stylezoo.core.training.engine import Trainer
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 IMAGE = {"gen": "encdec", "disc": "patch", "feat": "", "gp": "none", "train": TINY,

@@ -32,14 +32,14 @@ from torch import Tensor, nn
 from typer.testing import CliRunner, Result
 
 import stylezoo.core.components.registry as registry_mod
-from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.files.data import ImageSet
-from stylezoo.core.errors import CheckpointError, DataError
 from stylezoo.core.components.hookspecs import hookimpl
-from stylezoo.core.files.images import BadImage, load_tensor, open_image
 from stylezoo.core.components.kinds import StepContext
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CheckpointError, DataError
+from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.files.data import ImageSet
+from stylezoo.core.files.images import BadImage, load_tensor, open_image
 
 # a tiny noise-family composition: a run of a few steps takes a second or two
 TINY = ["--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv", "--size", "32",

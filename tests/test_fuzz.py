@@ -20,16 +20,16 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CheckpointError, DataError, StylezooError
 from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.files.data import ImageSet
+from stylezoo.core.files.images import BadImage, open_image
+from stylezoo.core.runs.runconfig import RunConfig, resolve
 from stylezoo.core.runs.rundir import resume_config
 from stylezoo.core.training.engine import Trainer
 from stylezoo.core.training.trainstate import load_run_state
-from stylezoo.core.errors import CheckpointError, DataError, StylezooError
-from stylezoo.core.files.images import BadImage, open_image
 from stylezoo.core.use.stylizer import load_generator
-from stylezoo.core.components.registry import Registry
-from stylezoo.core.runs.runconfig import RunConfig, resolve
 
 MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"\xff\xd8\xff\xee", b"GIF89a", b"GIF87a",
          b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x10\x00\x00WEBPVP8 ", b"P6\n4 4\n255\n", b"P5\n", b"\x00\x00\x01\x00"]

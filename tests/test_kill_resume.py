@@ -29,15 +29,15 @@ from PIL import Image
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
-from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.runs.rundir import newest_valid_checkpoint
-from stylezoo.core.training.api import train
-from stylezoo.core.training.engine import Trainer
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import StepContext
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.runs.runconfig import resolve
+from stylezoo.core.runs.rundir import newest_valid_checkpoint
+from stylezoo.core.training.api import train
+from stylezoo.core.training.engine import Trainer
 
 STEPS = 24
 ARGS = ["--gen", "dcgan", "--disc", "dcgan", "--adv", "lsgan", "--feat", "none", "--loss", "tv", "--size", "32",

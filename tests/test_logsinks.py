@@ -72,8 +72,9 @@ def test_sample_grids_are_images_at_the_sample_steps_and_the_config_is_text(run:
     acc = events(run / "tb")
     grids = acc.Images(SAMPLES_TAG)
     assert [g.step for g in grids] == [2, 4]  # the final grid is step 4's: not written twice
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     with Image.open(io.BytesIO(grids[-1].encoded_image_string)) as im, Image.open(run / "samples" / "final.png") as png:
         assert im.size == png.size and im.convert("RGB").tobytes() == png.convert("RGB").tobytes()

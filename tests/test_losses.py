@@ -10,15 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from stylezoo.core.errors import CompositionError, ConfigError, DataError
 from stylezoo.core.components.kinds import AdversarialLoss, LossTerm, Penalty, StepContext
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CompositionError, ConfigError, DataError
+from stylezoo.core.ops.stats import gram, moments
 from stylezoo.plugins.adversarial import BCE, LSGAN, WGAN, AdvConfig, BCEConfig, Entropy, EntropyConfig, Hinge
 from stylezoo.plugins.penalties import R1, WGANGP, Dragan, DraganConfig, NoPenalty, NoPenaltyConfig, PenaltyConfig
 from stylezoo.plugins.perceptual import (
-    Content, ContentConfig, GramConfig, GramStyle, MomentsConfig, MomentStyle,
+    Content,
+    ContentConfig,
+    GramConfig,
+    GramStyle,
+    MomentsConfig,
+    MomentStyle,
 )
-from stylezoo.core.ops.stats import gram, moments
 
 LN2 = math.log(2.0)
 BIG = 50.0

@@ -17,14 +17,14 @@ from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from typer.testing import CliRunner
 
-from stylezoo.core.ops import metrics as M
 from stylezoo.core.cli import app
-from stylezoo.core.training.engine import Trainer
+from stylezoo.core.components.registry import Registry
 from stylezoo.core.errors import ConfigError, DataError, UsageError
 from stylezoo.core.evaluation.evaluate import domain_images, match_by_stem, split_holdout
 from stylezoo.core.files.images import find_images
-from stylezoo.core.components.registry import Registry
+from stylezoo.core.ops import metrics as M
 from stylezoo.core.runs.runconfig import SAMPLES, resolve
+from stylezoo.core.training.engine import Trainer
 
 SIZE = 32
 
@@ -309,9 +309,9 @@ def test_eval_of_a_paired_run_defaults_to_its_pairs(reg: Registry, tmp_path: Pat
 
 
 def test_eval_of_a_noise_generator_scores_at_its_own_size_as_training_does(reg: Registry, tmp_path: Path) -> None:
-    from stylezoo.core.files import checkpoint as ckpt
     from stylezoo.core.evaluation.checkpoint_eval import evaluate_checkpoint
     from stylezoo.core.evaluation.evaluate import Evaluator, generate, style_images
+    from stylezoo.core.files import checkpoint as ckpt
     from stylezoo.core.use.stylizer import load_generator
 
     style = str(SAMPLES / "style" / "starry_night.jpg")

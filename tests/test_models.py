@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import stylezoo
-from stylezoo.core.files.checkpoint import load, load_module_state, prefixed, save, section
-from stylezoo.core.errors import ConfigError
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import ConfigError
+from stylezoo.core.files.checkpoint import load, load_module_state, prefixed, save, section
 
 MODULES = ("stylezoo.plugins.dcgan", "stylezoo.plugins.encdec", "stylezoo.plugins.patchgan", "stylezoo.plugins.unet")
 SMALL = {"channels": 8}  # narrow networks keep every test fast

@@ -15,12 +15,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from stylezoo.core.cli import app
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CompositionError, ConfigError, DataError
 from stylezoo.core.files.data import PairSet, match_pairs, pair_folders
+from stylezoo.core.runs.runconfig import resolve
 from stylezoo.core.training.api import train
 from stylezoo.core.training.engine import Trainer
-from stylezoo.core.errors import CompositionError, ConfigError, DataError
-from stylezoo.core.components.registry import Registry
-from stylezoo.core.runs.runconfig import resolve
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "log_every": 1, "num_samples": 2}
 SETS = {"gen": {"channels": 8}, "disc": {"n_layers": 2, "channels": 8, "cond_channels": 3}}

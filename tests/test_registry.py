@@ -6,7 +6,7 @@ import importlib.metadata as md
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 import torch
@@ -14,6 +14,9 @@ import torch
 import stylezoo
 from stylezoo.core.components import registry as registry_mod
 from stylezoo.core.components.config import build_config
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.kinds import StepContext
+from stylezoo.core.components.registry import Registry
 from stylezoo.core.errors import (
     ConfigError,
     DuplicateComponentError,
@@ -21,10 +24,6 @@ from stylezoo.core.errors import (
     UnknownComponentError,
     UsageError,
 )
-from stylezoo.core.components.hookspecs import hookimpl
-from stylezoo.core.components.kinds import StepContext
-from stylezoo.core.components.registry import Registry
-
 
 # ------------------------------------------------------------------------------------------ lookup
 
@@ -338,7 +337,7 @@ class CoerceConfig:
     layers: tuple[str, ...] = ("relu1_1",)
     weights: tuple[float, ...] = ()
     pair: tuple[int, int] = (1, 2)
-    seed: Optional[int] = 0
+    seed: int | None = 0
     label: str | None = "x"
     mode: Literal["content", "target"] = "content"
     size: Literal[32, 64] = 32

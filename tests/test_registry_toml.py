@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from stylezoo.core.components.config import build_config, config_to_dict
-from stylezoo.core.errors import StylezooError
 from stylezoo.core.components.registry import Entry, Registry, load_registry_toml
+from stylezoo.core.errors import StylezooError
 
 CATALOG = load_registry_toml()
 CARDS: dict[str, dict[str, Any]] = CATALOG["components"]

@@ -21,13 +21,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
-from stylezoo.core.training.engine import Trainer
+from stylezoo.core.components.registry import Registry
 from stylezoo.core.errors import UsageError
 from stylezoo.core.evaluation.report import build_report, image_sources, pick_grids
-from stylezoo.core.components.registry import Registry
+from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.runs.runconfig import SAMPLES, resolve
+from stylezoo.core.training.engine import Trainer
 
 TRAIN = {"size": 32, "batch": 2, "steps": 3, "sample_every": 1, "ckpt_every": 0, "log_every": 10, "num_samples": 2,
          "eval_every": 2, "eval_holdout": 2}

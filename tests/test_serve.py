@@ -334,6 +334,9 @@ def test_models_that_cannot_restyle_a_photo_are_refused(reg: Registry, runs: dic
         load_models([tmp_path / "fake.onnx"])
     with pytest.raises(UsageError, match="at least one model"):
         load_models([])
+    (tmp_path / "model.pt").write_bytes(b"PK")  # a TorchScript archive is a pickle: refused unread
+    with pytest.raises(UsageError, match="pickle-based archive, which stylezoo never loads"):
+        load_models([tmp_path / "model.pt"])
     two = load_models([runs["encdec"], runs["encdec"] / "last.safetensors"])
     assert [m.name for m in two] == ["encdec", "encdec/last.safetensors"]
 

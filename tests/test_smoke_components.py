@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from stylezoo.core.components.checks import ComponentCheckError, check_component, plugin_components
 from stylezoo.core.components.hookspecs import hookimpl
-from stylezoo.core.errors import ConfigError
 from stylezoo.core.components.kinds import StepContext
-from stylezoo.core.components.registry import Registry
 from stylezoo.core.components.registry import BUILTIN_PLUGINS as BUILTINS
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import ConfigError
 
 REGISTRY = Registry()
 NAMES = REGISTRY.names()

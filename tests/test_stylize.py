@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 import stylezoo
 from stylezoo.core.cli import app
-from stylezoo.core.training.engine import Trainer
+from stylezoo.core.components.registry import Registry
 from stylezoo.core.errors import CheckpointError, DataError, UsageError
 from stylezoo.core.files.images import is_stylezoo_output, output_mode
-from stylezoo.core.use.stylizer import Stylizer, pad_to_multiple, plan_outputs
-from stylezoo.core.components.registry import Registry
 from stylezoo.core.runs.runconfig import resolve
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.use.stylizer import Stylizer, pad_to_multiple, plan_outputs
 
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 0, "num_samples": 2}
 

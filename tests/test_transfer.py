@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from stylezoo.core.files import weights as W
 from stylezoo.core.cli import app
-from stylezoo.core.errors import ConfigError
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import ConfigError
+from stylezoo.core.files import weights as W
 from stylezoo.core.use.transfer import GatysLoss, TransferConfig, load_image, optimise, transfer
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"

@@ -28,17 +28,17 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
 import stylezoo.core.components.registry as registry_mod
-from stylezoo.core.files import checkpoint as ckpt
 from stylezoo.core.cli import app
+from stylezoo.core.components.hookspecs import hookimpl
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CheckpointError, WeightsError
+from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.files.weights import load_local
+from stylezoo.core.runs.runconfig import RunConfig, resolve
 from stylezoo.core.training.api import train
 from stylezoo.core.training.engine import Trainer
 from stylezoo.core.training.trainstate import load_run_state
-from stylezoo.core.errors import CheckpointError, WeightsError
-from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.use.stylizer import load_generator
-from stylezoo.core.components.registry import Registry
-from stylezoo.core.runs.runconfig import RunConfig, resolve
-from stylezoo.core.files.weights import load_local
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 1, "log_every": 1, "num_samples": 2}

@@ -17,10 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from stylezoo.core.files import weights as W
 from stylezoo.core.cli import app
-from stylezoo.core.errors import WeightsError
 from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import WeightsError
+from stylezoo.core.files import weights as W
 
 SETS = ("vgg16-hed", "efficientnet-lite0")
 

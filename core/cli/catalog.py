@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..components.config import describe_fields
-from ..errors import UsageError
 from ..components.kinds import KINDS
+from ..errors import UsageError
 
 out = Console(highlight=False)
 
@@ -25,7 +25,7 @@ def _registry():  # noqa: ANN202 - imported lazily so `stylezoo --help` stays fa
 
 def list_cmd(
     pattern: Annotated[str, typer.Argument(help="Wildcard on full or short names, e.g. 'vgg*' or 'gen/*'.")] = "*",
-    kind: Annotated[Optional[str], typer.Option("--kind", "-k", help=f"One of {', '.join(KINDS)}, recipe.")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help=f"One of {', '.join(KINDS)}, recipe.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List registered components and recipes. A pattern that matches nothing is an error (exit 2); with

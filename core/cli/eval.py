@@ -5,40 +5,40 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
-
-from ..errors import UsageError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from ..errors import UsageError
 
 err = Console(stderr=True, highlight=False)
 
 
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or a run directory (its newest).")],
-    content: Annotated[Optional[str], typer.Option("--content", help="Images to restyle (default: the run's). Image generators only.")] = None,
-    style: Annotated[Optional[str], typer.Option("--style", help="Style image(s): FILE or DIR (default: the run's).")] = None,
-    reference: Annotated[Optional[str], typer.Option("--reference", help="Paired references, matched to --content by file name.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="The real side of FID/KID (default: --style; noise generators and paired runs: the run's real/target images).")] = None,
-    size: Annotated[Optional[int], typer.Option("--size", help="Side of the restyled images (shorter side resized, centre crop; style images at twice it, at most 512). Default 256. Noise generators are scored at their own size, as in training: leave it out.", show_default=False)] = None,
+    content: Annotated[str | None, typer.Option("--content", help="Images to restyle (default: the run's). Image generators only.")] = None,
+    style: Annotated[str | None, typer.Option("--style", help="Style image(s): FILE or DIR (default: the run's).")] = None,
+    reference: Annotated[str | None, typer.Option("--reference", help="Paired references, matched to --content by file name.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="The real side of FID/KID (default: --style; noise generators and paired runs: the run's real/target images).")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Side of the restyled images (shorter side resized, centre crop; style images at twice it, at most 512). Default 256. Noise generators are scored at their own size, as in training: leave it out.", show_default=False)] = None,
     num: Annotated[int, typer.Option("--num", help="Samples to draw from a noise generator.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not append the results to the run's eval.jsonl.")] = False,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
-    style_label: Annotated[Optional[list[str]], typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize; style_gram is then against those labels' style images. Reference-guided ones (adain) are conditioned on --style.")] = None,
+    style_label: Annotated[list[str] | None, typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize; style_gram is then against those labels' style images. Reference-guided ones (adain) are conditioned on --style.")] = None,
 ) -> None:
     """Score a generator: style (Gram) and content distances, SSIM, FID/KID on EfficientNet-Lite0 features,
     and paired distances with --reference. Results are appended to the run's eval.jsonl.
 
     A noise generator (dcgan) draws --num samples at its own size (another --size is refused) and takes no
     --content; its style images are taken as its in-run evaluation takes them, so the scores compare."""
+    from ..evaluation.checkpoint_eval import evaluate_checkpoint, run_dir_of
     from ..files.checkpoint import atomic_write
     from ..runtime.devices import pick_device
-    from ..evaluation.checkpoint_eval import evaluate_checkpoint, run_dir_of
 
     if num < 1:
         raise UsageError(f"--num must be >= 1, got {num}.")

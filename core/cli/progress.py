@@ -36,8 +36,14 @@ class StepProgress:
                 err.print(f"{self.label} {step}/{total} {escape(text)}".rstrip(), soft_wrap=True)  # whole lines in logs
             return
         if self.bar is None:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.bar = Progress(TextColumn(f"[bold]{escape(self.label)}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),

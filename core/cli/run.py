@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,45 +17,45 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # path
 
 
 def run_cmd(
-    gen: Annotated[Optional[str], typer.Option("--gen", help="Generator, e.g. dcgan, encdec.")] = None,
-    disc: Annotated[Optional[str], typer.Option("--disc", help="Discriminator (or none).")] = None,
-    feat: Annotated[Optional[str], typer.Option("--feat", help="Feature extractor (or none).")] = None,
-    adv: Annotated[Optional[str], typer.Option("--adv", help="Adversarial loss: bce, lsgan, hinge, wgan, none.")] = None,
-    gp: Annotated[Optional[str], typer.Option("--gp", help="Gradient penalty: none, r1, wgan-gp, dragan.")] = None,
-    loss: Annotated[Optional[list[str]], typer.Option("--loss", help="NAME[:weight], repeatable; replaces the recipe's terms.")] = None,
-    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Named recipe from registry.toml.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="A TOML file with the recipe schema.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="ROLE.FIELD=VALUE override, repeatable.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Real / style-domain images (folder, file, glob).")] = None,
-    style: Annotated[Optional[str], typer.Option("--style", help="Style image(s) for the style losses.")] = None,
-    content: Annotated[Optional[str], typer.Option("--content", help="Content images for image-to-image generators.")] = None,
-    pairs: Annotated[Optional[str], typer.Option("--pairs", help="Paired data: a folder with photo/ and sketch/ (or two sub-folders), matched by file name.")] = None,
-    input_: Annotated[Optional[str], typer.Option("--input", help="Paired data: folder of generator inputs (with --target).")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="Paired data: folder of targets, same file names as --input.")] = None,
-    size: Annotated[Optional[int], typer.Option("--size")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Total steps (also when resuming).")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="fp32, bf16 or auto.")] = None,
+    gen: Annotated[str | None, typer.Option("--gen", help="Generator, e.g. dcgan, encdec.")] = None,
+    disc: Annotated[str | None, typer.Option("--disc", help="Discriminator (or none).")] = None,
+    feat: Annotated[str | None, typer.Option("--feat", help="Feature extractor (or none).")] = None,
+    adv: Annotated[str | None, typer.Option("--adv", help="Adversarial loss: bce, lsgan, hinge, wgan, none.")] = None,
+    gp: Annotated[str | None, typer.Option("--gp", help="Gradient penalty: none, r1, wgan-gp, dragan.")] = None,
+    loss: Annotated[list[str] | None, typer.Option("--loss", help="NAME[:weight], repeatable; replaces the recipe's terms.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Named recipe from registry.toml.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="A TOML file with the recipe schema.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="ROLE.FIELD=VALUE override, repeatable.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Real / style-domain images (folder, file, glob).")] = None,
+    style: Annotated[str | None, typer.Option("--style", help="Style image(s) for the style losses.")] = None,
+    content: Annotated[str | None, typer.Option("--content", help="Content images for image-to-image generators.")] = None,
+    pairs: Annotated[str | None, typer.Option("--pairs", help="Paired data: a folder with photo/ and sketch/ (or two sub-folders), matched by file name.")] = None,
+    input_: Annotated[str | None, typer.Option("--input", help="Paired data: folder of generator inputs (with --target).")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Paired data: folder of targets, same file names as --input.")] = None,
+    size: Annotated[int | None, typer.Option("--size")] = None,
+    batch: Annotated[int | None, typer.Option("--batch")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Total steps (also when resuming).")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or auto.")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse unreadable images instead of skipping them.")] = False,
-    log: Annotated[Optional[list[str]], typer.Option("--log", help="Also log to: tensorboard (RUN/tb/: losses, metrics, sample grids, the config; pip install 'stylezoo[tensorboard]'). metrics.jsonl is always written.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default runs/<time>-<recipe>).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.")] = None,
+    log: Annotated[list[str] | None, typer.Option("--log", help="Also log to: tensorboard (RUN/tb/: losses, metrics, sample grids, the config; pip install 'stylezoo[tensorboard]'). metrics.jsonl is always written.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<time>-<recipe>).")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out: its files, eval log and default exports are deleted first; other files stay.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, run one step, report; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; log lines instead.")] = False,
-    nproc: Annotated[Optional[int], typer.Option("--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
 ) -> None:
     """Train a GAN-based style-transfer model from components picked by name."""
+    from ..components.registry import default_registry
+    from ..runs.runconfig import resolve
+    from ..runs.rundir import default_out, resume_config
     from ..runtime import distributed as dist
     from ..training.api import train
     from ..training.engine import Trainer
-    from ..runs.rundir import default_out, resume_config
-    from ..components.registry import default_registry
-    from ..runs.runconfig import resolve
 
     env = dist.from_env()  # under torchrun: this worker's rank; only rank 0 shows progress and reports
     dist.quiet_worker_output()  # started by --nproc: ranks other than 0 write to files the launcher reads on failure
@@ -147,8 +147,8 @@ def run_cmd(
 
 def _saved_where(out_dir: Any) -> str:
     """What an interrupted run left to resume from, for the message after Ctrl-C or SIGTERM."""
-    from ..files.checkpoint import read_meta
     from ..errors import StylezooError
+    from ..files.checkpoint import read_meta
     from ..runs.rundir import newest_valid_checkpoint
 
     try:
@@ -169,8 +169,8 @@ def _preflight(rc: Any, nproc: int, out: Path | None, resume_from: Path | None) 
     import dataclasses
     import tempfile
 
-    from ..runtime.devices import pick_device
     from ..runs.rundir import check_new_out
+    from ..runtime.devices import pick_device
     from ..training.assembly import check_batch_split
     from ..training.engine import Trainer
 

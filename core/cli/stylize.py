@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,25 +15,25 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def stylize_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory (its newest checkpoint).")],
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders (recursive) or globs. Images in folders and globs that stylize wrote (earlier outputs, marked in their EXIF) are skipped; name such a file itself to stylize it again.")] = None,
+    inputs: Annotated[list[str] | None, typer.Argument(help="Image files, folders (recursive) or globs. Images in folders and globs that stylize wrote (earlier outputs, marked in their EXIF) are skipped; name such a file itself to stylize it again.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (names and sub-folders kept), or a file for one input.")] = Path("stylized"),
-    size: Annotated[Optional[int], typer.Option("--size", help="Resize the shorter side to this first (default: keep the input size).")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Resize the shorter side to this first (default: keep the input size).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Run up to this many same-size images at once.")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or auto (see benchmarks/inference.py).")] = "auto",
     backend: Annotated[str, typer.Option("--backend", help="torch, onnxruntime or auto (onnxruntime for 16+ images when the precision is fp32; auto precision is bf16 on CPUs with fast bfloat16, which stays on torch).")] = "auto",
-    ext: Annotated[Optional[str], typer.Option("--ext", help="Output format for a folder, e.g. png (default: the input's).")] = None,
+    ext: Annotated[str | None, typer.Option("--ext", help="Output format for a folder, e.g. png (default: the input's).")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Noise generators: how many samples to write.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Noise generators: the same seed gives the same images.")] = 0,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse (write nothing) if any input is unreadable.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing images in the output folder even when stylize cannot tell they are its own (it never replaces a user's image without this).")] = False,
     keep_mode: Annotated[bool, typer.Option("--keep-mode", help="Write each image in its input's mode (grey in, grey out; palette, CMYK, 16-bit) instead of colour.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    style: Annotated[Optional[list[str]], typer.Option("--style", help="Reference-guided generators (adain): a style image; repeat to mix several.")] = None,
-    style_weight: Annotated[Optional[list[float]], typer.Option("--style-weight", help="Weight of each --style, in order (default equal).")] = None,
-    alpha: Annotated[Optional[float], typer.Option("--alpha", help="Style strength with --style: 0 = content, 1 = full style.")] = None,
+    style: Annotated[list[str] | None, typer.Option("--style", help="Reference-guided generators (adain): a style image; repeat to mix several.")] = None,
+    style_weight: Annotated[list[float] | None, typer.Option("--style-weight", help="Weight of each --style, in order (default equal).")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="Style strength with --style: 0 = content, 1 = full style.")] = None,
     style_size: Annotated[int, typer.Option("--style-size", help="Reduce --style images' shorter side to this first.")] = 512,
-    style_label: Annotated[Optional[list[str]], typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated to mix.")] = None,
+    style_label: Annotated[list[str] | None, typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated to mix.")] = None,
     ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
 ) -> None:
     """Restyle images with a trained generator; its composition comes from the checkpoint, no flags needed.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,7 +40,7 @@ def transfer_cmd(
     init: Annotated[str, typer.Option("--init", help="Start from the content image or from noise.")] = "content",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    sets: Annotated[Optional[list[str]], typer.Option("--set", help="Extractor config, e.g. feat.weights=random.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Extractor config, e.g. feat.weights=random.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Repaint CONTENT in the style of STYLE by optimising its pixels (the quality reference)."""

@@ -13,7 +13,6 @@ import importlib
 import importlib.metadata as md
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,11 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+import tomllib
 from torch import nn
 
+from ..errors import (
+    DuplicateComponentError,
+    PluginError,
+    StylezooError,
+    UnknownComponentError,
+    UsageError,
+    did_you_mean,
+)
 from .config import build_config, check_field_types
-from ..errors import (DuplicateComponentError, PluginError, StylezooError, UnknownComponentError, UsageError,
-                     did_you_mean)
 from .hookspecs import PROJECT, Spec
 from .kinds import KINDS
 

@@ -60,8 +60,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     Style images are taken at twice the scored side (at most 512). A noise generator is scored at its own
     output size with the run's `train.style_size` when set, as its in-run evaluation is; it takes no
     `content`, and a `size` other than its own is refused."""
-    from ..use.stylizer import load_generator
     from ..runs.runconfig import DataConfig
+    from ..use.stylizer import load_generator
 
     if size is not None and size < 16:
         raise UsageError(f"--size must be at least 16, got {size}.")

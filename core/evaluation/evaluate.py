@@ -17,14 +17,14 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..files import checkpoint as ckpt
-from ..ops import metrics
-from ..files.data import ImageSet, PairSet
-from ..errors import CheckpointError, DataError, UsageError
-from ..files.images import find_images, load_tensor, save_grid
-from ..runs.runconfig import DataConfig, TrainConfig
 from ..components.kinds import Extractor
 from ..components.registry import Registry, default_registry
+from ..errors import CheckpointError, DataError, UsageError
+from ..files import checkpoint as ckpt
+from ..files.data import ImageSet, PairSet
+from ..files.images import find_images, load_tensor, save_grid
+from ..ops import metrics
+from ..runs.runconfig import DataConfig, TrainConfig
 
 log = logging.getLogger("stylezoo")
 STYLE_FEAT, DIST_FEAT = "feat/vgg16", "feat/efficientnet-lite0"

@@ -15,13 +15,14 @@ import io
 import json
 import re
 import tempfile
-import tomllib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import checkpoint as ckpt
+import tomllib
+
 from ..errors import CheckpointError, UsageError
+from ..files import checkpoint as ckpt
 from ..files.images import grid_step
 from ..ops.metrics import METRICS
 

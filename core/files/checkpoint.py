@@ -308,6 +308,14 @@ def tensor_shapes(path: str | Path) -> dict[str, Tensor]:
 
 
 from .states import (  # noqa: E402,F401  (re-exported: checkpoint's callers read them from here)
-    build_checked, check_buildable, check_module_state, check_optimizer_state, load_module_state,
-    load_optimizer_state, match_param_layout, optimizer_state, prefixed, section,
+    build_checked,
+    check_buildable,
+    check_module_state,
+    check_optimizer_state,
+    load_module_state,
+    load_optimizer_state,
+    match_param_layout,
+    optimizer_state,
+    prefixed,
+    section,
 )

@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_write, refuse_pickle
 from ..errors import CheckpointError, UnknownWeightsError, WeightsError, did_you_mean
+from .checkpoint import atomic_write, refuse_pickle
 
 log = logging.getLogger("stylezoo.weights")
 T = TypeVar("T")

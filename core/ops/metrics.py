@@ -11,7 +11,6 @@ named `fid_effl0`/`kid_effl0` and are not comparable with published Inception FI
 from __future__ import annotations
 
 import contextlib
-
 import math
 import warnings
 from collections.abc import Mapping

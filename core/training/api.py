@@ -11,8 +11,8 @@ from typing import Any
 from ..components.registry import Registry, default_registry
 from ..errors import ConfigError
 from ..files import checkpoint as ckpt
-from ..runs.rundir import _truncate_metrics, check_new_out, clear_run, default_out, holds_run, resume_config
 from ..runs.runconfig import RunConfig, resolve, with_steps
+from ..runs.rundir import _truncate_metrics, check_new_out, clear_run, default_out, holds_run, resume_config
 from ..runtime import distributed as dist
 from .engine import Trainer
 

@@ -11,19 +11,20 @@ import dataclasses
 import functools
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, SupportsInt, cast
+from typing import Any, SupportsInt, cast
 
 import torch
 from torch import Tensor, nn
 
-from ..runtime import distributed as dist
-from ..files.data import ImageSet, PairSet, _seed, pair_folders
-from ..errors import CompositionError, ConfigError, DataError, PluginError
 from ..components.kinds import Extractor, LossTerm
-from ..ops.layers import grad_in_layout
 from ..components.registry import Registry
+from ..errors import CompositionError, ConfigError, DataError, PluginError
+from ..files.data import ImageSet, PairSet, _seed, pair_folders
+from ..ops.layers import grad_in_layout
 from ..runs.runconfig import ROLES, DataConfig, RunConfig, TrainConfig, component_config
+from ..runtime import distributed as dist
 
 NOISE, IMAGE = "noise", "image"
 log = logging.getLogger("stylezoo")

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from ..files.data import ImageSet, _seed, style_labels
-from ..errors import CompositionError, DataError
 from ..components.registry import Registry
+from ..errors import CompositionError, DataError
+from ..files.data import ImageSet, _seed, style_labels
 from ..runs.runconfig import RunConfig, TrainConfig
 from .assembly import Components, DataPlan
 

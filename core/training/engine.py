@@ -25,13 +25,20 @@ from ..evaluation.report import write_report
 from ..files import checkpoint as ckpt
 from ..files.data import _seed
 from ..files.images import save_grid
-from ..runs.rundir import _StopAtStepEnd, plot_losses, write_config
 from ..runs.runconfig import RunConfig, checked
+from ..runs.rundir import _StopAtStepEnd, plot_losses, write_config
 from ..runtime import distributed as dist
 from ..runtime.cpu_memory import keep_freed_memory
 from ..runtime.devices import bf16_supported, compile_unavailable
-from .assembly import IMAGE, build_components, check_batch_split, check_gen_size, place_modules, plan_features, \
-    prepare_data
+from .assembly import (
+    IMAGE,
+    build_components,
+    check_batch_split,
+    check_gen_size,
+    place_modules,
+    plan_features,
+    prepare_data,
+)
 from .conditioning import Conditioning, with_labels
 from .ema import GeneratorEMA
 from .failures import data_wait_warning, first_step_error

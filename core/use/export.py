@@ -35,11 +35,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import StylezooError, UsageError
 from ..components.registry import Registry
+from ..errors import StylezooError, UsageError
 from .onnx import (  # noqa: F401  (re-exported: export's writers and example inputs were defined here)
-    INPUT, OPSET, OUTPUT, SAMPLES, STYLE_SAMPLES, _args, _positional, _quiet, _runner, condition_inputs, conditions,
-    ort_session, sample_photos, write_onnx, write_torchscript,
+    INPUT,
+    OPSET,
+    OUTPUT,
+    SAMPLES,
+    STYLE_SAMPLES,
+    _args,
+    _positional,
+    _quiet,
+    _runner,
+    condition_inputs,
+    conditions,
+    ort_session,
+    sample_photos,
+    write_onnx,
+    write_torchscript,
 )
 
 FORMATS = ("onnx", "torchscript")

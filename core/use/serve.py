@@ -123,8 +123,8 @@ def load_models(specs: Sequence[str | Path], *, device: str = "auto", precision:
 
 
 def _export_module(path: Path, fmt: str, size_multiple: int) -> Any:
-    """An exported image generator as a module (ONNX through onnxruntime, or TorchScript, a pickle-based file you
-    made or trust), so that a Stylizer pads, runs and crops it as any generator; and its number of inputs."""
+    """An ONNX export of an image generator as a module run by onnxruntime, so that a Stylizer pads, runs and
+    crops it as any generator; `names` are its inputs."""
     import torch
     from torch import Tensor, nn
 
@@ -134,19 +134,13 @@ def _export_module(path: Path, fmt: str, size_multiple: int) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.size_multiple = size_multiple
-            if fmt == "onnx":
-                from .onnx import ort_session
+            from .onnx import ort_session
 
-                self.session: Any = ort_session(path)
-                self.names = [i.name for i in self.session.get_inputs()]
-            else:
-                self.scripted: Any = torch.jit.load(str(path), map_location="cpu")
-                self.names = [a.name for a in self.scripted.forward.schema.arguments[1:]]
+            self.session: Any = ort_session(path)
+            self.names = [i.name for i in self.session.get_inputs()]
 
         def forward(self, x: Tensor) -> Tensor:
-            if fmt == "onnx":
-                return torch.from_numpy(self.session.run(None, {self.names[0]: x.detach().float().cpu().numpy()})[0])
-            return torch.as_tensor(self.scripted(x))
+            return torch.from_numpy(self.session.run(None, {self.names[0]: x.detach().float().cpu().numpy()})[0])
 
     return Exported()
 
@@ -159,6 +153,9 @@ def load_export(path: Path) -> Stylizer:
     from .stylizer import Stylizer
 
     fmt = format_of(path, None)
+    if fmt != "onnx":  # never unpickle what a page serves (docs/promises.md)
+        raise UsageError(f"{path}: a TorchScript export is a pickle-based archive, which stylezoo never loads; serve its "
+                         "ONNX export (stylezoo export RUN --format onnx) or its checkpoint.")
     info_path = parity_path(path)
     info: dict[str, Any] = {}
     if info_path.is_file():

@@ -20,14 +20,37 @@ from ..components.registry import Registry
 from ..errors import DataError, PluginError, UsageError
 from ..files.checkpoint import atomic_write
 from ..files.images import (
-    InputImage, _to_rgb, encode, image_format, input_image, open_image, read_item, restore_mode, tensor_to_pil,
+    InputImage,
+    _to_rgb,
+    encode,
+    image_format,
+    input_image,
+    open_image,
+    read_item,
+    restore_mode,
+    tensor_to_pil,
 )
 from ..runtime import cpu_memory
 from .backends import (
-    AUTO_ORT_MIN_IMAGES, AUTO_PRECISION, BACKENDS, LARGE_INPUT, PRECISIONS, bf16_copy, device_of, onnx_session,
+    AUTO_ORT_MIN_IMAGES,
+    AUTO_PRECISION,
+    BACKENDS,
+    LARGE_INPUT,
+    PRECISIONS,
+    bf16_copy,
+    device_of,
+    onnx_session,
     resolve_precision,
 )
-from .inputs import _check_range, _check_size, _label_pairs, _mix_weights, _resize_tensor, _style_tensor, pad_to_multiple
+from .inputs import (
+    _check_range,
+    _check_size,
+    _label_pairs,
+    _mix_weights,
+    _resize_tensor,
+    _style_tensor,
+    pad_to_multiple,
+)
 from .loading import LoadedGenerator, checkpoint_path, load_generator
 from .outputs import StylizeReport, plan_outputs
 

@@ -20,11 +20,11 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..components.config import build_config
+from ..components.kinds import Extractor, StepContext
 from ..components.registry import Registry, default_registry
 from ..errors import ConfigError, TrainingDiverged
-from ..runtime.devices import pick_device
 from ..files.images import open_image, pil_to_tensor, tensor_to_pil
-from ..components.kinds import Extractor, StepContext
+from ..runtime.devices import pick_device
 
 ImageLike = str | Path | Image.Image | Tensor
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total, {"style": ..., "content": ...})
