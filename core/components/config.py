@@ -167,6 +167,55 @@ def _tname(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+# Upper bounds on the numbers any config may hold, by field name, wherever the value comes from (flags, --set,
+# config files, a checkpoint's metadata): an absurd value is one line before anything is built or allocated.
+# docs/promises.md lists them; a plugin's own fields of these names get the same bounds.
+BOUNDS: dict[str, float] = {
+    **dict.fromkeys(("size", "style_size"), 8192),  # image sides in pixels
+    **dict.fromkeys(("channels", "in_channels", "out_channels", "cond_channels", "max_channels"), 8192),
+    **dict.fromkeys(("blocks", "depth", "downsample", "n_down", "n_layers", "n_res", "scales"), 256),
+    "latent_dim": 65536, "num_labels": 4096, "batch": 65536, "num_samples": 4096, "eval_holdout": 4096,
+    "d_steps": 100, "epochs": 1e6, "zoom": 16.0, "cache_mb": 1e7,
+    **dict.fromkeys(("steps", "ckpt_every", "sample_every", "log_every", "eval_every", "max_bad_steps"), 10**9),
+    "seed": 2**48 - 1,  # the seed's low 48 bits are what the run's random streams use (files/data.py _seed)
+}
+MAX_INT = 2**31 - 1  # any other whole number
+MAX_FLOAT = 1e12  # any other number
+MAX_DEPTH = 32  # nesting of tables and lists in config files and checkpoint metadata
+
+
+def check_bounds(name: str, value: Any, where: str) -> None:
+    """Refuse a number beyond what field `name` may hold (BOUNDS, else MAX_INT / MAX_FLOAT), or a negative seed."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    bound = BOUNDS.get(name, MAX_INT if isinstance(value, int) else MAX_FLOAT)
+    shown = int(bound) if float(bound).is_integer() else bound
+    if name == "seed" and value < 0:
+        why = "a seed is 0 or more"
+    elif value > bound:
+        why = f"at most {shown}"
+    elif value < -bound:
+        why = f"at least -{shown}"
+    else:
+        return
+    raise ConfigError(f"{where} = {value} is out of range: {why} (the bounds every config and checkpoint is held "
+                      "to: docs/promises.md).")
+
+
+def nesting(value: Any) -> int:
+    """How deep tables and lists nest in `value` (0 for a scalar), without recursing."""
+    depth, level = 0, [(value, 1)]
+    while level:
+        v, d = level.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, (list, tuple)):
+            depth = max(depth, d)
+            if d <= MAX_DEPTH:
+                level.extend((x, d + 1) for x in v)
+    return depth
+
+
 def build_config(cls: type[C], overrides: Mapping[str, Any] | None = None, *, owner: str = "") -> C:
     """Return `cls()` with `overrides` applied; unknown keys and wrong types raise ConfigError."""
     overrides = dict(overrides or {})
@@ -179,6 +228,8 @@ def build_config(cls: type[C], overrides: Mapping[str, Any] | None = None, *, ow
                 f"Unknown config key '{prefix}{key}'.{hint} Valid keys: {', '.join(types_) or '(none)'}."
             )
     values = {k: coerce(v, types_[k], f"{prefix}{k}") for k, v in overrides.items()}
+    for k, v in values.items():
+        check_bounds(k, v, f"{prefix}{k}")
     try:
         return cls(**values)
     except (ValueError, TypeError) as e:

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..components.config import MAX_DEPTH, nesting
 from ..errors import CheckpointError
 
 META_KEY = "stylezoo"
@@ -191,8 +192,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is a safetensors file but not a stylezoo checkpoint (no '{META_KEY}' metadata).")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: its stylezoo metadata is not valid JSON; the file is corrupt.") from None
+    except (json.JSONDecodeError, ValueError, RecursionError):  # ValueError: thousands of digits; nesting
+        raise CheckpointError(f"{path}: its stylezoo metadata is not valid JSON within stylezoo's limits (numbers "
+                              "and nesting); the file is corrupt or edited.") from None
+    if nesting(meta) > MAX_DEPTH:
+        raise CheckpointError(f"{path}: its stylezoo metadata nests deeper than {MAX_DEPTH} levels; the file is "
+                              "corrupt or edited.")
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its stylezoo metadata is not a table; the file is corrupt.")
     problem = meta_problem(meta)

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
+from ..components.config import MAX_DEPTH, nesting
 from ..errors import ConfigError
 
 ROLES = ("gen", "disc", "feat", "adv", "gp")
@@ -97,10 +99,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         with p.open("rb") as f:
             layer = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"--config {p}: not valid TOML ({e}).") from None
     except UnicodeDecodeError:
         raise ConfigError(f"--config {p}: not a text file (TOML is UTF-8 text, like a run's config.toml).") from None
+    except (tomllib.TOMLDecodeError, ValueError) as e:  # ValueError: an integer of thousands of digits
+        raise ConfigError(f"--config {p}: not valid TOML ({' '.join(str(e).split())[:200]}).") from None
+    except RecursionError:
+        raise ConfigError(f"--config {p}: nested too deeply to be a stylezoo config (at most {MAX_DEPTH} "
+                          "levels).") from None
+    if nesting(layer) > MAX_DEPTH:
+        raise ConfigError(f"--config {p}: nested too deeply to be a stylezoo config (at most {MAX_DEPTH} levels).")
     check_layer(layer, f"--config {p}")
     return layer
 

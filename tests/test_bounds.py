@@ -1,0 +1,136 @@
+"""Every number a run or a checkpoint declares is bounded before any work (core/components/config.py BOUNDS):
+from flags, --set, config files and checkpoint metadata alike, an absurd value is one line, not a hang, an
+allocation traceback or an OverflowError. Nesting and huge integers in TOML and JSON too."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from stylezoo.core.cli import app
+from stylezoo.core.components.config import BOUNDS, MAX_DEPTH, check_bounds
+from stylezoo.core.components.registry import Registry
+from stylezoo.core.errors import CheckpointError, ConfigError
+from stylezoo.core.files import checkpoint as ckpt
+from stylezoo.core.runs.runconfig import resolve
+from stylezoo.core.training.engine import Trainer
+from stylezoo.core.use.loading import load_generator
+
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+TINY = {"size": 32, "batch": 2, "steps": 1, "sample_every": 0, "ckpt_every": 1, "log_every": 1, "num_samples": 2}
+
+
+def invoke(*args: Any) -> Result:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line(r: Result, *fragments: str) -> str:
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit), (r.exit_code, r.output)
+    assert "Traceback" not in r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, r.output
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, field, bound", [
+    (["--batch", "1000000000"], "train.batch", "at most 65536"),
+    (["--size", "100000"], "train.size", "at most 8192"),
+    (["--steps", str(10**12)], "train.steps", "at most 1000000000"),
+    (["--set", "gen.n_res=100000"], "n_res", "at most 256"),
+    (["--set", "gen.channels=10000000"], "channels", "at most 8192"),
+    (["--set", "train.d_steps=100000"], "train.d_steps", "at most 100"),
+    (["--set", "train.seed=-1"], "train.seed", "a seed is 0 or more"),
+    (["--set", f"train.seed={2**48}"], "train.seed", f"at most {2**48 - 1}"),
+    (["--set", "data.zoom=1e9"], "data.zoom", "at most 16"),
+])
+def test_numbers_past_their_bounds_are_one_line_before_any_work(args: list[str], field: str, bound: str) -> None:
+    t0 = time.perf_counter()
+    one_line(invoke("run", *args, "--dry-run"), field, bound)
+    assert time.perf_counter() - t0 < 30  # refused, not built (--batch 1e9 --dry-run hung with growing memory)
+
+
+def test_the_largest_seed_allowed_gives_its_own_run() -> None:
+    """Seeds use their low 48 bits: the bound keeps every accepted seed distinct."""
+    from stylezoo.core.files.data import _seed
+
+    top = BOUNDS["seed"]
+    assert _seed(int(top), 1) != _seed(0, 1) and _seed(int(top) - 1, 1) != _seed(int(top), 1)
+    check_bounds("seed", int(top), "train.seed")
+    with pytest.raises(ConfigError):
+        check_bounds("seed", int(top) + 1, "train.seed")
+
+
+def test_a_config_file_nested_deep_or_with_a_huge_integer_is_one_line(tmp_path: Path) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    one_line(invoke("run", "--config", deep, "--dry-run"), "nested too deeply")
+    shallow_but_over = tmp_path / "over.toml"
+    shallow_but_over.write_text("a = " + "[" * (MAX_DEPTH + 2) + "]" * (MAX_DEPTH + 2) + "\n")
+    one_line(invoke("run", "--config", shallow_but_over, "--dry-run"), "nested too deeply")
+    big = tmp_path / "big.toml"
+    big.write_text("[train]\nsteps = " + "9" * 5000 + "\n")
+    one_line(invoke("run", "--config", big, "--dry-run"), "not valid TOML")
+    large = tmp_path / "large.toml"
+    large.write_text("[train]\nbatch = 99999999999\n")
+    one_line(invoke("run", "--config", large, "--dry-run"), "train.batch", "at most 65536")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reg = Registry()
+    out = tmp_path_factory.mktemp("run")
+    rc = resolve(reg, cli={"gen": "encdec", "disc": "patch", "feat": "", "gp": "none", "train": TINY,
+                           "set": {"gen": {"channels": 8, "n_res": 1}, "disc": {"n_layers": 2, "channels": 8}},
+                           "data": {"content": str(SAMPLES / "content"), "style": str(SAMPLES / "style")}},
+                 losses=["tv"])
+    Trainer(rc, out, registry=reg).fit()
+    return out
+
+
+def _hostile(run_dir: Path, tmp_path: Path, edit: str) -> Path:
+    tensors, meta = ckpt.load(run_dir / "last.safetensors")
+    meta = {k: v for k, v in meta.items() if k != "format"}
+    out = tmp_path / "run"
+    out.mkdir()
+    if edit == "deep json":  # written raw: json.dumps itself recurses on such a value
+        path = out / "last.safetensors"
+        ckpt.save(path, tensors, meta)
+        from safetensors.torch import save_file
+        raw = json.dumps(meta)
+        raw = raw[:-1] + ', "junk": ' + "[" * 20000 + "]" * 20000 + "}"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), {ckpt.META_KEY: raw})
+        return out
+    gen = meta["configs"]["gen"]
+    if edit == "a million blocks":
+        gen["n_res"] = 10**6
+    elif edit == "channels in the millions":
+        gen["channels"] = 5 * 10**6
+    elif edit == "a 5000-digit number":
+        path = out / "last.safetensors"
+        from safetensors.torch import save_file
+        raw = json.dumps(meta).replace('"n_res": 1', '"n_res": ' + "9" * 5000)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), {ckpt.META_KEY: raw})
+        return out
+    meta["run"]["set"]["gen"] = dict(gen)
+    ckpt.save(out / "last.safetensors", tensors, meta)
+    return out
+
+
+@pytest.mark.parametrize("edit", ["a million blocks", "channels in the millions", "a 5000-digit number", "deep json"])
+def test_a_hostile_checkpoint_is_refused_before_anything_is_built(run_dir: Path, tmp_path: Path, edit: str) -> None:
+    bad = _hostile(run_dir, tmp_path, edit)
+    t0 = time.perf_counter()
+    with pytest.raises((CheckpointError, ConfigError)) as e:
+        load_generator(bad)
+    assert "\n" not in str(e.value)
+    for args in (("stylize", bad, SAMPLES / "content", "-o", tmp_path / "out"), ("export", bad, "-o", tmp_path / "m.onnx"),
+                 ("eval", bad, "--num", "2"), ("run", "--resume", bad, "--quiet")):
+        one_line(invoke(*args))
+    assert time.perf_counter() - t0 < 60, "a hostile config must be refused, not built"
