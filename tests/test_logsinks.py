@@ -101,9 +101,10 @@ def test_a_resume_appends_to_the_stream_without_a_duplicated_step(reg: Registry,
 
 def test_only_rank_0_writes(tmp_path: Path) -> None:
     sinks = open_sinks(("tensorboard",), tmp_path, rank=1, resumed_at=None)
-    assert sinks.sinks == [] and not (tmp_path / "tb").exists()
+    assert sinks.sinks == [] and not (tmp_path / "tb").exists() and not (tmp_path / "metrics.jsonl").exists()
     sinks = open_sinks(("tensorboard",), tmp_path, rank=0, resumed_at=None)
-    assert len(sinks.sinks) == 1 and (tmp_path / "tb").is_dir()
+    # metrics.jsonl, always, and TensorBoard
+    assert [type(s).__name__ for s in sinks.sinks] == ["JsonlSink", "TensorBoardSink"] and (tmp_path / "tb").is_dir()
     sinks.close()
 
 

@@ -139,7 +139,17 @@ def save(path: str | Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any
         seen.add(t.untyped_storage().data_ptr())
         plain[k] = t
     header = {META_KEY: json.dumps({"format": FORMAT_VERSION, **meta}, sort_keys=True)}
-    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=header))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(plain, str(tmp), metadata=header)
+        except SafetensorError as e:  # its own error type for the OS's: a full disk is said as one
+            text = str(e)
+            if any(s in text for s in ("No space left", "StorageFull", "code: 28,", "code: 122,", "Disk quota")):
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp)) from None
+            raise
+
+    atomic_write(path, write)
     return path
 
 

@@ -182,8 +182,13 @@ def check_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tens
         else:
             shape = tuple(params[pid].shape)
             wrong = [k for k, v in st.items() if isinstance(v, Tensor) and v.dim() > 0 and tuple(v.shape) != shape]
+            # NaN moments would turn the first update's weights into NaN, saved as "the last good ones"
+            nan = [k for k, v in st.items() if isinstance(v, Tensor) and v.is_floating_point()
+                   and not bool(torch.isfinite(v).all())]
             if wrong:
                 problem = f"{wrong[0]} of parameter {pid} has shape {tuple(st[wrong[0]].shape)}, the parameter {shape}"
+            elif nan:
+                problem = f"{nan[0]} of parameter {pid} holds NaN or Inf values (the run diverged)"
     if problem:
         raise CheckpointError(f"The optimizer state in the checkpoint does not match the model: {problem}. "
                               "The file was edited or belongs to another model; nothing was loaded.")

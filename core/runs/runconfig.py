@@ -56,6 +56,7 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda when available, else cpu
     sample_every: int = 50  # steps between sample grids (0 = only the final one)
     ckpt_every: int = 100  # steps between kept checkpoints (last.safetensors is written at each of them)
+    ckpt_minutes: float = 10.0  # last.safetensors at least this often between them too (0: by steps only)
     log_every: int = 10  # steps between metrics.jsonl lines
     max_bad_steps: int = 5  # consecutive steps with a NaN/Inf loss or gradient before the run stops
     style_size: int = 0  # side for style images when computing style targets (0 = 2 * size, max 512)
@@ -77,6 +78,7 @@ class TrainConfig:
                   ("eval_holdout", self.eval_holdout >= 1, "at least 1"),
                   ("sample_every", self.sample_every >= 0, "0 (only the final grid) or positive"),
                   ("ckpt_every", self.ckpt_every >= 0, "0 (only the final checkpoint) or positive"),
+                  ("ckpt_minutes", self.ckpt_minutes >= 0, "0 (checkpoints by steps only) or positive"),
                   ("log_every", self.log_every >= 1, "at least 1"),
                   ("style_size", self.style_size == 0 or self.style_size >= 8, "0 (automatic) or at least 8")]
         for name, ok, want in checks:

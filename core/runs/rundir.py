@@ -6,18 +6,21 @@ The engine (core/training/engine.py) writes these while it trains; the CLI, the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
 import logging
+import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..files import checkpoint as ckpt
-from ..errors import CheckpointError, ConfigError, DataError, Interrupted, UsageError
 from ..components.registry import Registry, default_registry
+from ..errors import CheckpointError, ConfigError, DataError, Interrupted, UsageError
+from ..files import checkpoint as ckpt
 from .runconfig import _PATH_FIELDS, RunConfig, _absolute, _expand, component_config, with_steps
 
 log = logging.getLogger("stylezoo")
@@ -273,3 +276,73 @@ def check_new_out(out: str | Path) -> None:
                           "with --overwrite, or give another --out (Python: train(resume=...) / overwrite=True).")
 
 
+
+
+LOCK = ".lock"  # in a run folder: the process id of the run or resume writing it
+_SAFETENSORS_TMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")  # safetensors' own temporary file for a save in progress
+
+
+class RunLock:
+    """One writer per run folder: `acquire` writes this process's id to RUN/.lock and refuses (ConfigError,
+    naming the holder's process id) while another live process holds it. A lock whose process is gone (a
+    killed run) is taken over, and the interrupted writes that process left are removed then."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self.path = self.out / LOCK
+        self.held = False
+
+    def holder(self) -> int | None:
+        """The live process holding the folder (other than this one), or None."""
+        try:
+            pid = int(self.path.read_text(encoding="ascii").strip() or 0)
+        except (OSError, ValueError):
+            return None
+        return pid if pid > 0 and pid != os.getpid() and ckpt._pid_alive(pid) else None
+
+    def acquire(self) -> RunLock:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):  # a stale lock is replaced; two processes taking it over race for the rename
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                check_unlocked(self.out)
+                with contextlib.suppress(OSError):  # stale: its process is gone
+                    self.path.unlink()
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.held = True
+            clean_interrupted_writes(self.out)
+            return self
+        raise ConfigError(f"{self.out}: could not take its lock file {self.path}; remove it if no run is using the folder.")
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(OSError):
+                if self.path.read_text(encoding="ascii").strip() == str(os.getpid()):
+                    self.path.unlink()
+            self.held = False
+
+
+def check_unlocked(out: str | Path) -> None:
+    """Refuse (ConfigError, naming its process id) a run folder that a live run or resume is writing."""
+    pid = RunLock(Path(out)).holder()
+    if pid is not None:
+        raise ConfigError(f"{out} is being written by process {pid} (a `stylezoo run` or --resume still running): "
+                          "wait for it to finish or stop it, or give another --out.")
+
+
+def clean_interrupted_writes(out: Path) -> list[Path]:
+    """Remove what killed writes left in a run folder (called holding its lock): our atomic writes' temporary
+    files whose process is gone, and safetensors' own `.tmpXXXXXX` files, which only a writer of the folder makes."""
+    removed: list[Path] = []
+    for folder in (out, out / "checkpoints", out / "samples"):
+        removed += ckpt.remove_stale_tmp(folder)
+        with contextlib.suppress(OSError):
+            for name in os.listdir(folder):
+                if _SAFETENSORS_TMP.match(name):
+                    with contextlib.suppress(OSError):
+                        (folder / name).unlink()
+                        removed.append(folder / name)
+    return removed

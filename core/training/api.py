@@ -12,7 +12,15 @@ from ..components.registry import Registry, default_registry
 from ..errors import ConfigError
 from ..files import checkpoint as ckpt
 from ..runs.runconfig import RunConfig, resolve, with_steps
-from ..runs.rundir import _truncate_metrics, check_new_out, clear_run, default_out, holds_run, resume_config
+from ..runs.rundir import (
+    _truncate_metrics,
+    check_new_out,
+    check_unlocked,
+    clear_run,
+    default_out,
+    holds_run,
+    resume_config,
+)
 from ..runtime import distributed as dist
 from .engine import Trainer
 
@@ -41,6 +49,8 @@ def train(rc: RunConfig | None = None, *, out: str | Path | None = None, resume:
                           "in its RunConfig.")
     elif out is not None and not overwrite:
         check_new_out(out)
+    if out is not None:  # before anything touches the folder (metrics truncated on resume, --overwrite)
+        check_unlocked(out)
     if rc is None:
         rc = resolve(registry or default_registry())
     if resume is None and steps is not None:  # as `stylezoo run --steps N`: the run's length, epochs or not

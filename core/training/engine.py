@@ -6,9 +6,7 @@ Everything random derives from (seed, step), so a resumed run repeats the uninte
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +24,7 @@ from ..files import checkpoint as ckpt
 from ..files.data import _seed
 from ..files.images import save_grid
 from ..runs.runconfig import RunConfig, checked
-from ..runs.rundir import _StopAtStepEnd, plot_losses, write_config
+from ..runs.rundir import RunLock, _StopAtStepEnd, plot_losses, write_config
 from ..runtime import distributed as dist
 from ..runtime.cpu_memory import keep_freed_memory
 from ..runtime.devices import bf16_supported, compile_unavailable
@@ -226,8 +224,11 @@ class Trainer:
                         "are those of step %d", self.bad_steps, self.last_bad, self.step - self.bad_steps)
 
     def has_good_weights(self) -> bool:
-        """Whether the weights now are worth saving: some step trained, or they came from a checkpoint."""
-        return self.good_steps > 0 or self.resumed_from is not None
+        """Whether the weights now are worth saving: some step trained, or they came from a checkpoint, and
+        none is NaN or Inf (the guard skips bad updates; a finite update can still overflow a weight)."""
+        return (self.good_steps > 0 or self.resumed_from is not None) and all(
+            bool(torch.isfinite(p).all()) for m in (self.components.gen, self.components.disc) if m is not None
+            for p in m.parameters())
 
     # -- samples, checkpoints ------------------------------------------------------------------------------
     @property
@@ -303,19 +304,27 @@ class Trainer:
         if self.nothing_to_train():  # write nothing: the run is as it was
             assert self.resumed_from is not None
             return self.resumed_from
-        if self.rank == 0:
-            log.info("%s %s", "resuming" if self.resumed_from is not None else "training", self.describe())
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_config(self.out / "config.toml", self.rc)
-        log_f = (self.out / "metrics.jsonl").open("a") if self.rank == 0 else None
-        # --log tensorboard (core/training/logsinks.py); none on other ranks
-        sinks = open_sinks(self.train_cfg.log, self.out, rank=self.rank,
-                           resumed_at=self.step if self.resumed_from is not None else None)
-        last = self.out / "last.safetensors"
+        lock = RunLock(self.out).acquire() if self.rank == 0 else None  # one writer per run folder, before any write
+        try:
+            if self.rank == 0:
+                log.info("%s %s", "resuming" if self.resumed_from is not None else "training", self.describe())
+                write_config(self.out / "config.toml", self.rc)
+            # metrics.jsonl and --log tensorboard (core/training/logsinks.py); none on other ranks
+            sinks = open_sinks(self.train_cfg.log, self.out, rank=self.rank,
+                               resumed_at=self.step if self.resumed_from is not None else None)
+            try:
+                return self._fit(sinks, self.out / "last.safetensors")
+            finally:
+                sinks.close()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, sinks: Any, last: Path) -> Path:
         signals = _StopAtStepEnd().install()
         self._mid_step = False
         try:
-            t_last = time.perf_counter()
+            t_last = t_saved = time.perf_counter()
             while self.step < self.train_cfg.steps:
                 signals.busy = True
                 t0 = time.perf_counter()
@@ -331,21 +340,16 @@ class Trainer:
                 self.history.append(logs)
                 if self.progress is not None:
                     self.progress(self.step, self.train_cfg.steps, logs)
-                if log_f and (evaluated or self.step % self.train_cfg.log_every == 0 or self.step == self.train_cfg.steps
-                              or self.step == 1):
-                    try:
-                        log_f.write(json.dumps(logs) + "\n")
-                        log_f.flush()
-                        sinks.scalars(logs, self.step)
-                    except OSError as e:
-                        if e.errno in ckpt.NO_SPACE:
-                            raise ckpt.no_space_error(self.out / "metrics.jsonl") from None
-                        raise
+                t = self.train_cfg
+                if evaluated or self.step % t.log_every == 0 or self.step in (1, t.steps):
+                    sinks.scalars(logs, self.step)
                 if self.rank == 0:
-                    if self.train_cfg.sample_every and self.step % self.train_cfg.sample_every == 0:
+                    if t.sample_every and self.step % t.sample_every == 0:
                         sinks.grid(self.save_samples(f"step-{self.step:07d}"), self.step)
-                    if self.train_cfg.ckpt_every and self.step % self.train_cfg.ckpt_every == 0:
-                        last = self.save_checkpoint(keep=True)
+                    if t.ckpt_every and self.step % t.ckpt_every == 0:
+                        last, t_saved = self.save_checkpoint(keep=True), time.perf_counter()
+                    elif t.ckpt_minutes and time.perf_counter() - t_saved >= 60 * t.ckpt_minutes:
+                        last, t_saved = self.save_checkpoint(keep=False), time.perf_counter()  # by time
                 t_last = time.perf_counter()
                 signals.busy = False
                 if signals.pending is not None:
@@ -364,16 +368,12 @@ class Trainer:
         finally:
             signals.restore()
             sinks.flush()
-            if log_f:
-                with contextlib.suppress(OSError):  # a full disk was reported above
-                    log_f.close()
         del t_last
         if self.rank == 0:
             last = self.save_checkpoint(keep=True)
             sinks.grid(self.save_samples("final"), self.step)
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
             self._write_report()
-        sinks.close()
         return last
 
     # -- evaluation and report hooks (the logic lives in core/evaluation/) ----------------------------------------

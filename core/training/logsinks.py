@@ -1,4 +1,4 @@
-"""Where a run's figures go besides metrics.jsonl (which is always written): opt-in sinks, `train.log`.
+"""Where a run's figures go: metrics.jsonl (always, `JsonlSink`) and the opt-in sinks of `train.log`.
 
 `stylezoo run --log tensorboard` (RunConfig `train.log = ["tensorboard"]`) writes TensorBoard event files to
 `RUN/tb/`: every figure of a metrics.jsonl line as a scalar under its metrics.jsonl key (`g/loss`, `d/d_adv`,
@@ -14,11 +14,14 @@ The sink names (`SINKS`) are data of core/runs/runconfig.py, which checks `train
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..files.checkpoint import NO_SPACE, no_space_error
 from ..runs.runconfig import SINKS  # noqa: F401  (re-exported: the names `train.log` accepts)
 
 TB_DIR = "tb"  # the run directory's TensorBoard folder: `tensorboard --logdir runs/` finds every run's
@@ -37,10 +40,38 @@ def check_sinks(names: Iterable[str]) -> None:
                                  "(or pip install tensorboard).") from None
 
 
-class RunSinks:
-    """The run's open sinks (none on ranks other than 0, or when `train.log` names none): each call goes to each."""
+class JsonlSink:
+    """metrics.jsonl, always written: one JSON line per logged step, flushed at once. A full disk is one line."""
 
-    def __init__(self, sinks: Sequence[TensorBoardSink] = ()) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file = path.open("a")
+
+    def scalars(self, logs: Mapping[str, Any], step: int) -> None:
+        try:
+            self.file.write(json.dumps(dict(logs)) + "\n")
+            self.file.flush()
+        except OSError as e:
+            if e.errno in NO_SPACE:
+                raise no_space_error(self.path) from None
+            raise
+
+    def grid(self, path: Path, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):  # a full disk was reported by scalars
+            self.file.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+
+
+class RunSinks:
+    """The run's open sinks (none on ranks other than 0): each call goes to each."""
+
+    def __init__(self, sinks: Sequence[JsonlSink | TensorBoardSink] = ()) -> None:
         self.sinks = list(sinks)
 
     def scalars(self, logs: Mapping[str, Any], step: int) -> None:
@@ -67,10 +98,10 @@ def open_sinks(names: Iterable[str], out: Path, *, rank: int, resumed_at: int | 
     """The sinks `names` (the run's `train.log`) opened for one `fit` into the run folder `out`, on rank 0 only;
     `resumed_at`: the step a resumed run restarts from (None for a new run). The config goes in at once."""
     names = tuple(names or ())
-    if rank != 0 or not names:
+    if rank != 0:
         return RunSinks()
     check_sinks(names)
-    sinks = []
+    sinks: list[JsonlSink | TensorBoardSink] = [JsonlSink(out / "metrics.jsonl")]
     if "tensorboard" in names:
         # a resumed run restarts after its checkpoint's step: later steps a killed run logged are purged
         purge = resumed_at + 1 if resumed_at is not None else None
