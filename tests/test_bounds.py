@@ -134,3 +134,42 @@ def test_a_hostile_checkpoint_is_refused_before_anything_is_built(run_dir: Path,
                  ("eval", bad, "--num", "2"), ("run", "--resume", bad, "--quiet")):
         one_line(invoke(*args))
     assert time.perf_counter() - t0 < 60, "a hostile config must be refused, not built"
+
+
+# ------------------------------------------------------------------------------------------ hostile text
+@pytest.mark.parametrize("dist, hint", [
+    ("evil-plugin", "pip install evil-plugin"),
+    ("https://evil.example/x.whl", None),
+    ("pkg; rm -rf ~", None),
+    ("a b", None),
+    ("$(curl evil)", None),
+])
+def test_install_hints_come_only_from_well_formed_names(dist: str, hint: str | None) -> None:
+    meta = {"plugins": {"gen/ghost": dist}, "versions": {"stylezoo": "0.1.0", "torch": "2", dist: "1"}}
+    got = ckpt.plugin_hint(meta, "gen/ghost")
+    assert got == (dist if hint else None)
+    err = ckpt.missing_component(Path("x.safetensors"), "gen/ghost", got, Registry(entry_points=False))
+    assert (hint in str(err)) if hint else ("pip install" not in str(err) and dist not in str(err))
+
+
+def test_control_characters_from_files_and_metadata_are_escaped_in_messages(tmp_path: Path) -> None:
+    from stylezoo.core.cli.messages import printable
+
+    assert printable("photo\x1b[2J\rname\n.png") == "photo\\x1b[2J\\rname\\n.png"
+    nasty = tmp_path / "evil\x1b[31mred\rname.safetensors"
+    nasty.write_bytes(b"not a checkpoint")
+    r = invoke("stylize", nasty, SAMPLES / "content", "-o", tmp_path / "out")
+    line = one_line(r)
+    assert "\x1b" not in r.output and "\r" not in r.output and "\\x1b[31mred\\rname" in line
+
+
+def test_a_checkpoint_from_a_newer_format_names_the_version_that_reads_it(run_dir: Path, tmp_path: Path) -> None:
+    tensors, meta = ckpt.load(run_dir / "last.safetensors")
+    out = tmp_path / "future.safetensors"
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out),
+              {ckpt.META_KEY: json.dumps({**meta, "format": ckpt.FORMAT_VERSION + 1})})
+    with pytest.raises(CheckpointError, match=f"checkpoint format {ckpt.FORMAT_VERSION + 1}, which a newer stylezoo "
+                                              f"wrote; this one reads format {ckpt.FORMAT_VERSION}: upgrade"):
+        ckpt.read_meta(out)
+    one_line(invoke("stylize", out, SAMPLES / "content", "-o", tmp_path / "o"), "upgrade stylezoo")

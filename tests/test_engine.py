@@ -526,7 +526,24 @@ def test_a_generator_making_nan_is_named_and_no_checkpoint_is_claimed(tmp_path: 
         train(rc, out=tmp_path / "run", registry=reg)
     msg = str(e.value)
     assert "the generator's output (gen/nan)" in msg and "No step had trained, so nothing was saved" in msg
+    assert ", so," not in msg and "The generator gen/nan itself produced NaN/Inf" in msg
+    assert "lower the learning rate" not in msg  # a learning rate is not why a generator multiplies by NaN
     assert not (tmp_path / "run" / "last.safetensors").exists()  # untrained weights are not passed off as a run
+    # --dry-run applies the check the real first step applies: it fails too, naming the generator
+    from typer.testing import CliRunner
+
+    import stylezoo.core.components.registry as registry_mod
+    from stylezoo.core.cli import app
+
+    old, registry_mod._default = registry_mod._default, reg
+    try:
+        r = CliRunner().invoke(app, ["run", "--gen", "gen/nan", "--disc", "patch", "--feat", "none", "--gp", "none",
+                                     "--loss", "tv", "--size", "32", "--batch", "2", "--set", "disc.n_layers=2",
+                                     "--set", "disc.channels=8", "--content", "samples:content",
+                                     "--style", "samples:style", "--dry-run"])
+    finally:
+        registry_mod._default = old
+    assert r.exit_code == 1 and "--dry-run: the first step had a NaN/Inf" in r.output and "gen/nan" in r.output, r.output
 
 
 def test_progress_line_shows_the_data_wait_only_when_it_matters() -> None:
@@ -753,3 +770,22 @@ def test_a_run_says_in_one_line_what_it_trains_on_what_and_where(reg: Registry, 
         train(resume=tmp_path, steps=3, registry=reg)
     assert any(r.getMessage().startswith("resuming ") and "from step 2 to 3" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_generator_whose_output_never_matches_its_input_is_named_not_sent_to_another_size(tmp_path: Path) -> None:
+    """'Choose another --size' only where another size works; a generator that halves every input is a bug."""
+    from stylezoo.core.errors import CompositionError, PluginError
+
+    halves = _registry_with_gen("gen/halves", lambda x, w: torch.nn.functional.avg_pool2d(x * w, 2))
+    rc = resolve(halves, cli={**IMAGE, "gen": "gen/halves", "set": {"disc": IMAGE["set"]["disc"]}}, losses=["tv"])
+    with pytest.raises(PluginError) as e:
+        Trainer(rc, tmp_path / "a", registry=halves)
+    assert "gen/halves" in str(e.value) and "does not follow its declared sizes" in str(e.value)
+    assert "another --size" not in str(e.value)
+    # a generator that works at other sizes (multiples of 8 here) still hears it
+    crops = _registry_with_gen("gen/crops", lambda x, w: (x * w)[..., : x.shape[-2] // 8 * 8, : x.shape[-1] // 8 * 8])
+    crops.get("gen/crops").factory.size_multiple = 8
+    rc = resolve(crops, cli={**IMAGE, "gen": "gen/crops", "set": {"disc": IMAGE["set"]["disc"]},
+                             "train": {**TINY, "size": 30}}, losses=["tv"])
+    with pytest.raises(CompositionError, match=r"Choose another --size \(a multiple of 8\)"):
+        Trainer(rc, tmp_path / "b", registry=crops)

@@ -632,9 +632,9 @@ def _same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 
 
 @pytest.mark.parametrize("value,side,who", [
-    ("nan", "gen", "generator: loss/blowup"),
-    ("inf", "gen", "generator: loss/blowup"),
-    ("-inf", "disc", "discriminator: loss/blowup"),
+    ("nan", "gen", "generator step: loss/blowup"),
+    ("inf", "gen", "generator step: loss/blowup"),
+    ("-inf", "disc", "discriminator step: loss/blowup"),
     ("grad", "gen", "generator gradients"),
 ])
 def test_cli_nan_or_inf_stops_the_run_naming_the_loss_and_keeps_the_good_weights(

@@ -27,8 +27,10 @@ def report_error(err: BaseException | str) -> None:
 
     # escaped: messages quote user text and TOML such as [losses], which rich would take for markup
     # emoji=False: a path such as my:fire:pic.jpg must not print as an emoji
-    Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(f"[bold red]error:[/] {escape(str(err))}",
-                                                                            markup=True)
+    from .messages import printable
+
+    text = escape(printable(str(err)))
+    Console(stderr=True, highlight=False, soft_wrap=True, emoji=False).print(f"[bold red]error:[/] {text}", markup=True)
 
 
 class _Group(TyperGroup):

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UsageError
+from .messages import printable
 
 err = Console(stderr=True, highlight=False)
 
@@ -42,7 +43,9 @@ def eval_cmd(
 
     if num < 1:
         raise UsageError(f"--num must be >= 1, got {num}.")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from .messages import log_to_stderr
+
+    log_to_stderr(logging.WARNING)
     dev = str(pick_device(device))
     res = evaluate_checkpoint(checkpoint, content=content, style=style, reference=reference, data=data,
                               size=size, num=num, device=dev, ema=ema, style_label=style_label)
@@ -58,7 +61,7 @@ def eval_cmd(
     else:
         print_table(record)
     for note in res.notes:
-        err.print(f"[yellow]note:[/] {escape(note)}")
+        err.print(f"[yellow]note:[/] {escape(printable(note))}")
     if run is not None and not no_log:
         err.print(f"appended to {run / 'eval.jsonl'}")
     elif run is None and not no_log:
@@ -69,7 +72,7 @@ def eval_cmd(
 def print_table(record: dict[str, Any]) -> None:
     from ..ops.metrics import METRICS
 
-    table = Table(title=f"eval: {escape(record['checkpoint'])} (step {record['step']}, {record['n']} images)")
+    table = Table(title=f"eval: {escape(printable(record['checkpoint']))} (step {record['step']}, {record['n']} images)")
     for col in ("metric", "value", "better", "what it measures"):
         table.add_column(col, overflow="fold")
     for name, value in record["metrics"].items():

@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from .messages import printable
+
 err = Console(stderr=True, highlight=False)
 
 
@@ -33,7 +35,7 @@ class StepProgress:
         """Report `step` of `total` with a short text (losses, speed)."""
         if self.plain:
             if step == 1 or step % self.every == 0 or step == total:
-                err.print(f"{self.label} {step}/{total} {escape(text)}".rstrip(), soft_wrap=True)  # whole lines in logs
+                err.print(f"{self.label} {step}/{total} {escape(printable(text))}".rstrip(), soft_wrap=True)  # whole lines in logs
             return
         if self.bar is None:
             from rich.progress import (
@@ -45,7 +47,7 @@ class StepProgress:
                 TimeRemainingColumn,
             )
 
-            self.bar = Progress(TextColumn(f"[bold]{escape(self.label)}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn(f"[bold]{escape(printable(self.label))}"), BarColumn(bar_width=24), MofNCompleteColumn(),
                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                 TextColumn("{task.fields[text]}"),
                                 console=err, transient=False)

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .messages import printable
 from .progress import StepProgress
 
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)  # paths stay whole and literal
@@ -60,7 +61,9 @@ def run_cmd(
     env = dist.from_env()  # under torchrun: this worker's rank; only rank 0 shows progress and reports
     dist.quiet_worker_output()  # started by --nproc: ranks other than 0 write to files the launcher reads on failure
     quiet = quiet or env.rank != 0
-    logging.basicConfig(level=logging.INFO if not quiet else logging.WARNING, format="%(levelname)s: %(message)s")
+    from .messages import log_to_stderr
+
+    log_to_stderr(logging.INFO if not quiet else logging.WARNING)
     reg = default_registry()
     resume_from = None
     moved: dict[str, str] = {}
@@ -125,7 +128,7 @@ def run_cmd(
         out_dir = last.parent
     except KeyboardInterrupt as e:  # 130 for Ctrl-C, 143 for SIGTERM (errors.Interrupted)
         if env.rank == 0:
-            err.print(f"[yellow]interrupted[/]: {escape(_saved_where(out_dir))}")
+            err.print(f"[yellow]interrupted[/]: {escape(printable(_saved_where(out_dir)))}")
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
     except RuntimeError as e:
         lost = dist.peer_lost(e) if env.distributed else None
@@ -234,6 +237,11 @@ def _dry_run(rc: Any, resume_from: Path | None = None, run: Path | None = None) 
             return
         gin = tr.stepper.batch(tr.step)[2]
         logs = tr.checked_step(tr.step)
+        if tr.stepper.bad:  # a real run would skip this update: the dry run fails as the run would end
+            from ..errors import TrainingDiverged
+
+            raise TrainingDiverged(f"--dry-run: the first step had a NaN/Inf in {'; '.join(tr.stepper.bad)}, so its "
+                                   f"update would be skipped. {tr._nan_advice()}")
         fake = tr.components.gen(gin)
     where = f", resumed from {resume_from} at step {tr.step}" if resume_from is not None else ""
     table = Table(title=f"dry run: recipe {rc.recipe}{where}")

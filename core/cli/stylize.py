@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .messages import printable
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -59,13 +61,13 @@ def stylize_cmd(
         if style or style_label:
             raise UsageError(f"{st.name} makes images from noise; it takes no --style or --style-label.")
         if size is not None:
-            err.print(f"[yellow]warning:[/] --size is ignored: {escape(st.name)} makes {escape(str(getattr(st.module, 'size', '?')))} px images.")
+            err.print(f"[yellow]warning:[/] --size is ignored: {escape(printable(st.name))} makes {escape(printable(str(getattr(st.module, 'size', '?'))))} px images.")
         if num < 1:
             raise UsageError(f"--num must be >= 1, got {num}.")
         with _Bar(num, quiet or num < 2, "sample") as bar:
             paths = st.write_samples(out, num, seed=seed, ext=ext or "png", batch=max(batch, 1), progress=bar.advance)
-        Console(highlight=False).print(f"[green]wrote {len(paths)} sample(s)[/] from {escape(st.name)} (seed {seed}) "
-                                       f"to {escape(str(paths[0].parent))}")
+        Console(highlight=False).print(f"[green]wrote {len(paths)} sample(s)[/] from {escape(printable(st.name))} (seed {seed}) "
+                                       f"to {escape(printable(str(paths[0].parent)))}")
         return
     if not inputs:
         raise UsageError(f"{st.name} restyles images: give image files, folders or globs after the checkpoint.")
@@ -77,10 +79,10 @@ def stylize_cmd(
         st.set_labels(style_label)
     note = st.condition_note()
     if note:
-        err.print(f"[yellow]note:[/] {escape(note)}")
+        err.print(f"[yellow]note:[/] {escape(printable(note))}")
 
     def on_skip(path: str, why: str) -> None:
-        err.print(f"[yellow]warning:[/] skipped {escape(why)}")
+        err.print(f"[yellow]warning:[/] skipped {escape(printable(why))}")
 
     from ..use.stylizer import plan_outputs
 
@@ -89,10 +91,10 @@ def stylize_cmd(
         report = st.stylize_files(inputs, out, size=size, batch=batch, ext=ext, strict=strict, keep_mode=keep_mode,
                                   overwrite=overwrite, progress=bar.advance, on_skip=on_skip)
     for note in report.notes:
-        err.print(f"[yellow]note:[/] {escape(note)}")
+        err.print(f"[yellow]note:[/] {escape(printable(note))}")
     where = report.written[0] if len(report.written) == 1 else out
     skipped = f", skipped {len(report.skipped)} unreadable input(s)" if report.skipped else ""
-    Console(highlight=False).print(f"[green]wrote {len(report.written)} image(s)[/] to {escape(str(where))}{skipped}"
+    Console(highlight=False).print(f"[green]wrote {len(report.written)} image(s)[/] to {escape(printable(str(where)))}{skipped}"
                                    f" ({st.backend}, {st.precision}, {st.device})")
 
 

@@ -211,6 +211,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: its stylezoo metadata is not a table; the file is corrupt.")
     problem = meta_problem(meta)
+    if problem and problem.startswith("it is in checkpoint format"):
+        raise CheckpointError(f"{path}: {problem}.")
     if problem:
         raise CheckpointError(f"{path}: its stylezoo metadata is corrupt ({problem}); use another checkpoint.")
     return meta
@@ -222,6 +224,12 @@ def _is_table_of_tables(v: Any) -> bool:
 
 def meta_problem(meta: Mapping[str, Any]) -> str | None:
     """What is wrong with the shape of a checkpoint's metadata (the keys stylezoo reads), or None."""
+    fmt = meta.get("format", FORMAT_VERSION)
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT_VERSION:
+        return (f"it is in checkpoint format {fmt}, which a newer stylezoo wrote; this one reads format "
+                f"{FORMAT_VERSION}: upgrade stylezoo (pip install -U stylezoo)")
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 1:
+        return f"format is {fmt!r}, not a format version"
     step = meta.get("step", 0)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         return f"step is {step!r}, not a count"
@@ -247,13 +255,17 @@ def meta_problem(meta: Mapping[str, Any]) -> str | None:
     return None
 
 
+_DIST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")  # PEP 508 names
+
+
 def plugin_hint(meta: Mapping[str, Any], name: str) -> str | None:
     """The distribution that provided component `name` when the checkpoint was written, if known."""
     dist = meta.get("plugins", {}).get(name)
-    if isinstance(dist, str) and dist and dist != "stylezoo":
-        return dist
-    others = [d for d in meta.get("versions", {}) if d not in ("stylezoo", "torch")]
-    return others[0] if len(others) == 1 else None
+    if not (isinstance(dist, str) and dist and dist != "stylezoo"):
+        others = [d for d in meta.get("versions", {}) if d not in ("stylezoo", "torch")]
+        dist = others[0] if len(others) == 1 else None
+    # only a well-formed distribution name becomes an install hint: never a URL, spaces or shell text
+    return dist if isinstance(dist, str) and _DIST_NAME.fullmatch(dist) else None
 
 
 def require_components(meta: Mapping[str, Any], registry: Any, path: Path) -> None:

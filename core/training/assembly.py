@@ -184,6 +184,10 @@ def check_gen_size(gen: nn.Module, name: str, family: str, size: int) -> None:
                           "must return RGB images (N, 3, H, W).")
     if shape != (1, 3, size, size):
         m = getattr(gen, "size_multiple", None)
+        if family == IMAGE and not _makes_its_size(gen, int(m or 1) * 16):  # another size would not help either
+            raise PluginError(f"{name} returned {shape[-2:]} images for {size}x{size} inputs, and does not match its "
+                              f"input size at a multiple of its size_multiple ({m or 1}) either: its output does not "
+                              "follow its declared sizes (a bug to report to the plugin).")
         hint = f" (a multiple of {m})" if m and size % m else ""
         raise CompositionError(f"{name} cannot train at --size {size}: it makes {shape[-2:]} images "
                                f"instead. Choose another --size{hint}.")
@@ -219,6 +223,18 @@ class Placement:
             return feat(x, layers)
         out = feat(x.contiguous(memory_format=torch.channels_last), layers)
         return {k: grad_in_layout(v) for k, v in out.items()} if torch.is_grad_enabled() else out
+
+
+@torch.no_grad()
+def _makes_its_size(gen: nn.Module, side: int) -> bool:
+    """Whether an image generator returns (1, 3, side, side) for a (1, 3, side, side) input (in eval mode)."""
+    gen.eval()
+    try:
+        return tuple(gen(torch.zeros(1, 3, side, side)).shape) == (1, 3, side, side)
+    except Exception:
+        return False
+    finally:
+        gen.train()
 
 
 def place_modules(comps: Components, device: torch.device, *, channels_last: bool, amp: bool, world: int,

@@ -39,7 +39,7 @@ from .assembly import (
 )
 from .conditioning import Conditioning, with_labels
 from .ema import GeneratorEMA
-from .failures import data_wait_warning, first_step_error
+from .failures import data_wait_warning, first_step_error, nan_advice
 from .logsinks import check_sinks, open_sinks
 from .step import TrainStep
 from .trainstate import RunModules, component_names, load_run_state, run_meta, run_state
@@ -191,11 +191,11 @@ class Trainer:
             # the bad steps' updates were skipped, so the weights now are the last good ones: fit() saves them
             kept = (f"The bad updates were skipped, and the weights saved in {self.out / 'last.safetensors'}"
                     if self.has_good_weights() else "No step had trained, so nothing was saved")
-            raise TrainingDiverged(
-                f"Stopped at step {self.step + 1}: {self.bad_steps} consecutive steps with a NaN/Inf in "
-                f"{self.last_bad}. {kept}. In a new run, lower the learning rate or that loss's weight, or try "
-                "--set train.precision=fp32."
-            )
+            raise TrainingDiverged(f"Stopped at step {self.step + 1}: {self.bad_steps} consecutive steps with a NaN/Inf "
+                                   f"in {self.last_bad}. {kept}. {self._nan_advice()}")
+
+    def _nan_advice(self) -> str:
+        return nan_advice(self.rc.gen if self.stepper.gen_nan else None)
 
     def checked_step(self, step: int) -> dict[str, float]:
         """`train_step`, with an exception raised inside a component in this session's first step reported
@@ -218,7 +218,7 @@ class Trainer:
         if not self.has_good_weights():
             raise TrainingDiverged(
                 f"All {self.bad_steps} steps had a NaN/Inf in {self.last_bad}, so no step trained and nothing was "
-                "saved. Lower the learning rate or that loss's weight, or try --set train.precision=fp32.")
+                f"saved. {self._nan_advice()}")
         if self.rank == 0:
             log.warning("the last %d step(s) had a NaN/Inf in %s; their updates were skipped, so the weights saved "
                         "are those of step %d", self.bad_steps, self.last_bad, self.step - self.bad_steps)

@@ -35,6 +35,15 @@ def first_step_error(e: Exception, comps: Components, rc: RunConfig) -> Stylezoo
                             "plugin's component, this may be a bug to report to the plugin.")
 
 
+def nan_advice(gen: str | None) -> str:
+    """What to do about NaN/Inf steps; `gen`: the generator, when its own output was NaN/Inf (then no loss
+    weight or learning rate made the first NaN)."""
+    if gen:
+        return (f"The generator {gen} itself produced NaN/Inf; try --set train.precision=fp32, and if it persists "
+                "the generator (its settings, or a plugin's bug) is the cause.")
+    return "In a new run, lower the learning rate or that loss's weight, or try --set train.precision=fp32."
+
+
 def data_wait_warning(history: Sequence[dict[str, Any]], sets: Sequence[ImageSet], window: int = 10,
                       share: float = 0.2) -> str | None:
     """A warning when waiting for images took over `share` of the step (median of the last `window` logged

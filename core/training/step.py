@@ -41,6 +41,7 @@ class TrainStep:
         self.family, self.cond_disc, self.rank, self.world = family, cond_disc, rank, world
         self.device = placement.device
         self.bad: list[str] = []
+        self.gen_nan = False  # the generator itself made NaN/Inf in a bad step (not a loss term)
         self.data_s = 0.0
         self.last_fake: Tensor | None = None  # for naming the generator when a step goes bad
 
@@ -88,7 +89,7 @@ class TrainStep:
         """One discriminator update then one generator update; returns the logged figures."""
         torch.manual_seed(_seed(self.train.seed, 11, step, self.rank))  # penalties' noise, dropout
         self._set_lr(step)
-        self.bad = []
+        self.bad, self.gen_nan = [], False
         t_data = time.perf_counter()
         content, real, gin = self.batch(step)
         self.data_s = time.perf_counter() - t_data  # the wait for this step's images (logged as time/data_s)
@@ -252,10 +253,11 @@ class TrainStep:
             return True
         bad = [n for n, v in parts.items() if not torch.isfinite(v.detach()).all()]
         fake = self.last_fake
-        if bad and fake is not None and not bool(torch.isfinite(fake.detach()).all()):
-            bad = [f"the generator's output ({self.rc.gen}), so"] + bad  # the terms follow from it
+        if fake is not None and not bool(torch.isfinite(fake.detach()).all()):  # the terms follow from it
+            self.gen_nan = True
+            bad = [f"the generator's output ({self.rc.gen})" + (f", and so {', '.join(bad)}" if bad else "")]
         if not bad:
             bad = [f"{who} gradients" if not grads_ok else "another process's loss or gradients"]
-        self.bad.append(f"{who}: {', '.join(bad)}")
+        self.bad.append(f"the {who} step: {', '.join(bad)}")
         module.zero_grad(set_to_none=True)
         return False
