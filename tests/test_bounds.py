@@ -173,3 +173,61 @@ def test_a_checkpoint_from_a_newer_format_names_the_version_that_reads_it(run_di
                                               f"wrote; this one reads format {ckpt.FORMAT_VERSION}: upgrade"):
         ckpt.read_meta(out)
     one_line(invoke("stylize", out, SAMPLES / "content", "-o", tmp_path / "o"), "upgrade stylezoo")
+
+
+def _bomb_png(path: Path, side: int = 100_000) -> None:
+    """A PNG of a few bytes that declares side x side pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_in_a_stylize_folder_is_skipped_with_a_warning(run_dir: Path, tmp_path: Path) -> None:
+    """The output planner opened it to read its EXIF mark and raised PIL's DecompressionBombError."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _bomb_png(folder / "bomb.png")
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(folder / "ok.png")
+    r = invoke("stylize", run_dir, folder, "-o", tmp_path / "out")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert "skipped" in r.output and "bomb.png" in r.output and "decompression bomb" in r.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["ok.png"]
+
+
+def test_a_print_sized_photo_is_stylized_in_blended_tiles() -> None:
+    """Over TILE_ABOVE pixels the Stylizer runs overlapping tiles: a pixel-wise generator gives exactly the
+    whole-image result, a convolutional one the same away from the borders of its receptive field."""
+    import torch
+
+    from stylezoo.core.use.inputs import tiled
+    from stylezoo.core.use.loading import LoadedGenerator
+    from stylezoo.core.use.stylizer import Stylizer
+
+    class Pointwise(torch.nn.Module):
+        family, size_multiple = "image", 4
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(2 * x - 0.1)
+
+    st = Stylizer(LoadedGenerator(Pointwise(), "gen/pointwise", "image", {}, Path("-")), precision="fp32")
+    x = torch.rand(1, 3, 300, 410) * 2 - 1
+    whole = st.forward(x)
+    calls: list[tuple[int, ...]] = []
+    run = st._whole
+    st._whole = lambda part: (calls.append(tuple(part.shape)), run(part))[1]  # type: ignore[method-assign]
+    st.tile_above, st.tile = 100 * 100, 128
+    tiles = st.forward(x)
+    assert len(calls) > 4 and all(c[-1] <= 128 and c[-2] <= 128 for c in calls)  # never the whole photo at once
+    torch.testing.assert_close(tiles, whole, rtol=0, atol=1e-6)
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+    with torch.no_grad():
+        ref = torch.tanh(conv(x))
+        out = tiled(lambda p: torch.tanh(conv(p)), x, tile=128)
+    assert (out - ref).abs().max() < 0.05  # blended where tiles meet; a 3x3 conv differs only at their edges

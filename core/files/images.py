@@ -284,7 +284,7 @@ def is_stylezoo_output(path: Path) -> bool:
     try:
         with Image.open(path) as im:
             return str(im.getexif().get(_SOFTWARE, "")).startswith(OUTPUT_MARK)
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # read (and refused) later
         return False
 
 

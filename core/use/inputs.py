@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -14,6 +14,45 @@ from torch import Tensor
 
 from ..errors import UsageError
 from ..files.images import _to_rgb, open_image, pil_to_tensor, resize_short
+
+TILE_ABOVE = 2048 * 2048  # pixels: larger images are stylized in overlapping tiles, in bounded memory
+TILE, OVERLAP = 1024, 128  # a tile's side, and how far neighbouring tiles overlap (blended linearly there)
+
+
+def tiled(run: Callable[[Tensor], Tensor], x: Tensor, tile: int = TILE, multiple: int = 1) -> Tensor:
+    """`run` (an image-to-image function) over (N, 3, H, W) in overlapping tiles of about `tile` px, blended with
+    linear ramps where they overlap, so that seams do not show; the result is on the CPU. Memory grows with the
+    tile, not the photo. Normalisation inside a generator sees one tile at a time, so tiles of a photo with very
+    different regions may differ slightly in tone; the overlap blends them."""
+    n, _, h, w = x.shape
+    tile = max(multiple, tile // multiple * multiple)
+    overlap = min(OVERLAP, tile // 4)
+    out = torch.zeros(n, 3, h, w)
+    weight = torch.zeros(1, 1, h, w)
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        return sorted({*range(0, length - tile, tile - overlap), length - tile})
+
+    def ramp(length: int, first: bool, last: bool) -> Tensor:
+        i = torch.arange(length, dtype=torch.float32) + 0.5
+        r = torch.ones(length)
+        if not first:
+            r = torch.minimum(r, i / overlap)
+        if not last:
+            r = torch.minimum(r, (length - i) / overlap)
+        return r
+
+    ys, xs = starts(h), starts(w)
+    for y0 in ys:
+        for x0 in xs:
+            part = x[..., y0:y0 + tile, x0:x0 + tile]
+            th, tw = part.shape[-2:]
+            wgt = ramp(th, y0 == ys[0], y0 == ys[-1])[:, None] * ramp(tw, x0 == xs[0], x0 == xs[-1])[None, :]
+            out[..., y0:y0 + th, x0:x0 + tw] += run(part).float().cpu() * wgt
+            weight[..., y0:y0 + th, x0:x0 + tw] += wgt
+    return out / weight
 
 
 def pad_to_multiple(x: Tensor, multiple: int, min_side: int = 1) -> tuple[Tensor, tuple[int, int]]:

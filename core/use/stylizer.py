@@ -43,6 +43,8 @@ from .backends import (
     resolve_precision,
 )
 from .inputs import (
+    TILE,
+    TILE_ABOVE,
     _check_range,
     _check_size,
     _label_pairs,
@@ -50,6 +52,7 @@ from .inputs import (
     _resize_tensor,
     _style_tensor,
     pad_to_multiple,
+    tiled,
 )
 from .loading import LoadedGenerator, checkpoint_path, load_generator
 from .outputs import StylizeReport, plan_outputs
@@ -89,6 +92,7 @@ class Stylizer:
         self._session: Any = None
         self._cond: dict[str, Any] = {}  # style statistics / label weights for conditional generators
         self._bf16: nn.Module | None = None  # a bfloat16 copy of the module (see _bf16_module)
+        self.tile_above, self.tile = TILE_ABOVE, TILE  # images over tile_above pixels run in tiles of this side
         if backend == "onnxruntime":
             self.use_onnxruntime(required=True)
 
@@ -237,10 +241,17 @@ class Stylizer:
         if xb.dim() != 4 or xb.shape[1] != 3:
             raise UsageError(f"Expected an RGB tensor (3, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(x.shape)}.")
         _check_range(xb)
+        if xb.shape[-2] * xb.shape[-1] > self.tile_above:  # a print-sized photo: bounded memory, in tiles
+            y = tiled(self._whole, xb.float(), self.tile, self.size_multiple).to(x.device)
+        else:
+            y = self._whole(xb).to(x.device)
+        return y[0] if squeeze else y
+
+    def _whole(self, xb: Tensor) -> Tensor:
+        """The generator on (N, 3, H, W) at once: padded to its multiple, cropped back."""
         h, w = xb.shape[-2:]
         xp, (top, left) = pad_to_multiple(xb.float(), self.size_multiple, max(2 * self.size_multiple, 16))
-        y = self._checked(self._run(xp), xp.shape)[..., top:top + h, left:left + w].contiguous().to(x.device)
-        return y[0] if squeeze else y
+        return self._checked(self._run(xp), xp.shape)[..., top:top + h, left:left + w].contiguous()
 
     def _checked(self, y: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """`y`, the generator's output for an input of `shape`, if it can be an image; else a clear error."""
@@ -358,8 +369,8 @@ class Stylizer:
             flush(key)
         if big:
             report.notes.append(f"{big} input(s) had a shorter side over {LARGE_INPUT} px and were stylized at full "
-                                "resolution, which takes time and memory; --size 1024 (Python: size=1024) resizes "
-                                "them first.")
+                                "resolution in overlapping tiles, which takes time; --size 1024 (Python: size=1024) "
+                                "resizes them first.")
         if not report.written:
             why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3])
             raise DataError(f"Nothing was written: none of the inputs could be stylized ({why}).")
