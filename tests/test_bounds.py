@@ -231,3 +231,43 @@ def test_a_print_sized_photo_is_stylized_in_blended_tiles() -> None:
         ref = torch.tanh(conv(x))
         out = tiled(lambda p: torch.tanh(conv(p)), x, tile=128)
     assert (out - ref).abs().max() < 0.05  # blended where tiles meet; a 3x3 conv differs only at their edges
+
+
+def test_a_run_that_cannot_fit_in_memory_says_what_it_needs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Estimated from the composition on the meta device (nothing allocated), before any data is read."""
+    import torch
+
+    from stylezoo.core.training import memory
+
+    t0 = time.perf_counter()
+    line = one_line(invoke("run", "--batch", "4096", "--size", "2048", "--dry-run"), "needs about", "GiB",
+                    "lower --batch or --size")
+    assert time.perf_counter() - t0 < 60 and "--batch 4096" in line
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 1024**3)
+    memory.check_memory(5 * 1024**3, torch.device("cpu"), 8, 256)  # fits with its margin: no error
+    with pytest.raises(ConfigError, match=r"needs about 9\.0 GiB .* has 10\.0 GiB free"):
+        memory.check_memory(9 * 1024**3, torch.device("cpu"), 8, 256)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)
+    memory.check_memory(10**15, torch.device("cpu"), 8, 256)  # unknown free memory: left to try
+
+
+def test_the_memory_estimate_grows_with_batch_and_size_and_skips_what_meta_cannot_run() -> None:
+    import torch
+
+    from stylezoo.core.training.assembly import build_components
+    from stylezoo.core.training.memory import activation_bytes, step_memory
+
+    reg = Registry()
+    comps = build_components(reg, resolve(reg, recipe="default"))
+    small, big, wide = (step_memory(comps, "image", b, s) for b, s in ((2, 64), (8, 64), (2, 128)))
+    assert small and big and wide and big > small
+    # activations grow with batch x size^2: 4x the batch and 2x the side cost the same on top of the weights
+    assert wide == pytest.approx(big, rel=0.05)
+    assert comps.gen.training  # the estimate ran on a copy: the run's modules are untouched
+    assert next(comps.gen.parameters()).device.type == "cpu"
+
+    class NeedsData(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * float(x.sum())  # reads a value: impossible on meta
+
+    assert activation_bytes(NeedsData(), torch.zeros(2, 3, 8, 8)) is None

@@ -238,3 +238,34 @@ def test_metadata_with_random_values_of_the_wrong_type(tmp_path: Path, reg: Regi
     assert seen.get("CheckpointError", 0) > 60 and seen.get("ok", 0) > 0, seen
     # DataError: a data path swapped for junk names nothing, and resume says the run's data is gone
     assert set(seen) <= {"ok", "CheckpointError", "ConfigError", "DataError", "TrainingDiverged"}, seen
+
+
+def test_cli_values_fuzzed_give_a_run_or_one_documented_line(tmp_path: Path) -> None:
+    """Seeded random values for training and component fields through `run --dry-run`: every outcome is a
+    dry run that worked or one `error:` line with exit 1 or 2 (docs/promises.md); never a traceback."""
+    import random
+
+    from typer.testing import CliRunner
+
+    from stylezoo.core.cli import app
+
+    rng = random.Random(20261207)
+    fields = ["train.size", "train.batch", "train.steps", "train.seed", "train.lr", "train.d_steps", "train.ema",
+              "train.epochs", "train.log_every", "train.ckpt_minutes", "data.zoom", "data.cache_mb", "gen.channels",
+              "gen.n_res", "disc.n_layers", "disc.channels", "train.precision", "train.style_size"]
+    values = ["0", "-1", "1", "3", "2.5", "1e9", "-1e9", "9" * 40, "nan", "inf", "-inf", "", "x", "[1, 2]",
+              "true", "{a=1}", "0x10", "1_000", "\x1b[2J"]
+    base = ["run", "--gen", "encdec", "--disc", "patch", "--feat", "none", "--gp", "none", "--loss", "tv", "--size",
+            "32", "--batch", "2", "--set", "gen.channels=8", "--set", "gen.n_res=1", "--set", "disc.channels=8",
+            "--set", "disc.n_layers=2", "--dry-run"]
+    outcomes: dict[int, int] = {}
+    for _ in range(40):
+        sets = [x for _ in range(rng.randint(1, 2)) for x in ("--set", f"{rng.choice(fields)}={rng.choice(values)}")]
+        r = CliRunner().invoke(app, base + sets)
+        outcomes[r.exit_code] = outcomes.get(r.exit_code, 0) + 1
+        assert "Traceback" not in r.output and isinstance(r.exception, (SystemExit, type(None))), (sets, r.output)
+        if r.exit_code:
+            lines = [line for line in r.output.splitlines() if line.startswith("error:")]
+            assert r.exit_code in (1, 2) and len(lines) == 1, (sets, r.output)
+            assert "\x1b" not in r.output
+    assert outcomes.get(2, 0) > 10  # most of the values are refused, as they should be

@@ -88,7 +88,7 @@ class ReflectionPad2d(nn.ReflectionPad2d):
     def forward(self, x: Tensor) -> Tensor:
         pad = tuple(self.padding)
         fold = x.device.type == "cpu" and x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad and _eager()
-        if not torch.is_autocast_enabled(x.device.type):
+        if x.is_meta or not torch.is_autocast_enabled(x.device.type):
             return _ReflectPad.apply(x, pad) if fold else super().forward(x)
         with torch.autocast(x.device.type, enabled=False):
             return _ReflectPad.apply(x, pad) if fold else F.pad(x, pad, "reflect")

@@ -41,7 +41,8 @@ from .conditioning import Conditioning, with_labels
 from .ema import GeneratorEMA
 from .failures import data_wait_warning, first_step_error, nan_advice
 from .logsinks import check_sinks, open_sinks
-from .step import TrainStep
+from .memory import check_step_memory
+from .step import TrainStep, fuse_adam
 from .trainstate import RunModules, component_names, load_run_state, run_meta, run_state
 
 log = logging.getLogger("stylezoo")
@@ -87,6 +88,7 @@ class Trainer:
         # a conditional discriminator judges (input, image) pairs: D(image, condition=input)
         self.cond_disc = comps.disc is not None and int(comps.configs.get("disc", {}).get("cond_channels", 0) or 0) > 0
         check_gen_size(comps.gen, rc.gen, self.family, train.size)
+        check_step_memory(comps, self.family, self.device, train.batch, self.world, train.size)  # before data
         self.eval_files = self._holdout(rc, train)
         self.data = prepare_data(rc, train, comps, family=self.family, cond_disc=self.cond_disc, rank=self.rank,
                                  content_files=self._train_files)
@@ -403,17 +405,3 @@ class Trainer:
         except Exception as e:  # the run is saved already; a plotting problem must not fail it
             log.warning("could not write %s (%s: %s); rebuild it with `stylezoo report %s`",
                         self.out / "report.html", type(e).__name__, e, self.out)
-
-
-
-def fuse_adam(opt: torch.optim.Optimizer | None, device: torch.device) -> None:
-    """Adam's fused kernel on CPU and CUDA (faster than the per-tensor loop; docs/benchmarks.md).
-
-    Set on the param groups after construction and after a resume, so checkpoints saved without it load.
-    """
-    if opt is None or device.type not in ("cpu", "cuda"):
-        return
-    if all(p.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-           for g in opt.param_groups for p in g["params"]):
-        for g in opt.param_groups:
-            g["foreach"], g["fused"] = False, True
