@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _machine() -> dict[str, Any]:
     cpu = "unknown"
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
         flags = open("/proc/cpuinfo").read()
         bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     except (OSError, StopIteration):

@@ -148,8 +148,12 @@ def save_pairs_grid(res: dict[str, Any], n: int, path: Path) -> Path:
 
     n = min(n, res["x"].shape[0])
     side = res["out"].shape[-1]
-    fit = (lambda t: t if t.shape[-1] == side else F.interpolate(t, size=(side, side), mode="bicubic",
-                                                                 align_corners=False, antialias=True))
+
+    def fit(t: Tensor) -> Tensor:
+        if t.shape[-1] == side:
+            return t
+        return F.interpolate(t, size=(side, side), mode="bicubic", align_corners=False, antialias=True)
+
     rows = [torch.cat([fit(res[k][i:i + 1]) for k in ("x", "out", "y")]) for i in range(n)]
     return save_grid(rows, path)
 

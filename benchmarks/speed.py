@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import copy
 import ctypes
+import functools
 import gc
 import json
 import os
@@ -254,19 +255,19 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
                           "data_s": [], "setup": _describe(tr) if name.startswith("engine") else prec}
         step_no += 1
         kernel_s: dict[str, list[float]] = {name: [] for name in vs}
-        for name, (fn, tr, prec) in vs.items():
+        for name, (fn, _, _) in vs.items():
             with _FlopCount() as fc:
                 fn(step_no)
             rows[name]["flops"] = fc.total
             kernel_s[name].append(fc.kernel_s)
-            rows[name]["peak_mb"] = peak_memory_mb(lambda: fn(step_no + 1), dev)
+            rows[name]["peak_mb"] = peak_memory_mb(lambda fn=fn: fn(step_no + 1), dev)
         step_no += 2
         for _ in range(max(0, args.warmup - 2)):
             for fn, _, _ in vs.values():
                 fn(step_no)
             step_no += 1
         for _ in range(args.steps):  # interleaved: every variant sees the same machine load
-            for name, (fn, tr, prec) in vs.items():
+            for name, (fn, tr, _) in vs.items():
                 _sync(dev)
                 t = time.perf_counter()
                 fn(step_no)
@@ -277,9 +278,9 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
                 rows[name]["data_s"].append(time.perf_counter() - t)
             step_no += 1
         if dev.type == "cpu":  # a second look at the kernels' time, after the timed steps (the least is kept)
-            for name, (fn, tr, prec) in vs.items():
+            for name, (fn, _, _) in vs.items():
                 if name.startswith("engine") and name != "engine compiled":
-                    kernel_s[name].append(kernel_seconds(lambda: fn(step_no)))
+                    kernel_s[name].append(kernel_seconds(lambda fn=fn: fn(step_no)))
             step_no += 1
         peaks["fp32"].append(matmul_peak(torch.float32, dev))
         if bf16_supported(dev):
@@ -307,7 +308,7 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
         r["mfu_kernels"] = r["flops"] / ks / kpeak if ks else None
         # a first step far above the median is set-up work (compilation above all)
         r["compile_s"] = max(0.0, r["first_step_s"] - med) if name == "engine compiled" else None
-    for name, r in rows.items():
+    for r in rows.values():
         r["x_plain"] = statistics.median(plain["samples_s"]) / statistics.median(r["samples_s"])
         r["x_naive"] = statistics.median(naive["samples_s"]) / statistics.median(r["samples_s"]) if naive else None
     return {"recipe": recipe, "size": size, "batch": batch, "composition": {k: v for k, v in rc.to_dict().items()
@@ -410,9 +411,9 @@ def _conditional_latency(reg: Registry, name: str, sizes: list[int], repeats: in
             st.set_labels(st.labels[0])
         default = f"stylezoo default ({st.precision})"
         med = _interleaved_ms({
-            "eager fp32": lambda: gen(x, **cond),
-            "bf16 autocast": lambda: _autocast_call(gen, x, cond),
-            default: lambda: st.forward(x),
+            "eager fp32": functools.partial(gen, x, **cond),
+            "bf16 autocast": functools.partial(_autocast_call, gen, x, cond),
+            default: functools.partial(st.forward, x),
         }, repeats, device)
         per[str(size)] = _row(med, default) | {"condition": ", ".join(cond) or "none"}
     return {"sizes": per}
@@ -438,8 +439,9 @@ def _noise_latency(reg: Registry, name: str, sizes: list[int], repeats: int,
         st = _stylizer(gen, name, "noise", device)
         z = torch.randn(1, gen.latent_dim, device=device)
         default = f"stylezoo default ({st.precision})"
-        med = _interleaved_ms({"eager fp32": lambda: gen(z), "bf16 autocast": lambda: _autocast_call(gen, z, {}),
-                               default: lambda: st.sample_tensor(1)}, repeats, device)
+        med = _interleaved_ms({"eager fp32": functools.partial(gen, z),
+                               "bf16 autocast": functools.partial(_autocast_call, gen, z, {}),
+                               default: functools.partial(st.sample_tensor, 1)}, repeats, device)
         per[str(size)] = _row(med, default)
     return {"sizes": per}
 

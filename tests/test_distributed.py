@@ -87,7 +87,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(reg: Registry,
     assert set(state) == set(ranks[0])  # global batch norm keeps the checkpoint's keys
     _close(ranks[0], state)
     # the logged losses are the global batch's (averaged over the ranks), like the single process's
-    rows = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r, s in zip(rows, one.history):
         for key in ("d/loss", "g/loss", "d/real", "d/fake", "grad/gen"):
@@ -99,7 +99,7 @@ def test_two_processes_match_one_process_on_the_same_global_batch(reg: Registry,
         full = _single(resolve(reg, cli={**IMAGE, "train": {**TINY, "steps": 5}}, losses=["tv"]), tmp_path / "full")
         resumed, _ = ckpt.load(tmp_path / "ddp" / "last.safetensors")
         _close({k: v for k, v in resumed.items() if k.split(".", 1)[0] in ("gen", "disc")}, _state(full))
-        rows = [json.loads(l) for l in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
 
 
@@ -183,7 +183,7 @@ def test_torchrun_command_and_cli_launcher(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     meta = ckpt.read_meta(out / "last.safetensors")
     assert meta["step"] == 2
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]  # one writer: no line twice
     assert r.stdout.count("done:") == 1
 

@@ -53,7 +53,7 @@ def test_every_adversarial_loss_and_penalty_trains(reg: Registry, tmp_path: Path
     before = [p.detach().clone() for p in tr.components.disc.parameters()]
     last = tr.fit()
     assert last.is_file()
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["d/loss"])) and torch.isfinite(torch.tensor(r["g/loss"])) for r in rows)
     if gp != "none":
@@ -114,8 +114,8 @@ def test_resume_reproduces_the_uninterrupted_run(reg: Registry, tmp_path: Path) 
     half = resolve(reg, cli={**NOISE, "adv": "hinge", "gp": "r1", "train": {**TINY, "steps": 2}}, losses=["tv"])
     train(half, out=tmp_path / "half", registry=reg)
     train(resume=tmp_path / "half", steps=4, registry=reg)
-    a = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    b = [json.loads(l) for l in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    a = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b):
         for k in ("d/loss", "g/loss"):
@@ -354,7 +354,7 @@ def test_a_new_run_into_a_folder_holding_a_run_is_refused(tmp_path: Path, reg: R
     assert not [n for n in about_old if (tmp_path / n).exists()]  # the new run's report shows no stale scores
     assert (tmp_path / "samples" / "mine.png").read_text() == "mine"
     assert ckpt.read_meta(tmp_path / "last.safetensors")["composition"]["gen"] == "gen/encdec"
-    steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 2  # the old run's lines are gone, not appended to
     old = [p for p in (tmp_path / "checkpoints").glob("*.safetensors")
            if ckpt.read_meta(p)["composition"]["gen"] != "gen/encdec"]
@@ -582,7 +582,8 @@ def test_progress_bar_appears_at_the_first_step_and_logs_get_whole_lines(monkeyp
         for step in range(1, 26):
             update(step, 25, long)
     lines = buf.getvalue().splitlines()
-    assert [l.split()[1] for l in lines] == ["1/25", "10/25", "20/25", "25/25"] and all(l.endswith(long) for l in lines)
+    assert [line.split()[1] for line in lines] == ["1/25", "10/25", "20/25", "25/25"]
+    assert all(line.endswith(long) for line in lines)
 
 
 def test_a_length_in_steps_beats_epochs_and_resume_can_extend_an_epoch_run(reg: Registry, tmp_path: Path) -> None:

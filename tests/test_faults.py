@@ -57,7 +57,7 @@ def clean_error(result: Result, code: int, *fragments: str) -> str:
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an uncaught exception
     assert "Traceback" not in result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.output
     line = lines[0]
     for f in fragments:
@@ -680,7 +680,7 @@ def test_a_few_bad_steps_are_skipped_and_training_goes_on(tmp_path: Path, blowup
     g = {s: _params(ck / f"step-{s:07d}.safetensors", "gen") for s in range(1, 6)}
     assert _same(g[2], g[3]) and _same(g[3], g[4])  # steps 3 and 4 (0-based 2, 3) skipped
     assert not _same(g[4], g[5])  # and learning resumed
-    rows = {json.loads(l)["step"]: json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()}
+    rows = {json.loads(line)["step"]: json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()}
     assert np.isnan(rows[3]["g/loss/blowup"]) and np.isfinite(rows[5]["g/loss/blowup"])
 
 

@@ -76,7 +76,7 @@ def test_random_bytes_as_images(tmp_path: Path) -> None:
     for i in range(300):
         path = tmp_path / f"f{i}{rng.choice(SUFFIXES)}"
         path.write_bytes(random_bytes(rng))
-        r = outcome(lambda: open_image(path).load(), BadImage)
+        r = outcome(lambda path=path: open_image(path).load(), BadImage)
         seen[r] = seen.get(r, 0) + 1
     assert seen.get("BadImage", 0) > 250, seen
 
@@ -108,7 +108,7 @@ def test_a_folder_of_fuzz_keeps_exactly_the_readable_files(tmp_path: Path) -> No
     rng = random.Random(2)
     for i in range(60):
         (tmp_path / f"f{i}{rng.choice(SUFFIXES)}").write_bytes(random_bytes(rng))
-    readable = [p for p in sorted(tmp_path.iterdir()) if outcome(lambda: open_image(p), BadImage) == "ok"]
+    readable = [p for p in sorted(tmp_path.iterdir()) if outcome(lambda p=p: open_image(p), BadImage) == "ok"]
     if not readable:  # (some random bytes behind a PPM header are a valid image)
         with pytest.raises(DataError, match="could be read"):
             ImageSet(tmp_path, 16)

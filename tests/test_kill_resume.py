@@ -78,7 +78,7 @@ def make_data(folder: Path) -> Path:
 
 
 def rows(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def assert_same_run(a: Path, b: Path, steps: int) -> None:
@@ -152,7 +152,8 @@ def test_kill_at_random_points_and_mid_write_then_resume_matches_the_uninterrupt
         base = _lines(run)
         # let it train a few steps (the first launch: until its first checkpoint is on disk)
         target = base + rng.randint(1, 3)
-        alive = _wait_for(proc, lambda: _lines(run) >= target and (run / "last.safetensors").exists(), "training")
+        alive = _wait_for(proc, lambda target=target: _lines(run) >= target and (run / "last.safetensors").exists(),
+                           "training")
         if alive and how == "kill mid-write":
             alive = _wait_for(proc, lambda: _checkpoint_being_written(run), "a checkpoint write")
         elif alive and how == "kill":

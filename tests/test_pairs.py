@@ -197,7 +197,7 @@ def test_conditional_discriminator_sees_input_beside_image(reg: Registry, pairs_
     # D(fake). Each image with its input beside it
     assert tr.placement.joint_d and len(calls) == 3
     n = inputs.shape[0]
-    for i, (image, condition) in enumerate(calls):
+    for i, (_, condition) in enumerate(calls):
         assert condition is not None
         want = torch.cat([inputs, inputs]) if i == 0 else inputs
         torch.testing.assert_close(condition.float(), want.float())

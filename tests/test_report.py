@@ -68,7 +68,7 @@ def test_held_aside_images_are_not_trained_on(trained: Trainer) -> None:
 
 
 def test_training_logs_eval_metrics_and_keeps_the_best_checkpoint(run: Path) -> None:
-    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = {r["step"]: r for r in rows if "eval/style_gram" in r}
     assert sorted(evals) == [2, 3]  # every eval_every steps and at the last
     for key in ("eval/style_gram", "eval/content_feat", "eval/content_ssim", "eval/fid_effl0", "eval/kid_effl0"):

@@ -55,7 +55,7 @@ def clean_error(result: Result, *fragments: str) -> str:
     assert result.exit_code != 0, result.output
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
-    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.output
     for f in fragments:
         assert f in lines[0], (f, lines[0])
