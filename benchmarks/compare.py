@@ -9,9 +9,9 @@ median outside the new one's. Machines, torch versions and thread counts are pri
 different machines or loads say little, and one machine drifts between runs too (up to about 10% on the
 2-core box): a change that moves the plain and naive loops as much as the engine is drift. The last
 column, each variant's speed over the plain fp32 loop of its own run (interleaved in one process), is free
-of that drift: it moves only when the engine's code does. With --fail-slower F, exits 1 when a cell is slower by more than
-the fraction F beyond noise (a regression check between two runs on one machine). A file that is missing or is
-not a speed result is refused in one line on stderr, with exit code 2.
+of that drift: it moves only when the engine's code does. With --fail-slower F, exits 1 when a cell is slower by
+more than the fraction F beyond noise (a regression check between two runs on one machine). A file that is
+missing or is not a speed result is refused in one line on stderr, with exit code 2.
 """
 
 from __future__ import annotations

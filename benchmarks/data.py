@@ -5,9 +5,10 @@
 
 Trains one recipe twice on the same photos: with the decoded images cached in memory (the default for sets
 under `data.cache_mb`) and with a `data.cache_mb` budget below the photos' size (above the style
-images'), which decodes each drawn photo in worker threads while the previous step trains (core/files/data.py, LazyImages). Per variant: the median step time, the median wait for the
-step's images inside it (the Trainer's time/data_s), and, for scale, what decoding one batch takes when
-nothing else runs. Without --content the photos are the bundled samples enlarged to `--side` pixels and
+images'), which decodes each drawn photo in worker threads while the previous step trains (core/files/data.py,
+LazyImages). Per variant: the median step time, the median wait for the step's images inside it (the
+Trainer's time/data_s), and, for scale, what decoding one batch takes when nothing else runs. Without
+--content the photos are the bundled samples enlarged to `--side` pixels and
 saved as JPEG (camera-sized files, so decoding costs what it costs on real data). The variants run in
 alternating blocks of `--steps` steps, never interleaved step by step: the lazy run's decoding threads
 would otherwise run inside the other's steps.
@@ -60,7 +61,8 @@ def measure(args: argparse.Namespace, content: str) -> dict[str, Any]:
         trainers["cached"] = tr = Trainer(rc, Path(tmp) / "cached", registry=reg, rank=0, world=1)
         # a budget under the photos' but over the style images' (as when the photos are many and large)
         others = [s.decoded_mb for s in (tr.data.real,) if s is not None and s is not tr.data.content]
-        budget = (max(others) + tr.data.content.decoded_mb) / 2 if others and max(others) < tr.data.content.decoded_mb else 0
+        budget = ((max(others) + tr.data.content.decoded_mb) / 2
+                  if others and max(others) < tr.data.content.decoded_mb else 0)
         rc = resolve(reg, recipe=args.recipe, cli=cli, sets=[f"data.cache_mb={budget}"])
         trainers["decoded per draw"] = Trainer(rc, Path(tmp) / "lazy", registry=reg, rank=0, world=1)
         lazy = trainers["decoded per draw"].data.content

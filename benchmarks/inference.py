@@ -8,9 +8,10 @@ Batch 1, a real photo (data/samples/content/astronaut.jpg) centre-cropped to eac
 (no_grad), torch.inference_mode, channels_last, bfloat16 autocast (with and without channels_last), bfloat16
 weights (the module cast to bfloat16, bfloat16 input),
 torch.compile (its compile time reported separately), ONNX Runtime (export time reported), and what
-`stylezoo stylize` does by default (Stylizer: PyTorch at precision auto, bf16 where fast, for a few images; ONNX Runtime fp32 for 16+ files,
-whose one-off export and parity check is reported as "stylezoo onnxruntime load s"). Calls are interleaved round-robin so the
-ratios are measured under the same machine load; the table shows medians. Each path's output is compared
+`stylezoo stylize` does by default (Stylizer: PyTorch at precision auto, bf16 where fast, for a few images;
+ONNX Runtime fp32 for 16+ files, whose one-off export and parity check is reported as "stylezoo onnxruntime
+load s"). Calls are interleaved round-robin so the ratios are measured under the same machine load; the table
+shows medians. Each path's output is compared
 with eager fp32: max and mean absolute difference in [-1, 1] units and in 8-bit levels of the saved image.
 """
 
@@ -174,7 +175,8 @@ def _commit() -> str | None:
                               text=True, timeout=10, check=True).stdout.strip()
 
     try:
-        return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+        return (git("rev-parse", "--short", "HEAD")
+                + ("+" if git("status", "--porcelain", "--untracked-files=no") else ""))
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -223,8 +225,8 @@ def _print(result: dict[str, Any]) -> None:
             cells += [f"{rows[n]['median_ms']:.0f}", f"{rows[n]['speedup_vs_eager']:.2f}"]
         r = last[n]
         firsts = "/".join(f"{rows[n]['first_call_s']:.1f}" for rows in result["sizes"].values())
-        cells += [f"{r['max_abs_diff']:.2g} / {r['mean_abs_diff']:.2g}", f"{r['max_diff_8bit']:.0f} / {r['mean_diff_8bit']:.2f}",
-                  firsts]
+        cells += [f"{r['max_abs_diff']:.2g} / {r['mean_abs_diff']:.2g}",
+                  f"{r['max_diff_8bit']:.0f} / {r['mean_diff_8bit']:.2f}", firsts]
         table.add_row(n, *cells)
     Console(width=170).print(table)
     print("set-up: " + ", ".join(f"{k} {v:.1f}" for k, v in result["setup"].items()))

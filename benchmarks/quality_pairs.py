@@ -1,6 +1,7 @@
 """Paired photo-to-sketch quality: train `portrait-sketch` for a fixed wall-clock budget, score unseen pairs.
 
-    python -m stylezoo.benchmarks.quality_pairs [--minutes 19] [--data DIR] [--set train.batch=4 ...] [--loss l1:100 ...]
+    python -m stylezoo.benchmarks.quality_pairs [--minutes 19] [--data DIR] [--set train.batch=4 ...]
+                                                [--loss l1:100 ...]
 
 Data: ../shared/data/dev/pairs/cufs (photo/ + sketch/, 64x64; research-only, never bundled). A fixed 38
 pairs (a seeded permutation of the sorted stems) are held out; the rest train the recipe through the
@@ -42,7 +43,8 @@ LUMA = (0.299, 0.587, 0.114)
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m stylezoo.benchmarks.quality_pairs", description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with photo/ and sketch/ (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="folder with photo/ and sketch/ (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=19.0,
                    help="training wall-clock budget (default: 19, the reference's); training stops at the recipe's "
                         "length or the budget, whichever comes first")
@@ -102,7 +104,8 @@ def train_for(trainer: Any, seconds: float, log_every_s: float = 30.0, *, fill: 
             total = int(trainer.step / (time.perf_counter() - t0) * seconds)
             if fill or total < trainer.train_cfg.steps:
                 trainer.train_cfg = dataclasses.replace(trainer.train_cfg, steps=max(total, trainer.step + 1))
-                print(f"  lr decay over the last {trainer.train_cfg.lr_decay:g} of an estimated {total} steps", flush=True)
+                print(f"  lr decay over the last {trainer.train_cfg.lr_decay:g} of an estimated {total} steps",
+                      flush=True)
             calibrate = False
         logs = trainer.train_step(trainer.step)
         trainer.step += 1
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
               f"budget {args.minutes:g} min; torch threads {torch.get_num_threads()}, load {load_start[0]:.1f}",
               flush=True)
         trainer = Trainer(rc, run_dir, registry=reg)
-        print(f"  the recipe's length: {trainer.train_cfg.steps} steps ({trainer.train_cfg.steps * rc.train.batch / len(train_stems):.1f} "
+        print(f"  the recipe's length: {trainer.train_cfg.steps} steps "
+              f"({trainer.train_cfg.steps * rc.train.batch / len(train_stems):.1f} "
               f"epochs){'; --fill: training past it until the budget is spent' if args.fill else ''}", flush=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         trained = train_for(trainer, args.minutes * 60, fill=args.fill)
@@ -220,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("grey photo (floor)", f"{figures['photo_ssim']:.3f}", f"{figures['photo_l1']:.3f}", "")
     Console(highlight=False).print(table)
     result = {
-        "benchmark": "quality_pairs", "time": stamp, "command": " ".join(["python -m stylezoo.benchmarks.quality_pairs",
-                                                                          *(argv if argv is not None else sys.argv[1:])]),
+        "benchmark": "quality_pairs", "time": stamp,
+        "command": " ".join(["python -m stylezoo.benchmarks.quality_pairs",
+                             *(argv if argv is not None else sys.argv[1:])]),
         "recipe": rc.to_dict(), "data": str(data), "train_pairs": len(train_stems), "test_stems": test_stems,
         "budget_minutes": args.minutes, **{k: v for k, v in trained.items()}, **figures,
         "per_image": {s: {"ssim": float(a), "l1": float(b)} for s, a, b in zip(test_stems, res["ssim"], res["l1"])},

@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         stock, ours = stock_cls(c, o, 4, 2, 1), ours_cls(c, o, 4, 2, 1)
         ours.load_state_dict(stock.state_dict())
         x = torch.randn(n, c, side, side, requires_grad=True)
-        fns = {"stock fp32": _step(stock, x, False), "stock bf16": _step(stock, x, True), "ours bf16": _step(ours, x, True)}
+        fns = {"stock fp32": _step(stock, x, False), "stock bf16": _step(stock, x, True),
+               "ours bf16": _step(ours, x, True)}
         for f in fns.values():
             f()
         times: dict[str, list[float]] = {k: [] for k in fns}

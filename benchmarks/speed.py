@@ -189,11 +189,13 @@ def engine(reg: Registry, rc: RunConfig, tmp: str, **train: Any) -> Trainer:
 
 
 def _describe(tr: Trainer) -> str:
-    layout = "channels_last" if tr.placement.channels_last else "contiguous, extractor cl" if tr.placement.feat_cl else "contiguous"
+    layout = ("channels_last" if tr.placement.channels_last
+              else "contiguous, extractor cl" if tr.placement.feat_cl else "contiguous")
     return f"{'bf16' if tr.placement.amp else 'fp32'}, {layout}"
 
 
-def variants(reg: Registry, rc: RunConfig, tmp: str, args: argparse.Namespace) -> dict[str, tuple[StepFn, Trainer, str]]:
+def variants(reg: Registry, rc: RunConfig, tmp: str,
+             args: argparse.Namespace) -> dict[str, tuple[StepFn, Trainer, str]]:
     """name -> (step function, the trainer holding its modules and data, precision of its math)."""
     out: dict[str, tuple[StepFn, Trainer, str]] = {}
     tr = engine(reg, rc, tmp)
@@ -519,7 +521,8 @@ def print_tables(result: dict[str, Any]) -> None:
         for col in ("target", "measured", "goal", "met", "conv+mm alone"):
             t.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
         for r in result["targets"]:
-            t.add_row(r["target"], f"{r['value']:.2f}", ("<= " if "latency" in r["target"] else ">= ") + f"{r['goal']:g}",
+            t.add_row(r["target"], f"{r['value']:.2f}",
+                      ("<= " if "latency" in r["target"] else ">= ") + f"{r['goal']:g}",
                       "[green]yes[/]" if r["met"] else "[red]no[/]", _f(r.get("kernels_only"), ".2f"))
         con.print(t)
     gpu = ""
@@ -530,8 +533,8 @@ def print_tables(result: dict[str, Any]) -> None:
               "interleaved steps in one process; absolute figures follow the machine's load. conv+mm: the time "
               "spent inside convolutions and matrix products alone (CPU), and the MFU of the step if nothing "
               "else took time."
-              + (" malloc keeps freed memory for every variant (core/runtime/cpu_memory.py)." if m.get("keeps_freed_memory")
-                 else ""))
+              + (" malloc keeps freed memory for every variant (core/runtime/cpu_memory.py)."
+                 if m.get("keeps_freed_memory") else ""))
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -41,7 +41,8 @@ class EncDecConfig:
 PADDINGS = ("reflect", "zeros")
 
 
-def _conv(c_in: int, c_out: int, k: int, stride: int = 1, padding: str = "reflect", bias: bool = False) -> list[nn.Module]:
+def _conv(c_in: int, c_out: int, k: int, stride: int = 1, padding: str = "reflect",
+          bias: bool = False) -> list[nn.Module]:
     """Reflection pad + conv, or a zero-padded conv (no bias by default: an affine instance norm follows)."""
     if padding == "zeros":
         return [nn.Conv2d(c_in, c_out, k, stride, padding=k // 2, bias=bias)]
@@ -97,7 +98,8 @@ class EncDecGenerator(nn.Module):
         pad = cfg.padding
         self.stem = nn.Sequential(*_conv(cfg.in_channels, widths[0], 7, padding=pad), *_norm_relu(widths[0]))
         self.down = nn.ModuleList(
-            nn.Sequential(*_conv(a, b, 3, stride=2, padding=pad), *_norm_relu(b)) for a, b in zip(widths[:-1], widths[1:])
+            nn.Sequential(*_conv(a, b, 3, stride=2, padding=pad), *_norm_relu(b))
+            for a, b in zip(widths[:-1], widths[1:])
         )
         self.res = nn.Sequential(*(ResBlock(widths[-1], pad) for _ in range(cfg.n_res)))
         self.up = nn.ModuleList(Up(a, b, pad) for a, b in zip(widths[:0:-1], widths[-2::-1]))

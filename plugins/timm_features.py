@@ -79,7 +79,8 @@ class TimmFeatures(nn.Module):
                 pcfg = timm.models.get_pretrained_cfg(cfg.model)
                 pdict = pcfg.to_dict() if pcfg is not None else {}
                 if not (pdict.get("hf_hub_id") or pdict.get("url")):
-                    raise WeightsError(f"timm has no pretrained weights for {cfg.model!r}. {pretrained.OFFLINE_ALTERNATIVES}")
+                    raise WeightsError(f"timm has no pretrained weights for {cfg.model!r}. "
+                                       f"{pretrained.OFFLINE_ALTERNATIVES}")
                 local = _hub_cached_file(pdict)
                 hub = pdict.get("hf_hub_id")  # timm prefers the hub when both are given
                 url = f"https://huggingface.co/{hub}" if hub else pdict["url"]
@@ -87,7 +88,8 @@ class TimmFeatures(nn.Module):
                     load = lambda: make(pretrained=True, pretrained_cfg_overlay={"file": local})  # noqa: E731
                 else:
                     load = lambda: make(pretrained=True)  # noqa: E731
-                self.net = pretrained.fetch_or_fail(f"timm's pretrained {cfg.model}", url, load, cached=local is not None)
+                self.net = pretrained.fetch_or_fail(f"timm's pretrained {cfg.model}", url, load,
+                                                    cached=local is not None)
                 self.weights = f"timm:{pdict.get('hf_hub_id') or cfg.model}"
             elif spec.endswith(".safetensors") or "/" in spec or "\\" in spec:
                 pretrained.load_local(spec)  # checks the file (suffix, presence, readability) before timm reads it

@@ -65,7 +65,8 @@ def vgg_layers(arch: str, ceil_mode: bool) -> tuple[nn.Sequential, tuple[str, ..
 
 
 class VGGExtractor(nn.Module):
-    """Frozen VGG features; input RGB in [-1, 1] (core/components/kinds.py), converted here to the weights' convention."""
+    """Frozen VGG features; input RGB in [-1, 1] (core/components/kinds.py), converted here to the weights'
+    convention."""
 
     arch: ClassVar[str] = "vgg16"
     default_set: ClassVar[str | None] = "vgg16-hed"
@@ -131,7 +132,8 @@ class VGGExtractor(nn.Module):
         bad = sorted(k for k in set(own) & set(feats) if own[k].shape != feats[k].shape)
         extra = sorted(set(feats) - set(own))
         if missing or bad or extra:
-            what = f"missing {missing[:2]}" if missing else f"wrong shape {bad[:2]}" if bad else f"unexpected {extra[:2]}"
+            what = (f"missing {missing[:2]}" if missing else f"wrong shape {bad[:2]}" if bad
+                    else f"unexpected {extra[:2]}")
             raise WeightsError(f"{name}: the weights do not fit {self.arch} ({what}); expected torchvision "
                                f"`features.{{i}}.weight/bias` keys of a {self.arch}.")
         self.load_state_dict({k: v.float() for k, v in feats.items()}, strict=True)

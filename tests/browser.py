@@ -226,7 +226,8 @@ class Page:
         res = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
                                              "awaitPromise": await_promise}, timeout)
         if "exceptionDetails" in res:
-            raise BrowserError(f"{expression[:80]}: {res['exceptionDetails'].get('exception', res['exceptionDetails'])}")
+            raise BrowserError(f"{expression[:80]}: "
+                               f"{res['exceptionDetails'].get('exception', res['exceptionDetails'])}")
         return res.get("result", {}).get("value")
 
     def wait_for(self, expression: str, timeout: float = 60.0, every: float = 0.1) -> Any:
@@ -252,7 +253,8 @@ class Page:
         """A screenshot of the `index`-th element matching `selector`, as it appears on the page."""
         rect = self.eval(f"""(() => {{ const el = document.querySelectorAll({json.dumps(selector)})[{index}];
             el.scrollIntoView(); const r = el.getBoundingClientRect();
-            return {{x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width, height: r.height}}; }})()""")
+            return {{x: r.left + window.scrollX, y: r.top + window.scrollY,
+                     width: r.width, height: r.height}}; }})()""")
         if not rect or rect["width"] < 1 or rect["height"] < 1:
             raise BrowserError(f"{selector}[{index}] has no area on the page: {rect}")
         return self.screenshot(rect)

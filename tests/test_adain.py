@@ -269,7 +269,8 @@ def test_export_takes_the_style_as_an_input_and_passes_parity(trained, tmp_path:
     styles = torch.stack([load_tensor(STYLE / f, 56) for f in ("the_scream.jpg", "great_wave.jpg")]).numpy()
 
     def run(s: np.ndarray, w: list[float], alpha: float) -> np.ndarray:
-        feed = {"input": x, "style": s, "style_weights": np.array(w, np.float32), "alpha": np.array([alpha], np.float32)}
+        feed = {"input": x, "style": s, "style_weights": np.array(w, np.float32),
+                "alpha": np.array([alpha], np.float32)}
         return sess.run(None, feed)[0]
 
     one, other = run(styles[:1], [1.0], 1.0), run(styles[1:], [1.0], 1.0)

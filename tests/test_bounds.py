@@ -130,7 +130,8 @@ def test_a_hostile_checkpoint_is_refused_before_anything_is_built(run_dir: Path,
     with pytest.raises((CheckpointError, ConfigError)) as e:
         load_generator(bad)
     assert "\n" not in str(e.value)
-    for args in (("stylize", bad, SAMPLES / "content", "-o", tmp_path / "out"), ("export", bad, "-o", tmp_path / "m.onnx"),
+    for args in (("stylize", bad, SAMPLES / "content", "-o", tmp_path / "out"),
+                 ("export", bad, "-o", tmp_path / "m.onnx"),
                  ("eval", bad, "--num", "2"), ("run", "--resume", bad, "--quiet")):
         one_line(invoke(*args))
     assert time.perf_counter() - t0 < 60, "a hostile config must be refused, not built"

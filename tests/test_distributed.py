@@ -51,7 +51,8 @@ def _worker(rank: int, world: int, port: int, run: dict, out: str, results: str)
         tr = Trainer(RunConfig.from_dict(run), out)
         assert (tr.rank, tr.world) == (rank, world)
         if world > 1:
-            assert any(isinstance(m, D.GlobalBatchNorm) for m in tr.components.gen.modules()) == (run["gen"] == "gen/dcgan")
+            assert (any(isinstance(m, D.GlobalBatchNorm) for m in tr.components.gen.modules())
+                    == (run["gen"] == "gen/dcgan"))
         tr.fit()
         state = {f"gen.{k}": v for k, v in tr.components.gen.state_dict().items()}
         state |= {f"disc.{k}": v for k, v in tr.components.disc.state_dict().items()}

@@ -159,7 +159,8 @@ def test_newest_valid_checkpoint_skips_a_torn_file(reg: Registry, tmp_path: Path
     ({}, ["bce"], CompositionError, "--adv"),
     ({"gen": "dcgn"}, ["tv"], UnknownComponentError, "gen/dcgan"),
     ({"adv": "wgan", "gp": "none"}, ["tv"], CompositionError, "needs a gradient penalty, not gp/none: add --gp dragan"),
-    ({"adv": "wgan", "gp": "gp/none"}, ["tv"], CompositionError, "needs a gradient penalty, not gp/none: add --gp dragan"),
+    ({"adv": "wgan", "gp": "gp/none"}, ["tv"], CompositionError,
+     "needs a gradient penalty, not gp/none: add --gp dragan"),
 ])
 def test_bad_compositions_are_refused_before_work(reg: Registry, over: dict, losses: list[str], err: type,
                                                    fragment: str) -> None:
@@ -276,7 +277,8 @@ def test_cli_dry_run_of_a_resume_starts_from_the_checkpoint(tmp_path: Path) -> N
     r = CliRunner().invoke(app, [*args, "--batch", "3", "--nproc", "2", "--dry-run"])
     assert r.exit_code == 2 and "does not split over 2 processes" in r.output
     r = CliRunner().invoke(app, [*args, "--set", "disc.in_channels=1", "--dry-run"])
-    assert r.exit_code == 2 and "disc/patch failed in the first training step" in r.output and "Traceback" not in r.output
+    assert (r.exit_code == 2 and "disc/patch failed in the first training step" in r.output
+            and "Traceback" not in r.output)
 
 
 def test_cli_unknown_set_key_exits_2_without_traceback() -> None:
@@ -543,7 +545,8 @@ def test_a_generator_making_nan_is_named_and_no_checkpoint_is_claimed(tmp_path: 
                                      "--style", "samples:style", "--dry-run"])
     finally:
         registry_mod._default = old
-    assert r.exit_code == 1 and "--dry-run: the first step had a NaN/Inf" in r.output and "gen/nan" in r.output, r.output
+    assert (r.exit_code == 1 and "--dry-run: the first step had a NaN/Inf" in r.output
+            and "gen/nan" in r.output), r.output
 
 
 def test_progress_line_shows_the_data_wait_only_when_it_matters() -> None:

@@ -252,7 +252,8 @@ def test_onnx_export_without_its_packages_names_the_install(tmp_path: Path, monk
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    with pytest.raises(UsageError, match=r"needs onnxruntime, which is not installed: pip install 'stylezoo\[export\]'"):
+    with pytest.raises(UsageError,
+                       match=r"needs onnxruntime, which is not installed: pip install 'stylezoo\[export\]'"):
         ex.require_exporters("onnx")
     ex.require_exporters("torchscript")  # needs nothing beyond torch
 

@@ -40,7 +40,8 @@ def test_one_extractor_pass_per_batch_stopping_at_the_deepest_layer(reg: Registr
     tr = Trainer(_perceptual(reg), tmp_path, registry=reg)
     names = tr.components.feat.layer_names
     ran: list[int] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: ran.append(k)) for k, m in enumerate(tr.components.feat.features)]
+    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: ran.append(k))
+             for k, m in enumerate(tr.components.feat.features)]
     grad_on: list[bool] = []
     forward = tr.components.feat.forward
 

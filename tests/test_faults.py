@@ -367,7 +367,8 @@ def test_decompression_bomb_is_refused_quickly(tmp_path: Path, w: int, h: int) -
     assert "decompression bomb" in str(e.value) and str(path) in str(e.value)
 
 
-def test_imageset_skips_bad_files_with_one_warning_naming_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_imageset_skips_bad_files_with_one_warning_naming_them(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     folder = bad_folder(tmp_path / "data")
     with caplog.at_level("WARNING", logger="stylezoo"):
         ds = ImageSet(folder, 32, what="real")
@@ -814,7 +815,8 @@ def test_atomic_write_keeps_the_old_file_on_a_full_disk(tmp_path: Path, code: in
 
 def test_leftover_tmp_files_of_killed_writers_are_removed_on_the_next_save(tmp_path: Path) -> None:
     dead = 2**22 + 12345  # above the default pid_max: no such process
-    stale = [tmp_path / f".last.safetensors.{dead}-abcd1234.tmp", tmp_path / f".step-0000003.safetensors.{dead}-x_y_z_01.tmp"]
+    stale = [tmp_path / f".last.safetensors.{dead}-abcd1234.tmp",
+             tmp_path / f".step-0000003.safetensors.{dead}-x_y_z_01.tmp"]
     alive = tmp_path / ".last.safetensors.1-abcd1234.tmp"  # pid 1 runs: maybe another writer, kept
     other = tmp_path / f".samples.png.{dead}-abcd1234.tmp"  # another kind of file: not ours to judge
     for p in [*stale, alive, other]:

@@ -32,7 +32,8 @@ from stylezoo.core.training.trainstate import load_run_state
 from stylezoo.core.use.stylizer import load_generator
 
 MAGIC = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"\xff\xd8\xff\xee", b"GIF89a", b"GIF87a",
-         b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x10\x00\x00WEBPVP8 ", b"P6\n4 4\n255\n", b"P5\n", b"\x00\x00\x01\x00"]
+         b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x10\x00\x00WEBPVP8 ", b"P6\n4 4\n255\n", b"P5\n",
+         b"\x00\x00\x01\x00"]
 SUFFIXES = [".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".webp", ".ppm"]
 
 

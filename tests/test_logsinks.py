@@ -20,7 +20,8 @@ from stylezoo.core.training.api import train
 from stylezoo.core.training.engine import Trainer
 from stylezoo.core.training.logsinks import CONFIG_TAG, SAMPLES_TAG, check_sinks, open_sinks
 
-pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'stylezoo[tensorboard]')")
+pytest.importorskip("tensorboard",
+                    reason="the tensorboard extra is not installed (pip install 'stylezoo[tensorboard]')")
 
 TRAIN = {"size": 32, "batch": 2, "steps": 4, "sample_every": 2, "ckpt_every": 2, "log_every": 1, "num_samples": 2,
          "log": ["tensorboard"]}

@@ -227,7 +227,8 @@ def tiny_run(reg: Registry, tmp_path_factory: pytest.TempPathFactory) -> Path:
     rc = resolve(reg, cli={"gen": "encdec", "disc": "", "adv": "", "feat": "", "gp": "none",
                            "train": {"size": SIZE, "batch": 2, "steps": 1, "sample_every": 0, "ckpt_every": 1,
                                      "num_samples": 2},
-                           "data": {"content": str(SAMPLES / "content"), "style": str(SAMPLES / "style" / "the_scream.jpg")},
+                           "data": {"content": str(SAMPLES / "content"),
+                                    "style": str(SAMPLES / "style" / "the_scream.jpg")},
                            "set": {"gen": {"channels": 8, "n_res": 1}}}, losses=["tv"])
     Trainer(rc, out, registry=reg).fit()
     return out

@@ -196,7 +196,9 @@ def test_another_extractor_drops_the_recipes_layer_names_but_keeps_the_users(ful
     same = resolve(full, recipe="default", cli={"feat": "vgg16"})
     assert component_config(full, same, "loss/gram").layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
     eff = resolve(full, recipe="default", cli={"feat": "efficientnet-lite0"})
-    assert component_config(full, eff, "loss/gram").layers == () and component_config(full, eff, "loss/content").layers == ()
+    assert (component_config(full, eff, "loss/gram").layers == ()
+            and component_config(full, eff, "loss/content").layers == ())
     # the same layer's own choice stays, whichever order its keys come in
-    mine = resolve(full, recipe="default", cli={"set": {"loss/gram": {"layers": ["block1"]}}, "feat": "efficientnet-lite0"})
+    mine = resolve(full, recipe="default",
+                   cli={"set": {"loss/gram": {"layers": ["block1"]}}, "feat": "efficientnet-lite0"})
     assert component_config(full, mine, "loss/gram").layers == ("block1",)

@@ -135,7 +135,8 @@ def test_the_models_route_describes_each_model_and_the_limits(url: str, runs: di
     data = r.json()
     by = {m["generator"]: m for m in data["models"]}
     assert [m["id"] for m in data["models"]] == ["m0", "m1", "m2"]
-    assert by["gen/encdec"]["name"] == "encdec" and not by["gen/encdec"]["takes_style"] and by["gen/encdec"]["labels"] == []
+    assert (by["gen/encdec"]["name"] == "encdec" and not by["gen/encdec"]["takes_style"]
+            and by["gen/encdec"]["labels"] == [])
     assert by["gen/cin"]["labels"] == ["sea", "swirl"] and not by["gen/cin"]["takes_style"]
     assert by["gen/adain"]["takes_style"] and by["gen/adain"]["labels"] == []
     assert data["limits"] == {"max_upload_mb": 0.4, "max_megapixels": 1.0, "size": 256, "style_size": 512}
@@ -184,7 +185,8 @@ def test_label_mixes_and_style_references_are_applied(url: str, runs: dict[str, 
     ("m1", {"labels": '{"sea": 0, "swirl": 0}'}, {}, 400, "positive sum"),
     ("m1", {"labels": "sea"}, {}, 400, "must be JSON"),
     ("m0", {"labels": '{"sea": 1}'}, {}, 400, "has no style labels"),
-    ("m0", {}, {"style": ("s.jpg", (STYLE / "great_wave.jpg").read_bytes(), "image/jpeg")}, 400, "does not take a style"),
+    ("m0", {}, {"style": ("s.jpg", (STYLE / "great_wave.jpg").read_bytes(), "image/jpeg")}, 400,
+     "does not take a style"),
     ("m2", {"alpha": "1.5"}, {"style": ("s.jpg", (STYLE / "great_wave.jpg").read_bytes(), "image/jpeg")}, 400,
      "between 0 and 1"),
     ("m2", {"alpha": "0.5"}, {}, 400, "goes with a style image"),
@@ -224,7 +226,8 @@ def test_size_and_pixel_limits(url: str) -> None:
     assert r.status_code == 413 and "larger than the limit of 0.4 MB" in r.json()["error"]
     huge = png_bytes(Image.new("RGB", (1200, 1000), (90, 120, 200)))  # small file, 1.2 megapixels
     r = post(url, {"image": ("wide.png", huge, "image/png")}, model="m0")
-    assert r.status_code == 413 and "wide.png is 1200 x 1000 (1.2 megapixels); the limit is 1 megapixels" in r.json()["error"]
+    assert (r.status_code == 413
+            and "wide.png is 1200 x 1000 (1.2 megapixels); the limit is 1 megapixels" in r.json()["error"])
     strip = png_bytes(Image.new("RGB", (3000, 200), (90, 120, 200)))  # 0.6 MP: over 4 x 256 x 256 px
     r = post(url, {"image": ("strip.png", strip, "image/png")}, model="m0")
     assert r.status_code == 413 and "strip.png is 3000 x 200: too long and thin" in r.json()["error"]

@@ -445,7 +445,8 @@ def test_load_passes_keep_freed_memory_on(image_run: Path, monkeypatch: pytest.M
 
 
 def test_a_users_image_in_the_output_sub_folder_is_never_overwritten(image_run: Path, tmp_path: Path) -> None:
-    """photos/out/a.png is the user's, not an earlier output: stylizing photos/ into photos/out refuses to replace it."""
+    """photos/out/a.png is the user's, not an earlier output: stylizing photos/ into photos/out refuses to replace
+    it."""
     d = tmp_path / "photos"
     (d / "out").mkdir(parents=True)
     Image.fromarray(_rgb(20, 20, 1)).save(d / "a.png")

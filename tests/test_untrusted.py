@@ -343,7 +343,8 @@ def test_tensors_that_do_not_match_the_composition_are_refused_not_half_loaded(
     ckpt.save(bad / "last.safetensors", tensors, {k: v for k, v in meta.items() if k != "format"})
     before = _state(trainer)
     with pytest.raises(CheckpointError, match="nothing was loaded|no place for") as e:
-        load_run_state(trainer.modules(), bad / "last.safetensors", device=trainer.device, ema_decay=trainer.train_cfg.ema)
+        load_run_state(trainer.modules(), bad / "last.safetensors", device=trainer.device,
+                       ema_decay=trainer.train_cfg.ema)
     after = _state(trainer)
     assert before.keys() == after.keys()
     for k in before:

@@ -105,7 +105,8 @@ def info_cmd(
         }, indent=2, default=str))
         return
     out.print(f"[bold]{escape(e.name)}[/] - {KINDS[e.kind]}: {escape(e.description)}")
-    out.print(escape(f"provided by: plugin {e.plugin!r}" + (f" from {e.dist} {e.version or ''}".rstrip() if e.dist else "")))
+    out.print(escape(f"provided by: plugin {e.plugin!r}"
+                     + (f" from {e.dist} {e.version or ''}".rstrip() if e.dist else "")))
     if compatible:
         out.print(escape(f"compatible with: {', '.join(compatible)}"))
     if used_with:

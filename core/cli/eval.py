@@ -20,17 +20,31 @@ err = Console(stderr=True, highlight=False)
 
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint (.safetensors) or a run directory (its newest).")],
-    content: Annotated[str | None, typer.Option("--content", help="Images to restyle (default: the run's). Image generators only.")] = None,
-    style: Annotated[str | None, typer.Option("--style", help="Style image(s): FILE or DIR (default: the run's).")] = None,
-    reference: Annotated[str | None, typer.Option("--reference", help="Paired references, matched to --content by file name.")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="The real side of FID/KID (default: --style; noise generators and paired runs: the run's real/target images).")] = None,
-    size: Annotated[int | None, typer.Option("--size", help="Side of the restyled images (shorter side resized, centre crop; style images at twice it, at most 512). Default 256. Noise generators are scored at their own size, as in training: leave it out.", show_default=False)] = None,
+    content: Annotated[str | None, typer.Option(
+        "--content", help="Images to restyle (default: the run's). Image generators only.")] = None,
+    style: Annotated[str | None, typer.Option(
+        "--style", help="Style image(s): FILE or DIR (default: the run's).")] = None,
+    reference: Annotated[str | None, typer.Option(
+        "--reference", help="Paired references, matched to --content by file name.")] = None,
+    data: Annotated[str | None, typer.Option(
+        "--data", help="The real side of FID/KID (default: --style; noise generators and paired runs: the run's "
+        "real/target images).")] = None,
+    size: Annotated[int | None, typer.Option(
+        "--size", help="Side of the restyled images (shorter side resized, centre crop; style images at twice it, at "
+        "most 512). Default 256. Noise generators are scored at their own size, as in training: leave it out.",
+        show_default=False)] = None,
     num: Annotated[int, typer.Option("--num", help="Samples to draw from a noise generator.")] = 64,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
-    no_log: Annotated[bool, typer.Option("--no-log", help="Do not append the results to the run's eval.jsonl.")] = False,
-    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
-    style_label: Annotated[list[str] | None, typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize; style_gram is then against those labels' style images. Reference-guided ones (adain) are conditioned on --style.")] = None,
+    no_log: Annotated[bool, typer.Option(
+        "--no-log", help="Do not append the results to the run's eval.jsonl.")] = False,
+    ema: Annotated[bool, typer.Option(
+        "--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it "
+        "has one; --no-ema: the raw trained weights.")] = True,
+    style_label: Annotated[list[str] | None, typer.Option(
+        "--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize; "
+        "style_gram is then against those labels' style images. Reference-guided ones (adain) are conditioned on "
+        "--style.")] = None,
 ) -> None:
     """Score a generator: style (Gram) and content distances, SSIM, FID/KID on EfficientNet-Lite0 features,
     and paired distances with --reference. Results are appended to the run's eval.jsonl.
@@ -72,7 +86,8 @@ def eval_cmd(
 def print_table(record: dict[str, Any]) -> None:
     from ..ops.metrics import METRICS
 
-    table = Table(title=f"eval: {escape(printable(record['checkpoint']))} (step {record['step']}, {record['n']} images)")
+    table = Table(title=f"eval: {escape(printable(record['checkpoint']))} "
+                        f"(step {record['step']}, {record['n']} images)")
     for col in ("metric", "value", "better", "what it measures"):
         table.add_column(col, overflow="fold")
     for name, value in record["metrics"].items():

@@ -13,10 +13,16 @@ from rich.table import Table
 
 def export_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory.")],
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="onnx or torchscript (default: from -o's suffix, else onnx).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="The exported file (default: beside the checkpoint).")] = None,
-    tolerance: Annotated[float | None, typer.Option("--tolerance", help="Largest accepted max abs difference vs PyTorch ([-1, 1] units); default 1e-4, or 4x the model's own fp32 error if larger.")] = None,
-    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
+    fmt: Annotated[str | None, typer.Option(
+        "--format", "-f", help="onnx or torchscript (default: from -o's suffix, else onnx).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="The exported file (default: beside the checkpoint).")] = None,
+    tolerance: Annotated[float | None, typer.Option(
+        "--tolerance", help="Largest accepted max abs difference vs PyTorch ([-1, 1] units); default 1e-4, or 4x the "
+        "model's own fp32 error if larger.")] = None,
+    ema: Annotated[bool, typer.Option(
+        "--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it "
+        "has one; --no-ema: the raw trained weights.")] = True,
 ) -> None:
     """Export the generator with dynamic batch (and height/width) and check it against PyTorch on real images.
 

@@ -35,7 +35,8 @@ class StepProgress:
         """Report `step` of `total` with a short text (losses, speed)."""
         if self.plain:
             if step == 1 or step % self.every == 0 or step == total:
-                err.print(f"{self.label} {step}/{total} {escape(printable(text))}".rstrip(), soft_wrap=True)  # whole lines in logs
+                # whole lines in logs
+                err.print(f"{self.label} {step}/{total} {escape(printable(text))}".rstrip(), soft_wrap=True)
             return
         if self.bar is None:
             from rich.progress import (
@@ -47,8 +48,8 @@ class StepProgress:
                 TimeRemainingColumn,
             )
 
-            self.bar = Progress(TextColumn(f"[bold]{escape(printable(self.label))}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            self.bar = Progress(TextColumn(f"[bold]{escape(printable(self.label))}"), BarColumn(bar_width=24),
+                                MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                 TextColumn("{task.fields[text]}"),
                                 console=err, transient=False)
             self.bar.__enter__()

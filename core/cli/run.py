@@ -23,16 +23,22 @@ def run_cmd(
     feat: Annotated[str | None, typer.Option("--feat", help="Feature extractor (or none).")] = None,
     adv: Annotated[str | None, typer.Option("--adv", help="Adversarial loss: bce, lsgan, hinge, wgan, none.")] = None,
     gp: Annotated[str | None, typer.Option("--gp", help="Gradient penalty: none, r1, wgan-gp, dragan.")] = None,
-    loss: Annotated[list[str] | None, typer.Option("--loss", help="NAME[:weight], repeatable; replaces the recipe's terms.")] = None,
+    loss: Annotated[list[str] | None, typer.Option(
+        "--loss", help="NAME[:weight], repeatable; replaces the recipe's terms.")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="Named recipe from registry.toml.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A TOML file with the recipe schema.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="ROLE.FIELD=VALUE override, repeatable.")] = None,
     data: Annotated[str | None, typer.Option("--data", help="Real / style-domain images (folder, file, glob).")] = None,
     style: Annotated[str | None, typer.Option("--style", help="Style image(s) for the style losses.")] = None,
-    content: Annotated[str | None, typer.Option("--content", help="Content images for image-to-image generators.")] = None,
-    pairs: Annotated[str | None, typer.Option("--pairs", help="Paired data: a folder with photo/ and sketch/ (or two sub-folders), matched by file name.")] = None,
-    input_: Annotated[str | None, typer.Option("--input", help="Paired data: folder of generator inputs (with --target).")] = None,
-    target: Annotated[str | None, typer.Option("--target", help="Paired data: folder of targets, same file names as --input.")] = None,
+    content: Annotated[str | None, typer.Option(
+        "--content", help="Content images for image-to-image generators.")] = None,
+    pairs: Annotated[str | None, typer.Option(
+        "--pairs",
+        help="Paired data: a folder with photo/ and sketch/ (or two sub-folders), matched by file name.")] = None,
+    input_: Annotated[str | None, typer.Option(
+        "--input", help="Paired data: folder of generator inputs (with --target).")] = None,
+    target: Annotated[str | None, typer.Option(
+        "--target", help="Paired data: folder of targets, same file names as --input.")] = None,
     size: Annotated[int | None, typer.Option("--size")] = None,
     batch: Annotated[int | None, typer.Option("--batch")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Total steps (also when resuming).")] = None,
@@ -41,14 +47,23 @@ def run_cmd(
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or auto.")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse unreadable images instead of skipping them.")] = False,
-    log: Annotated[list[str] | None, typer.Option("--log", help="Also log to: tensorboard (RUN/tb/: losses, metrics, sample grids, the config; pip install 'stylezoo[tensorboard]'). metrics.jsonl is always written.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<time>-<recipe>).")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse unreadable images instead of skipping them.")] = False,
+    log: Annotated[list[str] | None, typer.Option(
+        "--log", help="Also log to: tensorboard (RUN/tb/: losses, metrics, sample grids, the config; pip install "
+        "'stylezoo[tensorboard]'). metrics.jsonl is always written.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run directory (default runs/<time>-<recipe>).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out: its files, eval log and default exports are deleted first; other files stay.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, run one step, report; write nothing.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the run already in --out: its files, eval log and default exports are deleted "
+        "first; other files stay.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Build everything, run one step, report; write nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; log lines instead.")] = False,
-    nproc: Annotated[int | None, typer.Option("--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
+    nproc: Annotated[int | None, typer.Option(
+        "--nproc", help="Train in N processes on this machine (DistributedDataParallel, started with torchrun; gloo "
+        "on CPU, NCCL on GPUs). For several machines run torchrun yourself: docs/distributed.md.")] = None,
 ) -> None:
     """Train a GAN-based style-transfer model from components picked by name."""
     from ..components.registry import default_registry
@@ -95,7 +110,8 @@ def run_cmd(
             from ..errors import UsageError
 
             raise UsageError("Give the run's length as --steps or as --epochs, not both (--steps would win).")
-        cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items() if v is not None}
+        cli: dict[str, Any] = {k: v for k, v in dict(gen=gen, disc=disc, feat=feat, adv=adv, gp=gp).items()
+                               if v is not None}
         train_opts = {k: v for k, v in dict(size=size, batch=batch, steps=steps, epochs=epochs, lr=lr, seed=seed,
                                              device=device, precision=precision, log=log).items() if v is not None}
         data_opts: dict[str, Any] = {k: v for k, v in dict(data=data, style=style, content=content, pairs=pairs,
@@ -124,7 +140,8 @@ def run_cmd(
         with StepProgress("train", plain=quiet) as update:
             last = train(rc if resume is None else None, out=out_dir, resume=resume, steps=steps, registry=reg,
                          overwrite=overwrite, data=moved if resume is not None else None,
-                         progress=(lambda step, total, logs: update(step, total, _fmt(logs))) if env.rank == 0 else None)
+                         progress=((lambda step, total, logs: update(step, total, _fmt(logs)))
+                                   if env.rank == 0 else None))
         out_dir = last.parent
     except KeyboardInterrupt as e:  # 130 for Ctrl-C, 143 for SIGTERM (errors.Interrupted)
         if env.rank == 0:
@@ -258,7 +275,8 @@ def _dry_run(rc: Any, resume_from: Path | None = None, run: Path | None = None) 
             if tr.ema is not None:
                 note += f"; weight average (ema {tr.train_cfg.ema:g}) for samples and stylize"
         if role == "feat":
-            note = f"weights {getattr(m, 'weights', '?')}; layers {', '.join(sorted(set(sum(tr.plan.layers.values(), ()))))}"
+            note = (f"weights {getattr(m, 'weights', '?')}; "
+                    f"layers {', '.join(sorted(set(sum(tr.plan.layers.values(), ()))))}")
         table.add_row(role, getattr(rc, role), f"{n:,}", note)
     for name, t in tr.components.losses.items():
         table.add_row("loss", name, "", f"weight {t.weight:g}")

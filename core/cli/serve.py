@@ -19,17 +19,31 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def serve_cmd(
-    models: Annotated[list[Path], typer.Argument(help="Run folders, .safetensors checkpoints or exports (.onnx, .pt) to offer; the page lists them when there are several.")],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on. The default answers this machine only; another address lets anyone who reaches it use the page (there is no login).")] = DEFAULT_HOST,
+    models: Annotated[list[Path], typer.Argument(
+        help="Run folders, .safetensors checkpoints or exports (.onnx, .pt) to offer; the page lists them when there "
+        "are several.")],
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on. The default answers this machine only; another address lets anyone who "
+        "reaches it use the page (there is no login).")] = DEFAULT_HOST,
     port: Annotated[int, typer.Option("--port", help="Port (0: any free one).")] = DEFAULT_PORT,
-    size: Annotated[int, typer.Option("--size", help="Reduce photos whose shorter side is larger to this first, as stylize --size does (0: full resolution).")] = DEFAULT_SIZE,
-    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload (photo and style image together), in MB.")] = DEFAULT_MAX_UPLOAD_MB,
-    max_megapixels: Annotated[float, typer.Option("--max-megapixels", help="Largest image, in megapixels (refused from its header, before decoding).")] = DEFAULT_MAX_MEGAPIXELS,
-    style_size: Annotated[int, typer.Option("--style-size", help="Reduce style images' shorter side to this first.")] = 512,
-    max_pending: Annotated[int, typer.Option("--max-pending", help="Photos restyled or waiting at once; more are asked to try again.")] = DEFAULT_MAX_PENDING,
+    size: Annotated[int, typer.Option(
+        "--size", help="Reduce photos whose shorter side is larger to this first, as stylize --size does (0: full "
+        "resolution).")] = DEFAULT_SIZE,
+    max_upload_mb: Annotated[float, typer.Option(
+        "--max-upload-mb", help="Largest upload (photo and style image together), in MB.")] = DEFAULT_MAX_UPLOAD_MB,
+    max_megapixels: Annotated[float, typer.Option(
+        "--max-megapixels",
+        help="Largest image, in megapixels (refused from its header, before decoding).")] = DEFAULT_MAX_MEGAPIXELS,
+    style_size: Annotated[int, typer.Option(
+        "--style-size", help="Reduce style images' shorter side to this first.")] = 512,
+    max_pending: Annotated[int, typer.Option(
+        "--max-pending",
+        help="Photos restyled or waiting at once; more are asked to try again.")] = DEFAULT_MAX_PENDING,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or auto, as for stylize.")] = "auto",
-    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average when it has one; --no-ema: the raw trained weights.")] = True,
+    ema: Annotated[bool, typer.Option(
+        "--ema/--no-ema", help="Use the checkpoint's generator weight average when it has one; --no-ema: the raw "
+        "trained weights.")] = True,
 ) -> None:
     """Open a local web page to try models: drop a photo, pick a style reference (adain) or a label mix (cin), see
     and download the result.

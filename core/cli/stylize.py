@@ -16,27 +16,48 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def stylize_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory (its newest checkpoint).")],
-    inputs: Annotated[list[str] | None, typer.Argument(help="Image files, folders (recursive) or globs. Images in folders and globs that stylize wrote (earlier outputs, marked in their EXIF) are skipped; name such a file itself to stylize it again.")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (names and sub-folders kept), or a file for one input.")] = Path("stylized"),
-    size: Annotated[int | None, typer.Option("--size", help="Resize the shorter side to this first (default: keep the input size).")] = None,
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A .safetensors checkpoint or a run directory (its newest checkpoint).")],
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="Image files, folders (recursive) or globs. Images in folders and globs that stylize wrote (earlier "
+        "outputs, marked in their EXIF) are skipped; name such a file itself to stylize it again.")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output folder (names and sub-folders kept), or a file for one input.")] = Path("stylized"),
+    size: Annotated[int | None, typer.Option(
+        "--size", help="Resize the shorter side to this first (default: keep the input size).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Run up to this many same-size images at once.")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, bf16 or auto (see benchmarks/inference.py).")] = "auto",
-    backend: Annotated[str, typer.Option("--backend", help="torch, onnxruntime or auto (onnxruntime for 16+ images when the precision is fp32; auto precision is bf16 on CPUs with fast bfloat16, which stays on torch).")] = "auto",
-    ext: Annotated[str | None, typer.Option("--ext", help="Output format for a folder, e.g. png (default: the input's).")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32, bf16 or auto (see benchmarks/inference.py).")] = "auto",
+    backend: Annotated[str, typer.Option(
+        "--backend", help="torch, onnxruntime or auto (onnxruntime for 16+ images when the precision is fp32; auto "
+        "precision is bf16 on CPUs with fast bfloat16, which stays on torch).")] = "auto",
+    ext: Annotated[str | None, typer.Option(
+        "--ext", help="Output format for a folder, e.g. png (default: the input's).")] = None,
     num: Annotated[int, typer.Option("--num", "-n", help="Noise generators: how many samples to write.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Noise generators: the same seed gives the same images.")] = 0,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse (write nothing) if any input is unreadable.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing images in the output folder even when stylize cannot tell they are its own (it never replaces a user's image without this).")] = False,
-    keep_mode: Annotated[bool, typer.Option("--keep-mode", help="Write each image in its input's mode (grey in, grey out; palette, CMYK, 16-bit) instead of colour.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Refuse (write nothing) if any input is unreadable.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace existing images in the output folder even when stylize cannot tell they are its "
+        "own (it never replaces a user's image without this).")] = False,
+    keep_mode: Annotated[bool, typer.Option(
+        "--keep-mode", help="Write each image in its input's mode (grey in, grey out; palette, CMYK, 16-bit) instead "
+        "of colour.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    style: Annotated[list[str] | None, typer.Option("--style", help="Reference-guided generators (adain): a style image; repeat to mix several.")] = None,
-    style_weight: Annotated[list[float] | None, typer.Option("--style-weight", help="Weight of each --style, in order (default equal).")] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", help="Style strength with --style: 0 = content, 1 = full style.")] = None,
-    style_size: Annotated[int, typer.Option("--style-size", help="Reduce --style images' shorter side to this first.")] = 512,
-    style_label: Annotated[list[str] | None, typer.Option("--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated to mix.")] = None,
-    ema: Annotated[bool, typer.Option("--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it has one; --no-ema: the raw trained weights.")] = True,
+    style: Annotated[list[str] | None, typer.Option(
+        "--style", help="Reference-guided generators (adain): a style image; repeat to mix several.")] = None,
+    style_weight: Annotated[list[float] | None, typer.Option(
+        "--style-weight", help="Weight of each --style, in order (default equal).")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", help="Style strength with --style: 0 = content, 1 = full style.")] = None,
+    style_size: Annotated[int, typer.Option(
+        "--style-size", help="Reduce --style images' shorter side to this first.")] = 512,
+    style_label: Annotated[list[str] | None, typer.Option(
+        "--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated to mix.")] = None,
+    ema: Annotated[bool, typer.Option(
+        "--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it "
+        "has one; --no-ema: the raw trained weights.")] = True,
 ) -> None:
     """Restyle images with a trained generator; its composition comes from the checkpoint, no flags needed.
 
@@ -61,13 +82,14 @@ def stylize_cmd(
         if style or style_label:
             raise UsageError(f"{st.name} makes images from noise; it takes no --style or --style-label.")
         if size is not None:
-            err.print(f"[yellow]warning:[/] --size is ignored: {escape(printable(st.name))} makes {escape(printable(str(getattr(st.module, 'size', '?'))))} px images.")
+            err.print(f"[yellow]warning:[/] --size is ignored: {escape(printable(st.name))} makes "
+                      f"{escape(printable(str(getattr(st.module, 'size', '?'))))} px images.")
         if num < 1:
             raise UsageError(f"--num must be >= 1, got {num}.")
         with _Bar(num, quiet or num < 2, "sample") as bar:
             paths = st.write_samples(out, num, seed=seed, ext=ext or "png", batch=max(batch, 1), progress=bar.advance)
-        Console(highlight=False).print(f"[green]wrote {len(paths)} sample(s)[/] from {escape(printable(st.name))} (seed {seed}) "
-                                       f"to {escape(printable(str(paths[0].parent)))}")
+        Console(highlight=False).print(f"[green]wrote {len(paths)} sample(s)[/] from {escape(printable(st.name))} "
+                                       f"(seed {seed}) to {escape(printable(str(paths[0].parent)))}")
         return
     if not inputs:
         raise UsageError(f"{st.name} restyles images: give image files, folders or globs after the checkpoint.")
@@ -94,7 +116,8 @@ def stylize_cmd(
         err.print(f"[yellow]note:[/] {escape(printable(note))}")
     where = report.written[0] if len(report.written) == 1 else out
     skipped = f", skipped {len(report.skipped)} unreadable input(s)" if report.skipped else ""
-    Console(highlight=False).print(f"[green]wrote {len(report.written)} image(s)[/] to {escape(printable(str(where)))}{skipped}"
+    Console(highlight=False).print(f"[green]wrote {len(report.written)} image(s)[/] to "
+                                   f"{escape(printable(str(where)))}{skipped}"
                                    f" ({st.backend}, {st.precision}, {st.device})")
 
 
@@ -108,8 +131,8 @@ class _Bar:
         if not self.disabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.p = Progress(TextColumn(f"[bold]{self.what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                              TextColumn("{task.fields[name]}"), console=err, transient=True)
+            self.p = Progress(TextColumn(f"[bold]{self.what}"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), TextColumn("{task.fields[name]}"), console=err, transient=True)
             self.p.__enter__()
             self.task = self.p.add_task(self.what, total=self.total, name="")
         return self

@@ -32,7 +32,8 @@ def transfer_cmd(
     feat: Annotated[str, typer.Option("--feat", help="Feature extractor (`stylezoo list --kind feat`).")] = "vgg16",
     size: Annotated[int, typer.Option("--size", help="Longer side of the output in pixels.")] = 256,
     steps: Annotated[int, typer.Option("--steps", help="Optimiser iterations.")] = 100,
-    style_weight: Annotated[float, typer.Option("--style-weight", help="Strength of the style: 1e4 paints more boldly, 1e2 keeps more of the photo.")] = 1e3,
+    style_weight: Annotated[float, typer.Option(
+        "--style-weight", help="Strength of the style: 1e4 paints more boldly, 1e2 keeps more of the photo.")] = 1e3,
     content_weight: Annotated[float, typer.Option("--content-weight")] = 1.0,
     tv_weight: Annotated[float, typer.Option("--tv-weight", help="Smoothness prior.")] = 0.0,
     optimizer: Annotated[str, typer.Option("--optimizer", help="lbfgs (strong-Wolfe line search) or adam.")] = "lbfgs",

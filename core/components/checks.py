@@ -228,7 +228,8 @@ def check_discriminator(reg: Registry, name: str, disc: Any, tmp_path: Path) -> 
 def check_extractor(reg: Registry, name: str, feat: Any, tmp_path: Path) -> None:
     layers = tuple(feat.layer_names)
     _expect(layers and len(set(layers)) == len(layers), "check failed: layers and len(set(layers)) == len(layers)")
-    _expect(set(feat.style_layers) <= set(layers) and set(feat.content_layers) <= set(layers), "check failed: set(feat.style_layers) <= set(layers) and set(feat.content_l")
+    _expect(set(feat.style_layers) <= set(layers) and set(feat.content_layers) <= set(layers),
+            "check failed: set(feat.style_layers) <= set(layers) and set(feat.content_l")
     _expect(isinstance(feat.weights, str) and "random" in feat.weights, f"{name}: weights says {feat.weights!r}")
     _expect(_trainable(feat) == [], f"{name}: an extractor must be frozen")
     x = _images(5).requires_grad_(True)
@@ -274,7 +275,8 @@ def check_loss(reg: Registry, name: str, term: Any, tmp_path: Path) -> None:
         return check_adversarial(reg, name, term, tmp_path)
     _expect(term.step in ("gen", "disc", "both"), f"{name}: step is {term.step!r}")
     _expect(set(term.needs) <= NEEDS, f"{name}: unknown needs {set(term.needs) - NEEDS}")
-    _expect(isinstance(term.weight, (int, float)) and math.isfinite(term.weight), "check failed: isinstance(term.weight, (int, float)) and math.isfinite(term")
+    _expect(isinstance(term.weight, (int, float)) and math.isfinite(term.weight),
+            "check failed: isinstance(term.weight, (int, float)) and math.isfinite(term")
     extractor = TinyExtractor()
 
     def context(m: Any) -> tuple[StepContext, list[Tensor]]:
@@ -314,7 +316,8 @@ def check_adversarial(reg: Registry, name: str, adv: Any, tmp_path: Path) -> Non
             _expect(v.dim() == 0, f"{name}.{what} must be a scalar")
             _finite(v, f"{name}.{what}")
         (d + g).backward()
-        _expect(lr.grad is not None and lf.grad is not None and lr.grad.abs().sum() > 0, "check failed: lr.grad is not None and lf.grad is not None and lr.grad.abs(")
+        _expect(lr.grad is not None and lf.grad is not None and lr.grad.abs().sum() > 0,
+                "check failed: lr.grad is not None and lf.grad is not None and lr.grad.abs(")
     # the objectives point the right way: D prefers high real and low fake logits, G high fake logits
     hi, lo = torch.full((N,), 3.0), torch.full((N,), -3.0)
     _expect(adv.d_loss(hi, lo) < adv.d_loss(lo, hi), f"{name}: d_loss rewards the wrong side")

@@ -161,7 +161,8 @@ class Evaluator:
     def perceptual_layers(self) -> tuple[str, ...]:
         vgg = cast(Extractor, self.vgg)
         names = tuple(vgg.layer_names)
-        return metrics.PERCEPTUAL_LAYERS if all(n in names for n in metrics.PERCEPTUAL_LAYERS) else tuple(vgg.style_layers)
+        return (metrics.PERCEPTUAL_LAYERS if all(n in names for n in metrics.PERCEPTUAL_LAYERS)
+                else tuple(vgg.style_layers))
 
     def score(self, outputs: Tensor, *, content: Tensor | None = None, reference: Tensor | None = None,
               ref_index: Sequence[int] | None = None) -> dict[str, float]:

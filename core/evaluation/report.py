@@ -360,4 +360,5 @@ def image_sources(page: str) -> Iterable[str]:
     return re.findall(r'<img [^>]*src="([^"]*)"', page)
 
 
-__all__ = ["build_report", "write_report", "image_sources", "eval_groups", "eval_section", "pick_grids", "read_jsonl", "REPORT"]
+__all__ = ["build_report", "write_report", "image_sources", "eval_groups", "eval_section", "pick_grids", "read_jsonl",
+           "REPORT"]

@@ -235,17 +235,20 @@ def meta_problem(meta: Mapping[str, Any]) -> str | None:
         return f"step is {step!r}, not a count"
     comp = meta.get("composition", {})
     if not isinstance(comp, dict) or not all(isinstance(v, str) for k, v in comp.items() if k != "losses") \
-            or not isinstance(comp.get("losses", []), list) or not all(isinstance(v, str) for v in comp.get("losses", [])):
+            or not isinstance(comp.get("losses", []), list) \
+            or not all(isinstance(v, str) for v in comp.get("losses", [])):
         return "composition is not a table of component names"
     for key in ("configs", "optim"):
         if not _is_table_of_tables(meta.get(key, {})):
             return f"{key} is not a table of tables"
     for name, info in meta.get("optim", {}).items():
-        if not isinstance(info.get("param_groups", []), list) or not all(isinstance(g, dict) for g in info.get("param_groups", [])) \
+        if not isinstance(info.get("param_groups", []), list) \
+                or not all(isinstance(g, dict) for g in info.get("param_groups", [])) \
                 or not _is_table_of_tables(info.get("scalars", {})):
             return f"optim.{name} is not an optimizer state"
     run = meta.get("run", {})
-    if not isinstance(run, dict) or not all(isinstance(run.get(k, {}), dict) for k in ("train", "data", "losses", "set")) \
+    if not isinstance(run, dict) \
+            or not all(isinstance(run.get(k, {}), dict) for k in ("train", "data", "losses", "set")) \
             or not _is_table_of_tables(run.get("set", {})):
         return "run is not a run configuration"
     if not isinstance(meta.get("versions", {}), dict) or not isinstance(meta.get("plugins", {}), dict):

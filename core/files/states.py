@@ -64,7 +64,8 @@ def check_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str
     bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     # a float parameter given as int8 or bool (or the reverse) would load, cast, as a different model
     bad_dtype = sorted(k for k in set(own) & set(state) if k not in bad_shape and (
-        own[k].is_floating_point() != state[k].is_floating_point() or (own[k].dtype == torch.bool) != (state[k].dtype == torch.bool)))
+        own[k].is_floating_point() != state[k].is_floating_point()
+        or (own[k].dtype == torch.bool) != (state[k].dtype == torch.bool)))
     if missing or unexpected or bad_shape or bad_dtype:
         parts = []
         if missing:
@@ -73,7 +74,8 @@ def check_module_state(module: nn.Module, state: Mapping[str, Tensor], what: str
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         if bad_shape:
             k = bad_shape[0]
-            parts.append(f"{len(bad_shape)} of the wrong shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})")
+            parts.append(f"{len(bad_shape)} of the wrong shape (e.g. {k}: {tuple(state[k].shape)} "
+                         f"vs {tuple(own[k].shape)})")
         if bad_dtype:
             k = bad_dtype[0]
             parts.append(f"{len(bad_dtype)} of the wrong type (e.g. {k}: {str(state[k].dtype).removeprefix('torch.')} "
@@ -158,7 +160,8 @@ def check_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tens
             state.setdefault(int(pid), {}).update(st)
         sizes = [len(g["params"]) for g in groups]
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"The optimizer state in the checkpoint is malformed ({e}); nothing was loaded.") from None
+        raise CheckpointError(f"The optimizer state in the checkpoint is malformed ({e}); "
+                              "nothing was loaded.") from None
     problem = None
     if sizes != [len(g["params"]) for g in opt.param_groups]:
         problem = f"{sum(sizes)} parameters in groups {sizes}, the model has {len(params)}"

@@ -138,9 +138,9 @@ def keep_mask(shape: torch.Size, keep: float, dtype: torch.dtype) -> Tensor:
     """Dropout's scaled mask on the CPU: 0 or 1/keep in `dtype`, each element kept with probability `keep`
     rounded to a multiple of 1/32768.
 
-    Two 15-bit uniform draws (bits 0-14 and 16-30) come out of each 31-bit random integer, so the generator is called once per
-    two elements; `Tensor.bernoulli_` calls it once per element and is
-    several times slower (docs/benchmarks.md).
+    Two 15-bit uniform draws (bits 0-14 and 16-30) come out of each 31-bit random integer, so the generator is
+    called once per two elements; `Tensor.bernoulli_` calls it once per element and is several times slower
+    (docs/benchmarks.md).
     """
     n = shape.numel()
     words = torch.empty((n + 1) // 2, dtype=torch.int32).random_(0, 1 << 31)
@@ -168,8 +168,9 @@ class MaxPool2d(nn.MaxPool2d):
     its four strided quarters.
 
     PyTorch's CPU kernel for contiguous (NCHW) input is slow; the four-quarter maximum is several times
-    faster (docs/benchmarks.md; `tests/test_layers.py` checks they agree bit for bit). With a gradient the stock kernel stays: its backward is the cheap one, and the
-    quarters' own backward made the pair no faster. channels_last input takes the stock kernel too.
+    faster (docs/benchmarks.md; `tests/test_layers.py` checks they agree bit for bit). With a gradient the stock
+    kernel stays: its backward is the cheap one, and the quarters' own backward made the pair no faster.
+    channels_last input takes the stock kernel too.
     """
 
     def forward(self, x: Tensor) -> Tensor:

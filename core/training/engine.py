@@ -193,8 +193,8 @@ class Trainer:
             # the bad steps' updates were skipped, so the weights now are the last good ones: fit() saves them
             kept = (f"The bad updates were skipped, and the weights saved in {self.out / 'last.safetensors'}"
                     if self.has_good_weights() else "No step had trained, so nothing was saved")
-            raise TrainingDiverged(f"Stopped at step {self.step + 1}: {self.bad_steps} consecutive steps with a NaN/Inf "
-                                   f"in {self.last_bad}. {kept}. {self._nan_advice()}")
+            raise TrainingDiverged(f"Stopped at step {self.step + 1}: {self.bad_steps} consecutive steps with a "
+                                   f"NaN/Inf in {self.last_bad}. {kept}. {self._nan_advice()}")
 
     def _nan_advice(self) -> str:
         return nan_advice(self.rc.gen if self.stepper.gen_nan else None)

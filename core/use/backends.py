@@ -19,8 +19,9 @@ from .onnx import ort_session, write_onnx
 PRECISIONS = ("fp32", "bf16", "auto")
 # What "auto" means: bf16 (bfloat16 weights for unconditional image generators, autocast for the others:
 # Stylizer._bf16_module) where the device has fast bfloat16, else fp32. bf16 is the precision the default recipes
-# train in; it is faster on such CPUs and moves pixels by a few 8-bit levels (docs/benchmarks.md). Folders of AUTO_ORT_MIN_IMAGES+ files
-# (backend auto) and --backend onnxruntime run ONNX Runtime in fp32 (max difference 1 level from PyTorch fp32).
+# train in; it is faster on such CPUs and moves pixels by a few 8-bit levels (docs/benchmarks.md). Folders of
+# AUTO_ORT_MIN_IMAGES+ files (backend auto) and --backend onnxruntime run ONNX Runtime in fp32 (max difference
+# 1 level from PyTorch fp32).
 AUTO_PRECISION = "bf16-where-fast"
 BACKENDS = ("auto", "torch", "onnxruntime")
 AUTO_ORT_MIN_IMAGES = 16  # backend auto: ONNX Runtime from this many files on (its one-off export then pays off)

@@ -232,7 +232,8 @@ def check_parity(reference: nn.Module, exported: str | Path, fmt: str | None = N
             got = run(inp)
         except Exception as e:
             msg = str(e).splitlines()[0] if str(e) else ""
-            cases.append(ParityCase(list(x.shape), math.inf, math.inf, f"input {tuple(x.shape)}: {type(e).__name__}: {msg}"))
+            cases.append(ParityCase(list(x.shape), math.inf, math.inf,
+                                    f"input {tuple(x.shape)}: {type(e).__name__}: {msg}"))
             continue
         if got.shape != want.shape:
             cases.append(ParityCase(list(x.shape), math.inf, math.inf,
@@ -304,7 +305,8 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
             raise
         except Exception as e:
             raise StylezooError(
-                f"Exporting {loaded.name} to {fmt} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+                f"Exporting {loaded.name} to {fmt} failed "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
                 + (" Try --format torchscript." if fmt == "onnx" else " Try --format onnx.")
             ) from e
         report = check_parity(module, tmp, fmt, tolerance=tolerance)
@@ -339,6 +341,7 @@ def parity_path(out: str | Path) -> Path:
 
 
 __all__ = ["conditions", "condition_inputs",
-           "FORMATS", "OPSET", "DEFAULT_TOLERANCE", "FLOOR_FACTOR", "fp32_floor", "auto_tolerance", "ParityError", "ParityCase", "ParityReport", "export",
+           "FORMATS", "OPSET", "DEFAULT_TOLERANCE", "FLOOR_FACTOR", "fp32_floor", "auto_tolerance", "ParityError",
+           "ParityCase", "ParityReport", "export",
            "check_parity", "parity_inputs", "parity_sizes", "sample_photos", "write_onnx", "write_torchscript",
            "format_of", "parity_path"]

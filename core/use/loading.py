@@ -50,7 +50,8 @@ def load_generator(spec: str | Path, *, device: str | torch.device = "cpu",
         name = meta["composition"]["gen"]
         cfg = meta["configs"]["gen"]
     except (KeyError, TypeError):
-        raise CheckpointError(f"{path}: its metadata does not describe a generator; is it a stylezoo checkpoint?") from None
+        raise CheckpointError(f"{path}: its metadata does not describe a generator; "
+                              "is it a stylezoo checkpoint?") from None
     try:
         entry = reg.get(name)
     except UnknownComponentError:

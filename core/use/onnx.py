@@ -213,8 +213,8 @@ def write_torchscript(module: nn.Module, path: Path) -> None:
 def ort_session(path: str | Path, threads: int | None = None) -> Any:
     """An onnxruntime CPU session whose threads sleep between runs instead of spinning.
 
-    onnxruntime's workers busy-wait after each run by default. In a process that also runs PyTorch they take the cores from the next torch call; sleeping
-    instead costs onnxruntime nothing measurable (docs/benchmarks.md).
+    onnxruntime's workers busy-wait after each run by default. In a process that also runs PyTorch they take the
+    cores from the next torch call; sleeping instead costs onnxruntime nothing measurable (docs/benchmarks.md).
     """
     import onnxruntime as ort
 

@@ -74,7 +74,8 @@ class Limits:
 
     def public(self) -> dict[str, Any]:
         """The limits as the page shows them."""
-        return {"max_upload_mb": round(self.max_upload_bytes / 1e6, 3), "max_megapixels": round(self.max_pixels / 1e6, 3),
+        return {"max_upload_mb": round(self.max_upload_bytes / 1e6, 3),
+                "max_megapixels": round(self.max_pixels / 1e6, 3),
                 "size": self.size, "style_size": self.style_size}
 
 
@@ -154,8 +155,8 @@ def load_export(path: Path) -> Stylizer:
 
     fmt = format_of(path, None)
     if fmt != "onnx":  # never unpickle what a page serves (docs/promises.md)
-        raise UsageError(f"{path}: a TorchScript export is a pickle-based archive, which stylezoo never loads; serve its "
-                         "ONNX export (stylezoo export RUN --format onnx) or its checkpoint.")
+        raise UsageError(f"{path}: a TorchScript export is a pickle-based archive, which stylezoo never loads; "
+                         "serve its ONNX export (stylezoo export RUN --format onnx) or its checkpoint.")
     info_path = parity_path(path)
     info: dict[str, Any] = {}
     if info_path.is_file():

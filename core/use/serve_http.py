@@ -47,7 +47,8 @@ def require_web_stack() -> None:
 
     missing = [m for m in WEB_STACK if importlib.util.find_spec(m) is None]
     if missing:
-        raise UsageError(f"stylezoo serve needs {', '.join('python-multipart' if m == 'multipart' else m for m in missing)}: "
+        raise UsageError("stylezoo serve needs "
+                         f"{', '.join('python-multipart' if m == 'multipart' else m for m in missing)}: "
                          "pip install 'stylezoo[serve]'.")
 
 

@@ -17,7 +17,8 @@ PAGE = r"""<!DOCTYPE html>
 :root{--ink:#1d1d1f;--muted:#666;--line:#d8d8d4;--bg:#f6f6f4;--accent:#2a6fb0;--bad:#b3261e}
 *{box-sizing:border-box}
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:var(--bg);color:var(--ink)}
-header{display:flex;gap:18px;align-items:baseline;flex-wrap:wrap;padding:14px 24px;border-bottom:1px solid var(--line);background:#fff}
+header{display:flex;gap:18px;align-items:baseline;flex-wrap:wrap;padding:14px 24px;border-bottom:1px solid var(--line);
+  background:#fff}
 header h1{font-size:21px;margin:0}header .model{color:var(--muted)}
 main{display:grid;grid-template-columns:320px 1fr;gap:24px;padding:20px 24px;max-width:1400px;margin:0 auto}
 @media (max-width:800px){main{grid-template-columns:1fr}}
@@ -25,8 +26,8 @@ section.panel{background:#fff;border:1px solid var(--line);border-radius:8px;pad
 h2{font-size:15px;margin:14px 0 6px}h2:first-child{margin-top:0}
 #drop{border:2px dashed #b8b8b2;border-radius:8px;padding:18px;text-align:center;background:#fbfbfa}
 #drop.over{border-color:var(--accent);background:#eef4fa}
-label.button,button{display:inline-block;background:var(--accent);color:#fff;border:0;border-radius:6px;padding:7px 14px;
-  font:inherit;cursor:pointer}
+label.button,button{display:inline-block;background:var(--accent);color:#fff;border:0;border-radius:6px;
+  padding:7px 14px;font:inherit;cursor:pointer}
 button:disabled{background:#9db6cf;cursor:default}
 label.button input{display:none}
 .hint{color:var(--muted);font-size:12.5px;margin:8px 0 0}
@@ -38,7 +39,8 @@ select{font:inherit;padding:3px}
 #status{color:var(--muted);min-height:1.4em}
 .views{display:grid;grid-template-columns:1fr 1fr;gap:16px;align-items:start}
 figure{margin:0;background:#fff;border:1px solid var(--line);border-radius:8px;padding:8px}
-figure img{display:block;width:100%;height:auto;min-height:60px;background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px 16px}
+figure img{display:block;width:100%;height:auto;min-height:60px;
+  background:repeating-conic-gradient(#eee 0 25%,#fff 0 50%) 0 0/16px 16px}
 figure img:not([src]){visibility:hidden}
 figcaption{color:var(--muted);font-size:13px;margin-top:6px;display:flex;justify-content:space-between}
 </style></head>
@@ -55,7 +57,9 @@ figcaption{color:var(--muted);font-size:13px;margin-top:6px;display:flex;justify
     <input id="style" type="file" accept="image/*">
     <img id="style-preview" alt="style reference" hidden>
     <p class="hint" id="style-hint"></p>
-    <div class="row"><label for="alpha">Strength</label><input id="alpha" type="range" min="0" max="1" step="0.05" value="1" disabled><output id="alpha-value">1.00</output></div>
+    <div class="row"><label for="alpha">Strength</label>
+      <input id="alpha" type="range" min="0" max="1" step="0.05" value="1" disabled>
+      <output id="alpha-value">1.00</output></div>
   </div>
   <div id="labels-box" hidden><h2>Style mix</h2><div id="labels"></div>
     <p class="hint">The weights are normalised to sum to 1.</p></div>
@@ -64,14 +68,17 @@ figcaption{color:var(--muted);font-size:13px;margin-top:6px;display:flex;justify
   <p id="status" aria-live="polite"></p>
 </section>
 <section class="views">
-  <figure><img id="input" alt="your photo"><figcaption><span>input</span><span id="input-size"></span></figcaption></figure>
-  <figure><img id="result" alt="the restyled photo"><figcaption><span>result</span><a id="download" hidden>Download</a></figcaption></figure>
+  <figure><img id="input" alt="your photo">
+    <figcaption><span>input</span><span id="input-size"></span></figcaption></figure>
+  <figure><img id="result" alt="the restyled photo">
+    <figcaption><span>result</span><a id="download" hidden>Download</a></figcaption></figure>
 </section>
 </main>
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
-let models = [], limits = {}, photo = null, styleFile = null, resultUrl = null, inputUrl = null, styleUrl = null, ticket = 0;
+let models = [], limits = {}, photo = null, styleFile = null, resultUrl = null, inputUrl = null, styleUrl = null,
+  ticket = 0;
 
 function state(s) { document.body.dataset.state = s; }
 function message(text) { $("message").textContent = text || ""; $("message").hidden = !text; if (text) state("error"); }
@@ -97,8 +104,9 @@ function showControls() {
   const m = current();
   $("model-one").textContent = `${m.name} · ${m.generator}`;
   $("style-box").hidden = !m.takes_style;
-  $("style-hint").textContent = m.has_default_style ? "Optional: without one, the model's mean training style."
-                                                     : "Choose a style image (without one the photo is only reconstructed).";
+  $("style-hint").textContent = m.has_default_style
+    ? "Optional: without one, the model's mean training style."
+    : "Choose a style image (without one the photo is only reconstructed).";
   const box = $("labels"); box.textContent = "";
   $("labels-box").hidden = m.labels.length === 0;
   m.labels.forEach((name, i) => {
@@ -132,7 +140,9 @@ function setPhoto(file) {
   if (inputUrl) URL.revokeObjectURL(inputUrl);
   inputUrl = URL.createObjectURL(file);
   $("input").src = inputUrl;
-  $("input").onload = () => { $("input-size").textContent = `${$("input").naturalWidth} × ${$("input").naturalHeight}`; };
+  $("input").onload = () => {
+    $("input-size").textContent = `${$("input").naturalWidth} × ${$("input").naturalHeight}`;
+  };
   $("input").onerror = () => { $("input-size").textContent = ""; };
   $("go").disabled = false;
   restyle();
@@ -157,7 +167,10 @@ async function restyle() {
   const form = new FormData();
   form.append("model", m.id);
   form.append("image", photo, photo.name || "photo");
-  if (m.takes_style && styleFile) { form.append("style", styleFile, styleFile.name || "style"); form.append("alpha", $("alpha").value); }
+  if (m.takes_style && styleFile) {
+    form.append("style", styleFile, styleFile.name || "style");
+    form.append("alpha", $("alpha").value);
+  }
   if (m.labels.length) {
     const mix = {};
     for (const input of $("labels").querySelectorAll("input")) mix[input.dataset.label] = Number(input.value);
@@ -168,7 +181,10 @@ async function restyle() {
   try {
     r = await fetch("/api/stylize", { method: "POST", body: form });
   } catch (e) {
-    if (mine === ticket) { $("status").textContent = ""; $("go").disabled = false; message("The server did not answer: is `stylezoo serve` still running?"); }
+    if (mine === ticket) {
+      $("status").textContent = ""; $("go").disabled = false;
+      message("The server did not answer: is `stylezoo serve` still running?");
+    }
     return;
   }
   if (mine !== ticket) return;  // a newer request is on its way
@@ -184,8 +200,8 @@ async function restyle() {
   const img = $("result");
   img.onload = () => {
     const note = r.headers.get("X-Stylezoo-Note");
-    $("status").textContent = `${m.name}: ${img.naturalWidth} × ${img.naturalHeight} in ${r.headers.get("X-Stylezoo-Seconds")} s` +
-      (note ? ` (${note})` : "");
+    $("status").textContent = `${m.name}: ${img.naturalWidth} × ${img.naturalHeight}` +
+      ` in ${r.headers.get("X-Stylezoo-Seconds")} s` + (note ? ` (${note})` : "");
     state("done");
   };
   img.onerror = () => message("The result could not be shown.");
@@ -201,7 +217,9 @@ $("model").addEventListener("change", () => { showControls(); if (photo) restyle
 $("go").addEventListener("click", restyle);
 // a photo dropped anywhere on the page is the photo (the browser would open it in place of the page)
 const drop = $("drop");
-for (const ev of ["dragenter", "dragover"]) window.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+for (const ev of ["dragenter", "dragover"]) {
+  window.addEventListener(ev, (e) => { e.preventDefault(); drop.classList.add("over"); });
+}
 window.addEventListener("dragleave", (e) => { if (!e.relatedTarget) drop.classList.remove("over"); });
 window.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");

@@ -104,8 +104,8 @@ class Stylizer:
 
         `ema`: use the generator's weight average when the run kept one (train.ema), else the raw weights.
         `keep_freed_memory`: as in the constructor."""
-        return cls(load_generator(checkpoint, device="cpu", registry=registry, ema=ema), device=device, precision=precision,
-                   backend=backend, keep_freed_memory=keep_freed_memory)
+        return cls(load_generator(checkpoint, device="cpu", registry=registry, ema=ema), device=device,
+                   precision=precision, backend=backend, keep_freed_memory=keep_freed_memory)
 
     def use_onnxruntime(self, *, required: bool = True) -> bool:
         """Run through ONNX Runtime from now on: export to ONNX (a temporary file) and check parity first.
@@ -310,10 +310,10 @@ class Stylizer:
         """Restyle image files, folders (recursively) and globs into `out` (a folder, or a file for one input).
 
         Same-size images run in batches of `batch`. With backend "auto" and at least AUTO_ORT_MIN_IMAGES files,
-        the generator runs through ONNX Runtime (faster on the CPU for many files; docs/benchmarks.md). Unreadable inputs are skipped and reported (`on_skip`,
-        default a logged warning), or refused before anything is written with `strict`. Outputs are RGB (RGBA
-        with alpha) unless `keep_mode` asks for each input's own mode. Raises DataError
-        when nothing could be written.
+        the generator runs through ONNX Runtime (faster on the CPU for many files; docs/benchmarks.md). Unreadable
+        inputs are skipped and reported (`on_skip`, default a logged warning), or refused before anything is
+        written with `strict`. Outputs are RGB (RGBA with alpha) unless `keep_mode` asks for each input's own mode.
+        Raises DataError when nothing could be written.
         """
         if batch < 1:
             raise UsageError(f"--batch must be >= 1, got {batch}.")
@@ -378,7 +378,8 @@ class Stylizer:
 
     def write_samples(self, out: str | Path, num: int, *, seed: int = 0, ext: str = "png", batch: int = 16,
                       progress: Callable[[Path, bool], None] | None = None) -> list[Path]:
-        """Write `num` samples: into the folder `out` as sample-0000.png..., or to the file `out` (numbered if num > 1)."""
+        """Write `num` samples: into the folder `out` as sample-0000.png..., or to the file `out` (numbered if
+        num > 1)."""
         out = Path(out)
         if out.suffix and not out.is_dir():
             image_format(out)
