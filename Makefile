@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stamp-install
 WEIGHTS_STAMP := $(VENV)/.stamp-weights
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install weights demo test test-fast test-cuda bench bench-quality clean
+.PHONY: install weights demo lint test test-fast test-cuda bench bench-quality clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,10 +31,16 @@ weights: $(WEIGHTS_STAMP)
 demo: $(WEIGHTS_STAMP)
 	$(BIN)/stylezoo run --out runs/demo --overwrite
 
+# ruff is pinned in the dev extra; its rules are in pyproject.toml. The tests run it first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
 test: $(WEIGHTS_STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-fast: $(WEIGHTS_STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The suite hides GPUs (tests/conftest.py); this runs the device checks with the GPU visible.
