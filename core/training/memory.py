@@ -3,8 +3,9 @@
 The generator and discriminator run once on the meta device (no memory, no arithmetic) at the run's batch and
 size; the sizes of every module's outputs stand for the activations kept for the backward pass. Weights count
 with their gradient and Adam's two moments. The extractor counts its activations for the fake and the
-content batch. It is an estimate, close to what a default-recipe step was measured to take (not a bound): runs that clearly cannot fit are refused,
-saying how much they need and what to lower; borderline ones are left to try.
+content batch. It is an estimate, close to what a default-recipe step was measured to take (not a bound):
+runs that clearly cannot fit are refused, saying how much they need and what to lower; borderline ones are
+left to try.
 """
 
 from __future__ import annotations
@@ -93,12 +94,12 @@ def step_memory(comps: Components, family: str, batch: int, size: int) -> int | 
         return None
     total = gen  # the outputs kept for the backward (its temporaries come and go)
     if comps.disc is not None:
-        disc = activation_bytes(copy.deepcopy(comps.disc), torch.zeros(2 * batch, 3, size, size, device="meta"))
-        total += (disc or 0)
-    if comps.feat is not None:
-        layers = tuple(getattr(comps.feat, "layer_names", ())[-1:])
-        feat = activation_bytes(copy.deepcopy(comps.feat), torch.zeros(2 * batch, 3, size, size, device="meta"), layers) if layers else 0
-        total += (feat or 0)
+        both = torch.zeros(2 * batch, 3, size, size, device="meta")  # real and fake
+        total += activation_bytes(copy.deepcopy(comps.disc), both) or 0
+    layers = tuple(getattr(comps.feat, "layer_names", ())[-1:])
+    if comps.feat is not None and layers:  # the fake and the content batch, to its deepest layer
+        both = torch.zeros(2 * batch, 3, size, size, device="meta")
+        total += activation_bytes(copy.deepcopy(comps.feat), both, layers) or 0
     return total + param_bytes(comps.gen, True) + param_bytes(comps.disc, True) + param_bytes(comps.feat, False)
 
 
