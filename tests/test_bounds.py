@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from cli_results import clean_error as one_line
+from cli_results import invoke
 
-from stylezoo.core.cli import app
 from stylezoo.core.components.config import BOUNDS, MAX_DEPTH, check_bounds
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.errors import CheckpointError, ConfigError
@@ -23,20 +22,6 @@ from stylezoo.core.use.loading import load_generator
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 TINY = {"size": 32, "batch": 2, "steps": 1, "sample_every": 0, "ckpt_every": 1, "log_every": 1, "num_samples": 2}
-
-
-def invoke(*args: Any) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line(r: Result, *fragments: str) -> str:
-    assert r.exit_code != 0 and isinstance(r.exception, SystemExit), (r.exit_code, r.output)
-    assert "Traceback" not in r.output
-    lines = [line for line in r.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, r.output
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 @pytest.mark.parametrize("args, field, bound", [

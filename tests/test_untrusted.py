@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cli_results import clean_error, invoke
 from PIL import Image
 from safetensors.torch import save_file
-from typer.testing import CliRunner, Result
 
 import stylezoo.core.components.registry as registry_mod
-from stylezoo.core.cli import app
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.errors import CheckpointError, WeightsError
@@ -45,21 +44,6 @@ TINY = {"size": 32, "batch": 2, "steps": 2, "sample_every": 0, "ckpt_every": 1, 
 NOISE = {"gen": "dcgan", "disc": "dcgan", "adv": "lsgan", "feat": "", "gp": "none", "train": TINY,
          "set": {"gen": {"channels": 8, "max_channels": 16, "latent_dim": 16},
                  "disc": {"channels": 8, "max_channels": 16}}}
-
-
-def invoke(*args: Any) -> Result:
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def clean_error(result: Result, *fragments: str) -> str:
-    assert result.exit_code != 0, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
