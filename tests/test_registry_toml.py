@@ -93,6 +93,16 @@ def test_compatible_lists_name_registered_adversarial_losses(full):
     assert checked > 0
 
 
+def test_a_card_recipe_is_one_built_on_that_generator(builtin):
+    """`recipe = NAME` on a generator's card is what `--gen X` without --recipe builds on: it must use X."""
+    named = {n: c["recipe"] for n, c in CARDS.items() if "recipe" in c}
+    assert set(named) >= {"gen/adain", "gen/cin"}
+    for name, rname in named.items():
+        assert builtin.get(name).kind == "gen", f"{name}: only a generator's card names a recipe"
+        assert rname in RECIPES, f"{name}: recipe {rname!r} is not in registry.toml"
+        assert builtin.resolve(RECIPES[rname]["gen"], "gen") == name, f"{name}: recipe {rname} trains another gen"
+
+
 def test_weight_sets_belong_to_registered_extractors(builtin):
     for wname, table in CATALOG.get("weights", {}).items():
         assert builtin.get(table["component"]).kind == "feat", wname

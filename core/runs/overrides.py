@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from ..components.config import MAX_DEPTH, nesting
+from ..components.registry import Registry
 from ..errors import ConfigError
+
+log = logging.getLogger("stylezoo")
 
 ROLES = ("gen", "disc", "feat", "adv", "gp")
 # loss-term fields that name an extractor's layers: a lower layer's values go when the extractor changes
@@ -46,6 +50,31 @@ def merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
                                   for r, o in out.get("set", {}).items()}
             out[k] = v
     return out
+
+
+def base_recipe(reg: Registry, recipe: str | None, file_layer: dict[str, Any], cli: dict[str, Any],
+                config_file: str | Path | None = None) -> str:
+    """The recipe a run builds on: `--recipe`, else the config file's `recipe`, else the recipe that the card
+    of the generator picked (`--gen adain`: `recipe = "adain"`) names, with a note saying so; else "default"."""
+    file_recipe = file_layer.get("recipe")  # a run's own config.toml names the recipe it builds on
+    if recipe and file_recipe and file_recipe != recipe:
+        raise ConfigError(f"--recipe {recipe} and the config file's recipe = {file_recipe!r} ({config_file}) "
+                          "disagree: drop --recipe, or change the file.")
+    if recipe or file_recipe:
+        return str(recipe or file_recipe)
+    gen = cli.get("gen") or file_layer.get("gen")
+    if not isinstance(gen, str) or not gen or gen == "none":
+        return "default"
+    full = reg.resolve(gen, "gen")
+    own = reg.get(full).card.get("recipe")
+    if not own:
+        return "default"
+    if str(own) not in reg.recipes():
+        raise ConfigError(f"{full}'s card names the recipe {own!r}, which is not one (`stylezoo list --kind recipe`): "
+                          "give --recipe NAME.")
+    log.info("--gen %s: building on its recipe %s (its losses, discriminator and training options); choose another "
+             "with --recipe NAME (`stylezoo list --kind recipe`)", gen, own)
+    return str(own)
 
 
 def _same_component(role: str, a: Any, b: Any) -> bool:

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from ..components.config import build_config, config_to_dict
 from .overrides import (  # noqa: F401  (re-exported: they were defined here)
-    EXTRACTOR_FIELDS, ROLE_KIND, ROLES, _same_component, check_layer, load_config_file, merge, parse_losses, parse_set,
+    EXTRACTOR_FIELDS, ROLE_KIND, ROLES, _same_component, base_recipe, check_layer, load_config_file, merge, parse_losses,
+    parse_set,
 )
 from ..errors import CompositionError, ConfigError, UnknownComponentError, did_you_mean
 from ..components.registry import Registry
@@ -197,12 +198,7 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
     """Resolve a run from its layers and validate names, keys, types and the composition before any work."""
     _check_length_given_once(cli or {}, sets or [])
     file_layer = load_config_file(config_file) if config_file else {}
-    # a config file names the recipe it builds on (a run's own config.toml does): that is its base too
-    file_recipe = file_layer.get("recipe")
-    if recipe and file_recipe and file_recipe != recipe:
-        raise ConfigError(f"--recipe {recipe} and the config file's recipe = {file_recipe!r} ({config_file}) "
-                          "disagree: drop --recipe, or change the file.")
-    rname = recipe or file_recipe or "default"
+    rname = base_recipe(reg, recipe, file_layer, cli or {}, config_file)
 
     def full_names(layer: dict[str, Any]) -> dict[str, Any]:
         """The layer with its `set` keys for loss terms in full (`gram` -> `loss/gram`), so that a later
