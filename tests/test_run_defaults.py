@@ -1,15 +1,15 @@
 """What a run builds on when the user names only some of it: a generator's own recipe (`recipe = ...` on its
-card) when no --recipe is given."""
+card) when no --recipe is given, and `--loss none` (no loss terms: adversarial loss only)."""
 
 from __future__ import annotations
 
 import logging
 
 import pytest
-from cli_results import invoke
+from cli_results import clean_error, invoke
 
 from stylezoo.core.components.registry import Registry
-from stylezoo.core.errors import ConfigError
+from stylezoo.core.errors import CompositionError, ConfigError
 from stylezoo.core.runs.runconfig import resolve
 
 TINY = ["--size", "32", "--batch", "1", "--set", "train.num_samples=1"]
@@ -59,3 +59,40 @@ def test_cli_gen_adain_reports_its_recipe(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "dry run: recipe adain" in result.output
     assert "loss/moments" in result.output and "disc/patch" not in result.output
+
+
+# ------------------------------------------------------------------------------------------------ --loss none
+
+
+def test_loss_none_drops_every_term_and_their_overrides(reg: Registry) -> None:
+    rc = resolve(reg, recipe="faces-dcgan-gram", losses=["none"])
+    assert rc.losses == {} and rc.set == {}  # the recipe's gram and its layers are gone
+    assert (rc.gen, rc.disc, rc.adv) == ("gen/dcgan", "disc/dcgan", "loss/bce")
+    # the same run as a config file's `losses = {}`
+    assert rc == resolve(reg, recipe="faces-dcgan-gram", cli={"losses": {}})
+
+
+def test_loss_composes_as_documented(reg: Registry) -> None:
+    rc = resolve(reg, recipe="default", losses=["gram:5", "tv"])
+    assert rc.losses == {"loss/gram": 5.0, "loss/tv": reg.make_config("loss/tv").weight}
+    assert "loss/content" not in rc.set and rc.set["loss/gram"]["layers"]  # a kept term keeps its overrides
+    assert resolve(reg, recipe="default", losses=["gram:5"], sets=["gram.weight=7"]).losses == {"loss/gram": 7.0}
+
+
+@pytest.mark.parametrize("items", [["none", "gram"], ["none:1"]])
+def test_loss_none_goes_alone(reg: Registry, items: list[str]) -> None:
+    with pytest.raises(ConfigError, match="--loss none .* alone"):
+        resolve(reg, losses=items)
+
+
+def test_a_run_with_nothing_to_train_its_generator_is_refused(reg: Registry) -> None:
+    with pytest.raises(CompositionError, match="Nothing would train gen/adain.*--loss NAME"):
+        resolve(reg, recipe="adain", losses=["none"])
+
+
+def test_cli_loss_none_trains_a_plain_dcgan(tmp_path) -> None:
+    result = invoke("run", "--recipe", "faces-dcgan-gram", "--loss", "none", "--feat", "none", *TINY, "--batch", "2",
+                    "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "gen/dcgan" in result.output and "loss/bce" in result.output and "loss/gram" not in result.output
+    clean_error(invoke("run", "--loss", "none", "--loss", "tv", "--dry-run"), "--loss none", "alone")

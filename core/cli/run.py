@@ -24,7 +24,8 @@ def run_cmd(
     adv: Annotated[str | None, typer.Option("--adv", help="Adversarial loss: bce, lsgan, hinge, wgan, none.")] = None,
     gp: Annotated[str | None, typer.Option("--gp", help="Gradient penalty: none, r1, wgan-gp, dragan.")] = None,
     loss: Annotated[list[str] | None, typer.Option(
-        "--loss", help="NAME[:weight], repeatable; replaces the recipe's terms.")] = None,
+        "--loss", help="NAME[:weight], repeatable; replaces the recipe's terms (none: no terms, adversarial loss "
+        "only).")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="Named recipe from registry.toml.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="A TOML file with the recipe schema.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="ROLE.FIELD=VALUE override, repeatable.")] = None,

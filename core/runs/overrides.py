@@ -11,7 +11,7 @@ import tomllib
 
 from ..components.config import MAX_DEPTH, nesting
 from ..components.registry import Registry
-from ..errors import ConfigError
+from ..errors import ConfigError, UnknownComponentError, did_you_mean
 
 log = logging.getLogger("stylezoo")
 
@@ -117,6 +117,36 @@ def parse_losses(items: list[str]) -> dict[str, float | None]:
         else:
             out[name] = None
     return out
+
+
+def loss_layer(reg: Registry, layers: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """`layers` with `--loss` applied: the terms given replace the lower layers' (`--loss none`: no terms at all,
+    adversarial loss only, as a config file's `losses = {}`), and the lower layers' overrides of terms no longer
+    in the run go, as do the weights of terms given one here (--loss gram:5 beats a lower layer's gram.weight)."""
+    parsed = parse_losses(items)
+    if "none" in parsed:
+        if len(parsed) > 1 or parsed["none"] is not None:
+            raise ConfigError("--loss none drops every loss term of the recipe (adversarial loss only): give it "
+                              "alone, without a weight, or give the terms you want instead.")
+        parsed = {}
+    kept = {reg.resolve(k, "loss") for k in parsed}
+    weighted = {reg.resolve(k, "loss") for k, w in parsed.items() if w is not None}
+    sets = {r: ov if r in ROLES or _set_loss_name(reg, r) not in weighted
+            else {f: v for f, v in ov.items() if f != "weight"}
+            for r, ov in dict(layers.get("set", {})).items()
+            if r in ROLES or _set_loss_name(reg, r) in kept}
+    return {**layers, "losses": dict(parsed), "set": sets}
+
+
+def _set_loss_name(reg: Registry, role: str) -> str:
+    """The full name of a loss term named in `--set ROLE.FIELD=...`, or an error listing what ROLE can be."""
+    try:
+        return reg.resolve(role, "loss")
+    except UnknownComponentError:
+        losses = reg.names(kind="loss")
+        raise ConfigError(f"--set {role}.…: {role!r} is neither a role ({', '.join(ROLES)}, train, data) nor a loss "
+                          f"term.{did_you_mean(role, [*ROLES, 'train', 'data', *losses])} "
+                          "Run `stylezoo list --kind loss` to see the loss terms.") from None
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -14,12 +14,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..components.config import build_config, config_to_dict
+from ..components.registry import Registry
+from ..errors import CompositionError, ConfigError, did_you_mean
 from .overrides import (  # noqa: F401  (re-exported: they were defined here)
-    EXTRACTOR_FIELDS, ROLE_KIND, ROLES, _same_component, base_recipe, check_layer, load_config_file, merge, parse_losses,
+    EXTRACTOR_FIELDS,
+    ROLE_KIND,
+    ROLES,
+    _same_component,
+    _set_loss_name,
+    base_recipe,
+    check_layer,
+    load_config_file,
+    loss_layer,
+    merge,
+    parse_losses,
     parse_set,
 )
-from ..errors import CompositionError, ConfigError, UnknownComponentError, did_you_mean
-from ..components.registry import Registry
 
 SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 SINKS = ("tensorboard",)  # train.log's names: where figures go besides metrics.jsonl (core/training/logsinks.py)
@@ -218,16 +228,7 @@ def resolve(reg: Registry, *, recipe: str | None = None, config_file: str | Path
     if cli:
         layers = merge(layers, full_names(cli))
     if losses:
-        parsed = parse_losses(losses)
-        layers["losses"] = {k: v for k, v in parsed.items()}
-        # --loss replaces the recipe's terms: drop the lower layers' overrides of terms no longer in the run
-        # and the weights of those given a weight here (--loss gram:5 beats a lower layer's gram.weight)
-        kept = {reg.resolve(k, "loss") for k in parsed}
-        weighted = {reg.resolve(k, "loss") for k, w in parsed.items() if w is not None}
-        layers["set"] = {r: ov if r in ROLES or _set_loss_name(reg, r) not in weighted
-                         else {f: v for f, v in ov.items() if f != "weight"}
-                         for r, ov in dict(layers.get("set", {})).items()
-                         if r in ROLES or _set_loss_name(reg, r) in kept}
+        layers = loss_layer(reg, layers, losses)
     if sets:
         layers = merge(layers, full_names(parse_set(sets)))
     # resolve names (short forms allowed) and default loss weights
@@ -310,17 +311,6 @@ def with_steps(train: TrainConfig, steps: int) -> TrainConfig:
         raise ConfigError(f"--steps {steps}: {e}.") from None
 
 
-def _set_loss_name(reg: Registry, role: str) -> str:
-    """The full name of a loss term named in `--set ROLE.FIELD=...`, or an error listing what ROLE can be."""
-    try:
-        return reg.resolve(role, "loss")
-    except UnknownComponentError:
-        losses = reg.names(kind="loss")
-        raise ConfigError(f"--set {role}.…: {role!r} is neither a role ({', '.join(ROLES)}, train, data) nor a loss "
-                          f"term.{did_you_mean(role, [*ROLES, 'train', 'data', *losses])} "
-                          "Run `stylezoo list --kind loss` to see the loss terms.") from None
-
-
 def component_config(reg: Registry, rc: RunConfig, role_or_loss: str) -> Any:
     """The resolved config of one component of the run (size and weights filled in from the run)."""
     name = getattr(rc, role_or_loss) if role_or_loss in ROLES else role_or_loss
@@ -358,6 +348,9 @@ def validate(reg: Registry, rc: RunConfig) -> None:
             raise CompositionError(f"--adv {rc.adv} needs a discriminator: add --disc patch (or --adv none).")
     elif rc.disc:
         raise CompositionError(f"--disc {rc.disc} needs an adversarial loss: add --adv lsgan (or --disc none).")
+    elif not rc.losses:
+        raise CompositionError(f"Nothing would train {rc.gen}: this run has no adversarial loss and no loss terms; "
+                               "add --loss NAME, or --disc and --adv.")
     # `--gp none` (no penalty component) is held to gp/none's card: a WGAN critic needs some penalty
     gp = rc.gp or ("gp/none" if rc.adv and "gp/none" in reg.names(kind="gp") else "")
     for name in [gp, *rc.losses]:
