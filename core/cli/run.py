@@ -161,9 +161,22 @@ def run_cmd(
             import signal
 
             signal.signal(signal.SIGTERM, previous)
-    if env.rank == 0:
-        Console(highlight=False).print(f"[green]done[/]: {last}  samples: {Path(out_dir) / 'samples' / 'final.png'}")
+    if env.rank == 0:  # a run whose samples failed (core/training/health.py) said why above: not a plain `done`
+        done = "[yellow]done, but the samples failed (warning above)[/]" if _samples_failed(last) else "[green]done[/]"
+        Console(highlight=False).print(f"{done}: {last}  samples: {Path(out_dir) / 'samples' / 'final.png'}")
     del Trainer
+
+
+def _samples_failed(last: Path) -> bool:
+    """Whether the run's final checkpoint records a warning about its samples."""
+    from ..errors import StylezooError
+    from ..files.checkpoint import read_meta
+
+    try:
+        samples = read_meta(last).get("samples")
+    except (StylezooError, OSError):
+        return False
+    return isinstance(samples, dict) and bool(samples.get("warning"))
 
 
 def _saved_where(out_dir: Any) -> str:

@@ -37,9 +37,10 @@ from .assembly import (
     plan_features,
     prepare_data,
 )
-from .conditioning import Conditioning, with_labels
+from .conditioning import STYLE, Conditioning, with_labels
 from .ema import GeneratorEMA
 from .failures import data_wait_warning, first_step_error, nan_advice
+from .health import SampleCheck, check_samples, sample_record, sample_warning
 from .logsinks import check_sinks, open_sinks
 from .memory import check_step_memory
 from .step import TrainStep, fuse_adam
@@ -108,6 +109,7 @@ class Trainer:
         self.last_bad = ""
         self.history: list[dict[str, float]] = []
         self._data_warned = False
+        self.sample_check: SampleCheck | None = None  # the latest sample grid's (core/training/health.py)
         self.plan = plan_features(comps)
         self._prepare_style_targets()
         self.evaluator = self._make_evaluator()
@@ -248,13 +250,16 @@ class Trainer:
         return out.float().cpu()
 
     def save_samples(self, name: str) -> Path:
+        """Write a sample grid and check its outputs (`sample_check`)."""
         path = self.out / "samples" / f"{name}.png"
         if self.cond.kind != "none":  # content | style | output, or content and a row per label
-            return save_grid(self.cond.sample_rows(self.infer_gen, self.placement.autocast), path, step=self.step)
-        out = self.samples()
-        rows = [self.data.fixed_input, out] if self.family == IMAGE else [out]
-        if self.data.fixed_target is not None:
-            rows.append(self.data.fixed_target)  # input | output | true target
+            rows = self.cond.sample_rows(self.infer_gen, self.placement.autocast)
+            outputs = rows[2:] if self.cond.kind == STYLE else rows[1:]
+        else:
+            outputs = [self.samples()]  # input | output | true target (paired), or the outputs alone (noise)
+            rows = ([self.data.fixed_input] if self.family == IMAGE else []) + outputs
+            rows += [self.data.fixed_target] if self.data.fixed_target is not None else []
+        self.sample_check = check_samples(outputs, self.data.fixed_input if self.family == IMAGE else None)
         return save_grid(rows, path, step=self.step)
 
     def meta(self) -> dict[str, Any]:
@@ -269,9 +274,9 @@ class Trainer:
     def save_checkpoint(self, keep: bool, path: Path | None = None, extra: dict[str, Any] | None = None) -> Path:
         """Write last.safetensors (and, with `keep`, checkpoints/step-N.safetensors); returns the first.
         `path`: write there instead (best.safetensors), with `extra` metadata."""
-        tensors, meta = run_state(self.modules(), self.meta())
+        tensors, meta = run_state(self.modules(), self.meta() | (extra or {}))
         if path is not None:
-            return ckpt.save(path, tensors, meta | (extra or {}))
+            return ckpt.save(path, tensors, meta)
         last = ckpt.save(self.out / "last.safetensors", tensors, meta)
         if keep:
             ckpt.save(self.out / "checkpoints" / f"step-{self.step:07d}.safetensors", tensors, meta)
@@ -323,7 +328,7 @@ class Trainer:
                 lock.release()
 
     def _fit(self, sinks: Any, last: Path) -> Path:
-        signals = _StopAtStepEnd().install()
+        signals, final = _StopAtStepEnd().install(), self.out / "samples" / "final.png"
         self._mid_step = False
         try:
             t_last = t_saved = time.perf_counter()
@@ -343,6 +348,9 @@ class Trainer:
                 if self.progress is not None:
                     self.progress(self.step, self.train_cfg.steps, logs)
                 t = self.train_cfg
+                if self.step == t.steps and self.rank == 0:  # the final grid, its check in the last metrics line
+                    final = self.save_samples("final")
+                    logs |= self.sample_check.figures() if self.sample_check is not None else {}
                 if evaluated or self.step % t.log_every == 0 or self.step in (1, t.steps):
                     sinks.scalars(logs, self.step)
                 if self.rank == 0:
@@ -372,10 +380,13 @@ class Trainer:
             sinks.flush()
         del t_last
         if self.rank == 0:
-            last = self.save_checkpoint(keep=True)
-            sinks.grid(self.save_samples("final"), self.step)
+            warning = sample_warning(self.sample_check, self.rc, self.reg, self.train_cfg.lr)
+            last = self.save_checkpoint(keep=True, extra=sample_record(self.sample_check, warning))
+            sinks.grid(final, self.step)
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
             self._write_report()
+            if warning:
+                log.warning("%s", warning)
         return last
 
     # -- evaluation and report hooks (the logic lives in core/evaluation/) ----------------------------------------
