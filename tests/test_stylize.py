@@ -4,7 +4,9 @@ seeded, pickles are refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from typer.testing import CliRunner
 
 import stylezoo
 from stylezoo.core.cli import app
+from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.errors import CheckpointError, DataError, UsageError
 from stylezoo.core.files.images import is_stylezoo_output, output_mode
@@ -539,3 +542,79 @@ def test_every_markable_output_format_carries_the_stylezoo_mark(ext: str, tmp_pa
     p = tmp_path / f"x.{ext}"
     p.write_bytes(encode(Image.fromarray(_rgb(8, 8, 0)), image_format(p))[0])
     assert is_stylezoo_output(p)
+
+
+# ------------------------------------------------------------------------- inputs smaller than the training size
+SEEN: list[tuple[int, int]] = []  # the sides the recording generator was called on
+
+
+@dataclasses.dataclass
+class _RecCfg:
+    width: int = 3
+
+
+class _Recorder(torch.nn.Module):
+    """An image generator that records the size of every input it is given."""
+
+    family = "image"
+
+    def __init__(self, cfg: _RecCfg) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        SEEN.append((int(x.shape[-2]), int(x.shape[-1])))
+        return torch.tanh(self.conv(x))
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, Path]:
+    """A registry with gen/recorder, and its checkpoint trained (one step) at 32 px."""
+    plug = types.ModuleType("recorder")
+
+    @hookimpl
+    def register_components(register):
+        register("gen/recorder", _Recorder, config=_RecCfg)
+
+    plug.register_components = register_components
+    reg = Registry(plugins=(plug,), entry_points=False)
+    rc = resolve(reg, cli={"gen": "recorder", "disc": "", "adv": "", "feat": "", "train": {**TINY, "steps": 1},
+                           "data": {"content": "samples:content"}}, losses=["tv"])
+    return reg, Trainer(rc, tmp_path_factory.mktemp("recorder-run"), registry=reg).fit()
+
+
+def test_an_input_under_the_training_size_is_stylized_at_it_and_resized_back(recorder, tmp_path: Path) -> None:
+    reg, ckpt = recorder
+    st = Stylizer.load(ckpt, device="cpu", precision="fp32", registry=reg)
+    assert st.train_size == 32
+    SEEN.clear()
+    x = torch.rand(3, 16, 16) * 2 - 1
+    assert st(x).shape == (3, 16, 16) and SEEN == [(32, 32)]
+    SEEN.clear()
+    assert st(Image.fromarray(_rgb(20, 16, 0))).size == (20, 16) and SEEN == [(32, 40)]  # the shorter side to 32
+    SEEN.clear()
+    assert st(x, size=16).shape == (3, 16, 16) and SEEN == [(16, 16)]  # size= overrides
+    SEEN.clear()
+    assert st(torch.rand(3, 40, 48) * 2 - 1).shape == (3, 40, 48) and SEEN == [(40, 48)]  # larger: as it is
+
+
+def test_cli_stylizes_a_small_input_at_the_training_size_with_a_note(recorder, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from stylezoo.core.components import registry as registry_module
+
+    reg, ckpt = recorder
+    monkeypatch.setattr(registry_module, "_default", reg)
+    Image.fromarray(_rgb(16, 16, 1)).save(tmp_path / "small.png")
+    SEEN.clear()
+    result = CliRunner().invoke(app, ["stylize", str(ckpt), str(tmp_path / "small.png"), "-o",
+                                      str(tmp_path / "out.png"), "--precision", "fp32", "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    assert SEEN == [(32, 32)] and Image.open(tmp_path / "out.png").size == (16, 16)
+    assert "note:" in result.output and "trained at" in result.output and "--size" in result.output
+    python = Stylizer.load(ckpt, device="cpu", precision="fp32", backend="torch", registry=reg)(tmp_path / "small.png")
+    assert np.array_equal(np.asarray(python), np.asarray(Image.open(tmp_path / "out.png").convert("RGB")))
+    SEEN.clear()
+    result = CliRunner().invoke(app, ["stylize", str(ckpt), str(tmp_path / "small.png"), "-o",
+                                      str(tmp_path / "sized.png"), "--size", "16", "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert SEEN == [(16, 16)] and "trained at" not in result.output

@@ -24,7 +24,8 @@ def stylize_cmd(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Output folder (names and sub-folders kept), or a file for one input.")] = Path("stylized"),
     size: Annotated[int | None, typer.Option(
-        "--size", help="Resize the shorter side to this first (default: keep the input size).")] = None,
+        "--size", help="Resize the shorter side to this first (default: keep the input size; an input smaller than "
+        "the checkpoint's training size is stylized at that size and resized back).")] = None,
     batch: Annotated[int, typer.Option("--batch", help="Run up to this many same-size images at once.")] = 1,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     precision: Annotated[str, typer.Option(
@@ -62,8 +63,10 @@ def stylize_cmd(
     """Restyle images with a trained generator; its composition comes from the checkpoint, no flags needed.
 
     Outputs keep each input's size (any size works: it is padded to the generator's multiple and cropped
-    back), EXIF orientation and alpha channel. They are colour (RGB, RGBA with alpha), grey inputs included:
-    --keep-mode writes each in its input's mode instead (see stylezoo.core.files.images.output_mode).
+    back; one whose shorter side is under the training size is stylized at that size and resized back, with a
+    note, unless --size is given), EXIF orientation and alpha channel. They are colour (RGB, RGBA with alpha),
+    grey inputs included: --keep-mode writes each in its input's mode instead (see
+    stylezoo.core.files.images.output_mode).
     Unreadable inputs are skipped with a warning; the exit status is non-zero only if nothing was written.
     Earlier outputs (EXIF Software: stylezoo) found in input folders or globs are skipped with a note; an
     input that names such a file itself is stylized again.

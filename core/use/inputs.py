@@ -151,3 +151,15 @@ def _resize_tensor(x: Tensor, size: int) -> Tensor:
     y = F.interpolate(xb.float(), size=(max(size, round(h * s)), max(size, round(w * s))), mode="bicubic",
                       antialias=True, align_corners=False).clamp(-1, 1)
     return y[0] if x.dim() == 3 else y
+
+
+def at_least(run: Callable[[Tensor], Tensor], x: Tensor, short: int) -> Tensor:
+    """`run` on (N, 3, H, W) `x` whose shorter side is under `short`: brought up to `short` first and the output
+    resized back to x's size, so a generator trained on `short` px images restyles a small photo at the scale it
+    learned (its strokes and receptive field fit that size). Larger inputs run as they are."""
+    h, w = x.shape[-2:]
+    if min(h, w) >= short:
+        return run(x)
+    y = run(_resize_tensor(x, short)).float()
+    return F.interpolate(y, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+

@@ -1,5 +1,6 @@
 """Where `stylize` writes: input files, folders and globs paired with output paths, and the checks that
-keep it from restyling its own outputs or writing over an input or over a user's own image."""
+keep it from restyling its own outputs or writing over an input or over a user's own image; where a noise
+generator's samples go; and the check that what a generator returned can be written as images."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
+from torch import Tensor
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, PluginError, UsageError
 from ..files.images import find_images, image_format, is_stylezoo_output
 
 
@@ -118,3 +121,30 @@ def plan_outputs(inputs: Sequence[str | Path], out: str | Path, ext: str | None 
         report.notes.append(f"{others} image(s) inside the output folder {out} were left out of the inputs "
                             "(stylize never restyles what lies in its own output folder).")
     return pairs, report
+
+
+def sample_paths(out: str | Path, num: int, ext: str) -> list[Path]:
+    """Where `num` samples of a noise generator go: the folder `out` as sample-0000.EXT..., or the file `out`
+    (numbered when num > 1). An unknown format is a UsageError before anything is made."""
+    out = Path(out)
+    if out.suffix and not out.is_dir():
+        image_format(out)
+        return [out] if num == 1 else [out.with_name(f"{out.stem}-{i:04d}{out.suffix}") for i in range(num)]
+    paths = [out / f"sample-{i:04d}.{ext.lstrip('.')}" for i in range(num)]
+    image_format(paths[0])
+    return paths
+
+
+def checked_output(y: Tensor, shape: tuple[int, ...] | torch.Size, name: str, precision: str) -> Tensor:
+    """`y`, generator `name`'s output for an input of `shape`, if it can be an image; else a clear error."""
+    want = (shape[0], 3, *shape[-2:]) if len(shape) == 4 else None
+    if y.dim() != 4 or y.shape[1] != 3 or (want is not None and tuple(y.shape) != want):
+        raise PluginError(f"{name} returned a {tuple(y.shape)} tensor for a {tuple(shape)} input: a generator must "
+                          f"return RGB images{' of its input size' if want else ''} (N, 3, H, W).")
+    bad = int((~torch.isfinite(y)).sum())
+    if bad:
+        raise PluginError(f"{name} returned NaN or Inf in {bad} of {y.numel()} values; nothing was written. Its "
+                          f"weights may come from a diverged run, or it overflows in {precision}: try --precision "
+                          "fp32 (Python: precision='fp32').")
+    return y
+

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..components.registry import Registry
-from ..errors import DataError, PluginError, UsageError
+from ..errors import DataError, UsageError
 from ..files.checkpoint import atomic_write
 from ..files.images import (
     InputImage,
@@ -51,11 +51,12 @@ from .inputs import (
     _mix_weights,
     _resize_tensor,
     _style_tensor,
+    at_least,
     pad_to_multiple,
     tiled,
 )
 from .loading import LoadedGenerator, checkpoint_path, load_generator
-from .outputs import StylizeReport, plan_outputs
+from .outputs import StylizeReport, checked_output, plan_outputs, sample_paths
 
 log = logging.getLogger("stylezoo")
 
@@ -64,8 +65,10 @@ class Stylizer:
     """A trained generator ready to apply: `Stylizer.load("runs/x")("photo.jpg").save("out.png")`.
 
     Image generators take a PIL image, a path or a tensor ((3, H, W) or (N, 3, H, W) in [-1, 1]) of any size
-    (padded to the generator's multiple and cropped back) and return the same kind. Noise generators
-    `sample(n, seed)`. Paths get their EXIF orientation applied; PIL images are used as they are.
+    (padded to the generator's multiple and cropped back) and return the same kind; an image whose shorter side
+    is under the training size (`train_size`, from the checkpoint) is stylized at that size and resized back,
+    unless a `size` is given. Noise generators `sample(n, seed)`. Paths get their EXIF orientation applied; PIL
+    images are used as they are.
 
     precision: "fp32", "bf16" (autocast) or "auto" (bf16 where the device has fast bfloat16, faster there and
     a few 8-bit levels off fp32; else fp32). backend: "torch", "onnxruntime" (exported and parity-checked at
@@ -93,6 +96,8 @@ class Stylizer:
         self._cond: dict[str, Any] = {}  # style statistics / label weights for conditional generators
         self._bf16: nn.Module | None = None  # a bfloat16 copy of the module (see _bf16_module)
         self.tile_above, self.tile = TILE_ABOVE, TILE  # images over tile_above pixels run in tiles of this side
+        size = loaded.meta.get("run", {}).get("train", {}).get("size") if self.family == "image" else None
+        self.train_size: int | None = size if isinstance(size, int) and size > 0 else None  # smaller ones go up to it
         if backend == "onnxruntime":
             self.use_onnxruntime(required=True)
 
@@ -232,8 +237,9 @@ class Stylizer:
             return f"no --style-label given: mixing all {len(self.labels)} styles equally ({', '.join(self.labels)})"
         return None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Restyle (N, 3, H, W) or (3, H, W) images in [-1, 1] of any size; same shape out, on x's device."""
+    def forward(self, x: Tensor, *, upscale: bool = True) -> Tensor:
+        """Restyle (N, 3, H, W) or (3, H, W) images in [-1, 1] of any size; same shape out, on x's device.
+        `upscale`: a shorter side under `train_size` is stylized at that size and resized back (`small`)."""
         if self.family == "noise":
             raise UsageError(f"{self.name} makes images from noise; use sample(n, seed) (or stylize --num N).")
         squeeze = x.dim() == 3
@@ -241,11 +247,17 @@ class Stylizer:
         if xb.dim() != 4 or xb.shape[1] != 3:
             raise UsageError(f"Expected an RGB tensor (3, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(x.shape)}.")
         _check_range(xb)
-        if xb.shape[-2] * xb.shape[-1] > self.tile_above:  # a print-sized photo: bounded memory, in tiles
+        if upscale and self.small(xb):
+            y = at_least(self._whole, xb.float(), cast(int, self.train_size)).to(x.device)
+        elif xb.shape[-2] * xb.shape[-1] > self.tile_above:  # a print-sized photo: bounded memory, in tiles
             y = tiled(self._whole, xb.float(), self.tile, self.size_multiple).to(x.device)
         else:
             y = self._whole(xb).to(x.device)
         return y[0] if squeeze else y
+
+    def small(self, x: Tensor) -> bool:
+        """Whether `x`'s shorter side is under the size the generator was trained at (then `forward` brings it up)."""
+        return self.train_size is not None and min(x.shape[-2:]) < self.train_size
 
     def _whole(self, xb: Tensor) -> Tensor:
         """The generator on (N, 3, H, W) at once: padded to its multiple, cropped back."""
@@ -255,36 +267,36 @@ class Stylizer:
 
     def _checked(self, y: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """`y`, the generator's output for an input of `shape`, if it can be an image; else a clear error."""
-        want = (shape[0], 3, *shape[-2:]) if len(shape) == 4 else None
-        if y.dim() != 4 or y.shape[1] != 3 or (want is not None and tuple(y.shape) != want):
-            raise PluginError(f"{self.name} returned a {tuple(y.shape)} tensor for a {tuple(shape)} input: a "
-                              f"generator must return RGB images{' of its input size' if want else ''} (N, 3, H, W).")
-        bad = int((~torch.isfinite(y)).sum())
-        if bad:
-            raise PluginError(f"{self.name} returned NaN or Inf in {bad} of {y.numel()} values; nothing was written. "
-                              f"Its weights may come from a diverged run, or it overflows in {self.precision}: try "
-                              "--precision fp32 (Python: precision='fp32').")
-        return y
+        return checked_output(y, shape, self.name, self.precision)
 
     def __call__(self, image: Image.Image | Tensor | str | Path, size: int | None = None, *,
                  keep_mode: bool = False) -> Any:
-        """Restyle one image; `size` resizes the shorter side first. PIL or path in: PIL out; tensor in: tensor out.
+        """Restyle one image; `size` resizes the shorter side first (else one under `train_size` is stylized at that
+        size and resized back, with a logged note). PIL or path in: PIL out; tensor in: tensor out.
 
         A PIL image comes back RGB (RGBA when the input has alpha); `keep_mode` gives the input's own mode
         (grey in, grey out; see stylezoo.core.files.images.output_mode).
         """
         _check_size(size, "size")
         if isinstance(image, Tensor):
-            if size is not None:
-                image = _resize_tensor(image, size)
-            return self.forward(image)
-        if isinstance(image, (str, Path)):
+            x = _resize_tensor(image, size) if size is not None else image
+        elif isinstance(image, (str, Path)):
             item = read_item(image, size, keep_mode)
+            x = item.rgb
         elif isinstance(image, Image.Image):
             item = input_image(_to_rgb(image, keep_alpha=True), image.mode, size, keep_mode)
+            x = item.rgb
         else:
             raise UsageError(f"Cannot stylize a {type(image).__name__}: give a PIL image, a tensor or a path.")
-        return restore_mode(self.forward(item.rgb), item)
+        if size is None and self.small(x):
+            log.info("%s", self.small_note(1))
+        y = self.forward(x, upscale=size is None)
+        return y if isinstance(image, Tensor) else restore_mode(y, item)
+
+    def small_note(self, n: int) -> str:
+        """The note for `n` inputs stylized at the training size (`small`)."""
+        return (f"{n} input(s) had a shorter side under the {self.train_size} px {self.name} was trained at: "
+                f"stylized at {self.train_size} px and resized back; --size N (Python: size=N) stylizes at N instead.")
 
     def sample_tensor(self, n: int, seed: int = 0, batch: int = 16) -> Tensor:
         """`n` images (n, 3, size, size) in [-1, 1] from seeded noise; the same seed gives the same images."""
@@ -335,11 +347,11 @@ class Stylizer:
         for p, why in report.skipped:
             skip(p, why)
         pending: dict[tuple[int, int], list[tuple[InputImage, Path, Path]]] = {}
-        big = 0  # inputs stylized at a full resolution over LARGE_INPUT px: a note says what --size does
+        big = small = 0  # inputs over LARGE_INPUT px, and under the training size: a note each says what --size does
 
         def flush(key: tuple[int, int]) -> None:
             group = pending.pop(key)
-            ys = self.forward(torch.stack([it.rgb for it, _, _ in group]))
+            ys = self.forward(torch.stack([it.rgb for it, _, _ in group]), upscale=size is None)
             for y, (it, src, dst) in zip(ys, group):
                 data, note = encode(restore_mode(y, it), image_format(dst))
                 atomic_write(dst, lambda p, d=data: p.write_bytes(d))
@@ -360,6 +372,7 @@ class Stylizer:
                 continue
             key = (int(it.rgb.shape[1]), int(it.rgb.shape[2]))
             big += size is None and min(key) > LARGE_INPUT
+            small += size is None and self.small(it.rgb)
             pending.setdefault(key, []).append((it, src, dst))
             if len(pending[key]) >= batch:
                 flush(key)
@@ -371,6 +384,8 @@ class Stylizer:
             report.notes.append(f"{big} input(s) had a shorter side over {LARGE_INPUT} px and were stylized at full "
                                 "resolution in overlapping tiles, which takes time; --size 1024 (Python: size=1024) "
                                 "resizes them first.")
+        if small:
+            report.notes.append(self.small_note(small))
         if not report.written:
             why = "; ".join(w.rstrip(".") for _, w in report.skipped[:3])
             raise DataError(f"Nothing was written: none of the inputs could be stylized ({why}).")
@@ -380,13 +395,7 @@ class Stylizer:
                       progress: Callable[[Path, bool], None] | None = None) -> list[Path]:
         """Write `num` samples: into the folder `out` as sample-0000.png..., or to the file `out` (numbered if
         num > 1)."""
-        out = Path(out)
-        if out.suffix and not out.is_dir():
-            image_format(out)
-            paths = [out] if num == 1 else [out.with_name(f"{out.stem}-{i:04d}{out.suffix}") for i in range(num)]
-        else:
-            paths = [out / f"sample-{i:04d}.{ext.lstrip('.')}" for i in range(num)]
-            image_format(paths[0])
+        paths = sample_paths(out, num, ext)
         for img, dst in zip(self.sample(num, seed, batch), paths):
             data, _ = encode(img, image_format(dst))
             atomic_write(dst, lambda p, d=data: p.write_bytes(d))
