@@ -6,6 +6,7 @@ The Python API mirrors the CLI::
     stylezoo.list_components("vgg*")            # stylezoo list 'vgg*'
     gen = stylezoo.build("gen/dcgan", size=64)  # any component from its name and config overrides
     stylezoo.info("loss/gram")                   # stylezoo info loss/gram
+    stylezoo.load_model("starry-night")("photo.jpg").save("out.png")  # stylezoo stylize photo.jpg --model ...
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ _LAZY = {
     "RunConfig": ("stylezoo.core.runs.runconfig", "RunConfig"),
     "load_generator": ("stylezoo.core.use.loading", "load_generator"),
     "Stylizer": ("stylezoo.core.use.stylizer", "Stylizer"),
+    # the trained models shipped in the package (stylezoo models; stylize --model NAME)
+    "load_model": ("stylezoo.core.use.shipped", "load_model"),
+    "list_models": ("stylezoo.core.use.shipped", "list_models"),
+    "model_info": ("stylezoo.core.use.shipped", "get_model"),
     # errors: every error a user can fix derives from StylezooError
     "StylezooError": ("stylezoo.core.errors", "StylezooError"),
     "ConfigError": ("stylezoo.core.errors", "ConfigError"),

@@ -98,6 +98,8 @@ class Stylizer:
         self.tile_above, self.tile = TILE_ABOVE, TILE  # images over tile_above pixels run in tiles of this side
         size = loaded.meta.get("run", {}).get("train", {}).get("size") if self.family == "image" else None
         self.train_size: int | None = size if isinstance(size, int) and size > 0 else None  # smaller ones go up to it
+        self.model: str | None = None  # the shipped model's name (core/use/shipped.py's load_model)
+        self.requires_style = False  # a shipped any-style model: refuse to run before set_style
         if backend == "onnxruntime":
             self.use_onnxruntime(required=True)
 
@@ -247,6 +249,9 @@ class Stylizer:
         if xb.dim() != 4 or xb.shape[1] != 3:
             raise UsageError(f"Expected an RGB tensor (3, H, W) or (N, 3, H, W) in [-1, 1], got {tuple(x.shape)}.")
         _check_range(xb)
+        if self.requires_style and "style_stats" not in self._cond:
+            raise UsageError(f"The model {self.model or self.name!r} restyles in any style and needs a style image: "
+                             "--style REF.jpg (Python: set_style('REF.jpg')).")
         if upscale and self.small(xb):
             y = at_least(self._whole, xb.float(), cast(int, self.train_size)).to(x.device)
         elif xb.shape[-2] * xb.shape[-1] > self.tile_above:  # a print-sized photo: bounded memory, in tiles
