@@ -17,7 +17,8 @@ from typer.core import TyperGroup
 
 from ..errors import StylezooError
 
-COMMANDS: tuple[str, ...] = ("catalog", "run", "weights", "transfer", "eval", "report", "stylize", "export", "serve")
+COMMANDS: tuple[str, ...] = ("catalog", "models", "run", "weights", "transfer", "eval", "report", "stylize", "export",
+                             "serve")
 
 
 def report_error(err: BaseException | str) -> None:

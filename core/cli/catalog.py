@@ -25,18 +25,18 @@ def _registry():  # noqa: ANN202 - imported lazily so `stylezoo --help` stays fa
 
 def list_cmd(
     pattern: Annotated[str, typer.Argument(help="Wildcard on full or short names, e.g. 'vgg*' or 'gen/*'.")] = "*",
-    kind: Annotated[str | None, typer.Option("--kind", "-k", help=f"One of {', '.join(KINDS)}, recipe.")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", "-k", help=f"One of {', '.join(KINDS)}, recipe, model.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """List registered components and recipes. A pattern that matches nothing is an error (exit 2); with
-    --json it prints []."""
+    """List registered components, recipes and shipped models (`stylezoo models` has their details). A pattern
+    that matches nothing is an error (exit 2); with --json it prints []."""
     import fnmatch
 
-    if kind is not None and kind not in KINDS and kind != "recipe":
-        raise UsageError(f"Unknown kind {kind!r}: use one of {', '.join(KINDS)}, recipe.")
+    if kind is not None and kind not in KINDS and kind not in ("recipe", "model"):
+        raise UsageError(f"Unknown kind {kind!r}: use one of {', '.join(KINDS)}, recipe, model.")
     reg = _registry()
     rows = []
-    if kind != "recipe":
+    if kind not in ("recipe", "model"):
         for name in reg.names(pattern, kind):
             e = reg.get(name)
             rows.append({"name": name, "kind": e.kind, "description": e.description, "plugin": e.plugin,
@@ -46,6 +46,13 @@ def list_cmd(
             if fnmatch.fnmatchcase(rname, pattern) or fnmatch.fnmatchcase(f"recipe/{rname}", pattern):
                 rows.append({"name": rname, "kind": "recipe", "description": r.get("description", ""),
                              "plugin": "registry.toml", "dist": "stylezoo", "version": None})
+    if kind in (None, "model"):
+        from ..use.shipped import shipped_models
+
+        for mname, m in shipped_models(reg.catalog).items():
+            if fnmatch.fnmatchcase(mname, pattern) or fnmatch.fnmatchcase(f"model/{mname}", pattern):
+                rows.append({"name": mname, "kind": "model", "description": f"{m.description} ({m.gen}, {m.style})",
+                             "plugin": "registry.toml", "dist": "stylezoo", "version": None})
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -53,7 +60,8 @@ def list_cmd(
         what, see = (f"{kind}", f"stylezoo list --kind {kind}") if kind else ("component or recipe", "stylezoo list")
         failed = f" ({len(reg.failures)} plugin(s) failed to load: see `stylezoo plugins`)" if reg.failures else ""
         raise UsageError(f"No {what} matches {pattern!r}{failed}. Run `{see}` to see them all.")
-    table = Table(title="stylezoo components" if kind != "recipe" else "stylezoo recipes")
+    titles = {"recipe": "stylezoo recipes", "model": "stylezoo models"}
+    table = Table(title=titles.get(kind or "", "stylezoo components"))
     for col in ("name", "kind", "description", "plugin"):
         table.add_column(col, overflow="fold")
     for r in rows:

@@ -16,8 +16,9 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def stylize_cmd(
-    checkpoint: Annotated[Path, typer.Argument(
-        help="A .safetensors checkpoint or a run directory (its newest checkpoint).")],
+    checkpoint: Annotated[str | None, typer.Argument(
+        help="A .safetensors checkpoint or a run directory (its newest checkpoint); with --model, the first input.",
+        show_default=False)] = None,
     inputs: Annotated[list[str] | None, typer.Argument(
         help="Image files, folders (recursive) or globs. Images in folders and globs that stylize wrote (earlier "
         "outputs, marked in their EXIF) are skipped; name such a file itself to stylize it again.")] = None,
@@ -56,6 +57,9 @@ def stylize_cmd(
         "--style-size", help="Reduce --style images' shorter side to this first.")] = 512,
     style_label: Annotated[list[str] | None, typer.Option(
         "--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated to mix.")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="A shipped, trained model by name (`stylezoo models`) instead of a checkpoint: every "
+        "positional argument is then an input.")] = None,
     ema: Annotated[bool, typer.Option(
         "--ema/--no-ema", help="Use the checkpoint's generator weight average (runs trained with train.ema) when it "
         "has one; --no-ema: the raw trained weights.")] = True,
@@ -72,13 +76,27 @@ def stylize_cmd(
     input that names such a file itself is stylized again.
     Reference-guided models take --style REF (repeat with --style-weight to mix, --alpha for strength);
     label-conditioned models take --style-label NAME (or NAME:WEIGHT, repeated, to mix styles).
+    --model NAME uses a model shipped with stylezoo (`stylezoo models`): `stylize photo.jpg --model starry-night`;
+    the any-style model needs --style REF.
     """
     from ..errors import UsageError
     from ..use.stylizer import Stylizer
 
     if size is not None and size < 1:
         raise UsageError(f"--size must be >= 1, got {size}.")
-    st = Stylizer.load(checkpoint, device=device, precision=precision, backend=backend, ema=ema)
+    if model is not None:
+        from ..use.shipped import get_model, load_model
+
+        if get_model(model).takes_style and not style:  # an unknown name is refused first, with a did-you-mean
+            raise UsageError(f"The model {model!r} restyles in any style and needs a style image: add --style "
+                             "REF.jpg (a painting or any picture).")
+        inputs = [*([checkpoint] if checkpoint is not None else []), *(inputs or [])]
+        st = load_model(model, device=device, precision=precision, backend=backend)
+    elif checkpoint is None:
+        raise UsageError("Give a checkpoint (a .safetensors file or a run folder) and then images, or --model NAME "
+                         "and images. Run `stylezoo models` to see the shipped models.")
+    else:
+        st = Stylizer.load(Path(checkpoint), device=device, precision=precision, backend=backend, ema=ema)
     if st.family == "noise":
         if inputs:
             raise UsageError(f"{st.name} makes images from noise and takes no inputs; use --num N and --seed S.")
@@ -95,7 +113,8 @@ def stylize_cmd(
                                        f"(seed {seed}) to {escape(printable(str(paths[0].parent)))}")
         return
     if not inputs:
-        raise UsageError(f"{st.name} restyles images: give image files, folders or globs after the checkpoint.")
+        after = f"--model {model}" if model is not None else "the checkpoint"
+        raise UsageError(f"{st.name} restyles images: give image files, folders or globs after {after}.")
     if style:
         st.set_style(style, style_weight or None, alpha=1.0 if alpha is None else alpha, size=style_size)
     elif style_weight or alpha is not None:
