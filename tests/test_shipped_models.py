@@ -231,3 +231,6 @@ def test_list_kind_model_names_the_same_models():
     assert [row["name"] for row in json.loads(invoke("list", "model/star*", "--json").stdout)] == ["starry-night"]
     assert "any" in [row["name"] for row in json.loads(invoke("list", "--json").stdout)]
     assert stylezoo.model_info("any").gen == "gen/adain"
+    assert json.loads(invoke("info", "shipwreck", "--json").stdout) == MODELS["shipwreck"].card()
+    assert "style_label: the_scream" in invoke("info", "model/the-scream").stdout
+    clean_error(invoke("info", "model/scream"), "Unknown model 'scream'", "stylezoo models")

@@ -79,9 +79,21 @@ def info_cmd(
     name: Annotated[str, typer.Argument(help="Component (kind/name or short name) or recipe name.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show a component's config fields, defaults, compatibility, plugin and weights (or a recipe)."""
+    """Show a component's config fields, defaults, compatibility, plugin and weights (or a recipe, or a shipped
+    model's table)."""
     reg = _registry()
     recipes = reg.recipes()
+    from ..use.shipped import get_model, shipped_models
+
+    if name.startswith("model/") or (name in shipped_models(reg.catalog) and name not in recipes):
+        card = get_model(name.removeprefix("model/"), reg.catalog).card()
+        if as_json:
+            typer.echo(json.dumps(card, indent=2))
+        else:
+            out.print(f"[bold]model {escape(card['name'])}[/] (stylezoo stylize PHOTO --model {escape(card['name'])})")
+            for k, v in card.items():
+                out.print(escape(f"  {k}: {v}"))
+        return
     if name in recipes or name.startswith("recipe/"):
         recipe = reg.recipe(name.removeprefix("recipe/"))
         if as_json:
