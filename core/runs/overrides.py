@@ -94,7 +94,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, eq, value = item.partition("=")
         if not eq or "." not in key:
-            raise ConfigError(f"--set {item!r}: use ROLE.FIELD=VALUE, e.g. --set gen.channels=64 or --set train.lr=2e-4.")
+            raise ConfigError(f"--set {item!r}: use ROLE.FIELD=VALUE, e.g. --set gen.channels=64 or "
+                              "--set train.lr=2e-4.")
         role, fname = key.rsplit(".", 1) if key.startswith("loss/") else key.split(".", 1)
         role = role.strip()
         if role in ("train", "data"):

@@ -81,9 +81,11 @@ class TrainConfig:
         checks = [("size", self.size >= 8, "at least 8"), ("batch", self.batch >= 1, "at least 1"),
                   ("steps", self.steps >= 1, "at least 1"), ("lr", self.lr > 0, "positive"),
                   ("lr_d", self.lr_d >= 0, "0 (same as lr) or positive"),
-                  ("lr_decay", 0 <= self.lr_decay <= 1, "between 0 and 1"), ("d_steps", self.d_steps >= 1, "at least 1"),
+                  ("lr_decay", 0 <= self.lr_decay <= 1, "between 0 and 1"),
+                  ("d_steps", self.d_steps >= 1, "at least 1"),
                   ("ema", 0 <= self.ema < 1, "0 (off) or a decay in (0, 1), e.g. 0.999"),
-                  ("epochs", self.epochs >= 0, "0 or positive"), ("max_bad_steps", self.max_bad_steps >= 1, "at least 1"),
+                  ("epochs", self.epochs >= 0, "0 or positive"),
+                  ("max_bad_steps", self.max_bad_steps >= 1, "at least 1"),
                   ("num_samples", self.num_samples >= 1, "at least 1"),
                   ("eval_every", self.eval_every >= 0, "0 (off) or positive"),
                   ("eval_holdout", self.eval_holdout >= 1, "at least 1"),
@@ -363,7 +365,8 @@ def validate(reg: Registry, rc: RunConfig) -> None:
             if name == "gp/none":
                 fits = [reg.get(n).short for n in reg.names(kind="gp") if n != name
                         and rc.adv in (reg.get(n).card.get("compatible") or (rc.adv,))]
-                raise CompositionError(f"{rc.adv} needs a gradient penalty, not gp/none: add --gp {' or --gp '.join(fits)}.")
+                raise CompositionError(f"{rc.adv} needs a gradient penalty, not gp/none: "
+                                       f"add --gp {' or --gp '.join(fits)}.")
             raise CompositionError(f"{name} is not valid with {rc.adv}; it works with {', '.join(compat)}.")
     family = reg.get(rc.gen).card.get("family") or getattr(reg.get(rc.gen).factory, "family", None)
     paired = validate_pairs(reg, rc, family)

@@ -78,7 +78,7 @@ def plot_losses(metrics: Path, out: Path) -> Path | None:
     """Loss curves from metrics.jsonl as a PNG (one panel per step side)."""
     if not metrics.exists():
         return None
-    rows = [json.loads(l) for l in metrics.read_text().splitlines() if l.strip()]
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     if not rows:
         return None
     import matplotlib
@@ -144,7 +144,8 @@ RUN_FILES = ("config.toml", "last.safetensors", "best.safetensors", "metrics.jso
 RUN_FOLDER_FILES = {"checkpoints": ("step-*.safetensors", ".step-*.tmp"),  # and, in its folders, only these
                     "samples": ("step-*.png", "final.png", ".step-*.tmp", ".final.png.*.tmp")}
 # what the other commands write there about the run: `eval`'s log, `export`'s default files and parity records
-ABOUT_RUN_FILES = ("eval.jsonl",) + tuple(f"{ck}.{fmt}{rec}" for ck in ("last", "best") for fmt in ("onnx", "torchscript")
+ABOUT_RUN_FILES = ("eval.jsonl",) + tuple(f"{ck}.{fmt}{rec}" for ck in ("last", "best")
+                                          for fmt in ("onnx", "torchscript")
                                           for rec in ("", ".parity.json"))
 
 
@@ -259,18 +260,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     lines = path.read_text().splitlines()
-    keep = [l for l in lines if (r := _json_line(l)) is not None and r.get("step", 0) <= step]
+    keep = [line for line in lines if (r := _json_line(line)) is not None and r.get("step", 0) <= step]
     if keep == lines:
         return  # nothing to drop: leave the file as it is
-    ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(l + "\n" for l in keep)))
+    ckpt.atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
 def check_new_out(out: str | Path) -> None:
     """Refuse to start a new run in a folder that already holds one (it would mix the two runs' files)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file: give a folder for the run (it is created if missing).")
-    if holds_run(out) and not ((out / "last.safetensors").exists() or any((out / "checkpoints").glob("*.safetensors"))):
-        raise ConfigError(f"{out} holds a run that stopped before it saved a checkpoint, so there is nothing to resume: "
-                          "start again with --overwrite, or give another --out (Python: overwrite=True).")
+    saved = (out / "last.safetensors").exists() or any((out / "checkpoints").glob("*.safetensors"))
+    if holds_run(out) and not saved:
+        raise ConfigError(f"{out} holds a run that stopped before it saved a checkpoint, so there is nothing to "
+                          "resume: start again with --overwrite, or give another --out (Python: overwrite=True).")
     if holds_run(out):
         raise ConfigError(f"{out} already holds a run: continue it with `stylezoo run --resume {out}`, replace it "
                           "with --overwrite, or give another --out (Python: train(resume=...) / overwrite=True).")
@@ -315,7 +317,8 @@ class RunLock:
             self.held = True
             clean_interrupted_writes(self.out)
             return self
-        raise ConfigError(f"{self.out}: could not take its lock file {self.path}; remove it if no run is using the folder.")
+        raise ConfigError(f"{self.out}: could not take its lock file {self.path}; remove it if no run is using "
+                          "the folder.")
 
     def release(self) -> None:
         if self.held:
