@@ -146,9 +146,15 @@ class GramConfig:
     # 10 lets style lead while content still counts. Gram scales as features^4 and content as features^2:
     # an extractor with ImageNet-normalised input (features ~45x smaller) needs ~2000x more (~2e4).
     weight: float = 10.0
+    # "target": each layer's term is divided by the mean square of its target Gram, so every layer counts
+    # alike whatever its feature scale (a relative distance, as the evaluator's style_gram); "none": the plain
+    # mean squared Gram difference (Gatys et al.), where the shallow layers' large Grams dominate
+    normalize: Literal["none", "target"] = "none"
 
     def __post_init__(self) -> None:
         check_weight(self.weight)
+        if self.normalize not in ("none", "target"):
+            raise ValueError(f"normalize must be 'none' or 'target', got {self.normalize!r}")
         if any(w < 0 for w in self.layer_weights):
             raise ValueError(f"layer_weights must be >= 0, got {self.layer_weights}")
         if self.layers and self.layer_weights and len(self.layers) != len(self.layer_weights):
@@ -187,7 +193,11 @@ class GramStyle(_FeatureTerm):
         total = ctx.fake.new_zeros((), dtype=torch.float32)
         with _fp32(ctx.fake.device):
             for i, (name, w) in enumerate(zip(self._active_layers(), self._layer_weights())):
-                total = total + w * gram_mse(ctx.feats["fake"][name], self._target("gram", i, ctx))
+                target = self._target("gram", i, ctx)
+                term = gram_mse(ctx.feats["fake"][name], target)
+                if self.cfg.normalize == "target":
+                    term = term / target.float().square().mean().clamp_min(1e-12)
+                total = total + w * term
         return total
 
 

@@ -164,6 +164,30 @@ def test_gram_loss_zero_for_own_style_and_positive_for_another() -> None:
     assert only_a(ctx_with(fa)).item() == pytest.approx(want, rel=1e-6)
 
 
+def test_gram_normalized_by_target_is_scale_free_per_layer() -> None:
+    """normalize="target": each layer's term is mse / mean(target^2), so a layer whose features are 100x larger
+    counts as much as the others (with "none" it dominates, as VGG's shallow layers do) and the value is the
+    squared relative Gram distance."""
+    ext, style, fake = FakeExtractor(), feats(1, seed=1), feats(2, seed=2)
+
+    def value(normalize: str, scale_a: float) -> float:
+        loss = GramStyle(GramConfig(normalize=normalize))  # type: ignore[arg-type]
+        loss.feature_layers(ext)
+        loss.prepare({**style, "a": style["a"] * scale_a})
+        return loss(ctx_with({**fake, "a": fake["a"] * scale_a})).item()
+
+    assert value("target", 100.0) == pytest.approx(value("target", 1.0), rel=1e-4)
+    assert value("none", 100.0) > 1e6 * value("none", 1.0)
+    t = gram(style["a"])
+    want_a = (torch.mean((gram(fake["a"]) - t) ** 2) / torch.mean(t**2)).item()
+    only_a = GramStyle(GramConfig(normalize="target", layer_weights=(1.0, 0.0)))
+    only_a.feature_layers(ext)
+    only_a.prepare(style)
+    assert only_a(ctx_with(fake)).item() == pytest.approx(want_a, rel=1e-5)
+    with pytest.raises(ValueError, match="normalize"):
+        GramConfig(normalize="layer")  # type: ignore[arg-type]
+
+
 def test_gram_layer_weights_must_match_layers() -> None:
     with pytest.raises(ConfigError, match="layer_weights"):
         GramStyle(GramConfig(layer_weights=(1.0, 2.0, 3.0))).feature_layers(FakeExtractor())
