@@ -51,6 +51,7 @@ bench: $(WEIGHTS_STAMP)
 	$(BIN)/python -m stylezoo.benchmarks.speed
 
 bench-quality: $(WEIGHTS_STAMP)
+	$(BIN)/python -m stylezoo.benchmarks.quality_styles
 	$(BIN)/python -m stylezoo.benchmarks.quality_pairs
 	$(BIN)/python -m stylezoo.benchmarks.quality_faces
 
