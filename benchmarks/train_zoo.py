@@ -16,10 +16,11 @@ Each run's final generator (its weight average when the recipe keeps one) become
 only the generator's tensors, floating ones in fp16 (where they fit), and the run's metadata (composition,
 configs, step), so it loads with no flags; optimizer and discriminator state are dropped. The shipped file
 itself is then scored with the project's Evaluator (core/evaluation/evaluate.py) at `--eval-size` on held-out
-images, never trained on: DATA/content (photos) and the first `--faces` of DATA/faces/celeba_hq (sorted by
-name). style_ratio = style_gram(outputs) / style_gram(unchanged inputs) against the model's painting (lower:
+images, never trained on nor used to choose settings (benchmarks/quality_styles.py's SPLIT, its score side): two
+DATA/content photos and the first `--faces` of DATA/faces/codeformer (sorted by name).
+style_ratio = style_gram(outputs) / style_gram(unchanged inputs) against the model's painting (lower:
 more of the style; 1: none), content_ssim = SSIM of outputs to inputs. The any-style model is scored on the
-paintings of DATA/styles/paintings that are not among the six bundled ones (their mean).
+score side's unseen paintings (DATA/styles/paintings, none among the six bundled ones; their mean).
 
 Writes DIR (default bench-results/train_zoo-<time>/): the runs, the shipped files and results.json. With
 `--write` it copies the shipped files into models/ and updates registry.toml's [models.*] tables (sha256,
@@ -72,8 +73,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="sets", action="append", default=[],
                    help="ROLE.FIELD=VALUE for both, or RECIPE:ROLE.FIELD=VALUE for one; repeatable")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help="held-out data root: content/, faces/celeba_hq/, styles/paintings/ (default: %(default)s)")
-    p.add_argument("--faces", type=int, default=8, help="celeba_hq faces added to the held-out photos (8)")
+                   help="held-out data root: content/, faces/codeformer/, styles/paintings/ (default: %(default)s)")
+    p.add_argument("--faces", type=int, default=12, help="score faces (CodeFormer) added to the held-out photos (12)")
     p.add_argument("--eval-size", type=int, default=256, help="side the held-out images are scored at (256)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default: bench-results/train_zoo-TIME)")
     p.add_argument("--write", action="store_true", help="copy the files into models/ and update registry.toml")
@@ -190,9 +191,13 @@ def held_out(data: Path, faces: int, size: int) -> tuple[torch.Tensor, list[str]
     """The held-out images (photos, then faces) at `size` (centre crops), and their names."""
     from stylezoo.core.files.images import find_images, load_tensor
 
-    files = find_images(data / "content") + find_images(data / "faces" / "celeba_hq")[:faces]
+    from .quality_styles import SPLIT  # the score side: never trained on, never used to choose settings
+
+    files = [f for spec in SPLIT["photos"]["score"] for f in find_images(data / spec)]
+    files = [f for f in files if f.parent.name == "content"] + [f for f in files if f.parent.name != "content"][:faces]
     if not files:
-        raise SystemExit(f"train_zoo: no held-out images under {data} (content/, faces/celeba_hq/); give --data DIR")
+        raise SystemExit(f"train_zoo: no held-out images under {data} ({', '.join(SPLIT['photos']['score'])}); "
+                         "give --data DIR")
     return torch.stack([load_tensor(f, size) for f in files]), [f"{f.parent.name}/{f.name}" for f in files]
 
 
@@ -223,8 +228,11 @@ def score_adain(path: Path, x: torch.Tensor, data: Path, size: int, reg: Any) ->
     from stylezoo.core.files.images import find_images
     from stylezoo.core.use.stylizer import Stylizer
 
+    from .quality_styles import SPLIT
+
     bundled = [f.stem for f in find_images(SAMPLES / "style")]
-    unseen = [p for p in find_images(data / "styles" / "paintings") if not any(p.stem.startswith(b) for b in bundled)]
+    unseen = [data / p for p in SPLIT["paintings"]["score"] if (data / p).is_file()]
+    assert not any(p.stem.startswith(b) for p in unseen for b in bundled)
     if not unseen:
         raise SystemExit(f"train_zoo: no unseen paintings in {data / 'styles' / 'paintings'}")
     st = Stylizer.load(path, device="cpu", precision="fp32", registry=reg)
@@ -287,7 +295,7 @@ def update_models(text: str, tables: dict[str, dict[str, Any]], owned: set[str])
 
 def model_tables(results: dict[str, Any], held: list[str]) -> dict[str, dict[str, Any]]:
     """The [models.*] tables of what was trained."""
-    photos = sum(not n.startswith("celeba_hq/") for n in held)
+    photos = sum(n.startswith("content/") for n in held)
     tables = {}
     for kind, res in results.items():
         common = {"file": FILES[kind], "sha256": res["sha256"], "gen": "gen/cin" if kind == "cin" else "gen/adain",
@@ -297,13 +305,13 @@ def model_tables(results: dict[str, Any], held: list[str]) -> dict[str, dict[str
             for name, (label, what) in PAINTINGS.items():
                 s = res["scores"][name]
                 tables[name] = {"description": what, **common, "style_label": label,
-                                "held_out": f"{photos} dev photos + {len(held) - photos} CelebA-HQ faces, "
+                                "held_out": f"{photos} dev photos + {len(held) - photos} CodeFormer faces, "
                                             f"{res['eval_size']} px",
                                 "scores": {k: round(s[k], 4) for k in ("style_ratio", "content_ssim")}}
         else:
             s = res["scores"]
             tables[ANY[0]] = {"description": ANY[1], **common, "takes_style": True,
-                              "held_out": f"{photos} dev photos + {len(held) - photos} CelebA-HQ faces, "
+                              "held_out": f"{photos} dev photos + {len(held) - photos} CodeFormer faces, "
                                           f"{res['eval_size']} px, {len(s['paintings'])} unseen paintings",
                               "scores": {k: round(s[k], 4) for k in ("style_ratio", "content_ssim")}}
     return tables
