@@ -23,6 +23,7 @@ class EncDecConfig:
     # see benchmarks/speed.py --ablation)
     padding: str = "reflect"
     residual: bool = False  # add the input (pre-tanh) to the output: starts near identity, keeps content early
+    outer_kernel: int = 7  # side of the first and last convs (odd); Johnson et al.'s TransformerNet has 9
 
     def __post_init__(self) -> None:
         for name in ("channels", "in_channels", "out_channels"):
@@ -34,6 +35,8 @@ class EncDecConfig:
             raise ValueError(f"n_down must be between 0 and 5, got {self.n_down}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {', '.join(map(repr, PADDINGS))}, got {self.padding!r}")
+        if self.outer_kernel < 1 or self.outer_kernel % 2 == 0:
+            raise ValueError(f"outer_kernel must be odd and >= 1, got {self.outer_kernel}")
         if self.residual and self.in_channels != self.out_channels:
             raise ValueError("residual needs in_channels == out_channels")
 
@@ -83,9 +86,9 @@ class Up(nn.Module):
 class EncDecGenerator(nn.Module):
     """Image (N, in_channels, H, W) to image (N, out_channels, H, W) in [-1, 1].
 
-    7x7 conv, `n_down` stride-2 3x3 convs, `n_res` residual blocks, `n_down` upsampling stages, 7x7
-    conv and tanh; reflection padding everywhere and affine instance norm after every conv but the
-    last. Every op exports to ONNX (reflection pad, instance norm, nearest resize).
+    `outer_kernel` (7) conv, `n_down` stride-2 3x3 convs, `n_res` residual blocks, `n_down` upsampling
+    stages, `outer_kernel` conv and tanh; reflection padding everywhere and affine instance norm after every
+    conv but the last. Every op exports to ONNX (reflection pad, instance norm, nearest resize).
     """
 
     family: ClassVar[str] = "image"
@@ -96,14 +99,15 @@ class EncDecGenerator(nn.Module):
         self.size_multiple = 2**cfg.n_down
         widths = [cfg.channels * 2**i for i in range(cfg.n_down + 1)]
         pad = cfg.padding
-        self.stem = nn.Sequential(*_conv(cfg.in_channels, widths[0], 7, padding=pad), *_norm_relu(widths[0]))
+        k = cfg.outer_kernel
+        self.stem = nn.Sequential(*_conv(cfg.in_channels, widths[0], k, padding=pad), *_norm_relu(widths[0]))
         self.down = nn.ModuleList(
             nn.Sequential(*_conv(a, b, 3, stride=2, padding=pad), *_norm_relu(b))
             for a, b in zip(widths[:-1], widths[1:])
         )
         self.res = nn.Sequential(*(ResBlock(widths[-1], pad) for _ in range(cfg.n_res)))
         self.up = nn.ModuleList(Up(a, b, pad) for a, b in zip(widths[:0:-1], widths[-2::-1]))
-        self.head = nn.Sequential(*_conv(widths[0], cfg.out_channels, 7, padding=pad, bias=True), nn.Tanh())
+        self.head = nn.Sequential(*_conv(widths[0], cfg.out_channels, k, padding=pad, bias=True), nn.Tanh())
         if cfg.residual:  # start as the identity; training learns the change of style
             nn.init.zeros_(self.head[-2].weight)  # the last conv (after its padding, if any)
             nn.init.zeros_(self.head[-2].bias)
