@@ -118,8 +118,11 @@ def test_evaluator_scores_batch_by_batch_as_all_at_once(reg: Registry, vgg: torc
     from stylezoo.core.evaluation.evaluate import Evaluator
 
     out, content, style = noisy(photos[:5], 0.2), photos[:5], photos[6:11]
-    ev = Evaluator(style=style, registry=reg, batch=2)
+    ev = Evaluator(style=style, registry=reg, batch=2, precision="fp32")
     got = ev.score(out, content=content, reference=photos[6:8], ref_index=[0, 3])
+    # bf16 autocast (the default where the CPU has fast bfloat16; here asked for): the same scores but for rounding
+    fast = Evaluator(style=style, registry=reg, batch=2, precision="bf16").score(
+        out, content=content, reference=photos[6:8], ref_index=[0, 3])
     layers, cl = tuple(vgg.style_layers), tuple(vgg.content_layers)
     pl = ev.perceptual_layers()
     with torch.no_grad():
@@ -132,6 +135,7 @@ def test_evaluator_scores_batch_by_batch_as_all_at_once(reg: Registry, vgg: torc
                 "ref_perceptual": float(M.perceptual_distance(vgg(out[[0, 3]], pl), vgg(photos[6:8], pl)).mean())}
     for k, v in want.items():
         assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+        assert fast[k] == pytest.approx(v, rel=1e-2, abs=1e-4), k
 
 
 def test_content_and_perceptual_distances_are_zero_for_identity_and_grow_with_noise(

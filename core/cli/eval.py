@@ -45,6 +45,10 @@ def eval_cmd(
         "--style-label", help="Label-conditioned generators (cin): NAME, or NAME:WEIGHT repeated, as in stylize; "
         "style_gram is then against those labels' style images. Reference-guided ones (adain) are conditioned on "
         "--style.")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="The metric extractors' precision: auto (bf16 autocast where the device has fast bfloat16, "
+        "as training), fp32 or bf16. Features are float32 before every metric; scores across precisions differ "
+        "slightly.")] = "auto",
 ) -> None:
     """Score a generator: style (Gram) and content distances, SSIM, FID/KID on EfficientNet-Lite0 features,
     and paired distances with --reference. Results are appended to the run's eval.jsonl.
@@ -61,8 +65,13 @@ def eval_cmd(
 
     log_to_stderr(logging.WARNING)
     dev = str(pick_device(device))
+    if dev == "cpu":  # as the Trainer and the Stylizer: extractor passes reuse freed memory, not fresh pages
+        from ..runtime.cpu_memory import keep_freed_memory
+
+        keep_freed_memory()
     res = evaluate_checkpoint(checkpoint, content=content, style=style, reference=reference, data=data,
-                              size=size, num=num, device=dev, ema=ema, style_label=style_label)
+                              size=size, num=num, device=dev, ema=ema, style_label=style_label,
+                              precision=precision)
     record = res.record()
     run = run_dir_of(res.checkpoint)
     if run is not None and not no_log:

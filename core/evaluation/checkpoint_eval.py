@@ -49,7 +49,8 @@ def run_dir_of(path: Path) -> Path | None:
 def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: str | None = None,
                         reference: str | None = None, data: str | None = None, size: int | None = None,
                         num: int = 64, device: str = "cpu", registry: Registry | None = None, seed: int = 0,
-                        ema: bool = True, style_label: Sequence[str] | None = None) -> EvalResult:
+                        ema: bool = True, style_label: Sequence[str] | None = None,
+                        precision: str = "auto") -> EvalResult:
     """Evaluate the generator of a checkpoint (or a run's newest one) on `content` (restyled, centre-cropped
     to `size`, default 256), against `style` (Gram), `data` (the real side of FID/KID; default: the style
     images) and `reference` (paired, by file stem). Sets not given come from the run's config: then they are
@@ -59,7 +60,7 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
 
     Style images are taken at twice the scored side (at most 512). A noise generator is scored at its own
     output size with the run's `train.style_size` when set, as its in-run evaluation is; it takes no
-    `content`, and a `size` other than its own is refused."""
+    `content`, and a `size` other than its own is refused. `precision` is the metric extractors' (Evaluator)."""
     from ..runs.runconfig import DataConfig
     from ..use.stylizer import load_generator
 
@@ -134,7 +135,8 @@ def evaluate_checkpoint(spec: str | Path, *, content: str | None = None, style: 
     elif style:
         st = style_images(style, style_side)  # noise generators too (faces-dcgan-gram)
     domain = domain_images(real_spec, outputs.shape[-1], n) if real_spec else None
-    ev = Evaluator(style=st, domain=domain, device=device, registry=reg, style_weights=sw)
+    ev = Evaluator(style=st, domain=domain, device=device, registry=reg, style_weights=sw, precision=precision)
+    evaluated_on["precision"] = ev.precision
     m = ev.score(outputs, content=x, reference=ref, ref_index=ref_index)
     return EvalResult(m, g.path, int(g.meta.get("step", 0)), n, missing, notes, evaluated_on)
 

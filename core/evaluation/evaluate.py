@@ -25,11 +25,13 @@ from ..files.data import ImageSet, PairSet
 from ..files.images import find_images, load_tensor, save_grid
 from ..ops import metrics
 from ..runs.runconfig import DataConfig, TrainConfig
+from ..runtime.devices import bf16_supported
 
 log = logging.getLogger("stylezoo")
 STYLE_FEAT, DIST_FEAT = "feat/vgg16", "feat/efficientnet-lite0"
 BEST = "best.safetensors"
 DEFAULT_SIZE = 256  # the side `stylezoo eval` restyles at, without --size
+EVAL_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 # -- running a generator --------------------------------------------------------------------------------------
@@ -111,9 +113,15 @@ class Evaluator:
 
     def __init__(self, *, style: Tensor | None = None, domain: Tensor | None = None,
                  device: torch.device | str = "cpu", registry: Registry | None = None, batch: int = 8,
-                 style_weights: Tensor | None = None) -> None:
-        """`style_weights` (S,): the style target is the Grams' weighted mean (a label mix), not their mean."""
+                 style_weights: Tensor | None = None, precision: str = "auto") -> None:
+        """`style_weights` (S,): the style target is the Grams' weighted mean (a label mix), not their mean.
+        `precision`: the extractors' forwards in "fp32", "bf16" (autocast) or "auto" (bf16 where the device has
+        fast bfloat16, as training's default); features are cast to float32 before every metric."""
         self.device, self.batch = torch.device(device), batch
+        if precision not in EVAL_PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(EVAL_PRECISIONS)}, got {precision!r}.")
+        self.precision = "bf16" if precision == "bf16" or (precision == "auto" and bf16_supported(self.device)) \
+            else "fp32"
         self.reg = registry or default_registry()
         self._vgg: nn.Module | None = None
         self._effl0: nn.Module | None = None
@@ -122,22 +130,38 @@ class Evaluator:
             self.style_targets = self._mean_grams(style, style_weights)
         self.domain_feats = self.pooled(domain) if domain is not None else None
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16")
+
     @property
     def vgg(self) -> nn.Module:
         if self._vgg is None:
-            self._vgg = self.reg.build(STYLE_FEAT).to(self.device).eval()
+            self._vgg = self._extractor(STYLE_FEAT)
         return self._vgg
 
     @property
     def effl0(self) -> nn.Module:
         if self._effl0 is None:
-            self._effl0 = self.reg.build(DIST_FEAT).to(self.device).eval()
+            self._effl0 = self._extractor(DIST_FEAT)
         return self._effl0
+
+    def _extractor(self, name: str) -> nn.Module:
+        """A metric extractor, channels_last under bf16: oneDNN's bf16 convolutions then skip their reorders
+        (no gradient is taken here, so no layout mixes in a backward)."""
+        mod = self.reg.build(name).to(self.device).eval()
+        return mod.to(memory_format=torch.channels_last) if self.precision == "bf16" else mod
+
+    def _input(self, x: Tensor) -> Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.precision == "bf16" else x
 
     @torch.no_grad()
     def vgg_feats(self, x: Tensor, layers: tuple[str, ...]) -> dict[str, Tensor]:
-        """Features of a few images (one batch's worth); `score` reduces each batch before the next."""
-        return {k: v.float() for k, v in self.vgg(x.to(self.device), layers).items()}
+        """Features of a few images (one batch's worth); `score` reduces each batch before the next. They are
+        bfloat16 under bf16: every metric computes in float32 (the Gram multiplies bfloat16 features, exact in
+        float32, with float32 sums, core/ops/stats.py)."""
+        with self._autocast():
+            return dict(self.vgg(self._input(x), layers))
 
     @torch.no_grad()
     def _mean_grams(self, style: Tensor, weights: Tensor | None = None) -> dict[str, Tensor]:
@@ -156,7 +180,9 @@ class Evaluator:
 
     @torch.no_grad()
     def pooled(self, x: Tensor) -> Tensor:
-        return torch.cat([cast(Any, self.effl0).pooled(c.to(self.device)).double().cpu() for c in x.split(self.batch)])
+        with self._autocast():
+            return torch.cat([cast(Any, self.effl0).pooled(self._input(c)).double().cpu()
+                              for c in x.split(self.batch)])
 
     def perceptual_layers(self) -> tuple[str, ...]:
         vgg = cast(Extractor, self.vgg)
@@ -173,11 +199,19 @@ class Evaluator:
         vgg = cast(Extractor, self.vgg)
         style_l = tuple(vgg.style_layers) if self.style_targets is not None else ()
         content_l = tuple(vgg.content_layers) if content is not None else ()
-        layers = tuple(dict.fromkeys(style_l + content_l))
+        n = outputs.shape[0]
+        sel_index = list(range(n)) if ref_index is None else list(ref_index)
+        pl = self.perceptual_layers() if reference is not None else ()
+        # each output goes through VGG once, to every layer any metric reads (paired ones included)
+        layers = tuple(dict.fromkeys(style_l + content_l + pl))
         if content is not None and content.shape != outputs.shape:
             raise UsageError(f"outputs {tuple(outputs.shape)} and inputs {tuple(content.shape)} differ in shape.")
+        if reference is not None:
+            sel = outputs[sel_index]
+            if reference.shape != sel.shape:
+                raise UsageError(f"references {tuple(reference.shape)} and outputs {tuple(sel.shape)} differ in shape.")
         per_image: dict[str, list[Tensor]] = {}  # every distance is per image: reduced batch by batch
-        for i in range(0, outputs.shape[0], self.batch) if layers else ():
+        for i in range(0, n, self.batch) if layers else ():
             o = outputs[i:i + self.batch]
             feats = self.vgg_feats(o, layers)
             if self.style_targets is not None:
@@ -189,20 +223,19 @@ class Evaluator:
                 per_image.setdefault("content_feat", []).append(
                     metrics.feature_distance({k: feats[k] for k in content_l}, cf))
                 per_image.setdefault("content_ssim", []).append(metrics.ssim(o, c))
+            js = [j for j, k in enumerate(sel_index) if i <= k < i + self.batch] if pl else []
+            if js:  # the references of this batch's outputs
+                at = [sel_index[j] - i for j in js]
+                per_image.setdefault("ref_perceptual", []).append(metrics.perceptual_distance(
+                    {k: feats[k][at] for k in pl}, self.vgg_feats(cast(Tensor, reference)[js], pl)))
         fid_kid: dict[str, float] = {}
-        if self.domain_feats is not None and self.domain_feats.shape[0] >= 2 and outputs.shape[0] >= 2:
+        if self.domain_feats is not None and self.domain_feats.shape[0] >= 2 and n >= 2:
             fid_kid = metrics.fid_kid(self.domain_feats, self.pooled(outputs))
         if reference is not None:
-            sel = outputs if ref_index is None else outputs[list(ref_index)]
-            if reference.shape != sel.shape:
-                raise UsageError(f"references {tuple(reference.shape)} and outputs {tuple(sel.shape)} differ in shape.")
-            pl = self.perceptual_layers()
             for i in range(0, sel.shape[0], self.batch):
                 a, b = sel[i:i + self.batch], reference[i:i + self.batch]
                 per_image.setdefault("ref_ssim", []).append(metrics.ssim(a, b))
                 per_image.setdefault("ref_l1", []).append(metrics.l1(a, b))
-                per_image.setdefault("ref_perceptual", []).append(
-                    metrics.perceptual_distance(self.vgg_feats(a, pl), self.vgg_feats(b, pl)))
         mean = {k: float(torch.cat([v.flatten().cpu() for v in vs]).mean()) for k, vs in per_image.items()}
         out |= {k: mean[k] for k in ("style_gram", "content_feat", "content_ssim") if k in mean}
         out |= fid_kid
