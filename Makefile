@@ -6,7 +6,7 @@ STAMP := $(VENV)/.stamp-install
 WEIGHTS_STAMP := $(VENV)/.stamp-weights
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install weights demo lint test test-fast test-cuda bench bench-quality clean
+.PHONY: install weights demo lint test test-fast test-cuda bench bench-quick bench-quality clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,8 +47,12 @@ test-fast: $(WEIGHTS_STAMP)
 test-cuda: $(WEIGHTS_STAMP)
 	STYLEZOO_TEST_CUDA=1 $(BIN)/python -m pytest -q -rs tests/test_devices.py
 
+# Training, inference and issue 29's targets (met / not met); bench-quick: the same in a few minutes, at 128 px.
 bench: $(WEIGHTS_STAMP)
 	$(BIN)/python -m stylezoo.benchmarks.speed
+
+bench-quick: $(WEIGHTS_STAMP)
+	$(BIN)/python -m stylezoo.benchmarks.speed --quick
 
 bench-quality: $(WEIGHTS_STAMP)
 	$(BIN)/python -m stylezoo.benchmarks.quality_styles

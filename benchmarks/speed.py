@@ -1,8 +1,16 @@
 """Training speed on this machine: the engine beside the naive step and the plain float32 loop, side by side.
 
-    python -m stylezoo.benchmarks.speed [--recipes default original unet-perceptual] [--sizes 64 128 256]
+    python -m stylezoo.benchmarks.speed [--recipes default original unet-perceptual] [--sizes 128 256]
         [--steps 5] [--warmup 2] [--quick] [--ablation] [--compile] [--no-naive] [--no-inference]
+        [--parts train inference peers eval stylize] [--peers DIR]
         [--threads N] [--device auto|cpu|cuda] [--out bench-results/speed.json]
+
+It ends with issue 29's targets, each with its measured ratio and whether it is met: every recipe's step
+at 128 and 256 px against the time of its convolutions and matrix products alone (with the rest of the
+step by category: norms, casts and copies, optimizer, other ops, Python and dispatch, data), stylezoo
+against pytorch/examples' dcgan and fast_neural_style trained at their own architectures
+(benchmarks/peers.py), `stylezoo eval` against its extractors' forward passes and `stylezoo stylize` of
+a folder against the bare forward (benchmarks/pipelines.py).
 
 For each recipe and size, every variant trains on the same data, and their steps are interleaved
 round-robin in one process, so the ratios are measured under the same machine load:
@@ -70,6 +78,7 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "unet-perceptual": ("default", {"gen": "gen/unet"}),
 }
 StepFn = Callable[[int], Any]
+PARTS = ("train", "inference", "peers", "eval", "stylize")
 
 
 # -------------------------------------------------------------------------------------------- the machine
@@ -135,26 +144,48 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float | None:
     return (_status_kb("VmHWM") - before) / 1024
 
 
+# where a step's time goes besides convolutions and matrix products (the overhead the issue's target asks to
+# see by category); an op that matches none of these is "other ops" (activations, elementwise arithmetic, ...)
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("norms", ("batch_norm", "instance_norm", "group_norm", "layer_norm")),
+    ("casts and copies", ("_to_copy", "copy_", "clone", "contiguous")),
+    ("optimizer", ("_fused_adam", "_foreach_", "adam")),
+)
+
+
+def op_category(name: str) -> str:
+    for cat, keys in CATEGORIES:
+        if any(k in name for k in keys):
+            return cat
+    return "other ops"
+
+
 class _FlopCount(TorchDispatchMode):
     """FlopCounterMode's formulas (convolutions and matrix products, forward and backward) without its
     module tracking, whose hooks break torch.autograd.grad (the gradient penalties' double backward).
 
     It also sums the wall time of the ops that have a formula (`kernel_s`): the time the step spends in
-    the work MFU counts. Only meaningful on the CPU, where an op's time is spent inside its call."""
+    the work MFU counts, and of every other op by category (`category_s`, see CATEGORIES). Only meaningful
+    on the CPU, where an op's time is spent inside its call."""
 
     def __init__(self) -> None:
         super().__init__()
         self.total = 0
         self.kernel_s = 0.0
+        self.category_s: dict[str, float] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         formula = flop_registry.get(func._overloadpacket)
         t = time.perf_counter()
         out = func(*args, **kwargs)
+        dt = time.perf_counter() - t
         if formula is not None:
-            self.kernel_s += time.perf_counter() - t
+            self.kernel_s += dt
             self.total += int(formula(*args, **kwargs, out_val=out))
+        else:
+            cat = op_category(func._overloadpacket.__name__)
+            self.category_s[cat] = self.category_s.get(cat, 0.0) + dt
         return out
 
 
@@ -166,9 +197,14 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 def kernel_seconds(fn: Callable[[], Any]) -> float:
     """Seconds one call of `fn` spends inside convolutions and matrix products (CPU)."""
+    return kernel_profile(fn)[0]
+
+
+def kernel_profile(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
+    """Seconds one call of `fn` spends inside convolutions and matrix products, and in other ops by category."""
     with _FlopCount() as fc:
         fn()
-    return fc.kernel_s
+    return fc.kernel_s, fc.category_s
 
 
 # -------------------------------------------------------------------------------------------- the variants
@@ -282,7 +318,9 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
         if dev.type == "cpu":  # a second look at the kernels' time, after the timed steps (the least is kept)
             for name, (fn, _, _) in vs.items():
                 if name.startswith("engine") and name != "engine compiled":
-                    kernel_s[name].append(kernel_seconds(lambda fn=fn: fn(step_no)))
+                    ks, cats = kernel_profile(lambda fn=fn: fn(step_no))
+                    kernel_s[name].append(ks)
+                    rows[name]["other_ms"] = {k: v * 1e3 for k, v in cats.items()}
             step_no += 1
         peaks["fp32"].append(matmul_peak(torch.float32, dev))
         if bf16_supported(dev):
@@ -567,6 +605,83 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+STEP_GOAL, PEER_GOAL, EVAL_GOAL, STYLIZE_GOAL = 1.15, 2.0, 1.5, 0.8
+
+
+def targets29(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 29's targets, each with its measured ratio, its goal and whether it is met (None: not measured)."""
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, value: float | None, goal: float, at_most: bool, note: str = "") -> None:
+        met = None if value is None else (value <= goal if at_most else value >= goal)
+        out.append({"target": what, "value": value, "goal": goal, "at_most": at_most, "met": met, "note": note})
+
+    for cell in result.get("cells", []):
+        if cell["size"] in (128, 256):
+            e = cell["variants"]["engine"]
+            ratio = e["step_ms"] / e["kernel_ms"] if e.get("kernel_ms") else None
+            add(f"step / its conv+mm alone, {cell['recipe']} {cell['size']}px ({e['precision']})", ratio, STEP_GOAL,
+                True, "" if ratio is not None else "no kernels-alone profile (CPU only)")
+    for key, r in (result.get("peers") or {}).items():
+        if "skipped" in r:
+            add(f"stylezoo / reference images/s, {key}", None, PEER_GOAL, False, r["skipped"])
+            continue
+        default = next(v for k, v in r["rows"].items() if k.startswith("stylezoo default"))
+        fp32 = r["rows"].get("stylezoo fp32")
+        add(f"stylezoo / reference images/s, {r['what'].split(',')[0]}", default["x_reference"], PEER_GOAL, False,
+            f"fp32 alone {fp32['x_reference']:.2f}x" if fp32 else "")
+    ev = result.get("eval_speed")
+    if ev:
+        add(f"eval / its extractor passes, {ev['images']} pairs", ev["ratio"], EVAL_GOAL, True,
+            f"{ev['eval_s']:.1f} s vs {ev['extractors_s']:.1f} s")
+    st = result.get("stylize_folder")
+    if st:
+        add(f"stylize folder / bare forward images/s, {st['images']} x {st['side']}px", st["ratio"], STYLIZE_GOAL,
+            False, f"{st['folder_images_per_s']:.2f} vs {st['forward_images_per_s']:.2f} img/s")
+    return out
+
+
+def print_targets29(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=200)
+    rows = [c for c in result.get("cells", []) if c["size"] in (128, 256) and "other_ms" in c["variants"]["engine"]]
+    if rows:
+        t = Table(title="where the engine's step goes (ms; ops timed one by one in a profiled step, the rest is "
+                        "Python and dispatch)")
+        cols = ("cell", "step", "conv+mm", "norms", "casts and copies", "optimizer", "other ops",
+                "Python, dispatch", "data draw")
+        for col in cols:
+            t.add_column(col, justify="left" if col == "cell" else "right", no_wrap=True)
+        for c in rows:
+            e = c["variants"]["engine"]
+            o = e["other_ms"]
+            rest = e["step_ms"] - e["kernel_ms"] - sum(o.values())
+            t.add_row(f"{c['recipe']} {c['size']}px", f"{e['step_ms']:.0f}", f"{e['kernel_ms']:.0f}",
+                      *(f"{o.get(k, 0.0):.0f}" for k in ("norms", "casts and copies", "optimizer", "other ops")),
+                      f"{rest:.0f}", f"{e['data_ms']:.1f}")
+        con.print(t)
+    for r in (result.get("peers") or {}).values():
+        if "rows" in r:
+            t = Table(title=f"{r['what']}: medians of {r['steps']} interleaved steps")
+            for col in ("variant", "step ms", "img/s", "x reference"):
+                t.add_column(col, justify="left" if col == "variant" else "right", no_wrap=True)
+            for name, v in r["rows"].items():
+                t.add_row(name, f"{v['step_ms']:.0f}", f"{v['images_per_s']:.2f}", f"{v['x_reference']:.2f}")
+            con.print(t)
+    t = Table(title="targets (issue 29) on this machine")
+    for col in ("target", "measured", "goal", "met", "note"):
+        t.add_column(col, justify="left" if col in ("target", "note") else "right", no_wrap=True)
+    for r in result.get("targets29", []):
+        met = "-" if r["met"] is None else "[green]met[/]" if r["met"] else "[red]not met[/]"
+        t.add_row(r["target"], _f(r["value"], ".2f"), ("<= " if r["at_most"] else ">= ") + f"{r['goal']:g}", met,
+                  r["note"])
+    con.print(t)
+    if "device" in result.get("machine", {}) and not str(result["machine"]["device"]).startswith("cuda"):
+        con.print("No GPU in this run: the targets above are this CPU's.")
+
+
 @contextlib.contextmanager
 def _cold_inductor_cache(on: bool) -> Iterator[str | None]:
     """With --compile: a fresh, empty inductor cache for the run, so "first step s" is what a first run pays,
@@ -585,11 +700,17 @@ def _cold_inductor_cache(on: bool) -> Iterator[str | None]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--sizes", type=int, nargs="+", help="default 128 256 (issue 29's; --quick: 128)")
     ap.add_argument("--batch", type=int, help="override the recipes' batch sizes")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least the FLOP and memory steps)")
-    ap.add_argument("--quick", action="store_true", help="64px only, 3 timed steps, inference at 256 only")
+    ap.add_argument("--quick", action="store_true", help="128px only, 3 timed steps, inference at 256 only, "
+                    "the reference comparisons at 3 steps without fast_neural_style at 256, eval on 16 pairs, "
+                    "stylize on 20 photos, one round each")
+    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS),
+                    help="what to measure (default: all): training cells, inference latency, the reference "
+                    "implementations (benchmarks/peers.py), eval and stylize of a folder (benchmarks/pipelines.py)")
+    ap.add_argument("--peers", help="pytorch/examples checkout (default ../shared/peers/pytorch-examples)")
     ap.add_argument("--ablation", action="store_true", help="also time the engine with each fast path switched")
     ap.add_argument("--compile", action="store_true", help="also time the engine under torch.compile")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive step (slow at large sizes)")
@@ -600,7 +721,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("bench-results/speed.json"))
     args = ap.parse_args(argv)
     if args.quick:
-        args.sizes, args.steps, args.inference_sizes = [64], min(args.steps, 3), [256]
+        args.steps, args.inference_sizes = min(args.steps, 3), [256]
+    args.sizes = args.sizes or ([128] if args.quick else [128, 256])
     if args.threads:
         torch.set_num_threads(args.threads)
     reg = Registry()
@@ -612,23 +734,44 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with _cold_inductor_cache(args.compile) as cache:
         machine["inductor_cache"] = cache
-        for recipe in args.recipes:
+        for recipe in args.recipes if "train" in args.parts else ():
             for size in args.sizes:
                 print(f"measuring {recipe} at {size}px ...", flush=True)
                 if args.compile:  # each cell compiles afresh (and no module code nears dynamo's recompile limit)
                     torch._dynamo.reset()
                 result["cells"].append(measure_cell(reg, recipe, size, args))
                 args.out.write_text(json.dumps(result, indent=2, default=str))  # what is measured so far
-    if not args.no_inference:
+    if not args.no_inference and "inference" in args.parts:
         print("measuring inference ...", flush=True)
         result["inference_sizes"] = args.inference_sizes
         result["inference"] = inference_latency(reg, args.inference_sizes, 2 if args.quick else 5, device)
+    measure_issue29(result, args, reg)
     machine["loadavg_end"] = os.getloadavg()
     result["targets"] = targets(result)
+    result["targets29"] = targets29(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print_tables(result)
+    print_targets29(result)
     print(f"wrote {args.out}")
+
+
+def measure_issue29(result: dict[str, Any], args: argparse.Namespace, reg: Registry) -> None:
+    """The reference comparisons, eval and stylize of a folder (CPU; each part only when asked for)."""
+    from stylezoo.benchmarks import peers, pipelines
+
+    if "peers" in args.parts:
+        result["peers"] = {}
+        for which in ("dcgan", "fns128") if args.quick else ("dcgan", "fns128", "fns256"):
+            print(f"measuring the reference {which} ...", flush=True)
+            result["peers"][which] = peers.compare(which, args.steps, peers.peers_dir(args.peers), reg)
+    rounds = 1 if args.quick else 2
+    if "eval" in args.parts:
+        print("measuring eval ...", flush=True)
+        result["eval_speed"] = pipelines.eval_speed(16 if args.quick else 48, rounds)
+    if "stylize" in args.parts:
+        print("measuring stylize of a folder ...", flush=True)
+        result["stylize_folder"] = pipelines.stylize_speed(20 if args.quick else 100, rounds)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from stylezoo.benchmarks import speed
 
 def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     out = tmp_path / "speed.json"
-    speed.main(["--quick", "--recipes", "default", "--steps", "1", "--warmup", "0", "--no-inference", "--device", "cpu",
-                "--out", str(out)])
+    speed.main(["--quick", "--recipes", "default", "--sizes", "64", "--steps", "1", "--warmup", "0", "--parts", "train",
+                "--device", "cpu", "--out", str(out)])
     result = json.loads(out.read_text())
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert result["machine"]["keeps_freed_memory"] is glibc
@@ -39,9 +39,33 @@ def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> 
     assert variants["plain fp32"]["x_plain"] == 1.0 and variants["naive fp32"]["x_naive"] == 1.0
     names = [t["target"] for t in result["targets"]]
     assert "engine / naive step, default 64px" in names
+    assert result["targets29"] == []  # issue 29's step target is at 128 and 256 px; the other parts were not asked
+    assert set(variants["engine"]["other_ms"]) <= {"norms", "casts and copies", "optimizer", "other ops"}
     printed = capsys.readouterr().out
     assert "plain fp32" in printed and "wrote" in printed
 
+
+
+def test_issue29_targets_say_met_not_met_or_not_measured() -> None:
+    cell = {"recipe": "default", "size": 128, "variants": {"engine": {"step_ms": 110.0, "kernel_ms": 100.0,
+                                                                      "precision": "bf16"}}}
+    result = {"cells": [cell, {**cell, "size": 64}],
+              "peers": {"dcgan": {"skipped": "reference code not found at X"},
+                        "fns128": {"what": "fast_neural_style 128px, batch 4", "rows": {
+                            "reference fp32": {"x_reference": 1.0}, "stylezoo default (bf16)": {"x_reference": 2.5},
+                            "stylezoo fp32": {"x_reference": 1.2}}}},
+              "eval_speed": {"images": 150, "ratio": 1.6, "eval_s": 16.0, "extractors_s": 10.0},
+              "stylize_folder": {"images": 100, "side": 512, "ratio": 0.9, "folder_images_per_s": 0.9,
+                                 "forward_images_per_s": 1.0}}
+    got = {t["target"]: t for t in speed.targets29(result)}
+    assert got["step / its conv+mm alone, default 128px (bf16)"]["met"] is True  # 1.10 <= 1.15; 64 px is no target
+    assert len([t for t in got if t.startswith("step")]) == 1
+    skipped = got["stylezoo / reference images/s, dcgan"]
+    assert skipped["met"] is None and "not found" in skipped["note"]  # not measured, and why
+    fns = got["stylezoo / reference images/s, fast_neural_style 128px"]
+    assert fns["met"] is True and "1.20x" in fns["note"]
+    assert got["eval / its extractor passes, 150 pairs"]["met"] is False
+    assert got["stylize folder / bare forward images/s, 100 x 512px"]["met"] is True
 
 
 def test_compile_runs_in_a_fresh_inductor_cache_unless_one_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
