@@ -18,7 +18,7 @@ default recipe's generator), `Stylizer.stylize_files` as `stylezoo stylize` runs
 forward, encode, write), beside the Stylizer's own forward on the same images already decoded, one at a
 time: images/s of each and their ratio.
 
-The two sides of each comparison alternate, `--rounds` times (one process); medians.
+The two sides of each comparison alternate, `--rounds` times after an untimed round (one process); medians.
 """
 
 from __future__ import annotations
@@ -45,12 +45,14 @@ DEV_PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs" / "cufs"
 
 
 def _alternate(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each call per round, after one untimed round (first calls at each shape set up kernels)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
+    for i in range(rounds + 1):
         for k, f in fns.items():
             t = time.perf_counter()
             f()
-            times[k].append(time.perf_counter() - t)
+            if i:
+                times[k].append(time.perf_counter() - t)
     return times
 
 
@@ -138,9 +140,6 @@ def eval_speed(n: int, rounds: int) -> dict[str, Any]:
         tmp = Path(d)
         run, what = _paired_run(tmp, n)
         alone = ExtractorPasses(tmp / "pairs")
-        with tempfile.TemporaryDirectory() as w:  # warm-up: lazy imports and first calls, on 2 pairs
-            warm, _ = _paired_run(Path(w), 2)
-            evaluate_checkpoint(warm, device="cpu")
         times = _alternate({"eval": lambda: evaluate_checkpoint(run, device="cpu"), "extractors": alone}, rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"what": what, "images": n, "eval_s": med["eval"], "extractors_s": med["extractors"],
@@ -169,7 +168,8 @@ def stylize_speed(n: int, rounds: int, side: int = 512) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="stylezoo-stylizebench-") as d:
         src, out = Path(d) / "photos", Path(d) / "out"
         _photo_folder(src, n, side)
-        xs = [load_tensor(f, side) for f in sorted(src.iterdir())]
+        # contiguous, as stylize_files batches them (torch.stack); a decoded image alone is channels_last-strided
+        xs = [load_tensor(f, side)[None].contiguous() for f in sorted(src.iterdir())]
 
         def folder() -> None:
             shutil.rmtree(out, ignore_errors=True)
@@ -178,9 +178,8 @@ def stylize_speed(n: int, rounds: int, side: int = 512) -> dict[str, Any]:
         def bare() -> None:
             with torch.no_grad():
                 for x in xs:
-                    st.forward(x[None])
+                    st.forward(x)
 
-        bare()  # warm-up
         times = _alternate({"folder": folder, "forward": bare}, rounds)
         written = len(list(out.iterdir()))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -191,7 +190,7 @@ def stylize_speed(n: int, rounds: int, side: int = 512) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--eval-images", type=int, default=48)
+    ap.add_argument("--eval-images", type=int, default=150)
     ap.add_argument("--stylize-images", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", choices=["eval", "stylize"])

@@ -173,6 +173,7 @@ class _FlopCount(TorchDispatchMode):
         self.total = 0
         self.kernel_s = 0.0
         self.category_s: dict[str, float] = {}
+        self.op_s: dict[str, float] = {}  # every op without a formula, by name
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -184,8 +185,10 @@ class _FlopCount(TorchDispatchMode):
             self.kernel_s += dt
             self.total += int(formula(*args, **kwargs, out_val=out))
         else:
-            cat = op_category(func._overloadpacket.__name__)
+            op = func._overloadpacket.__name__
+            cat = op_category(op)
             self.category_s[cat] = self.category_s.get(cat, 0.0) + dt
+            self.op_s[op] = self.op_s.get(op, 0.0) + dt
         return out
 
 
@@ -200,11 +203,12 @@ def kernel_seconds(fn: Callable[[], Any]) -> float:
     return kernel_profile(fn)[0]
 
 
-def kernel_profile(fn: Callable[[], Any]) -> tuple[float, dict[str, float]]:
-    """Seconds one call of `fn` spends inside convolutions and matrix products, and in other ops by category."""
+def kernel_profile(fn: Callable[[], Any]) -> tuple[float, dict[str, float], dict[str, float]]:
+    """Seconds one call of `fn` spends inside convolutions and matrix products, and in the other ops by
+    category and by name."""
     with _FlopCount() as fc:
         fn()
-    return fc.kernel_s, fc.category_s
+    return fc.kernel_s, fc.category_s, fc.op_s
 
 
 # -------------------------------------------------------------------------------------------- the variants
@@ -318,9 +322,10 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
         if dev.type == "cpu":  # a second look at the kernels' time, after the timed steps (the least is kept)
             for name, (fn, _, _) in vs.items():
                 if name.startswith("engine") and name != "engine compiled":
-                    ks, cats = kernel_profile(lambda fn=fn: fn(step_no))
+                    ks, cats, ops = kernel_profile(lambda fn=fn: fn(step_no))
                     kernel_s[name].append(ks)
                     rows[name]["other_ms"] = {k: v * 1e3 for k, v in cats.items()}
+                    rows[name]["top_ops_ms"] = {k: v * 1e3 for k, v in sorted(ops.items(), key=lambda kv: -kv[1])[:6]}
             step_no += 1
         peaks["fp32"].append(matmul_peak(torch.float32, dev))
         if bf16_supported(dev):
@@ -651,7 +656,7 @@ def print_targets29(result: dict[str, Any]) -> None:
         t = Table(title="where the engine's step goes (ms; ops timed one by one in a profiled step, the rest is "
                         "Python and dispatch)")
         cols = ("cell", "step", "conv+mm", "norms", "casts and copies", "optimizer", "other ops",
-                "Python, dispatch", "data draw")
+                "Python, dispatch", "data draw", "largest ops besides conv+mm")
         for col in cols:
             t.add_column(col, justify="left" if col == "cell" else "right", no_wrap=True)
         for c in rows:
@@ -660,7 +665,8 @@ def print_targets29(result: dict[str, Any]) -> None:
             rest = e["step_ms"] - e["kernel_ms"] - sum(o.values())
             t.add_row(f"{c['recipe']} {c['size']}px", f"{e['step_ms']:.0f}", f"{e['kernel_ms']:.0f}",
                       *(f"{o.get(k, 0.0):.0f}" for k in ("norms", "casts and copies", "optimizer", "other ops")),
-                      f"{rest:.0f}", f"{e['data_ms']:.1f}")
+                      f"{rest:.0f}", f"{e['data_ms']:.1f}",
+                      ", ".join(f"{k} {v:.0f}" for k, v in list(e.get("top_ops_ms", {}).items())[:4]))
         con.print(t)
     for r in (result.get("peers") or {}).values():
         if "rows" in r:
@@ -705,8 +711,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least the FLOP and memory steps)")
     ap.add_argument("--quick", action="store_true", help="128px only, 3 timed steps, inference at 256 only, "
-                    "the reference comparisons at 3 steps without fast_neural_style at 256, eval on 16 pairs, "
-                    "stylize on 20 photos, one round each")
+                    "the reference comparisons at 3 steps without fast_neural_style at 256, eval on 48 pairs (150), "
+                    "stylize on 20 photos (100), one timed round each (two)")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS),
                     help="what to measure (default: all): training cells, inference latency, the reference "
                     "implementations (benchmarks/peers.py), eval and stylize of a folder (benchmarks/pipelines.py)")
@@ -768,7 +774,7 @@ def measure_issue29(result: dict[str, Any], args: argparse.Namespace, reg: Regis
     rounds = 1 if args.quick else 2
     if "eval" in args.parts:
         print("measuring eval ...", flush=True)
-        result["eval_speed"] = pipelines.eval_speed(16 if args.quick else 48, rounds)
+        result["eval_speed"] = pipelines.eval_speed(48 if args.quick else 150, rounds)
     if "stylize" in args.parts:
         print("measuring stylize of a folder ...", flush=True)
         result["stylize_folder"] = pipelines.stylize_speed(20 if args.quick else 100, rounds)
