@@ -1,7 +1,7 @@
 """Training speed on this machine: the engine beside the naive step and the plain float32 loop, side by side.
 
     python -m stylezoo.benchmarks.speed [--recipes default original unet-perceptual] [--sizes 128 256]
-        [--steps 5] [--warmup 2] [--quick] [--ablation] [--compile] [--no-naive] [--no-inference]
+        [--steps 5] [--warmup 2] [--quick] [--ablation] [--compile] [--no-naive] [--naive-max-size 128] [--no-inference]
         [--parts train inference peers eval stylize] [--peers DIR]
         [--threads N] [--device auto|cpu|cuda] [--out bench-results/speed.json]
 
@@ -271,7 +271,7 @@ def variants(reg: Registry, rc: RunConfig, tmp: str,
         out["engine compiled"] = (t2.train_step, t2, out["engine"][2])
     plain_tr = engine(reg, rc, tmp, precision="fp32", channels_last=False)
     out["plain fp32"] = (PlainLoop(plain_tr).step, plain_tr, "fp32")
-    if not args.no_naive and tr.components.feat is not None:
+    if not args.no_naive and tr.components.feat is not None and rc.train.size <= args.naive_max_size:
         naive_tr = engine(reg, rc, tmp, precision="fp32", channels_last=False)
         out["naive fp32"] = (NaiveLoop(naive_tr).step, naive_tr, "fp32")
     return out
@@ -720,6 +720,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ablation", action="store_true", help="also time the engine with each fast path switched")
     ap.add_argument("--compile", action="store_true", help="also time the engine under torch.compile")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive step (slow at large sizes)")
+    ap.add_argument("--naive-max-size", type=int, default=128,
+                    help="the naive step only up to this size (at 256 px it took 12-44 s a step here)")
     ap.add_argument("--no-inference", action="store_true", help="skip the inference latencies")
     ap.add_argument("--inference-sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
