@@ -202,9 +202,9 @@ def test_another_extractor_drops_the_recipes_layer_names_but_keeps_the_users(ful
     from stylezoo.core.runs.runconfig import component_config, resolve
 
     vgg = resolve(full, recipe="default")
-    assert component_config(full, vgg, "loss/gram").layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    assert component_config(full, vgg, "loss/gram").layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     same = resolve(full, recipe="default", cli={"feat": "vgg16"})
-    assert component_config(full, same, "loss/gram").layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    assert component_config(full, same, "loss/gram").layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     eff = resolve(full, recipe="default", cli={"feat": "efficientnet-lite0"})
     assert (component_config(full, eff, "loss/gram").layers == ()
             and component_config(full, eff, "loss/content").layers == ())

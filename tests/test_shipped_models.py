@@ -8,7 +8,6 @@ import fnmatch
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,6 @@ PAINTING_MODELS = ("starry-night", "the-scream", "great-wave", "shipwreck", "com
 REQUIRED = {"description", "file", "sha256", "gen", "licence", "recipe", "training_data", "steps", "train_s",
             "device", "held_out", "scores"}
 ALLOWED = REQUIRED | {"style_label", "takes_style"}
-# The shipped files may be weak (trained for a minute until the quality work lands): 128 px must take well
-# under this on a shared 2-core CPU, the first call included.
-SECONDS = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +116,14 @@ def test_each_model_restyles_bundled_photos_toward_its_painting(name: str, photo
     st = load_model(name, device="cpu", precision="fp32", registry=reg)
     if st.requires_style:
         st.set_style(ANY_REF)
-    t0 = time.perf_counter()
     y = st(photo)
-    took = time.perf_counter() - t0
-    assert took < SECONDS, f"{name}: {took:.2f} s for one 128 px image"
     assert y.shape == photo.shape and bool(torch.isfinite(y).all()) and float(y.abs().max()) <= 1.0
     ev = Evaluator(style=style_images(painting_of(name), 256), registry=reg)
     moved, unchanged = ev.score(st(photos))["style_gram"], ev.score(photos)["style_gram"]
-    # LOOSE BOUND, on purpose: it must hold for the weak one-minute models shipped until the quality work is
-    # done. Over the five bundled photos (one alone is noisy: 0.29 to 1.25 of its own distance for those models),
-    # the outputs' mean Gram distance to the painting is below the unchanged photos' (they measured 0.51 to 0.90
-    # of it). The real models should do far better: their held-out style_ratio is in registry.toml.
-    assert moved < unchanged, f"{name}: style_gram {moved:.4f} vs {unchanged:.4f} for the unchanged photos"
+    # A loose bound: over the five bundled photos at 128 px the shipped files measured 0.28 (shipwreck) to 0.45
+    # (any, with great_wave) of the unchanged photos' Gram distance to the painting; 0.6 leaves room for other
+    # CPUs' bf16 kernels while a file that barely restyles (the one-minute placeholders: 0.51 to 0.90) fails.
+    assert moved < 0.6 * unchanged, f"{name}: style_gram {moved:.4f} vs {unchanged:.4f} for the unchanged photos"
 
 
 def test_the_any_model_needs_a_style_image_in_python_too(photo: torch.Tensor, reg: Registry):
