@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         st = load_model(name, device="cpu")
         label = name
-        if model_info(name)["takes_style"]:
+        if model_info(name).takes_style:
             st.set_style([str(SAMPLES / "style" / args.any_style)])
             label = f"any + {Path(args.any_style).stem}"
         cols.append((label, st.forward(x).float().clamp(-1, 1)))
