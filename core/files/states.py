@@ -129,6 +129,9 @@ def match_param_layout(opt: torch.optim.Optimizer) -> None:
                     opt.state[p][k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
+STATE_SHAPING = ("amsgrad",)  # optimizer settings whose saved value must equal the running one
+
+
 def _same_kind(saved: Any, own: Any) -> bool:
     """Whether a saved optimizer hyper-parameter has the type of the current one (numbers, bools, tuples)."""
     if own is None:
@@ -171,6 +174,8 @@ def check_optimizer_state(opt: torch.optim.Optimizer, tensors: Mapping[str, Tens
         # keys a newer torch added may be missing (torch fills in their defaults); "lr" may not
         bad = [k for k in own if k != "params" and (k in saved or k == "lr")
                and not (k in saved and _same_kind(saved[k], own[k]))]
+        # settings that change which state entries the optimizer reads (amsgrad: max_exp_avg_sq) must agree
+        bad += [k for k in STATE_SHAPING if k in saved and k in own and saved[k] != own[k] and k not in bad]
         if bad:
             problem = f"the setting {bad[0]!r} is {saved.get(bad[0])!r}"
             break

@@ -331,7 +331,7 @@ class Trainer:
         signals, final = _StopAtStepEnd().install(), self.out / "samples" / "final.png"
         self._mid_step = False
         try:
-            t_last = t_saved = time.perf_counter()
+            t_saved = time.perf_counter()
             while self.step < self.train_cfg.steps:
                 signals.busy = True
                 t0 = time.perf_counter()
@@ -349,7 +349,11 @@ class Trainer:
                     self.progress(self.step, self.train_cfg.steps, logs)
                 t = self.train_cfg
                 if self.step == t.steps and self.rank == 0:  # the final grid, its check in the last metrics line
-                    final = self.save_samples("final")
+                    try:
+                        final = self.save_samples("final")
+                    except Exception:  # e.g. a full disk: the trained weights first, then the error
+                        self.save_checkpoint(keep=False)
+                        raise
                     logs |= self.sample_check.figures() if self.sample_check is not None else {}
                 if evaluated or self.step % t.log_every == 0 or self.step in (1, t.steps):
                     sinks.scalars(logs, self.step)
@@ -360,7 +364,6 @@ class Trainer:
                         last, t_saved = self.save_checkpoint(keep=True), time.perf_counter()
                     elif t.ckpt_minutes and time.perf_counter() - t_saved >= 60 * t.ckpt_minutes:
                         last, t_saved = self.save_checkpoint(keep=False), time.perf_counter()  # by time
-                t_last = time.perf_counter()
                 signals.busy = False
                 if signals.pending is not None:
                     raise Interrupted(signals.pending)
@@ -378,7 +381,6 @@ class Trainer:
         finally:
             signals.restore()
             sinks.flush()
-        del t_last
         if self.rank == 0:
             warning = sample_warning(self.sample_check, self.rc, self.reg, self.train_cfg.lr)
             last = self.save_checkpoint(keep=True, extra=sample_record(self.sample_check, warning))
