@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -75,6 +75,16 @@ def list_cmd(
         )
 
 
+def _print_table(out: Console, title: str, table: dict[str, Any], as_json: bool) -> None:
+    """One catalog table as JSON, or a bold title (rich markup, its names escaped) and a line per key."""
+    if as_json:
+        typer.echo(json.dumps(table, indent=2))
+        return
+    out.print(f"[bold]{title}")
+    for k, v in table.items():
+        out.print(escape(f"  {k}: {v}"))
+
+
 def info_cmd(
     name: Annotated[str, typer.Argument(help="Component (kind/name or short name) or recipe name.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -87,22 +97,11 @@ def info_cmd(
 
     if name.startswith("model/") or (name in shipped_models(reg.catalog) and name not in recipes):
         card = get_model(name.removeprefix("model/"), reg.catalog).card()
-        if as_json:
-            typer.echo(json.dumps(card, indent=2))
-        else:
-            out.print(f"[bold]model {escape(card['name'])}[/] (stylezoo stylize PHOTO --model {escape(card['name'])})")
-            for k, v in card.items():
-                out.print(escape(f"  {k}: {v}"))
-        return
+        title = f"model {escape(card['name'])}[/] (stylezoo stylize PHOTO --model {escape(card['name'])})"
+        return _print_table(out, title, card, as_json)
     if name in recipes or name.startswith("recipe/"):
         recipe = reg.recipe(name.removeprefix("recipe/"))
-        if as_json:
-            typer.echo(json.dumps(recipe, indent=2))
-        else:
-            out.print(f"[bold]recipe {escape(name.removeprefix('recipe/'))}[/]")
-            for k, v in recipe.items():
-                out.print(escape(f"  {k}: {v}"))
-        return
+        return _print_table(out, f"recipe {escape(name.removeprefix('recipe/'))}[/]", recipe, as_json)
     e = reg.get(name)
     fields = describe_fields(e.config)
     card = {k: v for k, v in e.card.items() if k not in ("description", "compatible", "weights")}
