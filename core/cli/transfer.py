@@ -34,6 +34,9 @@ def transfer_cmd(
     steps: Annotated[int, typer.Option("--steps", help="Optimiser iterations.")] = 100,
     style_weight: Annotated[float, typer.Option(
         "--style-weight", help="Strength of the style: 1e4 paints more boldly, 1e2 keeps more of the photo.")] = 1e3,
+    style_normalize: Annotated[str, typer.Option(
+        "--style-normalize", help="target: every style layer counts alike (strokes as well as colours); "
+                                  "none: the plain Gram MSE (mostly colours and fine dots).")] = "target",
     content_weight: Annotated[float, typer.Option("--content-weight")] = 1.0,
     tv_weight: Annotated[float, typer.Option("--tv-weight", help="Smoothness prior.")] = 0.0,
     optimizer: Annotated[str, typer.Option("--optimizer", help="lbfgs (strong-Wolfe line search) or adam.")] = "lbfgs",
@@ -49,8 +52,9 @@ def transfer_cmd(
     from ..use.transfer import transfer
 
     options: dict[str, Any] = dict(feat=feat, feat_set=_feat_overrides(sets or []), size=size, steps=steps,
-                                   style_weight=style_weight, content_weight=content_weight, tv_weight=tv_weight,
-                                   optimizer=optimizer, lr=lr, init=init, seed=seed, device=device)
+                                   style_weight=style_weight, style_normalize=style_normalize,
+                                   content_weight=content_weight, tv_weight=tv_weight, optimizer=optimizer, lr=lr,
+                                   init=init, seed=seed, device=device)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
            ".tiff": "TIFF"}.get(out.suffix.lower())
     if fmt is None:

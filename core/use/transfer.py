@@ -4,7 +4,8 @@ The image's pixels are optimised (L-BFGS with a strong-Wolfe line search by defa
 diverges on some portrait/painting pairs) to match the style image's Gram matrices at the extractor's
 style layers and the content image's features at its content layers. It is the quality reference every
 trained generator is compared with. The losses are the project's own `loss/gram` and `loss/content`
-plugins (Gram normalised by c*h*w, averaged over the style layers; content a feature MSE).
+plugins (Gram normalised by c*h*w, each layer's error relative to the painting's Gram by default, averaged
+over the style layers; content a feature MSE).
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ class TransferConfig:
     feat_set: dict[str, Any] = field(default_factory=dict)  # its config overrides, e.g. {"weights": "random"}
     size: int = 256  # longer side of the output, in pixels (the content image is resized to it)
     steps: int = 100  # optimiser iterations
-    # Gram averaged over the 5 style layers. Measured at 256 px, 100 L-BFGS steps, astronaut portrait:
-    # 1e3 paints boldly and keeps the face recognisable (Starry Night, The Scream); 1e4 blurs the face
-    # in The Scream; 1e2 keeps more of the photo. Below ~160 px the face goes sooner: lower it there.
+    # Gram averaged over the 5 style layers. With style_normalize "target", 256 px, 100 L-BFGS steps, The Starry
+    # Night on a bridge photo and a face: 1e3 paints the swirls and keeps the face recognisable; 3e2 keeps more
+    # of the photo, 3e3 more of the painting (docs/benchmarks.md, #28). Below ~160 px lower it.
     style_weight: float = 1e3
+    # "target": each style layer's Gram error relative to the painting's own Gram (loss/gram's normalize), so
+    # relu4_1/relu5_1 (strokes, swirls) count as much as relu1_1 (colours); "none": the plain Gram MSE, which
+    # the shallow layers dominate (the photo gets the palette and fine dots only)
+    style_normalize: Literal["none", "target"] = "target"
     content_weight: float = 1.0
     tv_weight: float = 0.0  # total variation of the image, a smoothness prior
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
@@ -57,6 +62,8 @@ class TransferConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if min(self.style_weight, self.content_weight, self.tv_weight) < 0:
             raise ValueError("style_weight, content_weight and tv_weight must be >= 0")
+        if self.style_normalize not in ("none", "target"):
+            raise ValueError(f"style_normalize must be 'none' or 'target', got {self.style_normalize!r}")
         if self.optimizer not in ("lbfgs", "adam"):
             raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
         if self.init not in ("content", "noise"):
@@ -100,10 +107,12 @@ class GatysLoss:
 
     def __init__(self, extractor: Extractor, content: Tensor, style: Tensor, *, style_weight: float,
                  content_weight: float, tv_weight: float = 0.0, style_layers: tuple[str, ...] = (),
-                 content_layers: tuple[str, ...] = (), registry: Registry | None = None) -> None:
+                 content_layers: tuple[str, ...] = (), style_normalize: str = "target",
+                 registry: Registry | None = None) -> None:
         reg = registry or default_registry()  # the zoo's own loss/gram and loss/content terms, by name
         self.extractor = extractor
-        self.gram: Any = reg.build("loss/gram", {"layers": tuple(style_layers), "weight": style_weight})
+        self.gram: Any = reg.build("loss/gram", {"layers": tuple(style_layers), "weight": style_weight,
+                                                 "normalize": style_normalize})
         self.content: Any = reg.build("loss/content", {"layers": tuple(content_layers), "weight": content_weight})
         self.style_layers = self.gram.feature_layers(extractor)
         self.content_layers = self.content.feature_layers(extractor)
@@ -135,7 +144,8 @@ def optimise(extractor: Extractor, content: Tensor, style: Tensor, cfg: Transfer
     """Run the optimisation on (1, 3, H, W) tensors in [-1, 1]: (result in [-1, 1], per-step losses)."""
     loss_fn = GatysLoss(extractor, content, style, style_weight=cfg.style_weight,
                         content_weight=cfg.content_weight, tv_weight=cfg.tv_weight,
-                        style_layers=cfg.style_layers, content_layers=cfg.content_layers, registry=registry)
+                        style_layers=cfg.style_layers, content_layers=cfg.content_layers,
+                        style_normalize=cfg.style_normalize, registry=registry)
     if cfg.init == "content":
         x = content.detach().clone(memory_format=torch.contiguous_format)
     else:
