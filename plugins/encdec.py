@@ -24,6 +24,10 @@ class EncDecConfig:
     padding: str = "reflect"
     residual: bool = False  # add the input (pre-tanh) to the output: starts near identity, keeps content early
     outer_kernel: int = 7  # side of the first and last convs (odd); Johnson et al.'s TransformerNet has 9
+    # "instance": affine instance norm after every conv but the last (Ulyanov et al.): the strongest style, but
+    # at 128 px training it grows round black "droplet" blots (StyleGAN2's instance-norm artefact) in the outputs;
+    # "instance-encoder": instance norm in the stem and downsampling only: no blots, less style (docs/benchmarks.md)
+    norm: str = "instance"
 
     def __post_init__(self) -> None:
         for name in ("channels", "in_channels", "out_channels"):
@@ -37,11 +41,14 @@ class EncDecConfig:
             raise ValueError(f"padding must be one of {', '.join(map(repr, PADDINGS))}, got {self.padding!r}")
         if self.outer_kernel < 1 or self.outer_kernel % 2 == 0:
             raise ValueError(f"outer_kernel must be odd and >= 1, got {self.outer_kernel}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, got {self.norm!r}")
         if self.residual and self.in_channels != self.out_channels:
             raise ValueError("residual needs in_channels == out_channels")
 
 
 PADDINGS = ("reflect", "zeros")
+NORMS = ("instance", "instance-encoder")
 
 
 def _conv(c_in: int, c_out: int, k: int, stride: int = 1, padding: str = "reflect",
@@ -52,17 +59,21 @@ def _conv(c_in: int, c_out: int, k: int, stride: int = 1, padding: str = "reflec
     return [ReflectionPad2d(k // 2), nn.Conv2d(c_in, c_out, k, stride, bias=bias)]
 
 
-def _norm_relu(c: int) -> list[nn.Module]:
-    return [nn.InstanceNorm2d(c, affine=True), nn.ReLU(inplace=True)]
+def _norm(c: int, kind: str = "instance") -> nn.Module:
+    return nn.Identity() if kind == "none" else nn.InstanceNorm2d(c, affine=True)
+
+
+def _norm_relu(c: int, kind: str = "instance") -> list[nn.Module]:
+    return [_norm(c, kind), nn.ReLU(inplace=True)]
 
 
 class ResBlock(nn.Module):
     """x + (conv3x3, IN, ReLU, conv3x3, IN)(x)."""
 
-    def __init__(self, c: int, padding: str = "reflect") -> None:
+    def __init__(self, c: int, padding: str = "reflect", norm: str = "instance") -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv(c, c, 3, padding=padding), *_norm_relu(c), *_conv(c, c, 3, padding=padding),
-                                  nn.InstanceNorm2d(c, affine=True))
+        self.body = nn.Sequential(*_conv(c, c, 3, padding=padding, bias=norm == "none"), *_norm_relu(c, norm),
+                                  *_conv(c, c, 3, padding=padding, bias=norm == "none"), _norm(c, norm))
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -75,9 +86,10 @@ class Up(nn.Module):
     (inputs that are not multiples of `size_multiple`) still come back at the input's size.
     """
 
-    def __init__(self, c_in: int, c_out: int, padding: str = "reflect") -> None:
+    def __init__(self, c_in: int, c_out: int, padding: str = "reflect", norm: str = "instance") -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv(c_in, c_out, 3, padding=padding), *_norm_relu(c_out))
+        self.body = nn.Sequential(*_conv(c_in, c_out, 3, padding=padding, bias=norm == "none"),
+                                  *_norm_relu(c_out, norm))
 
     def forward(self, x: Tensor, like: Tensor) -> Tensor:
         return self.body(upsample_nearest(x, like.shape[-2:]))
@@ -88,7 +100,8 @@ class EncDecGenerator(nn.Module):
 
     `outer_kernel` (7) conv, `n_down` stride-2 3x3 convs, `n_res` residual blocks, `n_down` upsampling
     stages, `outer_kernel` conv and tanh; reflection padding everywhere and affine instance norm after every
-    conv but the last. Every op exports to ONNX (reflection pad, instance norm, nearest resize).
+    conv but the last (`norm = "instance-encoder"`: after the stem and downsampling convs only). Every op
+    exports to ONNX (reflection pad, instance norm, nearest resize).
     """
 
     family: ClassVar[str] = "image"
@@ -100,13 +113,14 @@ class EncDecGenerator(nn.Module):
         widths = [cfg.channels * 2**i for i in range(cfg.n_down + 1)]
         pad = cfg.padding
         k = cfg.outer_kernel
-        self.stem = nn.Sequential(*_conv(cfg.in_channels, widths[0], k, padding=pad), *_norm_relu(widths[0]))
+        enc, dec = "instance", "none" if cfg.norm == "instance-encoder" else "instance"
+        self.stem = nn.Sequential(*_conv(cfg.in_channels, widths[0], k, padding=pad), *_norm_relu(widths[0], enc))
         self.down = nn.ModuleList(
-            nn.Sequential(*_conv(a, b, 3, stride=2, padding=pad), *_norm_relu(b))
+            nn.Sequential(*_conv(a, b, 3, stride=2, padding=pad), *_norm_relu(b, enc))
             for a, b in zip(widths[:-1], widths[1:])
         )
-        self.res = nn.Sequential(*(ResBlock(widths[-1], pad) for _ in range(cfg.n_res)))
-        self.up = nn.ModuleList(Up(a, b, pad) for a, b in zip(widths[:0:-1], widths[-2::-1]))
+        self.res = nn.Sequential(*(ResBlock(widths[-1], pad, dec) for _ in range(cfg.n_res)))
+        self.up = nn.ModuleList(Up(a, b, pad, dec) for a, b in zip(widths[:0:-1], widths[-2::-1]))
         self.head = nn.Sequential(*_conv(widths[0], cfg.out_channels, k, padding=pad, bias=True), nn.Tanh())
         if cfg.residual:  # start as the identity; training learns the change of style
             nn.init.zeros_(self.head[-2].weight)  # the last conv (after its padding, if any)

@@ -191,6 +191,7 @@ def test_unet_dropout_batch_norm_and_bad_sides(reg: Registry) -> None:
         ("gen/dcgan", {"latent_dim": 0}, "latent_dim"),
         ("disc/dcgan", {"size": 48}, "power of two"),
         ("gen/encdec", {"n_down": 9}, "n_down"),
+        ("gen/encdec", {"norm": "batch"}, "'instance', 'instance-encoder'"),
         ("disc/patch", {"size": 16}, "lower n_layers"),
         ("disc/patch", {"n_layers": 0}, "n_layers"),
         ("gen/unet", {"norm": "group"}, "'instance', 'batch'"),
@@ -241,3 +242,25 @@ def test_encdec_residual_starts_as_identity_and_learns() -> None:
     assert g.head[1].weight.grad is not None and g.head[1].weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="residual"):
         stylezoo.build("gen/encdec", residual=True, out_channels=1)
+
+
+@pytest.mark.parametrize("norm", ["instance", "instance-encoder"])
+def test_encdec_norms_place_their_layers_and_keep_the_identity_start(norm: str) -> None:
+    """"instance-encoder": instance norm in the stem and downsampling only (the residual blocks and upsampling,
+    where instance norm's droplet blots form, have none, and their convs a bias instead)."""
+    from torch import nn
+
+    g = stylezoo.build("gen/encdec", residual=True, channels=8, n_res=2, norm=norm)
+
+    def kinds(m: nn.Module) -> set[type]:
+        return {type(c) for c in m.modules() if isinstance(c, nn.InstanceNorm2d)}
+
+    enc = kinds(g.stem) | kinds(g.down)
+    dec = kinds(g.res) | kinds(g.up)
+    expected = {"instance": ({nn.InstanceNorm2d}, {nn.InstanceNorm2d}),
+                "instance-encoder": ({nn.InstanceNorm2d}, set())}
+    assert (enc, dec) == expected[norm]
+    convs = [c for c in g.res.modules() if isinstance(c, nn.Conv2d)]
+    assert convs and all((c.bias is not None) == (norm == "instance-encoder") for c in convs)
+    x = torch.rand(2, 3, 32, 32) * 1.8 - 0.9
+    torch.testing.assert_close(g(x), x, atol=1e-5, rtol=0)
