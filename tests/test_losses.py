@@ -317,8 +317,9 @@ def test_bf16_gram_of_channels_last_features_is_the_contiguous_one_without_copie
             self.n = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
-            self.n += func in (torch.ops.aten.clone.default, torch.ops.aten.copy_.default,
-                               torch.ops.aten._unsafe_view.default)
+            # a copy that keeps the dtype is a layout copy; the product's bf16 -> float32 casts of slices are not
+            self.n += func in (torch.ops.aten.clone.default, torch.ops.aten._unsafe_view.default) or (
+                func is torch.ops.aten.copy_.default and args[0].dtype == args[1].dtype)
             return func(*args, **(kwargs or {}))
 
     for fn in (lambda f: gram(f).square().sum(), lambda f: stats.gram_mse(f, target)):
@@ -334,6 +335,27 @@ def test_bf16_gram_of_channels_last_features_is_the_contiguous_one_without_copie
         assert cl_f.grad is not None and ref_f.grad is not None
         assert cl_f.grad.is_contiguous(memory_format=torch.channels_last)
         assert torch.allclose(cl_f.grad.float(), ref_f.grad.float(), rtol=1e-2, atol=1e-3)
+
+def test_bf16_gram_in_many_slices_is_the_float64_gram(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bf16 product casts a slice of positions at a time (stats.GRAM_SLICE): with slices of 64 positions
+    and a ragged last one, the Gram and the fused loss are still float64's to float32 rounding, either layout."""
+    from stylezoo.core.ops import stats
+
+    if not stats._bf16_fp32_matmul.available():
+        pytest.skip("this torch has no bf16 matmul switch: the float32 Gram is used")
+    monkeypatch.setattr(stats, "GRAM_SLICE", 1)  # the floor: 64 positions a slice
+    torch.manual_seed(3)
+    f = torch.randn(2, 8, 13, 17).relu().bfloat16()  # 221 positions: 3 full slices and a ragged one
+    x = f.double().reshape(2, 8, 221)
+    ref = torch.bmm(x, x.transpose(1, 2)) / (8 * 221)
+    target = ref[:1] * 0.9
+    for feats in (f, f.to(memory_format=torch.channels_last)):
+        g = gram(feats)
+        assert ((g.double() - ref).abs().max() / ref.abs().max()).item() < 1e-6
+        loss = stats.gram_mse(feats, target.float())
+        want = ((ref - target) ** 2).mean()
+        assert abs(loss.item() - want.item()) / want.item() < 1e-4
+
 
 def test_bf16_gram_falls_back_to_float32_on_a_torch_without_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     from stylezoo.core.ops import stats
