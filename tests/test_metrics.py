@@ -94,6 +94,46 @@ def test_ssim_is_computed_in_float32_under_bf16_autocast(photos: torch.Tensor) -
     assert got.dtype == torch.float32 and torch.equal(got, ref)
 
 
+def test_ssim_is_torchmetrics_ssim(photos: torch.Tensor) -> None:
+    """M.ssim filters with matrix products; the values are torchmetrics' (its 11x11 convolution, run here in
+    float64) to float32 rounding, on square and oblong images and at the 6 px minimum (torchmetrics' own
+    float32 values are 2e-6 to 2e-5 off there), and it has a gradient (loss/ssim)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    for a, b in ((photos, noisy(photos, 0.2)), (photos[:2, :, :24, :32], photos[2:4, :, :24, :32]),
+                 (photos[:2, :, :6, :7], noisy(photos[:2, :, :6, :7], 0.3))):
+        want = tm_ssim(M.luminance(a).double(), M.luminance(b).double(), data_range=1.0, reduction="none")
+        got = M.ssim(a, b)
+        assert got.shape == (a.shape[0],) and got.dtype == torch.float32
+        assert torch.allclose(got.double(), want, atol=4e-5, rtol=0), (got, want)
+    x = noisy(photos[:2], 0.3).requires_grad_(True)
+    (1 - M.ssim(x, photos[:2]).mean()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_perceptual_distance_in_slices_is_the_whole_map_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """perceptual_distance normalises a few rows at a time (M.SLICE_ELEMENTS); the value is the formula on
+    whole maps, for bf16 channels_last features (the Evaluator's) and float32 contiguous ones."""
+    def whole(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        per = []
+        for k in b:
+            fa, fb = a[k].double(), b[k].double()
+            na, nb = fa / (fa.norm(dim=1, keepdim=True) + M.EPS), fb / (fb.norm(dim=1, keepdim=True) + M.EPS)
+            per.append((na - nb).square().sum(1).mean((1, 2)))
+        return torch.stack(per).mean(0)
+
+    torch.manual_seed(4)
+    a = {"x": torch.randn(3, 16, 11, 9).relu(), "y": torch.randn(3, 32, 5, 4).relu()}
+    b = {k: (v + 0.5 * torch.randn(v.shape)).relu() for k, v in a.items()}
+    monkeypatch.setattr(M, "SLICE_ELEMENTS", 3 * 16 * 9 * 2)  # 2 rows a slice for "x": a ragged last slice
+    for conv in (lambda t: t, lambda t: t.bfloat16().contiguous(memory_format=torch.channels_last)):
+        fa, fb = ({k: conv(v) for k, v in d.items()} for d in (a, b))
+        got = M.perceptual_distance(fa, fb)
+        assert got.dtype == torch.float32 and got.shape == (3,)
+        assert torch.allclose(got.double(), whole(fa, fb), rtol=1e-5), (got, whole(fa, fb))
+    assert float(M.perceptual_distance(a, a).abs().max()) < 1e-6
+
+
 def test_l1_has_known_values() -> None:
     black, white = -torch.ones(2, 3, 8, 8), torch.ones(2, 3, 8, 8)
     assert torch.equal(M.l1(black, white), torch.ones(2))

@@ -226,8 +226,9 @@ class Evaluator:
             js = [j for j, k in enumerate(sel_index) if i <= k < i + self.batch] if pl else []
             if js:  # the references of this batch's outputs
                 at = [sel_index[j] - i for j in js]
+                mine = feats if at == list(range(o.shape[0])) else {k: feats[k][at] for k in pl}  # no copy if all
                 per_image.setdefault("ref_perceptual", []).append(metrics.perceptual_distance(
-                    {k: feats[k][at] for k in pl}, self.vgg_feats(cast(Tensor, reference)[js], pl)))
+                    {k: mine[k] for k in pl}, self.vgg_feats(cast(Tensor, reference)[js], pl)))
         fid_kid: dict[str, float] = {}
         if self.domain_feats is not None and self.domain_feats.shape[0] >= 2 and n >= 2:
             fid_kid = metrics.fid_kid(self.domain_feats, self.pooled(outputs))

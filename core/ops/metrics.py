@@ -1,8 +1,9 @@
 """Quality metrics for generated images: style, content, distribution distance and paired distances.
 
-What is written here by hand is only what no library has: Gram and feature distances on the project's own
-extractors (core/components/kinds.py Extractor). SSIM, FID and KID are torchmetrics'. Every function takes images in
-[-1, 1] (the project's convention) or features, and returns one value per image where that makes sense.
+What is written here by hand is mostly what no library has: Gram and feature distances on the project's own
+extractors (core/components/kinds.py Extractor). FID and KID are torchmetrics'; SSIM is torchmetrics' formula
+and window, filtered by matrix products (`ssim`: faster on the CPU). Every function takes images in [-1, 1]
+(the project's convention) or features, and returns one value per image where that makes sense.
 
 FID and KID are computed on EfficientNet-Lite0's pooled 1280-d features, not Inception's, so they are
 named `fid_effl0`/`kid_effl0` and are not comparable with published Inception FIDs.
@@ -15,9 +16,10 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UsageError, did_you_mean
@@ -98,15 +100,32 @@ def feature_distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor
     return torch.stack(per_layer).mean(0)
 
 
+# float32 elements per feature map normalised at a time in `perceptual_distance` (8 MiB): slices of rows
+# stay in cache, where whole float32 copies of bfloat16 maps went through memory several times
+SLICE_ELEMENTS = 1 << 21
+
+
 def perceptual_distance(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
     """Per image (N,): LPIPS' distance without its learned weights (channels unit-normalised, squared
-    difference summed over channels, averaged over positions), averaged over the layers of `b`."""
+    difference summed over channels, averaged over positions), averaged over the layers of `b`.
+
+    Computed in float32 a slice of rows at a time, in two reused buffers (the features' own layout)."""
     per_layer = []
     for name, fb in b.items():
-        fa, fb = a[name].float(), fb.float()
-        na = fa / (fa.norm(dim=1, keepdim=True) + EPS)
-        nb = fb / (fb.norm(dim=1, keepdim=True) + EPS)
-        per_layer.append((na - nb).square().sum(1).mean((1, 2)))
+        fa = a[name]
+        n, c, h, w = fb.shape
+        rows = min(h, max(1, SLICE_ELEMENTS // max(1, n * c * w)))
+        fmt = (torch.channels_last if not fb.is_contiguous() and fb.is_contiguous(memory_format=torch.channels_last)
+               else torch.contiguous_format)
+        bufs = [torch.empty(n, c, rows, w, device=fb.device, memory_format=fmt) for _ in range(2)]
+        total = torch.zeros(n, device=fb.device)
+        for r in range(0, h, rows):
+            k = min(rows, h - r)
+            na, nb = (buf[:, :, :k].copy_(f[:, :, r:r + k]) for buf, f in zip(bufs, (fa, fb)))
+            for x in (na, nb):
+                x.div_(torch.linalg.vector_norm(x, dim=1, keepdim=True).add_(EPS))
+            total += na.sub_(nb).square_().sum(1).sum((1, 2))
+        per_layer.append(total / (h * w))
     return torch.stack(per_layer).mean(0)
 
 
@@ -118,25 +137,51 @@ def luminance(x: Tensor) -> Tensor:
     return (u * w).sum(1, keepdim=True)
 
 
-SSIM_MIN_SIDE = 6  # torchmetrics reflect-pads by the window's radius (5), which must stay under the side
+SSIM_MIN_SIDE = 6  # the window's radius (5) is reflect-padded, and must stay under the side
+SSIM_SIGMA, SSIM_K1, SSIM_K2 = 1.5, 0.01, 0.03  # torchmetrics' defaults
+
+
+def _gauss_band(n: int, like: Tensor) -> Tensor:
+    """(n, n - 10): column j holds torchmetrics' 11-tap Gaussian (sigma 1.5) at rows j..j+10, so `x @ band`
+    filters the rows of x as a valid 1-D convolution. Its 11x11 window is the outer product of that kernel,
+    so the two products (rows, then columns) apply the same window."""
+    ks = int(3.5 * SSIM_SIGMA + 0.5) * 2 + 1
+    dist = torch.arange(start=(1 - ks) / 2, end=(1 + ks) / 2, step=1, dtype=like.dtype, device=like.device)
+    g = torch.exp(-torch.pow(dist / SSIM_SIGMA, 2) / 2)
+    g = g / g.sum()
+    band = like.new_zeros(n, n - ks + 1)
+    j = torch.arange(n - ks + 1, device=like.device)
+    for k in range(ks):
+        band[j + k, j] = g[k]
+    return band
 
 
 def ssim(a: Tensor, b: Tensor) -> Tensor:
-    """Per image (N,): torchmetrics' SSIM (Gaussian 11x11, sigma 1.5, reflect-padded so borders count)
-    between the luminances of a and b, computed in float32 whatever autocast is on."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    """Per image (N,): torchmetrics' SSIM (Gaussian 11x11, sigma 1.5, reflect-padded so borders count, data range
+    1) between the luminances of a and b, computed in float32 whatever autocast is on.
 
+    Its formula, with the Gaussian window applied as two matrix products instead of torchmetrics' 11x11
+    convolution: the same values to float32 rounding (tests/test_metrics.py compares them), 5x faster on the
+    CPU, where a one-channel convolution is slow (docs/benchmarks.md). Differentiable (loss/ssim)."""
     if a.shape != b.shape:
         raise UsageError(f"SSIM needs images of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
     if min(a.shape[-2:]) < SSIM_MIN_SIDE:
         raise UsageError(f"SSIM needs images of at least {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} px (its 11x11 window is "
                          f"reflect-padded by 5 px), got {tuple(a.shape[-2:])}; score at a larger --size.")
-    # the Gaussian window's size follows from sigma (torchmetrics ignores kernel_size when it is Gaussian)
     dev = a.device.type
     off = torch.autocast(dev, enabled=False) if dev in ("cpu", "cuda") else contextlib.nullcontext()
-    with off:  # under bf16 autocast its convolutions would round the local means and variances
-        out = structural_similarity_index_measure(luminance(a), luminance(b), data_range=1.0, reduction="none")
-    return cast(Tensor, out).reshape(-1)  # a tuple only with return_full_image or return_contrast_sensitivity
+    with off:  # under bf16 autocast the products would round the local means and variances
+        la, lb = (F.pad(luminance(x), (5, 5, 5, 5), mode="reflect") for x in (a, b))
+        x = torch.cat((la, lb, la * la, lb * lb, la * lb))[:, 0]  # (5N, H + 10, W + 10)
+        x = _gauss_band(x.shape[1], x).t() @ (x @ _gauss_band(x.shape[2], x))
+        mu_a, mu_b, e_aa, e_bb, e_ab = x.split(a.shape[0])
+        c1, c2 = SSIM_K1**2, SSIM_K2**2
+        mu_aa, mu_bb, mu_ab = mu_a.pow(2), mu_b.pow(2), mu_a * mu_b
+        var_a, var_b = torch.clamp(e_aa - mu_aa, min=0.0), torch.clamp(e_bb - mu_bb, min=0.0)
+        upper = 2 * (e_ab - mu_ab) + c2
+        lower = var_a + var_b + c2
+        full = ((2 * mu_ab + c1) * upper) / ((mu_aa + mu_bb + c1) * lower)
+    return full.reshape(full.shape[0], -1).mean(-1)
 
 
 def l1(a: Tensor, b: Tensor) -> Tensor:
