@@ -9,7 +9,8 @@ or on pairs cut from the bundled photos when that is absent. The whole `evaluate
 eval RUN` runs, with its defaults: content and references from the run's pairs, 256 px, the targets as the
 style set at 512 px and as the real side of FID/KID) is timed beside the extractor forward passes it needs:
 each image through each extractor once, batched by 8, in the default precision and the Evaluator's layout
-(bf16 autocast and channels_last where the CPU has fast bfloat16), the style side once: VGG16 on the outputs
+(bf16 autocast and channels_last where the CPU has fast bfloat16, VGG16's weights then bfloat16 as the
+Evaluator holds them), the style side once: VGG16 on the outputs
 (every layer any metric reads), the inputs (content layers), the references (perceptual layers) and the
 style images (style layers); EfficientNet-Lite0 on the outputs and the real side.
 
@@ -97,14 +98,15 @@ class ExtractorPasses:
     """The extractor forwards a paired `stylezoo eval` needs, alone (see the module's docstring)."""
 
     def __init__(self, pairs: Path, side: int = 256, batch: int = 8) -> None:
-        from stylezoo.core.evaluation.evaluate import DIST_FEAT, STYLE_FEAT, style_images
+        from stylezoo.core.evaluation.evaluate import DIST_FEAT, STYLE_FEAT, bf16_eval_layout, style_images
         from stylezoo.core.ops.metrics import PERCEPTUAL_LAYERS
 
         reg = Registry()
         self.bf16 = bf16_supported(torch.device("cpu"))
         fmt = torch.channels_last if self.bf16 else torch.contiguous_format
-        self.vgg = reg.build(STYLE_FEAT).eval().to(memory_format=fmt)
-        self.eff = reg.build(DIST_FEAT).eval().to(memory_format=fmt)
+        # the Evaluator's modules: under bf16 channels_last, VGG16 with bfloat16 weights
+        self.vgg = bf16_eval_layout(reg.build(STYLE_FEAT).eval()) if self.bf16 else reg.build(STYLE_FEAT).eval()
+        self.eff = bf16_eval_layout(reg.build(DIST_FEAT).eval()) if self.bf16 else reg.build(DIST_FEAT).eval()
         self.fmt, self.batch = fmt, batch
         photos = sorted((pairs / "photo").iterdir())
         targets = sorted((pairs / "sketch").iterdir())

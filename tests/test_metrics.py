@@ -178,6 +178,25 @@ def test_evaluator_scores_batch_by_batch_as_all_at_once(reg: Registry, vgg: torc
         assert fast[k] == pytest.approx(v, rel=1e-2, abs=1e-4), k
 
 
+def test_evaluator_bf16_vgg_holds_bf16_weights_and_gives_autocasts_features(reg: Registry,
+                                                                          photos: torch.Tensor) -> None:
+    """Under bf16 the Evaluator's VGG16 holds bfloat16 weights (no cast per call); its features are exactly
+    those of the float32 module under autocast, which casts the same weights every call. EfficientNet has
+    batch norm and keeps float32 weights."""
+    from stylezoo.core.evaluation.evaluate import Evaluator
+
+    ev = Evaluator(registry=reg, precision="bf16")
+    assert next(ev.vgg.parameters()).dtype == torch.bfloat16
+    assert next(ev.effl0.parameters()).dtype == torch.float32
+    ref = reg.build("feat/vgg16").eval().to(memory_format=torch.channels_last)
+    layers = ("relu1_2", "relu3_3", "relu5_3")
+    got = ev.vgg_feats(photos[:3], layers)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        want = ref(photos[:3].contiguous(memory_format=torch.channels_last), layers)
+    for k in layers:
+        assert got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k]), k
+
+
 def test_content_and_perceptual_distances_are_zero_for_identity_and_grow_with_noise(
         vgg: torch.nn.Module, photos: torch.Tensor) -> None:
     x, c, p = photos[:4], tuple(vgg.content_layers), M.PERCEPTUAL_LAYERS

@@ -108,6 +108,15 @@ def split_holdout(spec: str | Path, n: int) -> tuple[list[Path], list[Path]]:
 
 
 # -- the evaluator ---------------------------------------------------------------------------------------------
+def bf16_eval_layout(mod: nn.Module) -> nn.Module:
+    """A frozen extractor as the Evaluator runs it under bf16 autocast: channels_last, and its weights in
+    bfloat16 when it has no normalisation layer (batch norm's statistics stay float32)."""
+    mod = mod.to(memory_format=torch.channels_last)
+    if not any(isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)) for m in mod.modules()):
+        mod = mod.to(torch.bfloat16)
+    return mod
+
+
 class Evaluator:
     """Scores generated images. Style targets and the real side's features are computed once, here."""
 
@@ -147,9 +156,11 @@ class Evaluator:
 
     def _extractor(self, name: str) -> nn.Module:
         """A metric extractor, channels_last under bf16: oneDNN's bf16 convolutions then skip their reorders
-        (no gradient is taken here, so no layout mixes in a backward)."""
+        (no gradient is taken here, so no layout mixes in a backward). Under bf16 an extractor without
+        normalisation layers (VGG16) also holds bfloat16 weights: autocast re-casts frozen weights at every
+        call, to the same values (the engine does the same with its extractor)."""
         mod = self.reg.build(name).to(self.device).eval()
-        return mod.to(memory_format=torch.channels_last) if self.precision == "bf16" else mod
+        return bf16_eval_layout(mod) if self.precision == "bf16" else mod
 
     def _input(self, x: Tensor) -> Tensor:
         x = x.to(self.device)
@@ -326,5 +337,5 @@ def best_value(path: Path, metric: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-__all__ = ["Evaluator", "RunEval", "generate", "match_by_stem", "split_holdout", "domain_images", "style_images",
-           "load_folder", "best_value"]
+__all__ = ["Evaluator", "RunEval", "bf16_eval_layout", "generate", "match_by_stem", "split_holdout", "domain_images",
+           "style_images", "load_folder", "best_value"]
