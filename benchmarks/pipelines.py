@@ -20,6 +20,9 @@ forward, encode, write), beside the Stylizer's own forward on the same images al
 time: images/s of each and their ratio.
 
 The two sides of each comparison alternate, `--rounds` times after an untimed round (one process); medians.
+The untimed round runs the same work on fewer images (eval: 8 + N mod 8 pairs, every batch shape of the
+timed rounds; stylize: 16 of the photos, which takes the same backend): it sets up kernels, and repeating
+all of it took a minute of `make bench`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from stylezoo.core.components.registry import Registry
 from stylezoo.core.files.images import center_crop, load_tensor, open_image, resize_short
@@ -42,18 +46,22 @@ from stylezoo.core.runtime.devices import bf16_supported
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENT = ROOT / "data" / "samples" / "content"
+BATCH = 8  # the Evaluator's batch
 DEV_PAIRS = ROOT.parent / "shared" / "data" / "dev" / "pairs" / "cufs"
 
 
-def _alternate(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of each call per round, after one untimed round (first calls at each shape set up kernels)."""
+def _alternate(fns: dict[str, Callable[[], Any]], rounds: int,
+               warm: dict[str, Callable[[], Any]] | None = None) -> dict[str, list[float]]:
+    """Seconds of each call per round, after one untimed round (first calls at each shape set up kernels):
+    the calls themselves, or `warm`'s (the same work on fewer images, with every batch shape of the real one)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(rounds + 1):
+    for f in (warm or fns).values():
+        f()
+    for _ in range(rounds):
         for k, f in fns.items():
             t = time.perf_counter()
             f()
-            if i:
-                times[k].append(time.perf_counter() - t)
+            times[k].append(time.perf_counter() - t)
     return times
 
 
@@ -97,7 +105,7 @@ def _paired_run(tmp: Path, n: int) -> tuple[Path, str]:
 class ExtractorPasses:
     """The extractor forwards a paired `stylezoo eval` needs, alone (see the module's docstring)."""
 
-    def __init__(self, pairs: Path, side: int = 256, batch: int = 8) -> None:
+    def __init__(self, pairs: Path, side: int = 256, batch: int = BATCH) -> None:
         from stylezoo.core.evaluation.evaluate import DIST_FEAT, STYLE_FEAT, bf16_eval_layout, style_images
         from stylezoo.core.ops.metrics import PERCEPTUAL_LAYERS
 
@@ -142,7 +150,13 @@ def eval_speed(n: int, rounds: int) -> dict[str, Any]:
         tmp = Path(d)
         run, what = _paired_run(tmp, n)
         alone = ExtractorPasses(tmp / "pairs")
-        times = _alternate({"eval": lambda: evaluate_checkpoint(run, device="cpu"), "extractors": alone}, rounds)
+        # the untimed round on a few pairs with the same batch shapes (8, and n's remainder): set-up, not work
+        k = BATCH + n % BATCH if n > BATCH else n
+        (tmp / "warm").mkdir()
+        warm_run, _ = _paired_run(tmp / "warm", k)
+        warm_alone = ExtractorPasses(tmp / "warm" / "pairs")
+        times = _alternate({"eval": lambda: evaluate_checkpoint(run, device="cpu"), "extractors": alone}, rounds,
+                           warm={"eval": lambda: evaluate_checkpoint(warm_run, device="cpu"), "extractors": warm_alone})
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"what": what, "images": n, "eval_s": med["eval"], "extractors_s": med["extractors"],
             "ratio": med["eval"] / med["extractors"], "samples_s": times,
@@ -170,6 +184,10 @@ def stylize_speed(n: int, rounds: int, side: int = 512) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="stylezoo-stylizebench-") as d:
         src, out = Path(d) / "photos", Path(d) / "out"
         _photo_folder(src, n, side)
+        warm_src = Path(d) / "warm"  # the untimed round: 16 photos, as a folder of 16+ takes the same backend
+        warm_src.mkdir()
+        for f in sorted(src.iterdir())[:16]:
+            (warm_src / f.name).symlink_to(f)
         # contiguous, as stylize_files batches them (torch.stack); a decoded image alone is channels_last-strided
         xs = [load_tensor(f, side)[None].contiguous() for f in sorted(src.iterdir())]
 
@@ -177,12 +195,17 @@ def stylize_speed(n: int, rounds: int, side: int = 512) -> dict[str, Any]:
             shutil.rmtree(out, ignore_errors=True)
             st.stylize_files([str(src)], out)
 
-        def bare() -> None:
+        def bare(xs: list[Tensor] = xs) -> None:
             with torch.no_grad():
                 for x in xs:
                     st.forward(x)
 
-        times = _alternate({"folder": folder, "forward": bare}, rounds)
+        def warm_folder() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+            st.stylize_files([str(warm_src)], out)
+
+        times = _alternate({"folder": folder, "forward": bare}, rounds,
+                           warm={"folder": warm_folder, "forward": lambda: bare(xs[:16])})
         written = len(list(out.iterdir()))
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"images": n, "side": side, "written": written, "precision": st.precision, "backend": st.backend,

@@ -78,6 +78,7 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "unet-perceptual": ("default", {"gen": "gen/unet"}),
 }
 StepFn = Callable[[int], Any]
+MFU_MAX_SIZE = 128  # issue 7's MFU targets are at 64 and 128 px: the other precision's engine only up to here
 PARTS = ("train", "inference", "peers", "eval", "stylize")
 
 
@@ -241,10 +242,11 @@ def variants(reg: Registry, rc: RunConfig, tmp: str,
     tr = engine(reg, rc, tmp)
     out["engine"] = (tr.train_step, tr, "bf16" if tr.placement.amp else "fp32")
     dev = tr.device
-    if tr.placement.amp:
+    other_precision = rc.train.size <= MFU_MAX_SIZE or args.ablation  # no target reads it at larger sizes
+    if tr.placement.amp and other_precision:
         t2 = engine(reg, rc, tmp, precision="fp32")
         out["engine fp32"] = (t2.train_step, t2, "fp32")
-    elif bf16_supported(dev):
+    elif bf16_supported(dev) and other_precision and not tr.placement.amp:
         t2 = engine(reg, rc, tmp, precision="bf16")
         out["engine bf16"] = (t2.train_step, t2, "bf16")
     if args.ablation:
@@ -297,18 +299,23 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
                           "data_s": [], "setup": _describe(tr) if name.startswith("engine") else prec}
         step_no += 1
         kernel_s: dict[str, list[float]] = {name: [] for name in vs}
-        for name, (fn, _, _) in vs.items():
-            with _FlopCount() as fc:
-                fn(step_no)
+        for name, (fn, _, _) in vs.items():  # FLOPs, the kernels' time and peak memory from one step
+            fc = _FlopCount()
+
+            def counted(fn: StepFn = fn, fc: _FlopCount = fc) -> None:
+                with fc:
+                    fn(step_no)
+
+            rows[name]["peak_mb"] = peak_memory_mb(counted, dev)
             rows[name]["flops"] = fc.total
             kernel_s[name].append(fc.kernel_s)
-            rows[name]["peak_mb"] = peak_memory_mb(lambda fn=fn: fn(step_no + 1), dev)
-        step_no += 2
+        step_no += 1
         for _ in range(max(0, args.warmup - 2)):
             for fn, _, _ in vs.values():
                 fn(step_no)
             step_no += 1
-        for _ in range(args.steps):  # interleaved: every variant sees the same machine load
+        steps = args.steps if size <= MFU_MAX_SIZE else min(args.steps, args.large_steps)
+        for _ in range(steps):  # interleaved: every variant sees the same machine load
             for name, (fn, tr, _) in vs.items():
                 _sync(dev)
                 t = time.perf_counter()
@@ -356,8 +363,9 @@ def measure_cell(reg: Registry, recipe: str, size: int, args: argparse.Namespace
     for r in rows.values():
         r["x_plain"] = statistics.median(plain["samples_s"]) / statistics.median(r["samples_s"])
         r["x_naive"] = statistics.median(naive["samples_s"]) / statistics.median(r["samples_s"]) if naive else None
-    return {"recipe": recipe, "size": size, "batch": batch, "composition": {k: v for k, v in rc.to_dict().items()
-            if k in ("gen", "disc", "feat", "adv", "gp", "losses")},
+    return {"recipe": recipe, "size": size, "batch": batch, "steps": steps,
+            "composition": {k: v for k, v in rc.to_dict().items()
+                            if k in ("gen", "disc", "feat", "adv", "gp", "losses")},
             "peak_gflops": {k: v / 1e9 for k, v in peak.items()},
             "peak_gflops_samples": {k: [x / 1e9 for x in v] for k, v in peaks.items()}, "variants": rows}
 
@@ -519,7 +527,8 @@ def print_tables(result: dict[str, Any]) -> None:
     m = result["machine"]
     for cell in result["cells"]:
         pk = cell["peak_gflops"]
-        t = Table(title=f"{cell['recipe']} at {cell['size']}px, batch {cell['batch']}: medians of {result['steps']} "
+        steps = cell.get("steps", result["steps"])
+        t = Table(title=f"{cell['recipe']} at {cell['size']}px, batch {cell['batch']}: medians of {steps} "
                         f"interleaved steps; matmul peak fp32 {pk['fp32']:.0f} GFLOP/s"
                         + (f", bf16 {pk['bf16']:.0f}" if "bf16" in pk else ""))
         for col in ("variant", "math", "step ms", "img/s", "data ms", "GFLOP/step", "GFLOP/s", "MFU",
@@ -709,7 +718,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", help="default 128 256 (issue 29's; --quick: 128)")
     ap.add_argument("--batch", type=int, help="override the recipes' batch sizes")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per variant (the median is reported)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least the FLOP and memory steps)")
+    ap.add_argument("--large-steps", type=int, default=3, help="timed steps above 128 px (at most --steps): "
+                    "a 256 px step of the original recipe takes 7-12 s here, and its ratios move less than 128 px's")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (at least the first and the FLOP and "
+                    "memory step)")
     ap.add_argument("--quick", action="store_true", help="128px only, 3 timed steps, inference at 256 only, "
                     "the reference comparisons at 3 steps without fast_neural_style at 256, eval on 48 pairs (150), "
                     "stylize on 20 photos (100), one timed round each (two)")
@@ -740,6 +752,7 @@ def main(argv: list[str] | None = None) -> None:
                               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                               "cells": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    wall = result["wall_s"] = {}  # seconds each part of this run took (what makes `make bench` long)
     with _cold_inductor_cache(args.compile) as cache:
         machine["inductor_cache"] = cache
         for recipe in args.recipes if "train" in args.parts else ():
@@ -747,12 +760,16 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"measuring {recipe} at {size}px ...", flush=True)
                 if args.compile:  # each cell compiles afresh (and no module code nears dynamo's recompile limit)
                     torch._dynamo.reset()
+                t = time.perf_counter()
                 result["cells"].append(measure_cell(reg, recipe, size, args))
+                wall[f"{recipe} {size}px"] = time.perf_counter() - t
                 args.out.write_text(json.dumps(result, indent=2, default=str))  # what is measured so far
     if not args.no_inference and "inference" in args.parts:
         print("measuring inference ...", flush=True)
+        t = time.perf_counter()
         result["inference_sizes"] = args.inference_sizes
         result["inference"] = inference_latency(reg, args.inference_sizes, 2 if args.quick else 5, device)
+        wall["inference"] = time.perf_counter() - t
     measure_issue29(result, args, reg)
     machine["loadavg_end"] = os.getloadavg()
     result["targets"] = targets(result)
@@ -761,6 +778,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(result, indent=2, default=str))
     print_tables(result)
     print_targets29(result)
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in wall.items()) + f"; {sum(wall.values()) / 60:.1f} min")
     print(f"wrote {args.out}")
 
 
@@ -768,18 +786,25 @@ def measure_issue29(result: dict[str, Any], args: argparse.Namespace, reg: Regis
     """The reference comparisons, eval and stylize of a folder (CPU; each part only when asked for)."""
     from stylezoo.benchmarks import peers, pipelines
 
+    wall = result.setdefault("wall_s", {})
     if "peers" in args.parts:
         result["peers"] = {}
         for which in ("dcgan", "fns128") if args.quick else ("dcgan", "fns128", "fns256"):
             print(f"measuring the reference {which} ...", flush=True)
+            t = time.perf_counter()
             result["peers"][which] = peers.compare(which, args.steps, peers.peers_dir(args.peers), reg)
+            wall[f"reference {which}"] = time.perf_counter() - t
     rounds = 1 if args.quick else 2
     if "eval" in args.parts:
         print("measuring eval ...", flush=True)
+        t = time.perf_counter()
         result["eval_speed"] = pipelines.eval_speed(48 if args.quick else 150, rounds)
+        wall["eval"] = time.perf_counter() - t
     if "stylize" in args.parts:
         print("measuring stylize of a folder ...", flush=True)
+        t = time.perf_counter()
         result["stylize_folder"] = pipelines.stylize_speed(20 if args.quick else 100, rounds)
+        wall["stylize"] = time.perf_counter() - t
 
 
 if __name__ == "__main__":

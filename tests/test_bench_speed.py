@@ -41,8 +41,9 @@ def test_quick_run_writes_every_variant_side_by_side(tmp_path: Path, capsys) -> 
     assert "engine / naive step, default 64px" in names
     assert result["targets29"] == []  # issue 29's step target is at 128 and 256 px; the other parts were not asked
     assert set(variants["engine"]["other_ms"]) <= {"norms", "casts and copies", "optimizer", "other ops"}
+    assert cell["steps"] == 1 and set(result["wall_s"]) == {"default 64px"} and result["wall_s"]["default 64px"] > 0
     printed = capsys.readouterr().out
-    assert "plain fp32" in printed and "wrote" in printed
+    assert "plain fp32" in printed and "wrote" in printed and "wall time: default 64px" in printed
 
 
 
@@ -184,3 +185,16 @@ def test_compare_refuses_unreadable_results_in_one_line(tmp_path: Path, capsys) 
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and "Traceback" not in err, err
             assert f"error: {tmp_path / name}" in err and "speed.json" in err, err
+
+
+def test_pipelines_untimed_round_runs_the_warm_calls_then_times_each_round() -> None:
+    from stylezoo.benchmarks import pipelines
+
+    calls: list[str] = []
+    times = pipelines._alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2,
+                                 warm={"a": lambda: calls.append("warm a"), "b": lambda: calls.append("warm b")})
+    assert calls == ["warm a", "warm b", "a", "b", "a", "b"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+    calls.clear()
+    pipelines._alternate({"a": lambda: calls.append("a")}, 1)  # without warm calls: the calls themselves
+    assert calls == ["a", "a"]
