@@ -44,6 +44,7 @@ research-only faces and must not be committed. Without the data folder it prints
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -175,6 +176,8 @@ def gatys(extractor: nn.Module, faces: Tensor, style: Tensor, steps: int, style_
     """Each face restyled by core/transfer.optimise toward `style`: (outputs on the CPU, seconds taken)."""
     from stylezoo.core.use.transfer import TransferConfig, optimise
 
+    if next(extractor.parameters()).dtype != torch.float32:  # the Evaluator's bf16 VGG16: optimise in float32
+        extractor = copy.deepcopy(extractor).float()
     for p in extractor.parameters():  # only the pixels are optimised
         p.requires_grad_(False)
     cfg = TransferConfig(size=faces.shape[-1], steps=steps, style_weight=style_weight, device=str(device))
