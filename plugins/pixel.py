@@ -1,4 +1,5 @@
-"""Pixel-space loss terms: total variation (smoothness), L1/L2 reconstruction and SSIM to a paired target."""
+"""Pixel-space loss terms: total variation (smoothness), L1/L2 reconstruction and SSIM to a paired target, and
+the squared distance to the generator's own input (identity)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,23 @@ class L2(Reconstruction):
 
 
 @dataclass
+class IdentityConfig(LossConfig):
+    weight: float = 1.0  # multiplies the mean squared pixel difference to the input
+
+
+class Identity(Loss):
+    """Mean squared per-pixel difference to the generator's own input: an autoencoder's reconstruction term
+    (gen/wct's decoders learn with it), or CycleGAN's identity term."""
+
+    needs: ClassVar[frozenset[str]] = frozenset({"content"})
+
+    def forward(self, ctx: StepContext) -> Tensor:
+        if ctx.content is None:
+            raise RuntimeError("loss/identity compares with the generator's input image; noise generators have none")
+        return (ctx.fake.float() - ctx.content.float()).pow(2).mean()
+
+
+@dataclass
 class SSIMConfig(LossConfig):
     weight: float = 10.0  # beside 100 x L1: SSIM's 0..1 range is ~10x a sketch's mean L1, so both pull alike
 
@@ -78,6 +96,7 @@ class SSIMLoss(Reconstruction):
 @hookimpl
 def register_components(register) -> None:  # noqa: ANN001
     register("loss/tv", TotalVariation, config=TVConfig)
+    register("loss/identity", Identity, config=IdentityConfig)
     register("loss/l1", L1, config=ReconConfig, paired=True)
     register("loss/l2", L2, config=ReconConfig, paired=True)
     register("loss/ssim", SSIMLoss, config=SSIMConfig, paired=True)

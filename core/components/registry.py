@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "stylezoo.plugins.encdec",
     "stylezoo.plugins.unet",
     "stylezoo.plugins.adain",
+    "stylezoo.plugins.wct",
     "stylezoo.plugins.cin",
     "stylezoo.plugins.patchgan",
     "stylezoo.plugins.vgg",

@@ -56,6 +56,8 @@ def onnx_session(module: nn.Module, family: str, device: torch.device, precision
     first; or (None, why not). Only image generators in fp32 on the CPU qualify."""
     if family != "image" or device.type != "cpu" or (precision != "fp32" and not auto_precision):
         return None, "the onnxruntime backend is for image generators in fp32 on the CPU"
+    if getattr(module, "not_exportable", ""):
+        return None, f"this generator does not export ({getattr(module, 'not_exportable')})"
     if getattr(module, "export_conditions", ()):
         return None, "style- and label-conditioned generators run on PyTorch here (`stylezoo export` covers them)"
     try:

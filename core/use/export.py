@@ -290,6 +290,9 @@ def export(checkpoint: str | Path, fmt: str | None, out: str | Path, *, toleranc
     require_exporters(fmt)
     loaded = load_generator(checkpoint, device="cpu", registry=registry, ema=ema)
     module = loaded.module.eval().float()
+    why = getattr(module, "not_exportable", "")
+    if why:
+        raise UsageError(f"{loaded.name} cannot be exported: {why}. Use it through stylezoo (stylize, the Python API).")
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
