@@ -1,16 +1,17 @@
 """Train the models shipped in models/ and describe them in registry.toml (issue #28).
 
-    python -m stylezoo.benchmarks.train_zoo [--minutes-cin M] [--minutes-adain M] [--out DIR] [--write]
-                                            [--recipe-cin multi-style] [--recipe-adain adain] [--only cin|adain]
-                                            [--steps-cin N] [--steps-adain N] [--set RECIPE:ROLE.FIELD=VALUE ...]
+    python -m stylezoo.benchmarks.train_zoo [--minutes-cin M] [--minutes-any M] [--out DIR] [--write]
+                                            [--recipe-cin multi-style] [--recipe-any wct] [--only cin|any]
+                                            [--steps-cin N] [--steps-any N] [--set RECIPE:ROLE.FIELD=VALUE ...]
 
 Two trainings through the ordinary engine (`Trainer.train_step`), each for a wall-clock budget (or a step
-count), on the bundled images only (data/samples: the five photos as content, the six paintings as styles;
+count), on the bundled images only (data/samples: the five photos and six paintings, as each recipe uses them;
 a `--set` that points the data elsewhere is refused):
 
 - `--recipe-cin` (default multi-style, a label-conditioned gen/cin): one file, models/multi-style.safetensors,
   served as six models (starry-night, the-scream, ...), one style label each;
-- `--recipe-adain` (default adain, gen/adain): models/any.safetensors, the model `any`, which takes --style REF.
+- `--recipe-any` (default wct, gen/wct; or adain, gen/adain): models/any.safetensors, the model `any`, which
+  takes --style REF.
 
 Each run's final generator (its weight average when the recipe keeps one) becomes a small shipped checkpoint:
 only the generator's tensors, floating ones in fp16 (where they fit), and the run's metadata (composition,
@@ -54,8 +55,11 @@ PAINTINGS: dict[str, tuple[str, str]] = {
     "composition-vii": ("composition_vii", "Kandinsky, Composition VII (1913)"),
     "woman-with-a-hat": ("woman_with_a_hat", "Matisse, Woman with a Hat (1905)"),
 }
-ANY = ("any", "Any style image (AdaIN)")
-FILES = {"cin": "models/multi-style.safetensors", "adain": "models/any.safetensors"}
+ANY = "any"
+ANY_GENS = ("gen/wct", "gen/adain")  # reference-guided generators the any-style model may be
+ANY_DESCRIPTION = {"gen/wct": "Any style image (whitening-colouring transforms)",
+                   "gen/adain": "Any style image (AdaIN)"}
+FILES = {"cin": "models/multi-style.safetensors", "any": "models/any.safetensors"}
 TRAINING_DATA = "data/samples: 5 photos, 6 paintings"
 TOML_SECTION = "# ---------------------------------------------------------------- shipped models"
 
@@ -64,12 +68,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(prog="python -m stylezoo.benchmarks.train_zoo", description=__doc__.split("\n")[0])
     p.add_argument("--minutes-cin", type=float, default=30.0, help="budget of the label-conditioned model (30)")
-    p.add_argument("--minutes-adain", type=float, default=30.0, help="budget of the any-style model (30)")
+    p.add_argument("--minutes-any", type=float, default=30.0, help="budget of the any-style model (30)")
     p.add_argument("--steps-cin", type=int, default=0, help="stop the label-conditioned model here (0: the budget)")
-    p.add_argument("--steps-adain", type=int, default=0, help="stop the any-style model here (0: the budget)")
+    p.add_argument("--steps-any", type=int, default=0, help="stop the any-style model here (0: the budget)")
     p.add_argument("--recipe-cin", default="multi-style", help="its recipe (default: %(default)s; a gen/cin one)")
-    p.add_argument("--recipe-adain", default="adain", help="the any-style recipe (default: %(default)s; gen/adain)")
-    p.add_argument("--only", choices=("cin", "adain"), help="train and write only this one")
+    p.add_argument("--recipe-any", default="wct",
+                   help="the any-style recipe (default: %(default)s; a gen/wct or gen/adain one)")
+    p.add_argument("--only", choices=("cin", "any"), help="train and write only this one")
     p.add_argument("--set", dest="sets", action="append", default=[],
                    help="ROLE.FIELD=VALUE for both, or RECIPE:ROLE.FIELD=VALUE for one; repeatable")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
@@ -79,10 +84,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="results folder (default: bench-results/train_zoo-TIME)")
     p.add_argument("--write", action="store_true", help="copy the files into models/ and update registry.toml")
     args = p.parse_args(argv)
-    for name in ("minutes_cin", "minutes_adain"):
+    for name in ("minutes_cin", "minutes_any"):
         if not getattr(args, name) > 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
-    if args.faces < 0 or args.eval_size < 16 or args.steps_cin < 0 or args.steps_adain < 0:
+    if args.faces < 0 or args.eval_size < 16 or args.steps_cin < 0 or args.steps_any < 0:
         p.error("--faces and --steps-* must be >= 0, --eval-size >= 16")
     return args
 
@@ -101,16 +106,15 @@ def recipe_sets(sets: list[str], recipe: str) -> list[str]:
     return out
 
 
-def train(recipe: str, gen: str, minutes: float, max_steps: int, sets: list[str], run_dir: Path,
+def train(recipe: str, gens: tuple[str, ...], minutes: float, max_steps: int, sets: list[str], run_dir: Path,
           reg: Any) -> tuple[Path, dict[str, Any]]:
     """Train `recipe` on the bundled images for the budget; (its checkpoint, {steps, train_s, device, ...})."""
     from stylezoo.core.runs.runconfig import resolve
     from stylezoo.core.training.engine import Trainer
 
-    rc = resolve(reg, recipe=recipe, cli={"data": {"content": "samples:content", "style": "samples:style"}},
-                 sets=recipe_sets(sets, recipe))
-    if rc.gen != gen:
-        raise SystemExit(f"train_zoo: recipe {recipe} trains {rc.gen}; this model needs {gen}")
+    rc = resolve(reg, recipe=recipe, sets=recipe_sets(sets, recipe))
+    if rc.gen not in gens:
+        raise SystemExit(f"train_zoo: recipe {recipe} trains {rc.gen}; this model needs {' or '.join(gens)}")
     d = rc.data.resolved()
     outside = [f"{k}={v}" for k, v in (("content", d.content), ("style", d.style), ("data", d.data), ("pairs", d.pairs))
                if v and not Path(v).resolve().is_relative_to(SAMPLES)]
@@ -134,7 +138,7 @@ def train(recipe: str, gen: str, minutes: float, max_steps: int, sets: list[str]
     path = trainer.save_checkpoint(keep=False)
     dev = trainer.device
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    return path, {"recipe": recipe, "steps": trainer.step, "train_s": round(train_s, 1), "device": where,
+    return path, {"recipe": recipe, "gen": rc.gen, "steps": trainer.step, "train_s": round(train_s, 1), "device": where,
                   "run": rc.to_dict()}
 
 
@@ -223,7 +227,7 @@ def score_cin(path: Path, x: torch.Tensor, size: int, reg: Any) -> dict[str, dic
     return out
 
 
-def score_adain(path: Path, x: torch.Tensor, data: Path, size: int, reg: Any) -> dict[str, Any]:
+def score_any(path: Path, x: torch.Tensor, data: Path, size: int, reg: Any) -> dict[str, Any]:
     """The any-style model's mean scores over the unseen paintings (not among the bundled six), and each's."""
     from stylezoo.core.files.images import find_images
     from stylezoo.core.use.stylizer import Stylizer
@@ -298,7 +302,7 @@ def model_tables(results: dict[str, Any], held: list[str]) -> dict[str, dict[str
     photos = sum(n.startswith("content/") for n in held)
     tables = {}
     for kind, res in results.items():
-        common = {"file": FILES[kind], "sha256": res["sha256"], "gen": "gen/cin" if kind == "cin" else "gen/adain",
+        common = {"file": FILES[kind], "sha256": res["sha256"], "gen": res["gen"],
                   "recipe": res["recipe"], "licence": LICENCE, "training_data": TRAINING_DATA,
                   "steps": res["steps"], "train_s": res["train_s"], "device": res["device"]}
         if kind == "cin":
@@ -310,7 +314,7 @@ def model_tables(results: dict[str, Any], held: list[str]) -> dict[str, dict[str
                                 "scores": {k: round(s[k], 4) for k in ("style_ratio", "content_ssim")}}
         else:
             s = res["scores"]
-            tables[ANY[0]] = {"description": ANY[1], **common, "takes_style": True,
+            tables[ANY] = {"description": ANY_DESCRIPTION[res["gen"]], **common, "takes_style": True,
                               "held_out": f"{photos} dev photos + {len(held) - photos} CodeFormer faces, "
                                           f"{res['eval_size']} px, {len(s['paintings'])} unseen paintings",
                               "scores": {k: round(s[k], 4) for k in ("style_ratio", "content_ssim")}}
@@ -328,24 +332,24 @@ def main(argv: list[str] | None = None) -> int:
     from stylezoo.core.files.weights import sha256_file
 
     reg = default_registry()
-    for r in (args.recipe_cin, args.recipe_adain):
+    for r in (args.recipe_cin, args.recipe_any):
         reg.recipe(r)  # an unknown recipe: its did-you-mean, before any work
     out = args.out or Path("bench-results") / f"train_zoo-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     x, held = held_out(args.data, args.faces, args.eval_size)
-    plan = {"cin": (args.recipe_cin, "gen/cin", args.minutes_cin, args.steps_cin),
-            "adain": (args.recipe_adain, "gen/adain", args.minutes_adain, args.steps_adain)}
+    plan = {"cin": (args.recipe_cin, ("gen/cin",), args.minutes_cin, args.steps_cin),
+            "any": (args.recipe_any, ANY_GENS, args.minutes_any, args.steps_any)}
     results: dict[str, Any] = {}
-    for kind, (recipe, gen, minutes, steps) in plan.items():
+    for kind, (recipe, gens, minutes, steps) in plan.items():
         if args.only and args.only != kind:
             continue
-        ckpt_path, info = train(recipe, gen, minutes, steps, args.sets, out / f"run-{kind}", reg)
+        ckpt_path, info = train(recipe, gens, minutes, steps, args.sets, out / f"run-{kind}", reg)
         dest = out / Path(FILES[kind]).name
         info |= ship(ckpt_path, dest) | {"sha256": sha256_file(dest), "eval_size": args.eval_size}
         print(f"train_zoo: shipped {dest} ({info['bytes'] / 1e6:.2f} MB, {info['steps']} steps in "
               f"{info['train_s'] / 60:.1f} min); scoring on {len(held)} held-out images ...", flush=True)
         info["scores"] = (score_cin(dest, x, args.eval_size, reg) if kind == "cin"
-                          else score_adain(dest, x, args.data, args.eval_size, reg))
+                          else score_any(dest, x, args.data, args.eval_size, reg))
         results[kind] = info
     tables = model_tables(results, held)
     report = {"command": " ".join(["python -m stylezoo.benchmarks.train_zoo", *(argv or sys.argv[1:])]),
