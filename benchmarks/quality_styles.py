@@ -1,7 +1,7 @@
 """Style quality on images no recipe trained on or was tuned on (issue #28).
 
     python -m stylezoo.benchmarks.quality_styles [--minutes 3] [--gatys-steps 100] [--gatys-images 4]
-                                                 [--recipes default,portrait-painting,adain] [--quick]
+                                                 [--recipes default,portrait-painting,any] [--quick]
 
 Data: DATA (default ../shared/data/dev beside the repository, research-only: read in place, never copied into
 the repository) split once, below (SPLIT): the tuning side chose recipe settings, the score side is only
@@ -11,11 +11,11 @@ scored. Every image is taken at 256 px (shorter side, centre crop), the style im
   own data (the bundled photos, The Starry Night); restyles the score photos and faces.
 - portrait-painting: trained for `--minutes` on every DATA/faces/celeba_hq face toward PORTRAIT_STYLE (a
   portrait painting no setting was tuned on); restyles the codeformer faces only.
-- adain: the shipped model `any` (`stylezoo.load_model("any")`), each score photo and face restyled with each
+- any: the shipped any-style model `any` (`stylezoo.load_model("any")`), each score photo and face restyled with each
   score painting; scored per painting against that painting, then averaged over the paintings.
 
 Each recipe beside the unchanged inputs and the Gatys reference (core/use/transfer.py through
-quality_faces.gatys: `--gatys-steps` L-BFGS iterations on the first `--gatys-images` score images; for adain
+quality_faces.gatys: `--gatys-steps` L-BFGS iterations on the first `--gatys-images` score images; for any
 image i goes toward painting i mod 5); the model is also scored on those same images, the row the Gatys one
 is compared with. Metrics (core/evaluation/evaluate.py's Evaluator, VGG16):
 
@@ -25,11 +25,11 @@ is compared with. Metrics (core/evaluation/evaluate.py's Evaluator, VGG16):
   output / input; each image's worst tile, averaged over the images (a style painted on part of the image only
   shows here, not in the style ratio).
 - content_feat (lower: closer to the input; relu4_2) and content_ssim (higher: same structure).
-- adain only: the mean pairwise L1 (RGB in [0, 1]) between the outputs of one input under different paintings
+- any only: the mean pairwise L1 (RGB in [0, 1]) between the outputs of one input under different paintings
   (0: the reference changes nothing).
 
 Prints a table per recipe, then the targets with the measured values; writes bench-results/
-quality_styles-<time>.json and one PNG grid per recipe (input | model | Gatys for the first 6 images; adain:
+quality_styles-<time>.json and one PNG grid per recipe (input | model | Gatys for the first 6 images; any:
 a row of the paintings, then input | one column per painting). bench-results/ is git-ignored: the grids
 show research-only faces. Without DATA it prints "skipped: ..." and exits 0. `--quick` (to check the
 harness): 0.5 min training, 5 Gatys steps on 2 images, 6 score images.
@@ -72,13 +72,13 @@ PORTRAIT_TRAIN = "faces/celeba_hq"  # portrait-painting's training faces (tuning
 PORTRAIT_STYLE = "styles/paintings/picasso_selfport1907.jpg"  # a portrait painting, never tuned on
 Group = tuple[Path, Tensor, Tensor]  # (style painting, input images, their outputs)
 SIZE = 256  # every image's side: inputs, outputs, style images, Gatys
-RECIPES = ("default", "portrait-painting", "adain")
+RECIPES = ("default", "portrait-painting", "any")  # any: the issue's "adain" target
 GRID = 6  # score images shown per grid
 TARGETS: dict[str, tuple[tuple[str, str, str], ...]] = {  # (label, metric key, "<=" or ">=" and its bound)
     "default": (("style ratio", "style_ratio", "<= 0.3"), ("content SSIM", "content_ssim", ">= 0.5"),
                 ("worst tile", "worst_tile", "<= 0.5")),
     "portrait-painting": (("style ratio", "style_ratio", "<= 0.3"),),
-    "adain": (("style ratio", "style_ratio", "<= 0.4"), ("worst tile", "worst_tile", "<= 0.5")),
+    "any": (("style ratio", "style_ratio", "<= 0.4"), ("worst tile", "worst_tile", "<= 0.5")),
 }
 
 
@@ -235,7 +235,7 @@ def run_trained(name: str, args: argparse.Namespace, files: list[Path], cli: dic
             "grid_rows": trained_grid(x, y, ref[0][2])}
 
 
-def run_adain(args: argparse.Namespace, files: list[Path], paintings: list[Path], reg: Any) -> dict[str, Any]:
+def run_any(args: argparse.Namespace, files: list[Path], paintings: list[Path], reg: Any) -> dict[str, Any]:
     """The shipped `any` model: every score image restyled with every score painting."""
     import stylezoo
     from stylezoo.core.evaluation.evaluate import style_images
@@ -247,7 +247,7 @@ def run_adain(args: argparse.Namespace, files: list[Path], paintings: list[Path]
     outs = [torch.cat([st.set_style(p, size=SIZE)(c.to(device)).float().cpu() for c in x.split(8)])
             for p in paintings]
     infer_s = time.perf_counter() - t0
-    print(f"quality_styles: adain: the shipped model `any`, {x.shape[0]} images x {len(paintings)} paintings in "
+    print(f"quality_styles: any: the shipped model `any`, {x.shape[0]} images x {len(paintings)} paintings in "
           f"{infer_s:.1f} s", flush=True)
     k = min(args.gatys_images, x.shape[0])
     by_painting: dict[Path, list[int]] = {}
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             cli = {"data": {"content": str(args.data / PORTRAIT_TRAIN), "style": str(args.data / PORTRAIT_STYLE)}}
             res = run_trained(name, args, faces, cli, run_dir, reg)
         else:
-            res = run_adain(args, scored, paintings, reg)
+            res = run_any(args, scored, paintings, reg)
         res["gatys_steps"] = args.gatys_steps
         res["grid"] = str(save_grid(res.pop("grid_rows"), args.out / f"quality_styles-{stamp}-{name}.png"))
         results[name] = res
