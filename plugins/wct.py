@@ -63,18 +63,19 @@ def feature_stats(f: Tensor) -> tuple[Tensor, Tensor]:
 def wct(f: Tensor, mean: Tensor, cov: Tensor, eps: float = 1e-5) -> Tensor:
     """Features (N, C, h, w) whitened, then coloured to a target `mean` ((1 or N), C) and `cov` ((1 or N), C, C).
 
-    Whitening drops the directions whose variance is below `eps` (dead ReLU channels); float64 throughout.
+    Whitening drops the directions whose variance is below `eps` (dead ReLU channels). The C x C transforms
+    are made in float64 (eigendecompositions); the products over h x w pixels run in float32.
     """
     n, c, h, w = f.shape
-    own_mean, own_cov = feature_stats(f)
-    v = f.double().flatten(2) - own_mean[..., None]
-    e, vec = torch.linalg.eigh(own_cov)
+    v = f.float().flatten(2)
+    v = v - v.mean(2, keepdim=True)
+    e, vec = torch.linalg.eigh((v @ v.transpose(1, 2)).double() / max(h * w - 1, 1))
     inv_sqrt = torch.where(e > eps, e.clamp_min(eps).rsqrt(), torch.zeros_like(e))
-    white = vec @ (inv_sqrt[..., None] * (vec.transpose(1, 2) @ v))
     es, vs = torch.linalg.eigh(cov.double().to(f.device))
     colour = vs @ (es.clamp_min(0).sqrt()[..., None] * vs.transpose(1, 2))
-    out = colour @ white + mean.double().to(f.device)[..., None]
-    return out.reshape(n, c, h, w).to(f.dtype if f.dtype != torch.float64 else torch.float32)
+    transform = colour @ vec @ (inv_sqrt[..., None] * vec.transpose(1, 2))  # colour . whiten: one C x C matrix
+    out = transform.float() @ v + mean.float().to(f.device)[..., None]
+    return out.reshape(n, c, h, w)
 
 
 class WCTGenerator(nn.Module):

@@ -89,6 +89,12 @@ class Stylizer:
         self._auto_precision = precision == "auto"  # ONNX Runtime (fp32) may take over from auto's bf16
         self.module = loaded.module.to(self.device).eval()
         self.name, self.family = loaded.name, loaded.family
+        conditional = getattr(self.module, "needs_style", False) or hasattr(self.module, "num_labels")
+        if self.precision == "bf16" and self.device.type == "cpu" and conditional:  # (others: a bf16 copy, below)
+            # under autocast, oneDNN's bf16 convolutions skip their layout reorders on channels_last weights: gen/wct
+            # ran 2.5x faster at 512 px, gen/cin the same (docs/any-style.md). Set once, here, so style statistics
+            # and outputs always come from one layout
+            self.module.to(memory_format=torch.channels_last)
         self.size_multiple = int(getattr(self.module, "size_multiple", 1))
         self.latent_dim = getattr(self.module, "latent_dim", None)
         self.requested_backend, self.backend = backend, "torch"
