@@ -104,7 +104,8 @@ def test_every_file_under_models_is_described_and_shipped_as_package_data():
     assert files == sorted({m.file for m in MODELS.values()})
     for f in files:  # models sharing a file record one sha256
         assert len({m.sha256 for m in MODELS.values() if m.file == f}) == 1
-    assert sum((ROOT / f).stat().st_size for f in files) < 8e6  # small: a few MB in all
+    # small: a few MB in all (any, gen/wct, is four VGG-mirror decoders in fp16, about 8 MB of the total)
+    assert sum((ROOT / f).stat().st_size for f in files) < 12e6
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["stylezoo"]
     assert all(any(fnmatch.fnmatchcase(f, p) for p in patterns) for f in files)
 
@@ -222,7 +223,7 @@ def test_list_kind_model_names_the_same_models():
     assert [row["name"] for row in rows] == list(MODELS) and {row["kind"] for row in rows} == {"model"}
     assert [row["name"] for row in json.loads(invoke("list", "model/star*", "--json").stdout)] == ["starry-night"]
     assert "any" in [row["name"] for row in json.loads(invoke("list", "--json").stdout)]
-    assert stylezoo.model_info("any").gen == "gen/adain"
+    assert stylezoo.model_info("any").gen == "gen/wct"
     assert json.loads(invoke("info", "shipwreck", "--json").stdout) == MODELS["shipwreck"].card()
     assert "style_label: the_scream" in invoke("info", "model/the-scream").stdout
     clean_error(invoke("info", "model/scream"), "Unknown model 'scream'", "stylezoo models")
