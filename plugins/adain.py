@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +103,21 @@ def mirror_decoder(features: nn.Sequential, upto: int) -> tuple[nn.Sequential, i
     return nn.Sequential(*mods), factor
 
 
+def frozen_vgg_encoder(encoder: str, weights: str, owner: str) -> tuple[Extractor, tuple[str, str]]:
+    """A VGG-style extractor built through the registry for a generator to encode with (frozen, its weights
+    passed on), and its (name, weights) id; a ConfigError naming `owner` for any other kind of extractor."""
+    from stylezoo.core.components.registry import default_registry
+
+    reg = default_registry()
+    entry = reg.get(encoder, "feat")
+    fields = {f for f in entry.config.__dataclass_fields__}
+    enc = reg.build(entry.name, {"weights": weights} if "weights" in fields else {})
+    feats = getattr(enc, "features", None)
+    if not isinstance(feats, nn.Sequential) or len(feats) != len(tuple(getattr(enc, "layer_names", ()))):
+        raise ConfigError(f"{owner} needs a VGG-style encoder (feat/vgg16, feat/vgg19), not {entry.name}.")
+    return enc, (entry.name, str(getattr(enc, "weights", "")))
+
+
 class AdaINGenerator(nn.Module):
     """Content image (N, 3, H, W) + reference style image(s) -> stylised image (N, 3, H, W) in [-1, 1].
 
@@ -125,22 +140,13 @@ class AdaINGenerator(nn.Module):
 
     def __init__(self, cfg: AdaINConfig) -> None:
         super().__init__()
-        from stylezoo.core.components.registry import default_registry
-
         self.cfg = cfg
-        reg = default_registry()
-        entry = reg.get(cfg.encoder, "feat")
-        fields = {f for f in entry.config.__dataclass_fields__}
-        overrides = {"weights": cfg.weights} if "weights" in fields else {}
-        enc = reg.build(entry.name, overrides)
-        names = tuple(getattr(enc, "layer_names", ()))
+        enc, self.encoder_id = frozen_vgg_encoder(cfg.encoder, cfg.weights, "gen/adain")
+        names, feats = tuple(enc.layer_names), cast(nn.Sequential, getattr(enc, "features"))
         if cfg.layer not in names:
-            raise ConfigError(f"gen/adain: {entry.name} has no layer {cfg.layer!r}; layers: {', '.join(names)}.")
-        feats = getattr(enc, "features", None)
-        if not isinstance(feats, nn.Sequential) or len(feats) != len(names):
-            raise ConfigError(f"gen/adain needs a VGG-style encoder (feat/vgg16, feat/vgg19), not {entry.name}.")
+            raise ConfigError(f"gen/adain: {self.encoder_id[0]} has no layer {cfg.layer!r}; layers: "
+                              f"{', '.join(names)}.")
         self.encoder: Extractor = enc
-        self.encoder_id = (entry.name, str(getattr(enc, "weights", "")))
         self.decoder, self.size_multiple = mirror_decoder(feats, names.index(cfg.layer))
         channels = next(m.out_channels for m in reversed(list(feats)[: names.index(cfg.layer) + 1])
                         if isinstance(m, nn.Conv2d))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from stylezoo.core.components.hookspecs import hookimpl
 from stylezoo.core.components.kinds import Extractor
 from stylezoo.core.errors import ConfigError
-from stylezoo.plugins.adain import _drop_encoder, _encoder_not_missing, mirror_decoder
+from stylezoo.plugins.adain import _drop_encoder, _encoder_not_missing, frozen_vgg_encoder, mirror_decoder
 
 Stats = tuple[tuple[Tensor, Tensor], ...]  # per layer: mean (S, C) and covariance (S, C, C), float64
 
@@ -96,22 +96,13 @@ class WCTGenerator(nn.Module):
 
     def __init__(self, cfg: WCTConfig) -> None:
         super().__init__()
-        from stylezoo.core.components.registry import default_registry
-
         self.cfg = cfg
-        reg = default_registry()
-        entry = reg.get(cfg.encoder, "feat")
-        fields = {f for f in entry.config.__dataclass_fields__}
-        enc = reg.build(entry.name, {"weights": cfg.weights} if "weights" in fields else {})
-        names = tuple(getattr(enc, "layer_names", ()))
-        feats = getattr(enc, "features", None)
-        if not isinstance(feats, nn.Sequential) or len(feats) != len(names):
-            raise ConfigError(f"gen/wct needs a VGG-style encoder (feat/vgg16, feat/vgg19), not {entry.name}.")
+        enc, self.encoder_id = frozen_vgg_encoder(cfg.encoder, cfg.weights, "gen/wct")
+        names, feats = tuple(enc.layer_names), cast(nn.Sequential, getattr(enc, "features"))
         bad = [n for n in cfg.layers if n not in names]
         if bad:
-            raise ConfigError(f"gen/wct: {entry.name} has no layer {bad[0]!r}; layers: {', '.join(names)}.")
+            raise ConfigError(f"gen/wct: {self.encoder_id[0]} has no layer {bad[0]!r}; layers: {', '.join(names)}.")
         self.encoder: Extractor = enc
-        self.encoder_id = (entry.name, str(getattr(enc, "weights", "")))
         self.decoders = nn.ModuleList()
         self.size_multiple = 1
         widths = []
