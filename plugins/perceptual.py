@@ -96,11 +96,16 @@ class ContentConfig:
     layers: tuple[str, ...] = ()  # extractor layers; empty = the extractor's content_layers
     weight: float = 1.0
     against: Literal["content", "target"] = "content"  # "target": compare with the paired target instead
+    # "target": each layer's MSE is divided by the mean square of the features it is compared with, so every
+    # layer counts alike whatever its feature scale (VGG16's Caffe-scale features grow with depth); "none": plain
+    normalize: Literal["none", "target"] = "none"
 
     def __post_init__(self) -> None:
         check_weight(self.weight)
         if self.against not in ("content", "target"):
             raise ValueError(f"against must be 'content' or 'target', got {self.against!r}")
+        if self.normalize not in ("none", "target"):
+            raise ValueError(f"normalize must be 'none' or 'target', got {self.normalize!r}")
 
 
 class Content(_FeatureTerm):
@@ -133,7 +138,10 @@ class Content(_FeatureTerm):
                 if a.shape != b.shape:
                     raise RuntimeError(f"{self.owner}: feature shapes differ at {name}: "
                                        f"{tuple(a.shape)} vs {tuple(b.shape)}")
-                total = total + F.mse_loss(a, b.detach())
+                d = F.mse_loss(a, b.detach())
+                if self.cfg.normalize == "target":
+                    d = d / b.detach().pow(2).mean().clamp_min(1e-12)
+                total = total + d
         return total
 
 

@@ -423,6 +423,22 @@ def test_content_against_target() -> None:
     assert loss(ctx_with(a, feats={"target": t})).item() == pytest.approx(want, rel=1e-6)
 
 
+def test_content_normalized_per_layer_makes_every_layer_count_alike() -> None:
+    loss = Content(ContentConfig(layers=("a", "b"), normalize="target"))
+    loss.feature_layers(FakeExtractor())
+    a, c = feats(2, seed=13), feats(2, seed=14)
+    c = {"a": c["a"], "b": c["b"] * 100.0}  # layer b's features 100x larger, as deeper VGG layers are
+    a = {"a": a["a"], "b": a["b"] * 100.0}
+    got = loss(ctx_with(a, feats={"content": c}, paired=True)).item()
+    want = sum((torch.mean((a[k] - c[k]) ** 2) / torch.mean(c[k] ** 2)).item() for k in ("a", "b"))
+    assert got == pytest.approx(want, rel=1e-5)
+    plain = Content(ContentConfig(layers=("a", "b")))
+    plain.feature_layers(FakeExtractor())
+    assert plain(ctx_with(a, feats={"content": c}, paired=True)).item() > 1000 * got  # b dominates the plain sum
+    with pytest.raises(ValueError, match="normalize"):
+        ContentConfig(normalize="layer")  # type: ignore[arg-type]
+
+
 def test_unknown_layer_names_the_valid_ones() -> None:
     with pytest.raises(ConfigError, match="'zz'.*valid layers: a, b, c"):
         Content(ContentConfig(layers=("a", "zz"))).feature_layers(FakeExtractor())
